@@ -67,7 +67,6 @@ class MLPParams(Section):
     batch_size: int = Field(512, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
-    max_categories: int = Field(60, ge=2, description="one-hot keeps at most this many categories per column")
 
 
 class TrainParams(Section):

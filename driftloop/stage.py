@@ -19,6 +19,9 @@ def configure_logging(level: str | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("great_expectations", "onnxscript", "torch.onnx", "onnx_ir", "prefect", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 def run_stage(name: str, body: Callable[[], None]) -> None:
