@@ -1,0 +1,53 @@
+"""Server settings: one frozen pydantic-settings model, read from arguments and `DRIFTLOOP_SERVE_*` env.
+
+The API key is the exception: it comes from `DRIFTLOOP_API_KEY` (or an explicit argument), never
+from a command-line flag, so it does not show up in `ps`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    """Everything `driftloop serve` can tune. Defaults fit a 2-core laptop (see docs/serving.md).
+
+    Units are in the field names: `_ms`, `_s`, `_bytes`, `_rows`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_SERVE_", frozen=True, extra="forbid")
+
+    repository: Path = Field(description="model repository root: <repository>/<model>/<version>/")
+    models: list[str] = Field(default_factory=list, description="models to load at start; empty = all found")
+    # Micro-batching. With a 2-core machine and a small model, the HTTP stack dominates; a short
+    # delay lets concurrent requests share one session.run without hurting p99 (bench/serve_batching.py).
+    max_batch_size: int = Field(256, ge=1, description="rows per session.run; 1 disables merging")
+    max_queue_delay_ms: float = Field(1.0, ge=0, description="how long a batch waits to fill")
+    max_queue_rows: int = Field(8192, ge=1, description="rows waiting in the queue before 429")
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default)")
+    warmup_rows: int = Field(
+        64, ge=0, description="reference rows scored once before a version takes traffic"
+    )
+    # Validation limits.
+    max_body_bytes: int = Field(1 << 20, ge=1, description="request body limit (413 past it)")
+    max_rows: int = Field(10_000, ge=1, description="rows per request (413 past it)")
+    max_string_length: int = Field(64, ge=1, description="characters per BYTES value")
+    # Prediction log; None disables it.
+    log_dir: Path | None = Field(None, description="prediction log root: <log_dir>/<model>/date=YYYY-MM-DD/")
+    flush_interval_s: float = Field(2.0, gt=0, description="the most a kill -9 can lose, in seconds of rows")
+    max_rows_per_file: int = Field(
+        100_000, ge=1, description="a log file is written at latest at this many rows"
+    )
+    # Security.
+    api_key: str | None = Field(None, description="if set, every endpoint but health needs it")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429")
+
+
+def api_key_from_env() -> str | None:
+    """The API key from `DRIFTLOOP_API_KEY`, or None when unset or empty."""
+    import os
+
+    return os.environ.get("DRIFTLOOP_API_KEY") or None
