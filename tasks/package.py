@@ -1,0 +1,184 @@
+"""Stage `package`: the chosen candidate becomes an immutable model package in `artifacts/model/`.
+
+Refuses to run without a passing gate verdict (the TFX "blessing" pattern): a rejected run has
+already stopped at `gate`, and this check keeps a hand-run `python -m tasks.package` honest too.
+
+Files (see `driftloop.package` for the contract): `model.onnx`, `signature.json`,
+`model_card.json`, `model_card.md`, `reference.parquet` (`reference_rows` training rows: the raw
+columns, `label` and the package's own `score`), `SHA256SUMS`. The lineage id is the first 16 hex
+of sha256(model sha256, data sha256s, params): the same inputs give the same id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from driftloop.config import PackageParams, load_section, read_params_file
+from driftloop.errors import GateRejected
+from driftloop.io import atomic_path, read_json, sha256_file
+from driftloop.onnx_graph import run_graph
+from driftloop.package import write_sha256sums
+from driftloop.schema import FEATURES, LABEL, Signature, input_specs, output_specs, to_onnx_feeds
+from driftloop.stage import run_stage
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = ("driftloop", "scikit-learn", "torch", "onnx", "onnxruntime", "skl2onnx", "onnxscript",
+             "pandas", "numpy", "great_expectations", "dvc")  # fmt: skip
+
+
+def git_commit(cwd: Path) -> dict:
+    """The commit the package was built at, and whether the tree had uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""  # fmt: skip
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def library_versions() -> dict[str, str | None]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def lineage_id(model_sha: str, data_sha: dict, params: dict) -> str:
+    blob = json.dumps({"model": model_sha, "data": data_sha, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def render_card_md(card: dict) -> str:
+    """The model card for people (Mitchell et al. 2019, "Model Cards for Model Reporting", abridged)."""
+    m = card["metrics"]
+    lines = [
+        f"# Model card: {card['model_name']} ({card['lineage_id']})",
+        "",
+        f"Predicts the probability that a flight from NYC (EWR, JFK, LGA) arrives {card['label']['threshold_min']:g}"
+        " minutes late or more, from its schedule and the origin's weather at the scheduled hour.",
+        "",
+        "## Lineage",
+        f"- candidate: `{card['candidate']}` ({card['how']})",
+        f"- built: {card['built_at']} at git commit `{card['git']['commit']}`" + (" (uncommitted changes)" if card["git"]["dirty"] else ""),
+        f"- data: {card['data']['source']}, window {card['data']['window']['start']}..{card['data']['window']['end']},"
+        f" {card['data']['rows']['flights']} flights",
+        f"- data sha256: flights `{card['data']['sha256']['flights.parquet']}`",
+        "",
+        "## Test metrics (last days of the window, never seen in training)",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {m[k]:.4f} |" for k in ("roc_auc", "pr_auc", "log_loss", "brier", "ece")],
+        "",
+        f"## Gate: {card['gate']['verdict']}",
+        "| rule | value | threshold | passed | reason |",
+        "|---|---|---|---|---|",
+        *[f"| {r['name']} | {_fmt(r['value'])} | {r['threshold']:g} | {r['passed']} | {r['reason']} |"
+          for r in card["gate"]["rules"]],
+        "",
+        "## Inputs",
+        "| name | datatype | nullable |",
+        "|---|---|---|",
+        *[f"| {s['name']} | {s['datatype']} | {s['nullable']} |" for s in card["signature"]["inputs"]],
+        "",
+        "## Libraries",
+        *[f"- {k}: {v}" for k, v in card["libraries"].items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_package(
+    out: Path, *, model_path: Path, candidate: str, candidates: dict, gate: dict, evaluation: dict,
+    manifest: dict, params: dict, pkg: PackageParams, train: pd.DataFrame, repo_root: Path,
+) -> str:  # fmt: skip
+    """Write the package folder atomically; returns its lineage id.
+
+    Raises:
+        GateRejected: the gate verdict is not "pass" or chose another candidate.
+    """
+    if gate.get("verdict") != "pass" or gate.get("chosen") != candidate:
+        raise GateRejected(f"gate verdict is {gate.get('verdict')!r}: refusing to package; fix the candidates or the rules")
+    model_sha = sha256_file(model_path)
+    lid = lineage_id(model_sha, manifest["sha256"], params)
+    signature = Signature(model_name=pkg.model_name, lineage_id=lid, inputs=input_specs(), outputs=output_specs())
+    sample = train.sample(n=min(pkg.reference_rows, len(train)), random_state=0).sort_values("time_hour", kind="stable")
+    reference = sample[[*FEATURES, LABEL, "time_hour"]].reset_index(drop=True)
+    reference["score"] = run_graph(model_path.read_bytes(), to_onnx_feeds(reference)).astype(np.float32)
+    card = {
+        "model_name": pkg.model_name,
+        "lineage_id": lid,
+        "candidate": candidate,
+        "how": candidates[candidate]["how"],
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": git_commit(repo_root),
+        "data": manifest,
+        "params": params,
+        "libraries": library_versions(),
+        "label": {"name": LABEL, "threshold_min": params["features"]["delay_threshold_min"]},
+        "metrics": gate["chosen_metrics"],
+        "speed": {k: candidates[candidate][k] for k in ("p50_ms", "p99_ms", "rows_per_s", "size_bytes")},
+        "gate": {"verdict": gate["verdict"], "rules": gate["rules"]},
+        "signature": signature.model_dump(),
+        "model_sha256": model_sha,
+    }
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / "model.onnx").write_bytes(model_path.read_bytes())
+        (tmp / "signature.json").write_text(signature.model_dump_json(indent=2) + "\n")
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+        (tmp / "model_card.md").write_text(render_card_md(card))
+        reference.to_parquet(tmp / "reference.parquet", index=False)
+        write_sha256sums(tmp)
+    return lid
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--gate", required=True, type=Path)
+    parser.add_argument("--candidates", required=True, type=Path, help="folder written by optimize")
+    parser.add_argument("--evaluation", required=True, type=Path)
+    parser.add_argument("--snapshot", required=True, type=Path, help="snapshot folder (its manifest)")
+    parser.add_argument("--features", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        pkg = load_section(args.params, "package", PackageParams)
+        gate = read_json(args.gate)
+        chosen = gate.get("chosen")
+        if gate.get("verdict") != "pass" or not chosen:
+            raise GateRejected(f"{args.gate}: verdict {gate.get('verdict')!r}; nothing to package")
+        candidates = read_json(args.candidates / "candidates.json")["candidates"]
+        lid = build_package(
+            args.out, model_path=args.candidates / candidates[chosen]["file"], candidate=chosen, candidates=candidates,
+            gate=gate, evaluation=read_json(args.evaluation), manifest=read_json(args.snapshot / "manifest.json"),
+            params=read_params_file(args.params), pkg=pkg, train=pd.read_parquet(args.features / "train.parquet"),
+            repo_root=Path.cwd(),
+        )  # fmt: skip
+        log.info("package: %s (%s) -> %s", chosen, lid, args.out)
+
+    run_stage("package", body)
+
+
+if __name__ == "__main__":
+    main()
