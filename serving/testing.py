@@ -17,8 +17,10 @@ The release-plane tests reuse these helpers, so they are public and kept stable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ from driftloop.schema import (
     INTEGER,
     OUTPUT,
     Signature,
+    datatype_of,
     input_specs,
     output_specs,
     to_onnx_feeds,
@@ -357,11 +360,89 @@ def build_test_repository(
     return root
 
 
+def json_value(x):
+    """A JSON-ready scalar: NaN -> None, numpy scalars -> Python."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def v2_payload(frame: pd.DataFrame, nested: bool = False) -> dict:
+    """A v2 infer body for `frame`'s `FEATURES` columns (NaN -> null); `nested` gives [[v], ...] data."""
+    inputs = []
+    for col in FEATURES:
+        data = [json_value(v) for v in frame[col].tolist()]
+        inputs.append(
+            {
+                "name": col,
+                "datatype": datatype_of(col),
+                "shape": [len(frame), 1],
+                "data": [[v] for v in data] if nested else data,
+            }
+        )
+    return {"inputs": inputs}
+
+
+def records_payload(frame: pd.DataFrame, drop_null: bool = False) -> dict:
+    """A records body for `frame`; `drop_null` leaves null (nullable) keys out instead of sending null."""
+    instances = []
+    for rec in frame.to_dict("records"):
+        inst = {k: json_value(v) for k, v in rec.items()}
+        if drop_null:
+            inst = {k: v for k, v in inst.items() if v is not None}
+        instances.append(inst)
+    return {"instances": instances}
+
+
+@contextlib.contextmanager
+def running_server(app, *, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0) -> Iterator[str]:
+    """Run `app` under a real uvicorn server in a thread; yield its base URL; shut it down gracefully.
+
+    Args:
+        app: an ASGI app (e.g. `serving.app.create_app(...)`).
+        host: loopback by default.
+        port: 0 picks a free port.
+        timeout_s: how long start-up and shutdown may take, seconds.
+
+    Yields:
+        "http://127.0.0.1:<port>".
+
+    Raises:
+        RuntimeError: the server did not start within `timeout_s`.
+    """
+    import threading
+    import time
+
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="driftloop-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+
+
 __all__ = [
     "CATEGORICAL",
     "build_model",
     "build_test_package",
     "build_test_repository",
+    "records_payload",
+    "running_server",
     "score_rows",
     "synthetic_rows",
+    "v2_payload",
 ]

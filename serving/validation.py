@@ -186,20 +186,26 @@ def column_array(field: str, spec: TensorSpec, values: list[Any], limits: Limits
         return arr.reshape(-1, 1)
     try:
         arr = np.asarray(values)
-    except (ValueError, TypeError, OverflowError):
-        arr = np.asarray(values, dtype=object)
+    except (ValueError, TypeError, OverflowError):  # ragged nesting, huge ints
+        arr = None
+    if arr is not None and arr.ndim != 1:  # a list where a scalar belongs
+        arr = None
     if kind == "INT64":
-        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
+        if arr is not None and arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
             raise RequestError(400, f"{field}: a value exceeds the INT64 range")
-        if arr.dtype.kind not in "iu":
+        if arr is None or arr.dtype.kind not in "iu":
             raise RequestError(400, f"{field}: {_first_bad(values, int)}; expected integers (INT64)")
         return arr.astype(np.int64).reshape(-1, 1)
     # FP32 / FP64
-    if arr.dtype.kind not in "fiu":
-        if arr.dtype.kind == "O" and all(x is None or (type(x) in (int, float)) for x in values):
+    if arr is None or arr.dtype.kind not in "fiu":
+        try:
+            if not all(x is None or type(x) in (int, float) for x in values):
+                raise TypeError
             arr = np.array(values, dtype=np.float64)  # None -> NaN
-        else:
-            raise RequestError(400, f"{field}: {_first_bad(values, float)}; expected numbers ({kind})")
+        except (TypeError, OverflowError):
+            raise RequestError(
+                400, f"{field}: {_first_bad(values, float)}; expected numbers ({kind})"
+            ) from None
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(np.float32 if kind == "FP32" else np.float64)
     finite = np.isfinite(out)
@@ -222,6 +228,8 @@ def _first_bad(values: list[Any], want: type) -> str:
             return f"row {i} is null"
         if isinstance(x, bool) or not isinstance(x, int | float) or (want is int and not isinstance(x, int)):
             return f"row {i} is {type(x).__name__} {x!r}"[:120]
+        if isinstance(x, int) and not -(2**63) <= x < 2**63:
+            return f"row {i} is out of range"
     return "a value has the wrong type"
 
 
