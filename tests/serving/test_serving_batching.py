@@ -1,0 +1,119 @@
+"""Micro-batching: requests merge per version, the queue is bounded, overflow answers at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.batcher import MicroBatcher, QueueFull
+from serving.repository import ModelRepository
+from serving.testing import records_payload, synthetic_rows
+
+MODEL = "flight_delay"
+
+
+def test_batches_merge_per_version(make_repo):
+    repo = ModelRepository(make_repo({"1": "v1", "2": "v2"}))
+    v1, v2 = repo.load(MODEL, "1"), repo.load(MODEL, "2")
+    frame = synthetic_rows(40, seed=3)
+    from driftloop.schema import to_onnx_feeds
+
+    feeds = to_onnx_feeds(frame)
+    batches: list[tuple[str, int]] = []
+
+    async def main():
+        batcher = MicroBatcher(
+            max_batch_size=64, max_queue_delay_ms=20, on_batch=lambda mv, n: batches.append((mv.version, n))
+        )
+        await batcher.start()
+        jobs = []
+        for i in range(20):
+            mv = v1 if i % 2 == 0 else v2
+            part = {k: v[2 * i : 2 * i + 2] for k, v in feeds.items()}
+            jobs.append(batcher.submit(mv, part, 2))
+        out = await asyncio.gather(*jobs)
+        await batcher.stop()
+        return out
+
+    results = asyncio.run(main())
+    for i, scores in enumerate(results):
+        mv = v1 if i % 2 == 0 else v2
+        np.testing.assert_array_equal(scores, mv.run({k: v[2 * i : 2 * i + 2] for k, v in feeds.items()}))
+    assert sorted(batches) == [("1", 20), ("2", 20)]  # one batch per version, never mixed
+
+
+def test_queue_bound_unit(make_repo):
+    repo = ModelRepository(make_repo({"1": "slow"}))
+    mv = repo.load(MODEL, "1")
+    from driftloop.schema import to_onnx_feeds
+
+    feeds = to_onnx_feeds(synthetic_rows(1))
+
+    async def main():
+        batcher = MicroBatcher(max_batch_size=1, max_queue_delay_ms=0, max_queue_rows=3)
+        await batcher.start()
+        tasks = [asyncio.ensure_future(batcher.submit(mv, feeds, 1)) for _ in range(10)]
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return done
+
+    done = asyncio.run(main())
+    full = [d for d in done if isinstance(d, QueueFull)]
+    assert full and all(isinstance(d, np.ndarray | QueueFull) for d in done)
+    assert sum(isinstance(d, np.ndarray) for d in done) >= 3
+
+
+@pytest.mark.slow
+def test_overflow_answers_429_quickly_and_recovers(make_repo, start_server):
+    client = start_server(make_repo({"1": "slow"}), max_batch_size=1, max_queue_delay_ms=0, max_queue_rows=4)
+    payload = records_payload(synthetic_rows(1))
+    base = str(client.base_url)
+
+    async def burst():
+        async with httpx.AsyncClient(
+            base_url=base, timeout=30, limits=httpx.Limits(max_connections=64)
+        ) as ac:
+
+            async def one():
+                t0 = time.perf_counter()
+                r = await ac.post(f"/v1/models/{MODEL}:predict", json=payload)
+                return r.status_code, r.headers.get("retry-after"), time.perf_counter() - t0
+
+            return await asyncio.gather(*(one() for _ in range(48)))
+
+    results = asyncio.run(burst())
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 429}
+    rejected = [(ra, dt) for c, ra, dt in results if c == 429]
+    assert rejected, "the burst should overflow a 4-row queue"
+    assert all(ra == "1" for ra, _ in rejected)
+    assert codes.count(200) >= 4
+    # 429s are answered without waiting for inference: well under the time the whole burst takes.
+    assert min(dt for _, dt in rejected) < max(dt for c, _, dt in results if c == 200)
+    assert client.post(f"/v1/models/{MODEL}:predict", json=payload).status_code == 200
+    text = client.get("/metrics").text
+    assert 'status="429"' in text
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_batches(make_repo, start_server):
+    client = start_server(make_repo({"1": "slow"}), max_batch_size=64, max_queue_delay_ms=2)
+    payload = records_payload(synthetic_rows(1))
+    base = str(client.base_url)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=base, timeout=30) as ac:
+            return await asyncio.gather(
+                *(ac.post(f"/v1/models/{MODEL}:predict", json=payload) for _ in range(32))
+            )
+
+    assert all(r.status_code == 200 for r in asyncio.run(burst()))
+    text = client.get("/metrics").text
+    count = next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("driftloop_batch_rows_count")
+    )
+    assert count < 32  # fewer session.run calls than requests
