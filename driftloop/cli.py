@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from driftloop.cli_release import history, register, release, rollback
 from serving.cli import serve
 
 app = typer.Typer(
@@ -13,6 +14,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("serve")(serve)
+app.command("register")(register)
+app.command("release")(release)
+app.command("rollback")(rollback)
+app.command("history")(history)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,435 @@
+"""The model registry behind one small interface: versions, stages and the history of both.
+
+Callers (driftloop/release.py, the CLI, Prefect flows) use `ModelRegistry` only; `GtoRegistry`
+implements it with GTO on the project's git repository (versions and stage assignments are git
+tags, so `git tag -n` is the audit trail) and DVC (the package's files live in the DVC cache and
+remote, addressed by the `dvc.lock` of the tagged commit). Another registry (MLflow, a database)
+replaces GTO by implementing the same Protocol; nothing else changes.
+
+Stage semantics (the same for every implementation, computed by `stage_tenures` from events):
+one version holds a stage at a time. Assigning stage S to version V starts V's tenure in S and
+ends the previous holder's; unassigning S from V, or deprecating V, ends V's tenures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import yaml
+
+from driftloop.errors import DriftloopError
+
+log = logging.getLogger(__name__)
+
+SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
+
+
+class RegistryError(DriftloopError):
+    """The registry refused an operation or could not be read; nothing was changed."""
+
+
+class UnknownVersion(RegistryError):
+    """No registered version by that name."""
+
+
+class FilesMissing(RegistryError):
+    """A registered version's files are in neither the local DVC cache nor the remote."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version.
+
+    Attributes:
+        version: semver with a leading `v`, e.g. `v1.2.0`.
+        commit: hex sha of the commit whose `dvc.lock` produced the package.
+        created_at: when it was registered (UTC, 1 s resolution: git tag time).
+        message: the registration message (gate verdict and lineage id).
+        deprecated: True once deprecated (e.g. rolled back); `deprecation` says why.
+    """
+
+    version: str
+    commit: str
+    created_at: dt.datetime
+    message: str
+    deprecated: bool = False
+    deprecation: str = ""
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """A change of stage: `kind` is `assign`, `unassign` or `deprecate` (stage None: every stage)."""
+
+    time: dt.datetime
+    kind: str
+    version: str
+    stage: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Tenure:
+    """`version` held `stage` from `start` to `end` (None: still holds it).
+
+    Attributes:
+        why: message of the event that started the tenure.
+        ended_by: message of the event that ended it ("" while open).
+    """
+
+    stage: str
+    version: str
+    start: dt.datetime
+    end: dt.datetime | None
+    why: str
+    ended_by: str = ""
+
+    def covers(self, at: dt.datetime) -> bool:
+        """True when `at` falls in [start, end)."""
+        return self.start <= at and (self.end is None or at < self.end)
+
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    """What the release plane needs from a registry."""
+
+    def register(self, commit: str, message: str, version: str | None = None, bump: str = "patch") -> VersionInfo:
+        """Register the package of `commit`; `version` None bumps the latest by `bump`."""
+        ...
+
+    def versions(self) -> list[VersionInfo]:
+        """Every registered version, oldest first."""
+        ...
+
+    def get(self, version: str) -> VersionInfo:
+        """One version; raises `UnknownVersion`."""
+        ...
+
+    def assign(self, stage: str, version: str, message: str) -> None:
+        """Give `stage` to `version` (the previous holder loses it)."""
+        ...
+
+    def unassign(self, stage: str, version: str, message: str) -> None:
+        """Take `stage` away from `version`."""
+        ...
+
+    def deprecate(self, version: str, message: str) -> None:
+        """Mark `version` as not to be served again (every stage ends)."""
+        ...
+
+    def events(self) -> list[StageEvent]:
+        """Every stage change, oldest first."""
+        ...
+
+    def fetch(self, version: str, dest: Path) -> Path:
+        """Write the version's package files into `dest` (created); raises `FilesMissing`."""
+        ...
+
+
+def normalize_version(version: str) -> str:
+    """`1.2.0` or `v1.2.0` -> `v1.2.0`.
+
+    Raises:
+        RegistryError: not a semver `MAJOR.MINOR.PATCH`.
+    """
+    m = SEMVER.match(version.strip())
+    if not m:
+        raise RegistryError(f"version {version!r}: expected semver MAJOR.MINOR.PATCH, e.g. v1.2.0")
+    return "v{}.{}.{}".format(*m.groups())
+
+
+def stage_tenures(events: Sequence[StageEvent]) -> list[Tenure]:
+    """Turn stage events (oldest first) into tenures: who held which stage, from when to when.
+
+    Args:
+        events: as returned by `ModelRegistry.events()`.
+
+    Returns:
+        Tenures ordered by start time; open ones have `end` None.
+    """
+    open_: dict[str, Tenure] = {}
+    done: list[Tenure] = []
+
+    def close(stage: str, at: dt.datetime, why: str) -> None:
+        t = open_.pop(stage, None)
+        if t is not None:
+            done.append(Tenure(t.stage, t.version, t.start, at, t.why, why))
+
+    for e in events:
+        if e.kind == "assign" and e.stage:
+            held = open_.get(e.stage)
+            if held is not None and held.version == e.version:
+                continue  # re-assigning the holder changes nothing
+            close(e.stage, e.time, f"{e.version} assigned: {e.message}")
+            open_[e.stage] = Tenure(e.stage, e.version, e.time, None, e.message)
+        elif e.kind == "unassign" and e.stage:
+            if open_.get(e.stage) is not None and open_[e.stage].version == e.version:
+                close(e.stage, e.time, e.message)
+        elif e.kind == "deprecate":
+            for stage, t in list(open_.items()):
+                if t.version == e.version:
+                    close(stage, e.time, e.message)
+    return sorted([*done, *open_.values()], key=lambda t: (t.start, t.stage))
+
+
+def holder(tenures: Sequence[Tenure], stage: str, at: dt.datetime | None = None) -> str | None:
+    """The version that held `stage` at time `at` (None: now), or None."""
+    for t in reversed(tenures):
+        if t.stage != stage:
+            continue
+        if (at is None and t.end is None) or (at is not None and t.covers(at)):
+            return t.version
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- GTO
+def _git(root: Path, *args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise RegistryError(f"git {' '.join(args)}: {exc.stderr.strip() or exc}") from None
+    return out.stdout
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()  # noqa: S324 - DVC's content address, not a security check
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class GtoRegistry:
+    """`ModelRegistry` on GTO (git tags) and DVC (files), in the git repository at `root`.
+
+    Args:
+        root: the project's git repository (with `.dvc/` and a default DVC remote).
+        artifact: the artifact's name under `artifacts:` in `dvc.yaml`.
+        path: the package folder, relative to `root` (a stage's output in `dvc.yaml`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], artifact: str, path: str = "artifacts/model") -> None:
+        self.root = Path(root).resolve()
+        self.artifact = artifact
+        self.path = Path(path).as_posix()
+        if not (self.root / ".git").exists():
+            raise RegistryError(f"{self.root}: not a git repository; the registry keeps its tags there")
+
+    # ------------------------------------------------------------------ build plane lineage
+    def producing_commit(self) -> str:
+        """The newest commit whose `dvc.lock` records exactly the files now in the package folder.
+
+        Returns:
+            The commit's hex sha.
+
+        Raises:
+            RegistryError: no committed `dvc.lock` matches (rebuilt but not committed, or edited).
+        """
+        folder = self.root / self.path
+        actual = {p.relative_to(folder).as_posix(): _md5(p) for p in folder.rglob("*") if p.is_file()}
+        commits = _git(self.root, "log", "--format=%H", "--", "dvc.lock").split()
+        for commit in commits:
+            try:
+                lock = yaml.safe_load(_git(self.root, "show", f"{commit}:dvc.lock")) or {}
+            except (RegistryError, yaml.YAMLError):
+                continue
+            digest = self._out_md5(lock)
+            if digest and self._manifest(digest) == actual:
+                return commit
+        raise RegistryError(
+            f"{self.path}: no committed dvc.lock produced these files; run `dvc repro` and commit "
+            "dvc.lock first (the version tag must point at the commit that built the package)"
+        )
+
+    def _out_md5(self, lock: dict) -> str | None:
+        for stage in (lock.get("stages") or {}).values():
+            for out in stage.get("outs") or []:
+                if Path(out.get("path", "")).as_posix() == self.path:
+                    return out.get("md5")
+        return None
+
+    def _manifest(self, digest: str) -> dict[str, str] | None:
+        """{relpath: md5} of a `.dir` object from the local cache or the local-folder remote."""
+        name = digest.removesuffix(".dir") + ".dir"
+        for base in self._object_roots():
+            obj = base / "files" / "md5" / name[:2] / name[2:]
+            if obj.is_file():
+                return {e["relpath"]: e["md5"] for e in json.loads(obj.read_text())}
+        return None
+
+    def _object_roots(self) -> list[Path]:
+        from dvc.repo import Repo
+
+        roots = []
+        with Repo(str(self.root)) as repo:
+            roots.append(Path(repo.cache.local.path).parent.parent)
+            try:
+                remote = repo.cloud.get_remote_odb()
+                if remote.fs.protocol in ("local", "file"):
+                    roots.append(Path(remote.path).parent.parent)
+            except Exception:  # noqa: BLE001 - no default remote: the cache is enough here
+                pass
+        return roots
+
+    def push(self, commit: str) -> int:
+        """Push the package files of `commit` to the default DVC remote.
+
+        Returns:
+            Files transferred (0 when the remote already had them).
+
+        Raises:
+            RegistryError: no default remote, or the push failed.
+        """
+        from dvc.repo import Repo
+
+        try:
+            with Repo(str(self.root)) as repo:
+                return int(repo.push(targets=[self.path], revs=[commit]) or 0)
+        except Exception as exc:  # noqa: BLE001 - DVC raises many types; the message says enough
+            raise RegistryError(f"dvc push of {self.path} failed: {exc}") from None
+
+    # ------------------------------------------------------------------ ModelRegistry
+    def register(self, commit: str, message: str, version: str | None = None, bump: str = "patch") -> VersionInfo:
+        """Tag `commit` as a new version of the artifact (GTO registration, annotated tag).
+
+        Args:
+            commit: hex sha (see `producing_commit`).
+            message: the tag message (gate verdict, lineage id).
+            version: explicit semver; None bumps the latest by `bump`.
+            bump: `major`, `minor` or `patch`.
+
+        Raises:
+            RegistryError: the version exists or is lower than the latest, or the commit is
+                already registered.
+        """
+        import gto.api
+
+        if bump not in ("major", "minor", "patch"):
+            raise RegistryError(f"bump {bump!r}: expected major, minor or patch")
+        try:
+            gto.api.register(
+                str(self.root),
+                self.artifact,
+                commit,
+                version=normalize_version(version) if version else None,
+                message=message,
+                bump_major=bump == "major" and not version,
+                bump_minor=bump == "minor" and not version,
+                bump_patch=bump == "patch" and not version,
+            )
+        except RegistryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - GTO's own exceptions carry the reason
+            raise RegistryError(f"registering {self.artifact} at {commit[:7]}: {exc}") from None
+        mine = [v for v in self.versions() if v.commit == commit]
+        if not mine:  # pragma: no cover - GTO said it registered
+            raise RegistryError(f"registered {self.artifact} at {commit[:7]} but cannot read it back")
+        return mine[-1]
+
+    def _history(self) -> list[dict]:
+        import gto.api
+
+        try:
+            return list(gto.api.history(str(self.root), self.artifact, ascending=True))
+        except Exception as exc:  # noqa: BLE001
+            raise RegistryError(f"reading the registry of {self.artifact}: {exc}") from None
+
+    def versions(self) -> list[VersionInfo]:
+        """Every registered version, oldest first (deprecated ones included, flagged)."""
+        regs: dict[str, VersionInfo] = {}
+        deprecated: dict[str, str] = {}
+        for e in self._history():
+            if e["event"] == "registration":
+                regs[e["version"]] = VersionInfo(e["version"], e["commit"], e["timestamp"], e["message"] or "")
+            elif e["event"] == "deregistration":
+                deprecated[e["version"]] = e["message"] or ""
+        return [
+            VersionInfo(v.version, v.commit, v.created_at, v.message, v.version in deprecated, deprecated.get(v.version, ""))
+            for v in regs.values()
+        ]
+
+    def get(self, version: str) -> VersionInfo:
+        """One version by name (`v1.2.0` or `1.2.0`).
+
+        Raises:
+            UnknownVersion: not registered.
+        """
+        name = normalize_version(version) if SEMVER.match(version.strip()) else version
+        for v in self.versions():
+            if v.version == name:
+                return v
+        known = ", ".join(v.version for v in self.versions()) or "none"
+        raise UnknownVersion(f"{self.artifact} {version}: no such version (registered: {known})")
+
+    def assign(self, stage: str, version: str, message: str) -> None:
+        """GTO assignment tag `<artifact>#<stage>#<n>` with `message`."""
+        import gto.api
+
+        try:
+            gto.api.assign(str(self.root), self.artifact, stage, version=version, message=message, force=True)
+        except Exception as exc:  # noqa: BLE001
+            raise RegistryError(f"assigning {stage} to {self.artifact} {version}: {exc}") from None
+
+    def unassign(self, stage: str, version: str, message: str) -> None:
+        """GTO unassignment tag `<artifact>@<version>!#<stage>#<n>` with `message`."""
+        import gto.api
+
+        try:
+            gto.api.unassign(str(self.root), self.artifact, version=version, stage=stage, message=message, force=True)
+        except Exception as exc:  # noqa: BLE001
+            raise RegistryError(f"unassigning {stage} from {self.artifact} {version}: {exc}") from None
+
+    def deprecate(self, version: str, message: str) -> None:
+        """GTO deregistration tag `<artifact>@<version>!` with `message`: the version's deprecation."""
+        import gto.api
+
+        try:
+            gto.api.deregister(str(self.root), self.artifact, version=version, message=message, force=True)
+        except Exception as exc:  # noqa: BLE001
+            raise RegistryError(f"deprecating {self.artifact} {version}: {exc}") from None
+
+    def events(self) -> list[StageEvent]:
+        """Assignments, unassignments and deprecations, oldest first (git tag times, 1 s)."""
+        kinds = {"assignment": "assign", "unassignment": "unassign", "deregistration": "deprecate"}
+        out = []
+        for e in self._history():
+            kind = kinds.get(e["event"])
+            if kind:
+                out.append(StageEvent(e["timestamp"], kind, e["version"], e.get("stage"), (e["message"] or "").strip()))
+        return out
+
+    def fetch(self, version: str, dest: Path) -> Path:
+        """Copy the package of `version` into `dest`, from the DVC cache or else the remote.
+
+        Uses `dvc.api.DVCFileSystem` at the tagged commit: the workspace is not touched.
+
+        Raises:
+            UnknownVersion: not registered.
+            FilesMissing: the files are in neither the cache nor the remote.
+        """
+        from dvc.api import DVCFileSystem
+
+        info = self.get(version)
+        dest = Path(dest)
+        try:
+            fs = DVCFileSystem(str(self.root), rev=info.commit)
+            fs.get(self.path, str(dest), recursive=True)
+        except Exception as exc:  # noqa: BLE001 - DVC raises several types for a missing object
+            shutil.rmtree(dest, ignore_errors=True)
+            raise FilesMissing(
+                f"{self.artifact} {info.version}: its files ({self.path} at {info.commit[:7]}) are missing "
+                f"from the DVC cache and remote ({type(exc).__name__}); push them from a machine that has them"
+            ) from None
+        if not dest.is_dir() or not any(dest.iterdir()):
+            raise FilesMissing(f"{self.artifact} {info.version}: no files at {self.path} in {info.commit[:7]}")
+        return dest
