@@ -163,6 +163,45 @@ class ReleaseParams(Section):
     http_timeout_s: float = Field(30.0, gt=0)
 
 
+class MonitorParams(Section):
+    """`monitor`: which prediction-log window the scheduled drift check reads, and how much of it.
+
+    Thresholds follow Evidently 0.7's defaults (measured here, see REFERENCE.md): above 1,000 rows
+    it uses normed Wasserstein (numeric) and Jensen-Shannon (categorical) distances, a column
+    drifts at a distance >= 0.1.
+    """
+
+    log_dir: str = Field("logs/predictions", description="prediction log root (`driftloop serve --log-dir`)")
+    package_dir: str = Field("artifacts/model", description="the prod package whose reference.parquet is compared")
+    reports_dir: str = Field("reports/drift", description="where the HTML report and JSON summary go")
+    state_file: str = Field("reports/drift/policy_state.json", description="past retrains (the policy's memory)")
+    window_hours: float = Field(24.0, gt=0, description="length of the log window checked, hours (ts of the log)")
+    max_rows: int = Field(20_000, ge=100, description="larger windows are sampled to this many rows (cost grows with rows)")
+    column_threshold: float = Field(0.1, gt=0, description="per-column drift distance threshold (Evidently default)")
+    score_threshold: float = Field(0.1, gt=0, description="normed Wasserstein distance of `score` that counts as score drift")
+    min_labelled_rows: int = Field(200, ge=10, description="labelled rows (both classes) needed to score ROC AUC")
+    seed: int = 0
+
+
+class PolicyParams(Section):
+    """`policy`: when a drift check turns into a retrain.
+
+    A retrain needs: at least `min_rows` logged rows; drift (share of drifted feature columns >=
+    `drift_share`, or the score drifted, or ROC AUC fell by more than `max_auc_drop` where labels
+    exist); no retrain in the last `cooldown_hours`; fewer than `max_retrains_per_day` in the last
+    24 h. The defaults: 0.5 is Evidently's dataset-drift share; 1,000 rows is where Evidently
+    switches to distance-based tests; 0.02 AUC is twice the gate's `max_auc_drop_vs_champion`.
+    """
+
+    drift_share: float = Field(0.5, gt=0, le=1, description="share of drifted feature columns that means drift")
+    score_drift: bool = Field(True, description="a drifted score alone is drift")
+    min_rows: int = Field(1000, ge=1, description="fewer logged rows: skipped, never a retrain")
+    cooldown_hours: float = Field(24.0, ge=0, description="no retrain within this many hours of the last one")
+    max_retrains_per_day: int = Field(1, ge=0, description="retrains allowed in any 24 h (0 = never retrain)")
+    max_auc_drop: float | None = Field(0.02, ge=0, description="reference AUC - current AUC that means drift; null = off")
+    retrain_window_months: int = Field(3, ge=1, le=24, description="`data.window_months` of the retraining snapshot")
+
+
 SECTIONS: dict[str, type[Section]] = {
     "data": DataParams,
     "validate": ValidateParams,

