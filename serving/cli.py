@@ -27,7 +27,7 @@ def serve(
     max_batch_size: Annotated[
         int, typer.Option(help="rows per session.run; 1 disables micro-batching")
     ] = 256,
-    max_queue_delay_ms: Annotated[float, typer.Option(help="how long a batch waits to fill, ms")] = 1.0,
+    max_queue_delay_ms: Annotated[float, typer.Option(help="how long a batch waits to fill, ms")] = 0.0,
     max_queue_rows: Annotated[int, typer.Option(help="queued rows before 429 + Retry-After")] = 8192,
     intra_op_threads: Annotated[
         int, typer.Option(help="ONNX Runtime intra-op threads (0 = ORT default)")

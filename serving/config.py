@@ -22,10 +22,10 @@ class ServeSettings(BaseSettings):
 
     repository: Path = Field(description="model repository root: <repository>/<model>/<version>/")
     models: list[str] = Field(default_factory=list, description="models to load at start; empty = all found")
-    # Micro-batching. With a 2-core machine and a small model, the HTTP stack dominates; a short
-    # delay lets concurrent requests share one session.run without hurting p99 (bench/serve_batching.py).
+    # Micro-batching. Delay 0: batches form from what queued while the previous batch ran, which
+    # adds no latency at low load; a 2 ms delay cost throughput and p99 in bench/serve_batching.py.
     max_batch_size: int = Field(256, ge=1, description="rows per session.run; 1 disables merging")
-    max_queue_delay_ms: float = Field(1.0, ge=0, description="how long a batch waits to fill")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="how long a batch waits to fill")
     max_queue_rows: int = Field(8192, ge=1, description="rows waiting in the queue before 429")
     intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default)")
     warmup_rows: int = Field(

@@ -21,6 +21,7 @@ become NaN, which the graph routes as training did.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -133,7 +134,9 @@ def parse_model(model: type[M], body: bytes) -> M:
 
 def _flatten(data: list[Any]) -> list[Any]:
     """Flatten nested lists (row-major); a flat list is returned as is."""
-    if not any(isinstance(x, list) for x in data):
+    # Only the first element is checked: a list further on (mixed nesting) is not flattened and
+    # fails the element type check of `column_array` instead.
+    if not data or type(data[0]) is not list:
         return data
     out: list[Any] = []
     stack = [iter(data)]
@@ -184,6 +187,8 @@ def column_array(field: str, spec: TensorSpec, values: list[Any], limits: Limits
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
         return arr.reshape(-1, 1)
+    if len(values) <= _SMALL:
+        return _small_column(field, spec, values)
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError):  # ragged nesting, huge ints
@@ -220,6 +225,50 @@ def column_array(field: str, spec: TensorSpec, values: list[Any], limits: Limits
             rule = "must be finite" if spec.nullable else "is not nullable and must be finite"
             raise RequestError(400, f"{field}: row {i} is {what}{extra}; the column {rule}")
     return out.reshape(-1, 1)
+
+
+_SMALL = 16  # below this many rows, per-value Python checks beat numpy's per-call overhead
+_FP32_MAX = float(np.finfo(np.float32).max)
+
+
+def _small_column(field: str, spec: TensorSpec, values: list[Any]) -> np.ndarray:
+    """`column_array` for a few rows of a numeric column: the same rules, checked value by value."""
+    if spec.datatype == "INT64":
+        for x in values:
+            if type(x) is not int or not -(2**63) <= x < 2**63:
+                raise RequestError(400, f"{field}: {_first_bad(values, int)}; expected integers (INT64)")
+        return np.array(values, dtype=np.int64).reshape(-1, 1)
+    limit = _FP32_MAX if spec.datatype == "FP32" else math.inf
+    out = []
+    for i, x in enumerate(values):
+        t = type(x)
+        if t is float or t is int:
+            try:
+                f = float(x)
+            except OverflowError:
+                f = math.inf
+            if f != f:  # NaN
+                if not spec.nullable:
+                    raise RequestError(
+                        400, f"{field}: row {i} is NaN; the column is not nullable and must be finite"
+                    )
+            elif not -limit <= f <= limit:
+                raise RequestError(
+                    400,
+                    f"{field}: row {i} is {x!r} (not finite as {spec.datatype}); the column must be finite",
+                )
+            out.append(f)
+        elif x is None and spec.nullable:
+            out.append(math.nan)
+        elif x is None:
+            raise RequestError(
+                400, f"{field}: row {i} is null; the column is not nullable and must be finite"
+            )
+        else:
+            raise RequestError(
+                400, f"{field}: {_first_bad(values, float)}; expected numbers ({spec.datatype})"
+            )
+    return np.array(out, dtype=np.float32 if spec.datatype == "FP32" else np.float64).reshape(-1, 1)
 
 
 def _first_bad(values: list[Any], want: type) -> str:

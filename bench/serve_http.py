@@ -1,0 +1,173 @@
+"""Benchmark: single-row and 1,000-row requests against the model server, on loopback.
+
+(a) this server (records endpoint), (b) a no-op endpoint on the same app and HTTP stack (the
+ceiling), (c) a naive FastAPI + pydantic server calling session.run per request; each at
+concurrency 1, 16, 64 for SECONDS seconds. Then 1,000-row v2 requests vs raw session.run at batch
+1,000 (same intra-op threads). Servers are subprocesses; the load generator (serving.loadgen)
+shares the 2 cores with them, so absolute figures are lower bounds; ratios are measured side by
+side in one run.
+
+Run: .venv/bin/python bench/serve_http.py [--seconds 3]
+Writes bench/results/serve_http.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import orjson  # noqa: E402
+from serve_common import MODEL, figure, free_port, print_table, server_args, write_results  # noqa: E402
+
+from serving.loadgen import run_load, start_process, stop_process  # noqa: E402
+from serving.testing import build_test_package, records_payload, synthetic_rows, v2_payload  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per point")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    opts = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="serve_http_"))
+    repo = tmp / "repo"
+    build_test_package(repo / MODEL / "1", model_name=MODEL)
+    one = orjson.dumps(records_payload(synthetic_rows(1, seed=1)))
+    thousand = orjson.dumps(v2_payload(synthetic_rows(1000, seed=2)))
+
+    points: list[dict] = []
+    results: dict[tuple[str, int], object] = {}
+    port_a, port_c = free_port(), free_port()
+    proc_a = start_process(
+        server_args("driftloop", repo, port_a), f"http://127.0.0.1:{port_a}/v2/health/ready"
+    )
+    proc_c = start_process(server_args("naive", repo, port_c), f"http://127.0.0.1:{port_c}/v2/health/ready")
+    try:
+        targets = {
+            "a_server": (f"http://127.0.0.1:{port_a}/v1/models/{MODEL}:predict", one),
+            "b_noop": (f"http://127.0.0.1:{port_a}/v2/noop", one),
+            "c_naive": (f"http://127.0.0.1:{port_c}/v1/models/{MODEL}:predict", one),
+        }
+        for conc in opts.concurrency:
+            for name, (url, body) in targets.items():
+                res = run_load(url, body, concurrency=conc, seconds=opts.seconds)
+                results[(name, conc)] = res
+                points.append(
+                    {
+                        "target": name,
+                        "rows/req": 1,
+                        "conc": conc,
+                        "req/s": res.rps,
+                        "p50 ms": res.percentile(50),
+                        "p99 ms": res.percentile(99),
+                        "errors": res.errors,
+                    }
+                )
+        big = run_load(
+            f"http://127.0.0.1:{port_a}/v2/models/{MODEL}/infer",
+            thousand,
+            concurrency=4,
+            seconds=opts.seconds,
+        )
+        points.append(
+            {
+                "target": "a_server v2",
+                "rows/req": 1000,
+                "conc": 4,
+                "req/s": big.rps,
+                "rows/s": big.rps * 1000,
+                "p50 ms": big.percentile(50),
+                "p99 ms": big.percentile(99),
+                "errors": big.errors,
+            }
+        )
+    finally:
+        stop_process(proc_a)
+        stop_process(proc_c)
+
+    # Raw session.run at batch 1,000, same session options as the server's default.
+    import onnxruntime as ort
+
+    from driftloop.schema import to_onnx_feeds
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(repo / MODEL / "1" / "model.onnx"), options)
+    feeds = to_onnx_feeds(synthetic_rows(1000, seed=2))
+    session.run(None, feeds)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < opts.seconds:
+        session.run(None, feeds)
+        n += 1
+    raw_rows = n * 1000 / (time.perf_counter() - start)
+    points.append({"target": "raw session.run", "rows/req": 1000, "conc": 1, "rows/s": raw_rows})
+
+    print_table(
+        "serve_http", points, ["target", "rows/req", "conc", "req/s", "rows/s", "p50 ms", "p99 ms", "errors"]
+    )
+    figures = []
+    for conc in opts.concurrency:
+        a, b, c = (results[(k, conc)] for k in ("a_server", "b_noop", "c_naive"))
+        target16 = conc == 16
+        figures.append(
+            figure(
+                f"req_per_s_c{conc}_vs_noop",
+                a.rps,
+                "req/s",
+                "no-op endpoint, same stack",
+                b.rps,
+                0.8 if target16 else None,
+            )
+        )
+        figures.append(
+            figure(
+                f"req_per_s_c{conc}_vs_naive",
+                a.rps,
+                "req/s",
+                "naive FastAPI + session.run",
+                c.rps,
+                1.5 if target16 else None,
+            )
+        )
+        figures.append(
+            figure(
+                f"p99_ms_c{conc}_vs_naive",
+                a.percentile(99),
+                "ms",
+                "naive FastAPI + session.run",
+                c.percentile(99),
+                None,
+                higher_is_better=False,
+            )
+        )
+    figures.append(
+        figure(
+            "rows_per_s_1000_row_requests",
+            big.rps * 1000,
+            "rows/s",
+            "raw session.run, batch 1000",
+            raw_rows,
+            0.5,
+        )
+    )
+    path = write_results(
+        "serve_http",
+        figures,
+        points,
+        "Loopback; load generator (raw asyncio HTTP/1.1, keep-alive) shares the cores with the servers.",
+    )
+    print()
+    for f in figures:
+        if f["target"]:
+            print(
+                f"{f['name']}: {f['value']:,.0f} {f['unit']} = {f['ratio']:.2f}x {f['baseline']} (target {f['target']}: {'met' if f['met'] else 'NOT met'})"
+            )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
