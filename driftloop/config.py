@@ -133,36 +133,6 @@ class PackageParams(Section):
     reference_rows: int = Field(5000, ge=100)
 
 
-class ReleaseParams(Section):
-    """`release`: the registry's stages, the server's model repository and the canary analysis bounds.
-
-    Used by `driftloop register | release | rollback | history` (driftloop/release.py), never by
-    `dvc repro`. See docs/release.md for what each bound means and where its default comes from.
-    """
-
-    artifact: str = Field("flight-delay", description="artifact name in dvc.yaml `artifacts:` (GTO)")
-    package_dir: str = Field("artifacts/model", description="the package folder that `register` takes")
-    model: str = Field("flight-delay", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name on the server")
-    stable_stage: str = Field("prod", description="GTO stage of the version that serves")
-    canary_stage: str = Field("canary", description="GTO stage of a version under canary analysis")
-    server_url: str = Field("http://127.0.0.1:8080", description="base URL of the model server")
-    repository: str = Field("model_repository", description="the server's model repository folder")
-    log_dir: str = Field("logs/predictions", description="the server's prediction log (`serve --log-dir`)")
-    champion_dir: str = Field("champion/package", description="copy of the prod package for `evaluate`")
-    strategy: str = Field("canary", pattern=r"^(canary|blue-green)$")
-    canary_weight: float = Field(10.0, gt=0, lt=100, description="canary's share of traffic, percent")
-    min_requests: int = Field(200, ge=1, description="canary requests (log rows) the analysis needs")
-    analysis_timeout_s: float = Field(600.0, gt=0, description="no verdict by then = roll back")
-    poll_interval_s: float = Field(1.0, gt=0, description="how often the analysis reads the log and /metrics")
-    baseline_window_s: float = Field(3600.0, gt=0, description="blue-green: stable rows this far back are its baseline")
-    max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="canary minus stable error rate")
-    max_p99_latency_ratio: float = Field(1.5, ge=1, description="canary p99 / stable p99")
-    latency_slack_ms: float = Field(2.0, ge=0, description="p99 differences below this many ms always pass")
-    max_score_psi: float = Field(0.25, gt=0, description="PSI of canary vs stable scores (0.25 = significant shift)")
-    keep_previous_s: float = Field(300.0, ge=0, description="old stable stays loaded this long after a promotion")
-    http_timeout_s: float = Field(30.0, gt=0)
-
-
 class MonitorParams(Section):
     """`monitor`: which prediction-log window the scheduled drift check reads, and how much of it.
 
@@ -202,6 +172,36 @@ class PolicyParams(Section):
     retrain_window_months: int = Field(3, ge=1, le=24, description="`data.window_months` of the retraining snapshot")
 
 
+class ReleaseParams(Section):
+    """`release`: the registry's stages, the server's model repository and the canary analysis bounds.
+
+    Used by `driftloop register | release | rollback | history` (driftloop/release.py), never by
+    `dvc repro`. See docs/release.md for what each bound means and where its default comes from.
+    """
+
+    artifact: str = Field("flight-delay", description="artifact name in dvc.yaml `artifacts:` (GTO)")
+    package_dir: str = Field("artifacts/model", description="the package folder that `register` takes")
+    model: str = Field("flight-delay", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name on the server")
+    stable_stage: str = Field("prod", description="GTO stage of the version that serves")
+    canary_stage: str = Field("canary", description="GTO stage of a version under canary analysis")
+    server_url: str = Field("http://127.0.0.1:8080", description="base URL of the model server")
+    repository: str = Field("model_repository", description="the server's model repository folder")
+    log_dir: str = Field("logs/predictions", description="the server's prediction log (`serve --log-dir`)")
+    champion_dir: str = Field("champion/package", description="copy of the prod package for `evaluate`")
+    strategy: str = Field("canary", pattern=r"^(canary|blue-green)$")
+    canary_weight: float = Field(10.0, gt=0, lt=100, description="canary's share of traffic, percent")
+    min_requests: int = Field(200, ge=1, description="canary requests (log rows) the analysis needs")
+    analysis_timeout_s: float = Field(600.0, gt=0, description="no verdict by then = roll back")
+    poll_interval_s: float = Field(1.0, gt=0, description="how often the analysis reads the log and /metrics")
+    baseline_window_s: float = Field(3600.0, gt=0, description="blue-green: stable rows this far back are its baseline")
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="canary minus stable error rate")
+    max_p99_latency_ratio: float = Field(1.5, ge=1, description="canary p99 / stable p99")
+    latency_slack_ms: float = Field(2.0, ge=0, description="p99 differences below this many ms always pass")
+    max_score_psi: float = Field(0.25, gt=0, description="PSI of canary vs stable scores (0.25 = significant shift)")
+    keep_previous_s: float = Field(300.0, ge=0, description="old stable stays loaded this long after a promotion")
+    http_timeout_s: float = Field(30.0, gt=0)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "data": DataParams,
     "validate": ValidateParams,
@@ -212,6 +212,8 @@ SECTIONS: dict[str, type[Section]] = {
     "evaluate": EvaluateParams,
     "gates": GatesParams,
     "package": PackageParams,
+    "monitor": MonitorParams,
+    "policy": PolicyParams,
     "release": ReleaseParams,
 }
 
@@ -233,7 +235,7 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         raise ParamsError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    unknown = sorted(set(raw) - set(SECTIONS) - {"monitor", "policy", "serve"})
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     return raw

