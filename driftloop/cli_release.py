@@ -26,14 +26,9 @@ UrlOpt = Annotated[str | None, typer.Option(help="model server URL; default rele
 
 
 def _plane(root: Path, params: Path | None, url: str | None):
-    from driftloop.config import ReleaseParams, load_section
-    from driftloop.registry import GtoRegistry
-    from driftloop.release import ReleasePlane
+    from driftloop.release import open_plane
 
-    root = root.resolve()
-    section = load_section(params or root / "params.yaml", "release", ReleaseParams)
-    registry = GtoRegistry(root, section.artifact, section.package_dir)
-    return ReleasePlane(root=root, params=section, registry=registry, server_url=url or section.server_url)
+    return open_plane(root, params_path=params, server_url=url)
 
 
 def _run(fn: Callable[[], Any]) -> Any:
@@ -73,7 +68,7 @@ def register(
         from driftloop.release import register_package
 
         plane = _plane(root, params, None)
-        folder = package or plane.root / plane.params.package_dir
+        folder = package or plane.package_dir
         return register_package(plane.registry, folder, version=version, bump=bump)
 
     out = _run(go)

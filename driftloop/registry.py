@@ -282,21 +282,42 @@ class GtoRegistry:
         return roots
 
     def push(self, commit: str) -> int:
-        """Push the package files of `commit` to the default DVC remote.
+        """Push the package files of `commit` to the default DVC remote, and check they arrived.
+
+        The workspace's package is pushed (`producing_commit` proved it is byte-identical to the
+        commit's): DVC cannot collect an absolute target at another revision, and a relative one
+        would resolve against the process's cwd instead of the repository.
 
         Returns:
             Files transferred (0 when the remote already had them).
 
         Raises:
-            RegistryError: no default remote, or the push failed.
+            RegistryError: no default remote, the push failed, or the remote lacks an object after it.
         """
         from dvc.repo import Repo
 
         try:
             with Repo(str(self.root)) as repo:
-                return int(repo.push(targets=[self.path], revs=[commit]) or 0)
+                pushed = int(repo.push(targets=[str(self.root / self.path)]) or 0)
         except Exception as exc:  # noqa: BLE001 - DVC raises many types; the message says enough
             raise RegistryError(f"dvc push of {self.path} failed: {exc}") from None
+        digest = self._lock_md5(commit)
+        remote = self._object_roots()[1:]
+        if digest and remote:
+            manifest_obj = remote[0] / "files" / "md5" / digest[:2] / digest[2:]
+            wanted = self._manifest(digest) or {}
+            missing = [
+                rel for rel, md5 in wanted.items() if not (remote[0] / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+            ]
+            if not manifest_obj.is_file() or missing:
+                raise RegistryError(f"dvc push of {self.path}: the remote still lacks {missing or [digest]}")
+        return pushed
+
+    def _lock_md5(self, commit: str) -> str | None:
+        try:
+            return self._out_md5(yaml.safe_load(_git(self.root, "show", f"{commit}:dvc.lock")) or {})
+        except (RegistryError, yaml.YAMLError):
+            return None
 
     # ------------------------------------------------------------------ ModelRegistry
     def register(self, commit: str, message: str, version: str | None = None, bump: str = "patch") -> VersionInfo:
@@ -316,6 +337,8 @@ class GtoRegistry:
 
         if bump not in ("major", "minor", "patch"):
             raise RegistryError(f"bump {bump!r}: expected major, minor or patch")
+        first = not self.versions()  # GTO refuses to bump when there is nothing to bump from
+        bump = "" if first or version else bump
         try:
             gto.api.register(
                 str(self.root),
@@ -323,9 +346,9 @@ class GtoRegistry:
                 commit,
                 version=normalize_version(version) if version else None,
                 message=message,
-                bump_major=bump == "major" and not version,
-                bump_minor=bump == "minor" and not version,
-                bump_patch=bump == "patch" and not version,
+                bump_major=bump == "major",
+                bump_minor=bump == "minor",
+                bump_patch=bump == "patch",
             )
         except RegistryError:
             raise

@@ -1,0 +1,207 @@
+"""Fixtures of the release-plane tests: a temp git + DVC project, test packages, a live server.
+
+The project is real: `git init`, `dvc init`, a local-folder DVC remote under tmp, a `dvc.yaml`
+whose `package` stage outputs `artifacts/model` (its lock is written by `dvc commit`, standing in
+for `dvc repro`), and the `artifacts:` entry GTO reads. Packages come from
+`serving.testing.build_test_package`, with the gate verdict and lineage the build plane writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from driftloop.package import write_sha256sums
+from serving.app import create_app
+from serving.config import ServeSettings
+from serving.testing import build_test_package, records_payload, running_server, synthetic_rows
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+MODEL = "flight_delay"
+ARTIFACT = "flight-delay"
+GIT = ["git", "-c", "user.email=test@driftloop", "-c", "user.name=driftloop-test"]
+
+DVC_YAML = {
+    "stages": {"package": {"cmd": "echo built by the test", "outs": ["artifacts/model"]}},
+    "artifacts": {ARTIFACT: {"path": "artifacts/model", "type": "model"}},
+}
+
+
+def release_params(tmp: Path) -> dict:
+    """`release:` shrunk for tests: few requests, short polls, no grace period."""
+    return {
+        "artifact": ARTIFACT,
+        "package_dir": "artifacts/model",
+        "model": MODEL,
+        "stable_stage": "prod",
+        "canary_stage": "canary",
+        "server_url": "http://127.0.0.1:9",
+        "repository": str(tmp / "model_repository"),
+        "log_dir": str(tmp / "logs"),
+        "champion_dir": "champion/package",
+        "strategy": "canary",
+        "canary_weight": 50,
+        "min_requests": 150,
+        "analysis_timeout_s": 30,
+        "poll_interval_s": 0.3,
+        "baseline_window_s": 600,
+        "max_error_rate_increase": 0.01,
+        "max_p99_latency_ratio": 1.5,
+        "latency_slack_ms": 1.5,
+        "max_score_psi": 0.25,
+        "keep_previous_s": 0,
+        "http_timeout_s": 10,
+    }
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory) -> Path:
+    """Built once: good v1/v2, an inverted, a slow and a gate-failed package."""
+    root = tmp_path_factory.mktemp("release_packages")
+    specs = {
+        "v1": {"version_weight": 1.0},
+        "v2": {"version_weight": 1.1},
+        "v3": {"version_weight": 0.95},
+        "inverted": {"version_weight": 1.0, "inverted": True},
+        "slow": {"version_weight": 1.0, "slow": True, "slow_layers": 24, "slow_width": 1024},
+    }
+    for name, kwargs in specs.items():
+        gated(build_test_package(root / name, model_name=MODEL, **kwargs), "pass")
+    gated(build_test_package(root / "failed", model_name=MODEL, version_weight=1.2), "fail")
+    return root
+
+
+def gated(folder: Path, verdict: str) -> Path:
+    """Add the build plane's `gate.verdict` to model_card.json and re-write SHA256SUMS."""
+    card_path = folder / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["gate"] = {"verdict": verdict, "rules": []}
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    write_sha256sums(folder)
+    return folder
+
+
+class Project:
+    """A temp git + DVC project; `build(kind)` puts a package in artifacts/model and commits it."""
+
+    def __init__(self, root: Path, packages: Path) -> None:
+        self.root = root
+        self.packages = packages
+        self.params = root / "params.yaml"
+
+    def git(self, *args: str) -> str:
+        return subprocess.run([*GIT, *args], cwd=self.root, check=True, capture_output=True, text=True).stdout
+
+    def build(self, kind: str, commit: bool = True) -> Path:
+        target = self.root / "artifacts" / "model"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(self.packages / kind, target)
+        # `dvc commit` writes dvc.lock and caches the outs, as `dvc repro` would
+        subprocess.run(["dvc", "commit", "-q", "-f", "package"], cwd=self.root, check=True, env={**os.environ, "PATH": _venv_path()})
+        if commit:
+            self.git("add", "dvc.lock", "dvc.yaml")
+            self.git("commit", "-qm", f"build {kind}")
+        return target
+
+    def plane(self, url: str):
+        from driftloop.release import open_plane
+
+        return open_plane(self.root, server_url=url)
+
+
+@pytest.fixture
+def project(tmp_path, packages) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    remote = tmp_path / "dvc-remote"
+    remote.mkdir()
+    p = Project(root, packages)
+    p.git("init", "-q", "-b", "main")
+    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()})
+    subprocess.run(
+        ["dvc", "remote", "add", "-q", "-d", "local", str(remote)], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()}
+    )
+    (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump({"release": release_params(tmp_path)}, sort_keys=False))
+    (root / ".gitignore").write_text("/champion/package/\n")
+    p.git("add", "-A")
+    p.git("commit", "-qm", "init")
+    p.remote = remote  # type: ignore[attr-defined]
+    p.tmp = tmp_path  # type: ignore[attr-defined]
+    return p
+
+
+def _venv_path() -> str:
+    import sys
+
+    return f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture
+def server(project) -> Iterator[str]:
+    """A live server over the project's (empty) model repository, logging predictions; yields its URL."""
+    repo = project.tmp / "model_repository"
+    repo.mkdir(exist_ok=True)
+    settings = ServeSettings(repository=repo, log_dir=project.tmp / "logs", flush_interval_s=0.2, max_queue_delay_ms=0.5)
+    with running_server(create_app(settings)) as url:
+        yield url
+
+
+class TrafficLoop:
+    """Single-row records requests with fresh request ids, in a thread; counts answers per version."""
+
+    def __init__(self, url: str, threads: int = 2) -> None:
+        self.url = url
+        self.stop_event = threading.Event()
+        self.failures: list[str] = []
+        self.versions: dict[str, int] = {}
+        self.lock = threading.Lock()
+        rows = synthetic_rows(200, seed=11)
+        self.bodies = [records_payload(rows.iloc[[i]]) for i in range(len(rows))]
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            i = 0
+            while not self.stop_event.is_set():
+                i += 1
+                try:
+                    resp = client.post(
+                        f"/v1/models/{MODEL}:predict",
+                        json=self.bodies[i % len(self.bodies)],
+                        headers={"x-request-id": uuid.uuid4().hex},
+                    )
+                    ok = resp.status_code == 200
+                    what = resp.headers.get("x-model-version", "?") if ok else f"{resp.status_code} {resp.text[:80]}"
+                except httpx.HTTPError as exc:
+                    ok, what = False, repr(exc)
+                with self.lock:
+                    if ok:
+                        self.versions[what] = self.versions.get(what, 0) + 1
+                    else:
+                        self.failures.append(what)
+
+    def __enter__(self) -> TrafficLoop:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(10)
+
+
+@pytest.fixture
+def traffic(server) -> type[TrafficLoop]:
+    return TrafficLoop

@@ -1,0 +1,164 @@
+"""Register, release (first, canary, blue-green), promote, roll back, and history, on a live server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from driftloop.cli import app
+from driftloop.registry import holder
+from driftloop.release import register_package, release_version, rollback_release
+
+MODEL = "flight_delay"
+
+runner = CliRunner()
+
+
+def cli(project, *args: str, url: str | None = None):
+    extra = ["--root", str(project.root)] + (["--url", url] if url else [])
+    return runner.invoke(app, [*args, *extra])
+
+
+def tags(project) -> list[str]:
+    return project.git("tag").split()
+
+
+def test_register_tags_the_producing_commit_and_pushes_files(project):
+    project.build("v1")
+    built = project.git("rev-parse", "HEAD").strip()
+    project.git("commit", "--allow-empty", "-qm", "later work")  # the tag must not follow HEAD
+    result = cli(project, "register")
+    assert result.exit_code == 0, result.output
+    assert "v0.0.1" in result.output
+    assert project.git("rev-list", "-n1", "flight-delay@v0.0.1").strip() == built
+    message = project.git("tag", "-n9", "-l", "flight-delay@v0.0.1")
+    assert "gate verdict: pass" in message and "lineage: test-flight_delay-w1" in message
+    assert any(p.is_file() for p in project.remote.rglob("*"))
+    # fetchable by version alone, from the remote, with an empty local cache
+    import shutil
+
+    shutil.rmtree(project.root / ".dvc" / "cache")
+    plane = project.plane("http://127.0.0.1:9")
+    out = plane.registry.fetch("v0.0.1", project.tmp / "fetched")
+    assert (out / "model.onnx").read_bytes() == (project.packages / "v1" / "model.onnx").read_bytes()
+    # auto-bump and explicit versions
+    project.build("v2")
+    assert cli(project, "register", "--bump", "minor").exit_code == 0
+    project.build("v3")
+    assert cli(project, "register", "--version", "2.0.0").exit_code == 0
+    assert {"flight-delay@v0.0.1", "flight-delay@v0.1.0", "flight-delay@v2.0.0"} <= set(tags(project))
+
+
+def test_register_refuses_bad_packages_and_changes_nothing(project):
+    project.build("failed")
+    result = cli(project, "register")
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "gate verdict" in result.output
+    assert "Traceback" not in result.output
+    pkg = project.build("v1")
+    (pkg / "model_card.md").write_text("tampered\n")
+    result = cli(project, "register")
+    assert result.exit_code == 1 and "SHA256SUMS" in result.output
+    project.build("v2", commit=False)  # built but dvc.lock not committed
+    result = cli(project, "register")
+    assert result.exit_code == 1 and "dvc.lock" in result.output
+    assert tags(project) == []
+    assert not any(p.is_file() for p in project.remote.rglob("*"))
+
+
+def test_first_release_canary_promotion_history_and_rollback(project, server, traffic):
+    plane = project.plane(server)
+    project.build("v1")
+    v1 = register_package(plane.registry, plane.package_dir).version
+    result = cli(project, "release", v1, url=server)
+    assert result.exit_code == 0, result.output
+    assert "first release" in result.output
+    assert httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"] == {v1: 100.0}
+    assert (project.root / "champion" / "package" / "model.onnx").is_file()
+
+    project.build("v2")
+    v2 = register_package(plane.registry, plane.package_dir).version
+    time.sleep(1.1)  # registry times have 1 s resolution
+    before = dt.datetime.now(dt.UTC)
+    time.sleep(1.1)
+    with traffic(server) as loop:
+        outcome = release_version(plane, v2, keep_previous_s=0)
+        time.sleep(0.3)
+    assert outcome.decision == "promoted", outcome.reasons
+    assert outcome.analysis is not None and outcome.analysis.canary_requests >= 150
+    assert loop.failures == []
+    assert set(loop.versions) == {v1, v2}  # both answered during the canary
+    time.sleep(1.1)
+    after = dt.datetime.now(dt.UTC)
+    traffic_now = httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"]
+    assert traffic_now == {v2: 100.0}
+    index = httpx.get(f"{server}/v2/repository/index").json()
+    assert [r["version"] for r in index if r["state"] == "READY"] == [v2]  # keep_previous_s=0: unloaded
+
+    for at, expected in ((before, v1), (after, v2)):
+        result = cli(project, "history", "--at", at.isoformat())
+        assert result.exit_code == 0, result.output
+        assert f"prod: {expected}" in result.output
+    result = cli(project, "history")
+    assert result.exit_code == 0 and "promoted" in result.output and v1 in result.output
+
+    time.sleep(1.1)
+    result = cli(project, "rollback", "--reason", "test says so", url=server)
+    assert result.exit_code == 0, result.output
+    assert httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"] == {v1: 100.0}
+    tenures = plane.tenures()
+    assert holder(tenures, "prod") == v1
+    assert "test says so" in tenures[-1].why
+    assert plane.registry.get(v2).deprecated
+    champion_sig = (project.root / "champion" / "package" / "signature.json").read_text()
+    assert "w1" in champion_sig and "w1.1" not in champion_sig
+    # only v1 was ever prod before v2: nothing further back
+    result = cli(project, "rollback", url=server)
+    assert result.exit_code == 1 and "nothing to roll back to" in result.output
+
+
+@pytest.mark.parametrize("strategy", ["canary", "blue-green"])
+def test_inverted_candidate_is_rolled_back_without_failed_requests(project, server, traffic, strategy):
+    plane = project.plane(server)
+    project.build("v1")
+    v1 = register_package(plane.registry, plane.package_dir).version
+    release_version(plane, v1)
+    project.build("inverted")
+    bad = register_package(plane.registry, plane.package_dir).version
+    with traffic(server) as loop:
+        time.sleep(0.5)  # stable history for the blue-green baseline
+        result = cli(project, "release", bad, "--strategy", strategy, url=server)
+        time.sleep(0.3)
+    assert result.exit_code == 3, result.output
+    assert "rolled back" in result.output and "PSI" in result.output
+    assert loop.failures == []
+    assert httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"] == {v1: 100.0}
+    ready = [r["version"] for r in httpx.get(f"{server}/v2/repository/index").json() if r["state"] == "READY"]
+    assert ready == [v1]
+    assert holder(plane.tenures(), "prod") == v1 and holder(plane.tenures(), "canary") is None
+    assert plane.registry.get(bad).deprecated and "PSI" in plane.registry.get(bad).deprecation
+
+
+@pytest.mark.slow
+def test_slow_candidate_is_rolled_back_on_latency(project, server, traffic):
+    plane = project.plane(server)
+    project.build("v1")
+    v1 = register_package(plane.registry, plane.package_dir).version
+    release_version(plane, v1)
+    project.build("slow")
+    slow = register_package(plane.registry, plane.package_dir).version
+    with traffic(server) as loop:
+        outcome = release_version(plane, slow)
+    assert outcome.decision == "rolled back"
+    assert "p99 latency" in outcome.reasons
+    assert loop.failures == []
+    assert httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"] == {v1: 100.0}
+
+
+def test_rollback_cli_without_anything_in_prod(project, server):
+    result = cli(project, "rollback", url=server)
+    assert result.exit_code == 1 and result.output.startswith("error: ")
+    assert rollback_release is not None
