@@ -2,7 +2,8 @@
 
 The release plane (driftloop/registry.py, driftloop/release.py) owns GTO and the server; this
 module only builds its `ReleasePlane` from params.yaml's `release` section (as
-`driftloop/cli_release.py` does) and calls `register_package` and `release_version`.
+`driftloop/cli_release.py` does, through `open_plane`) and calls `register_package` and
+`release_version`.
 
 Why the commit is pinned: `register_package` tags the commit whose `dvc.lock` produced the
 package. A flow run records its `params.yaml` + `dvc.lock` as a commit on a branch (see
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -55,23 +55,6 @@ class _PinnedCommit:
         return getattr(self._inner, name)
 
 
-def release_plane(root: str | os.PathLike[str], server_url: str | None = None):
-    """The release plane of the project at `root` (params `release`, GTO registry, server URL).
-
-    Raises:
-        ParamsError: the `release` section is missing or invalid.
-        RegistryError: `root` is not a git repository.
-    """
-    from driftloop.config import ReleaseParams, load_section
-    from driftloop.registry import GtoRegistry
-    from driftloop.release import ReleasePlane
-
-    root = Path(root).resolve()
-    section = load_section(root / "params.yaml", "release", ReleaseParams)
-    registry = GtoRegistry(root, section.artifact, section.package_dir)
-    return ReleasePlane(root=root, params=section, registry=registry, server_url=server_url or section.server_url)
-
-
 def register_and_release(
     root: str | os.PathLike[str],
     package_dir: str | os.PathLike[str],
@@ -96,11 +79,11 @@ def register_and_release(
         built and cached, and `driftloop register` / `driftloop release` can finish by hand.
     """
     try:
-        from driftloop.release import register_package, release_version
+        from driftloop.release import open_plane, register_package, release_version
     except ImportError as exc:
         return ReleaseOutcome(status="skipped", reason=f"release plane not installed ({exc})")
     try:
-        plane = release_plane(root, server_url)
+        plane = open_plane(root, server_url=server_url)
         registry = _PinnedCommit(plane.registry, commit) if commit else plane.registry
         registered = register_package(registry, package_dir)
     except DriftloopError as exc:

@@ -1,0 +1,136 @@
+"""Deployments of the flows, kept apart from the flow code.
+
+Three deployments:
+    drift-check/scheduled            the drift check on a cron schedule (default hourly)
+    training/retrain-on-drift        the training flow, started by a `DeploymentEventTrigger` on
+                                     `driftloop.drift.detected` for this model; the event's
+                                     payload (as_of, window_months) becomes its parameters
+    training/manual                  the training flow for runs by hand (`prefect deployment run`)
+
+Two ways to run them, no Docker either way:
+    python -m flows.deployments serve                  one long-running process schedules and runs all three
+    python -m flows.deployments deploy --pool driftloop   register them on a process work pool;
+                                                         `prefect worker start --pool driftloop` runs them
+
+Both need a Prefect server (`prefect server start`, SQLite) and PREFECT_API_URL pointing at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect.events import DeploymentEventTrigger
+
+from flows.monitoring import DRIFT_EVENT, drift_check_flow, model_resource_id
+from flows.training import training_flow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CRON = "0 * * * *"
+"""The drift check runs hourly by default: the log window (`monitor.window_hours`, 24 h) slides
+by an hour, and the policy's cooldown keeps retrains rare however often it runs."""
+
+
+def retrain_trigger(model_name: str, root: str) -> DeploymentEventTrigger:
+    """The trigger that starts a retraining run on a drift event for `model_name`.
+
+    The payload's `as_of` (ISO date) and `window_months` are mapped into the training flow's
+    parameters with Prefect's templating; the flow's typed signature turns them back into a
+    `date` and an `int` (Prefect validates parameters against it).
+
+    Args:
+        model_name: the model whose resource id (`driftloop.model.<name>`) the event names.
+        root: the project root the retraining run works in.
+
+    Returns:
+        A `DeploymentEventTrigger` for `to_deployment(triggers=[...])`.
+    """
+    return DeploymentEventTrigger(
+        name=f"retrain {model_name} on drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": model_resource_id(model_name)},
+        parameters={
+            "as_of": "{{ event.payload.as_of }}",
+            "window_months": "{{ event.payload.window_months }}",
+            "root": root,
+        },
+    )
+
+
+def build_deployments(root: str, model_name: str = "flight-delay", cron: str = DEFAULT_CRON) -> list[Any]:
+    """The three deployments as `RunnerDeployment`s (for `serve(...)`).
+
+    Args:
+        root: absolute project root every run works in.
+        model_name: the model the drift check watches and the trigger matches.
+        cron: the drift check's schedule (cron syntax, UTC).
+
+    Returns:
+        [drift check (scheduled), retraining (event-triggered), training (manual)].
+    """
+    return [
+        drift_check_flow.to_deployment(
+            name="scheduled", cron=cron, parameters={"root": root, "model_name": model_name},
+            description="Drift check of the last monitor.window_hours of the prediction log.",
+        ),
+        training_flow.to_deployment(
+            name="retrain-on-drift", triggers=[retrain_trigger(model_name, root)], parameters={"root": root},
+            description="Training on the window that ended with the drift; registers and releases on a gate pass.",
+        ),
+        training_flow.to_deployment(
+            name="manual", parameters={"root": root}, description="Training on params.yaml's window, by hand."
+        ),
+    ]  # fmt: skip
+
+
+def deploy_to_pool(root: str, pool: str, model_name: str = "flight-delay", cron: str = DEFAULT_CRON) -> list[str]:
+    """Register the three deployments on a process work pool (code pulled from `root`, no image).
+
+    Args:
+        root: absolute project root (the worker runs the flows from there).
+        pool: a process work pool (`prefect work-pool create NAME --type process`).
+        model_name: as in `build_deployments`.
+        cron: as in `build_deployments`.
+
+    Returns:
+        The deployment ids.
+    """
+    from prefect import flow as prefect_flow
+
+    drift = prefect_flow.from_source(source=root, entrypoint="flows/monitoring.py:drift_check_flow")
+    train = prefect_flow.from_source(source=root, entrypoint="flows/training.py:training_flow")
+    common = {"work_pool_name": pool, "build": False, "push": False}
+    return [
+        str(drift.deploy(name="scheduled", cron=cron, parameters={"root": root, "model_name": model_name}, **common)),
+        str(train.deploy(name="retrain-on-drift", triggers=[retrain_trigger(model_name, root)], parameters={"root": root}, **common)),
+        str(train.deploy(name="manual", parameters={"root": root}, **common)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m flows.deployments serve | deploy --pool NAME`."""
+    from prefect import serve
+
+    from driftloop.stage import configure_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["serve", "deploy"])
+    parser.add_argument("--root", default=".", help="project root")
+    parser.add_argument("--model", default="flight-delay", help="model name (package.model_name)")
+    parser.add_argument("--cron", default=DEFAULT_CRON, help="drift check schedule (UTC)")
+    parser.add_argument("--pool", default="driftloop", help="process work pool (deploy mode)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    root = str(Path(args.root).resolve())
+    if args.mode == "serve":
+        serve(*build_deployments(root, args.model, args.cron))
+    else:
+        ids = deploy_to_pool(root, args.pool, args.model, args.cron)
+        log.info("deployed %s on pool %s; start a worker: prefect worker start --pool %s", ids, args.pool, args.pool)
+
+
+if __name__ == "__main__":
+    main()

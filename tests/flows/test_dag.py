@@ -1,0 +1,75 @@
+"""The flow's stage order comes from dvc.yaml itself; retries happen on transient errors only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import flows.training as training
+from flows.dag import StageFailed, StageResult, exit_code_of, is_transient, stage_order
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _under(path: str, out: str) -> bool:
+    return path == out or path.startswith(out.rstrip("/") + "/")
+
+
+def test_stage_order_agrees_with_dvc_yaml():
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    order = stage_order(ROOT)
+    assert sorted(order) == sorted(spec)
+    outs = {
+        name: [next(iter(o)) if isinstance(o, dict) else o for o in s.get("outs", []) + s.get("metrics", [])]
+        for name, s in spec.items()
+    }
+    pos = {name: i for i, name in enumerate(order)}
+    for name, s in spec.items():
+        for dep in s.get("deps", []):
+            for producer, paths in outs.items():
+                if any(_under(dep, p) for p in paths):
+                    assert pos[producer] < pos[name], f"{producer} must run before {name} ({dep})"
+    assert order[0] == "snapshot" and order[-1] == "package"
+
+
+def test_exit_codes_decide_what_is_transient():
+    from dvc.exceptions import ReproductionError
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    def failed(code: int) -> ReproductionError:
+        try:
+            try:
+                raise StageCmdFailedError("python -m tasks.gate", code)
+            except StageCmdFailedError as inner:
+                raise ReproductionError("failed to reproduce 'gate'") from inner
+        except ReproductionError as exc:
+            return exc
+
+    assert exit_code_of(failed(2)) == 2 and not is_transient(failed(2), 2)  # DriftloopError: gate, validation
+    assert exit_code_of(failed(137)) == 137 and is_transient(failed(137), 137)  # killed (OOM)
+    assert is_transient(failed(1), 1)  # a crash with a traceback may be a flaky file system
+    assert is_transient(OSError("disk"), None)
+    assert not is_transient(ValueError("bad pipeline"), None)
+
+
+@pytest.mark.parametrize(("transient", "calls"), [(True, 3), (False, 1)])
+def test_stage_task_retries_only_transient_failures(monkeypatch, prefect_harness, transient, calls):
+    seen = []
+
+    def fake(root, stage, force=False):
+        seen.append(stage)
+        raise StageFailed(stage, "boom", 137 if transient else 2, transient)
+
+    monkeypatch.setattr(training, "reproduce_stage", fake)
+    task = training.run_dvc_stage.with_options(retry_delay_seconds=0)
+    from prefect import flow
+
+    @flow
+    def one() -> StageResult:
+        return task(".", "train")
+
+    with pytest.raises(StageFailed):
+        one()
+    assert len(seen) == calls

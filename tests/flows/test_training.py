@@ -1,0 +1,56 @@
+"""The training flow on a one-month window in a temp copy of the repo: every stage of dvc.yaml
+through DVC, a pass that registers (GTO tag on the recorded commit), then a stricter gate that
+rejects as a normal outcome with only the gate rerun."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+
+import pytest
+import yaml
+
+from flows.dag import stage_order
+from flows.training import gate_markdown, training_flow
+from tests.flows.conftest import copy_repo
+
+
+def _set_gate(root, floor: float) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["gates"]["min_roc_auc"] = floor
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_gate_markdown_lists_every_rule():
+    gate = {"verdict": "reject", "chosen": None, "rules": [
+        {"candidate": "mlp", "name": "min_roc_auc", "value": 0.61, "threshold": 0.65, "passed": False, "reason": "a | b"}]}
+    md = gate_markdown(gate)
+    assert "| mlp | min_roc_auc | 0.61 | 0.65 | **no** | a \\| b |" in md and "**reject**" in md
+
+
+@pytest.mark.slow
+def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
+    root = copy_repo(tmp_path / "repo")
+    _set_gate(root, 0.5)  # a one-month window scores ~0.60 ROC AUC: let it pass first
+    # The parameters the drift trigger maps from an event payload (see test_trigger.py).
+    result = training_flow(as_of=dt.date(2013, 2, 14), window_months=1, root=str(root), release=False)
+    assert result.verdict == "pass", result.reason
+    assert list(result.stages) == stage_order(root) and set(result.stages.values()) == {"ran"}
+    assert (root / "artifacts" / "model" / "reference.parquet").is_file()
+    card = yaml.safe_load((root / "artifacts" / "model" / "model_card.json").read_text())
+    assert card["data"]["window"] == {"start": "2013-01-15", "end": "2013-02-14"}
+    assert result.release is not None and result.release.status == "registered", result.release
+    assert result.release.commit == result.record_commit
+    branch = subprocess.run(["git", "rev-parse", "driftloop/runs"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert branch == result.record_commit
+    head_lock = subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=root, capture_output=True, text=True).stdout
+    run_lock = subprocess.run(["git", "show", f"{branch}:dvc.lock"], cwd=root, capture_output=True, text=True).stdout
+    assert run_lock == (root / "dvc.lock").read_text() and run_lock != head_lock  # HEAD untouched
+    assert "2013-02-14" in subprocess.run(["git", "show", f"{branch}:params.yaml"], cwd=root, capture_output=True, text=True).stdout
+
+    _set_gate(root, 0.99)
+    rejected = training_flow(root=str(root), release=False)
+    assert rejected.verdict == "reject" and rejected.release is None
+    assert rejected.stages["gate"] == "rejected" and "package" not in rejected.stages
+    assert all(v == "cached" for k, v in rejected.stages.items() if k != "gate")
+    assert rejected.failed_rules and all("min_roc_auc" in r for r in rejected.failed_rules)
