@@ -6,8 +6,6 @@ all traffic stays on 127.0.0.1.
 """
 
 import argparse
-import json
-import platform
 import socket
 import sys
 from pathlib import Path
@@ -16,64 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "bench" / "results"
 MODEL = "flight_delay"
+
+from common import figure, print_table, write_results  # noqa: E402,F401  (re-exported for the serve benches)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def figure(name, value, unit, baseline_name=None, baseline_value=None, target=None, higher_is_better=True):
-    """One figure of a results file: value, unit, baseline, ratio, target (a minimum ratio), met."""
-    ratio = None if baseline_value in (None, 0) else value / baseline_value
-    met = None
-    if target is not None and ratio is not None:
-        met = bool(ratio >= target) if higher_is_better else bool(ratio <= target)
-    return {
-        "name": name,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline_name,
-        "baseline_value": baseline_value,
-        "ratio": ratio,
-        "target": None if target is None else (f">= {target}x" if higher_is_better else f"<= {target}x"),
-        "met": met,
-    }
-
-
-def write_results(name: str, figures: list[dict], points: list[dict], notes: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    doc = {
-        "benchmark": name,
-        "machine": {
-            "cpus": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "figures": figures,
-        "points": points,
-        "notes": notes,
-    }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
-
-
-def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
-    print(f"\n{title}")
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
-    return "" if v is None else str(v)
 
 
 # ---------------------------------------------------------------------- server processes

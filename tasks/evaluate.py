@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pandas as pd
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from driftloop.bench import make_session, take_rows
 from driftloop.config import EvaluateParams, load_section

@@ -24,7 +24,13 @@ from driftloop.config import ExportParams, load_section
 from driftloop.errors import ParityError
 from driftloop.io import atomic_path, write_json
 from driftloop.mlp import MLP, load_mlp, predict_mlp
-from driftloop.onnx_graph import keep_positive_class, merge_preprocess, run_graph, sklearn_to_onnx, torch_mlp_to_onnx
+from driftloop.onnx_graph import (
+    keep_positive_class,
+    merge_preprocess,
+    run_graph,
+    sklearn_to_onnx,
+    torch_mlp_to_onnx,
+)
 from driftloop.schema import FEATURES, to_onnx_feeds
 from driftloop.stage import run_stage
 

@@ -1,4 +1,7 @@
-"""A small, fixed slice of the real data pushed through the build plane's pure functions."""
+"""A small, fixed slice of the real data pushed through the build plane's pure functions.
+
+(The folder is not called `build`: pytest skips folders of that name by default.)
+"""
 
 from __future__ import annotations
 
