@@ -80,7 +80,9 @@ def register(
 
 def release(
     version: Annotated[str, typer.Argument(help="a registered version, e.g. v1.2.0")],
-    strategy: Annotated[str | None, typer.Option(help="canary | blue-green; default release.strategy")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="canary | blue-green; default release.strategy")
+    ] = None,
     weight: Annotated[float | None, typer.Option(help="canary share of traffic, percent")] = None,
     keep_previous_s: Annotated[
         float | None, typer.Option(help="seconds the old stable stays loaded after a promotion")
@@ -106,7 +108,12 @@ def release(
 
         plane = _plane(root, params, url)
         return release_version(
-            plane, version, strategy=strategy, weight=weight, keep_previous_s=keep_previous_s, on_progress=console.print
+            plane,
+            version,
+            strategy=strategy,
+            weight=weight,
+            keep_previous_s=keep_previous_s,
+            on_progress=console.print,
         )
 
     out = _run(go)

@@ -103,7 +103,9 @@ class Tenure:
 class ModelRegistry(Protocol):
     """What the release plane needs from a registry."""
 
-    def register(self, commit: str, message: str, version: str | None = None, bump: str = "patch") -> VersionInfo:
+    def register(
+        self, commit: str, message: str, version: str | None = None, bump: str = "patch"
+    ) -> VersionInfo:
         """Register the package of `commit`; `version` None bumps the latest by `bump`."""
         ...
 
@@ -307,7 +309,9 @@ class GtoRegistry:
             manifest_obj = remote[0] / "files" / "md5" / digest[:2] / digest[2:]
             wanted = self._manifest(digest) or {}
             missing = [
-                rel for rel, md5 in wanted.items() if not (remote[0] / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+                rel
+                for rel, md5 in wanted.items()
+                if not (remote[0] / "files" / "md5" / md5[:2] / md5[2:]).is_file()
             ]
             if not manifest_obj.is_file() or missing:
                 raise RegistryError(f"dvc push of {self.path}: the remote still lacks {missing or [digest]}")
@@ -320,7 +324,9 @@ class GtoRegistry:
             return None
 
     # ------------------------------------------------------------------ ModelRegistry
-    def register(self, commit: str, message: str, version: str | None = None, bump: str = "patch") -> VersionInfo:
+    def register(
+        self, commit: str, message: str, version: str | None = None, bump: str = "patch"
+    ) -> VersionInfo:
         """Tag `commit` as a new version of the artifact (GTO registration, annotated tag).
 
         Args:
@@ -373,11 +379,20 @@ class GtoRegistry:
         deprecated: dict[str, str] = {}
         for e in self._history():
             if e["event"] == "registration":
-                regs[e["version"]] = VersionInfo(e["version"], e["commit"], e["timestamp"], e["message"] or "")
+                regs[e["version"]] = VersionInfo(
+                    e["version"], e["commit"], e["timestamp"], e["message"] or ""
+                )
             elif e["event"] == "deregistration":
                 deprecated[e["version"]] = e["message"] or ""
         return [
-            VersionInfo(v.version, v.commit, v.created_at, v.message, v.version in deprecated, deprecated.get(v.version, ""))
+            VersionInfo(
+                v.version,
+                v.commit,
+                v.created_at,
+                v.message,
+                v.version in deprecated,
+                deprecated.get(v.version, ""),
+            )
             for v in regs.values()
         ]
 
@@ -408,7 +423,9 @@ class GtoRegistry:
         import gto.api
 
         try:
-            gto.api.unassign(str(self.root), self.artifact, version=version, stage=stage, message=message, force=True)
+            gto.api.unassign(
+                str(self.root), self.artifact, version=version, stage=stage, message=message, force=True
+            )
         except Exception as exc:  # noqa: BLE001
             raise RegistryError(f"unassigning {stage} from {self.artifact} {version}: {exc}") from None
 
@@ -428,7 +445,11 @@ class GtoRegistry:
         for e in self._history():
             kind = kinds.get(e["event"])
             if kind:
-                out.append(StageEvent(e["timestamp"], kind, e["version"], e.get("stage"), (e["message"] or "").strip()))
+                out.append(
+                    StageEvent(
+                        e["timestamp"], kind, e["version"], e.get("stage"), (e["message"] or "").strip()
+                    )
+                )
         return out
 
     def fetch(self, version: str, dest: Path) -> Path:
@@ -454,5 +475,7 @@ class GtoRegistry:
                 f"from the DVC cache and remote ({type(exc).__name__}); push them from a machine that has them"
             ) from None
         if not dest.is_dir() or not any(dest.iterdir()):
-            raise FilesMissing(f"{self.artifact} {info.version}: no files at {self.path} in {info.commit[:7]}")
+            raise FilesMissing(
+                f"{self.artifact} {info.version}: no files at {self.path} in {info.commit[:7]}"
+            )
         return dest

@@ -56,8 +56,8 @@ def release_params(tmp: Path) -> dict:
         "poll_interval_s": 0.3,
         "baseline_window_s": 600,
         "max_error_rate_increase": 0.01,
-        "max_p99_latency_ratio": 1.5,
-        "latency_slack_ms": 1.5,
+        "max_p99_latency_ratio": 2.0,
+        "latency_slack_ms": 8.0,  # a loaded 2-core test machine: p99 of 150 requests is noisy
         "max_score_psi": 0.25,
         "keep_previous_s": 0,
         "http_timeout_s": 10,
@@ -73,7 +73,7 @@ def packages(tmp_path_factory) -> Path:
         "v2": {"version_weight": 1.1},
         "v3": {"version_weight": 0.95},
         "inverted": {"version_weight": 1.0, "inverted": True},
-        "slow": {"version_weight": 1.0, "slow": True, "slow_layers": 24, "slow_width": 1024},
+        "slow": {"version_weight": 1.0, "slow": True, "slow_layers": 64, "slow_width": 1024},  # ~12 ms a row
     }
     for name, kwargs in specs.items():
         gated(build_test_package(root / name, model_name=MODEL, **kwargs), "pass")
@@ -107,7 +107,12 @@ class Project:
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(self.packages / kind, target)
         # `dvc commit` writes dvc.lock and caches the outs, as `dvc repro` would
-        subprocess.run(["dvc", "commit", "-q", "-f", "package"], cwd=self.root, check=True, env={**os.environ, "PATH": _venv_path()})
+        subprocess.run(
+            ["dvc", "commit", "-q", "-f", "package"],
+            cwd=self.root,
+            check=True,
+            env={**os.environ, "PATH": _venv_path()},
+        )
         if commit:
             self.git("add", "dvc.lock", "dvc.yaml")
             self.git("commit", "-qm", f"build {kind}")
@@ -129,7 +134,10 @@ def project(tmp_path, packages) -> Project:
     p.git("init", "-q", "-b", "main")
     subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()})
     subprocess.run(
-        ["dvc", "remote", "add", "-q", "-d", "local", str(remote)], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()}
+        ["dvc", "remote", "add", "-q", "-d", "local", str(remote)],
+        cwd=root,
+        check=True,
+        env={**os.environ, "PATH": _venv_path()},
     )
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (root / "params.yaml").write_text(yaml.safe_dump({"release": release_params(tmp_path)}, sort_keys=False))
@@ -152,7 +160,9 @@ def server(project) -> Iterator[str]:
     """A live server over the project's (empty) model repository, logging predictions; yields its URL."""
     repo = project.tmp / "model_repository"
     repo.mkdir(exist_ok=True)
-    settings = ServeSettings(repository=repo, log_dir=project.tmp / "logs", flush_interval_s=0.2, max_queue_delay_ms=0.5)
+    settings = ServeSettings(
+        repository=repo, log_dir=project.tmp / "logs", flush_interval_s=0.2, max_queue_delay_ms=0.5
+    )
     with running_server(create_app(settings)) as url:
         yield url
 
@@ -182,7 +192,11 @@ class TrafficLoop:
                         headers={"x-request-id": uuid.uuid4().hex},
                     )
                     ok = resp.status_code == 200
-                    what = resp.headers.get("x-model-version", "?") if ok else f"{resp.status_code} {resp.text[:80]}"
+                    what = (
+                        resp.headers.get("x-model-version", "?")
+                        if ok
+                        else f"{resp.status_code} {resp.text[:80]}"
+                    )
                 except httpx.HTTPError as exc:
                     ok, what = False, repr(exc)
                 with self.lock:
