@@ -37,7 +37,8 @@ def commit_to_branch(
 ) -> str:
     """Commit the working-tree versions of `paths` onto `branch`, leaving HEAD and the index alone.
 
-    Only paths git already tracks (or that are not ignored) are recorded; `paths` may name folders.
+    Files are recorded as they are; in a folder only the files git already tracks (so untracked
+    outputs such as reports/drift/ never slip into the record).
 
     Args:
         root: the git repository's root.
@@ -68,9 +69,12 @@ def commit_to_branch(
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **env_id}
         _git(root, "read-tree", head, env=env)
-        existing = [p for p in paths if (root / p).exists()]
-        if existing:
-            _git(root, "add", "--", *existing, env=env)
+        files = [p for p in paths if (root / p).is_file()]
+        folders = [p for p in paths if (root / p).is_dir()]
+        if files:
+            _git(root, "add", "--", *files, env=env)
+        if folders:  # tracked files only: a folder may hold untracked drift reports or state
+            _git(root, "add", "-u", "--", *folders, env=env)
         tree = _git(root, "write-tree", env=env)
         if tree == _git(root, "rev-parse", f"{parent}^{{tree}}"):
             log.info("git record: nothing changed against %s; %s records this run", branch, parent[:12])

@@ -73,3 +73,30 @@ def test_stage_task_retries_only_transient_failures(monkeypatch, prefect_harness
     with pytest.raises(StageFailed):
         one()
     assert len(seen) == calls
+
+
+def test_commit_to_branch_leaves_head_index_and_worktree_alone(tmp_path):
+    import subprocess
+
+    from flows.gitrecord import commit_to_branch
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    (tmp_path / "params.yaml").write_text("data: {as_of: 2013-03-31}\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "gate.json").write_text("{}\n")
+    git("add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "init")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "params.yaml").write_text("data: {as_of: 2013-08-31}\n")
+    (tmp_path / "reports" / "drift").mkdir()
+    (tmp_path / "reports" / "drift" / "state.json").write_text("{}\n")
+    sha = commit_to_branch(tmp_path, "driftloop/runs", ["params.yaml", "dvc.lock", "reports"], "run")
+    assert git("rev-parse", "HEAD") == head and git("rev-parse", "driftloop/runs") == sha
+    assert "2013-08-31" in git("show", f"{sha}:params.yaml")
+    assert "reports/drift/state.json" not in git("ls-tree", "-r", "--name-only", sha)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert status.splitlines() == [" M params.yaml", "?? reports/drift/"]  # nothing staged
+    assert commit_to_branch(tmp_path, "driftloop/runs", ["params.yaml"], "again") == sha  # nothing new
