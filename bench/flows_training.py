@@ -12,7 +12,6 @@ Run: .venv/bin/python bench/flows_training.py [--rounds N]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -76,16 +75,15 @@ def main() -> None:
             lock_b = (b / "dvc.lock").read_text().count("md5:")
             print(f"round {i}: dvc repro {dvc_s[-1]:.1f} s, flow {flow_s[-1]:.1f} s ({result.verdict}); "
                   f"dvc.lock entries {lock_a} vs {lock_b}")
-    dvc_v, flow_v = min(dvc_s), min(flow_s)
-    ratio = flow_v / dvc_v
-    figures = [{"name": "training_flow_vs_dvc_repro", "value": flow_v, "unit": "s", "baseline": dvc_v,
-                "ratio": ratio, "target": f"<= {TARGET}x", "met": ratio <= TARGET}]
-    print(f"{'figure':28} {'flow s':>7} {'dvc s':>7} {'ratio':>6} {'target':>7} met")
-    print(f"{'training_flow_vs_dvc_repro':28} {flow_v:7.1f} {dvc_v:7.1f} {ratio:6.3f} {'<=' + str(TARGET):>7} {ratio <= TARGET}")
-    out = ROOT / "bench" / "results" / "flows_training.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"figures": figures, "runs_s": {"dvc_repro": dvc_s, "flow": flow_s}}, indent=2) + "\n")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import figure, print_table, write_results
 
+    dvc_v, flow_v = min(dvc_s), min(flow_s)
+    figures = [figure("training_flow_wall_time", flow_v, "s", "dvc repro (CLI), same DAG", dvc_v, TARGET, higher_is_better=False)]
+    print_table("Prefect training flow vs dvc repro (one-month window, full DAG)", figures,
+                ["name", "value", "unit", "baseline_value", "ratio", "target", "met"])
+    write_results("flows_training", figures, [{"dvc_repro_s": d, "flow_s": f} for d, f in zip(dvc_s, flow_s, strict=True)],
+                  "best of each; rounds alternate which runs first; warm Prefect test server; register/release off")
 
 if __name__ == "__main__":
     main()
