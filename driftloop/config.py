@@ -253,6 +253,12 @@ def load_section(path: str | Path, name: str, model: type[S]) -> S:
     raw = read_params_file(path)
     if name not in raw:
         raise ParamsError(f"{path}: section {name!r} is missing; add it (see README, 'params.yaml')")
+    # Check every section, not only this one, so a typo anywhere stops the first stage that runs
+    # (a minute of pipeline earlier) instead of the stage that reads it. DVC still tracks only the
+    # keys each stage lists in dvc.yaml: checking is not depending.
+    for other, other_model in SECTIONS.items():
+        if other != name and other in raw:
+            parse_section(other, raw[other], other_model, where=str(path))
     return parse_section(name, raw[name], model, where=str(path))
 
 
@@ -265,6 +271,8 @@ def parse_section(name: str, raw: Any, model: type[S], where: str = "params.yaml
         for err in exc.errors():
             key = ".".join([name, *(str(p) for p in err["loc"])])
             msg = "unknown key (check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-            got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
+            msg = msg.removeprefix("Value error, ")
+            shown = err["type"] not in ("extra_forbidden", "value_error") and "input" in err
+            got = f" (got {err['input']!r})" if shown else ""
             lines.append(f"{key}: {msg}{got}")
         raise ParamsError(f"{where}: " + "; ".join(lines)) from None

@@ -36,12 +36,14 @@ def initial_types():
     return [(c, kinds[datatype_of(c)]([None, 1])) for c in FEATURES]
 
 
-def sklearn_to_onnx(estimator, opset: int, *, zipmap_off: object | None = None) -> onnx.ModelProto:
+def sklearn_to_onnx(estimator, opset: int, *, name: str, zipmap_off: object | None = None) -> onnx.ModelProto:
     """Convert a fitted scikit-learn estimator that takes the raw `FEATURES` frame.
 
     Args:
         estimator: a `Pipeline` or `ColumnTransformer` fitted on the `FEATURES` columns.
         opset: the default-domain opset (`ai.onnx.ml` is pinned to `ML_OPSET`).
+        name: the graph's name. Fixed, because skl2onnx's default is a random uuid, which would
+            make every export a different file and break DVC's caching downstream.
         zipmap_off: the classifier inside `estimator` whose ZipMap output is turned off.
     """
     from skl2onnx import convert_sklearn
@@ -49,9 +51,19 @@ def sklearn_to_onnx(estimator, opset: int, *, zipmap_off: object | None = None) 
     options = {id(zipmap_off): {"zipmap": False}} if zipmap_off is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return convert_sklearn(
-            estimator, initial_types=initial_types(), target_opset={"": opset, "ai.onnx.ml": ML_OPSET}, options=options
+        model = convert_sklearn(
+            estimator,
+            name=name,
+            initial_types=initial_types(),
+            target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
+            options=options,
+            doc_string="",
         )
+    # skl2onnx lists opset domains in set order: sort them so the same model is the same bytes
+    imports = sorted((o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in imports)
+    return model
 
 
 def keep_positive_class(model: onnx.ModelProto, probabilities: str = "probabilities") -> onnx.ModelProto:

@@ -322,6 +322,22 @@ def install_version(registry: ModelRegistry, version: str, repository: Path, mod
     return target, True
 
 
+def uninstall_version(repository: Path, model: str, version: str) -> None:
+    """Remove a rolled-back version's folder from the model repository.
+
+    A deprecated version left on disk would be the newest folder there, and a server restarted
+    without the release plane loads the newest: it would serve again. The registry can fetch it
+    back by version at any time.
+    """
+    target = Path(repository) / model / version
+    try:
+        if target.is_dir():
+            shutil.rmtree(target)
+            log.info("removed %s from the model repository", target)
+    except OSError as exc:
+        log.warning("could not remove %s (%s); remove it by hand", target, exc)
+
+
 def sample_body(folder: Path, rows: int = 1) -> dict:
     """A v2 infer body of the first `rows` reference rows, typed by `signature.json`."""
     sig = read_json(folder / "signature.json")
@@ -834,6 +850,7 @@ def _canary(
             failed = "; ".join(c.reason for c in analysis.checks if not c.passed)
             reg.unassign(p.canary_stage, version, f"rolled back: {failed}")
             reg.deprecate(version, f"rolled back from {strategy}: {failed}")
+            _safe(lambda: uninstall_version(plane.repository, model, version))
             say(f"rolled back {version}: {failed}")
             return Outcome(version, "rolled back", failed, stable, analysis, client.traffic(model))
     finally:
@@ -918,6 +935,7 @@ def rollback_release(
             _safe(lambda: client.unload(p.model, current))
             plane.registry.assign(p.stable_stage, previous, f"rollback from {current}: {reason}")
             plane.registry.deprecate(current, f"rolled back: {reason}")
+            _safe(lambda: uninstall_version(plane.repository, p.model, current))
             update_champion(plane, previous)
             say(f"{previous} serves again; {current} unloaded and deprecated")
             return Outcome(previous, "restored", reason, current, None, client.traffic(p.model))

@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -330,6 +331,12 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.driftloop = state
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """404 / 405 and other routing errors in the same `{"error": ...}` shape as the rest."""
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
     fast_routes: list[tuple[Any, Callable[..., Awaitable[Response]]]] = []
     app.state.fast_routes = fast_routes  # (route, handler); bench/serve_common.py adds its no-op here
     app.add_middleware(_FastPath, routes=fast_routes)
@@ -356,6 +363,9 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
                 return error_response(503, str(exc), {"retry-after": str(settings.retry_after_s)})
             except DriftloopError as exc:
                 return error_response(400, str(exc))
+            except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, answered as JSON
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
         return wrapper
 

@@ -50,7 +50,7 @@ def serve(
 
         driftloop serve --repository model_repository --port 8080 --log-dir logs/predictions
 
-        curl -s localhost:8080/v1/models/flight_delay:predict -d '{"instances": [{"carrier": "UA",
+        curl -s localhost:8080/v1/models/flight-delay:predict -d '{"instances": [{"carrier": "UA",
         "origin": "EWR", "dest": "ORD", "hour": 7, "minute": 30, "day_of_week": 0, "distance": 719,
         "temp": 39.0, "humid": 60.0}]}'
     """

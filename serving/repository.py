@@ -1,8 +1,9 @@
 """The in-memory model registry: verify, load, warm up and swap versions; split traffic between them.
 
 Disk layout (what Triton and KServe read): `<root>/<model>/<version>/` holds one package (see
-`driftloop.package`). Versions are folder names; the "latest" is the highest integer (names that are
-not integers sort after, lexicographically).
+`driftloop.package`). Versions are folder names; the "latest" is the highest: integers (Triton's
+convention) numerically, then semantic versions (`v1.2.10` after `v1.2.9`, the registry's tags),
+then any other name lexicographically.
 
 Concurrency: loading (verify, create the session, warm it up) happens outside any lock; only the
 swap takes the lock, and it replaces the whole routing table (`_table`, an immutable mapping) in one
@@ -25,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,9 +103,20 @@ class ModelEntry:
         return {latest.version: 100.0}
 
 
-def version_sort_key(version: str) -> tuple[int, int, str]:
-    """Integers first, numerically; other names after, lexicographically."""
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+_SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
+
+
+def version_sort_key(version: str) -> tuple[int, tuple[int, ...], str]:
+    """Integers first, numerically; then semver (`v0.0.10` after `v0.0.9`); other names after, as text."""
+    if version.isdigit():
+        return (0, (int(version),), "")
+    match = _SEMVER.match(version)
+    if match:
+        return (1, tuple(int(g) for g in match.groups()), "")
+    return (2, (), version)
+
+
+_ORT_TYPE = {"BYTES": "tensor(string)", "INT64": "tensor(int64)", "FP32": "tensor(float)", "FP64": "tensor(double)"}
 
 
 def _bucket(request_id: str) -> float:
@@ -221,12 +234,18 @@ class ModelRepository:
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad graph
             raise LoadRefused(f"{folder / 'model.onnx'}: ONNX Runtime cannot load it ({exc})") from None
-        graph_inputs = {i.name for i in session.get_inputs()}
+        graph_inputs = {i.name: i.type for i in session.get_inputs()}
         wanted = {s.name for s in signature.inputs}
-        if graph_inputs != wanted:
+        if set(graph_inputs) != wanted:
             raise LoadRefused(
                 f"{folder}: graph inputs {sorted(graph_inputs)} differ from signature.json {sorted(wanted)}"
             )
+        for spec in signature.inputs:  # a wrong datatype would pass validation, then fail every request
+            if graph_inputs[spec.name] != _ORT_TYPE.get(spec.datatype):
+                raise LoadRefused(
+                    f"{folder}: signature.json says {spec.name} is {spec.datatype}, "
+                    f"the graph takes {graph_inputs[spec.name]}"
+                )
         if OUTPUT not in {o.name for o in session.get_outputs()}:
             raise LoadRefused(f"{folder}: the graph has no output {OUTPUT!r}")
         with self._lock:
@@ -274,16 +293,20 @@ class ModelRepository:
                 )
 
     def load_all(self, names: list[str] | None = None) -> list[ModelVersion]:
-        """Load the latest version of each model in `names` (None or empty = every model on disk).
+        """Load the newest version that loads of each model in `names` (None or empty = every model on disk).
 
-        A refused model is logged and skipped, so one bad package does not keep the others down.
+        A refused version is logged and the next newest is tried, so one bad package does not
+        keep a model down while an older good one sits beside it.
         """
         loaded = []
-        for name in names or list(self.available()):
-            try:
-                loaded.append(self.load(name))
-            except LoadRefused:
-                continue
+        available = self.available()
+        for name in names or list(available):
+            for version in reversed(available.get(name) or [None]):
+                try:
+                    loaded.append(self.load(name, version))
+                    break
+                except LoadRefused:
+                    continue  # fall back to the next newest version that loads
         return loaded
 
     def unload(self, name: str, version: str | None = None) -> list[str]:

@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 
 def export_hgb(pipeline, opset: int) -> onnx.ModelProto:
     """The tree pipeline as one graph (`probability` FP32 `[n, 1]`)."""
-    return keep_positive_class(sklearn_to_onnx(pipeline, opset, zipmap_off=pipeline.steps[-1][1]))
+    return keep_positive_class(sklearn_to_onnx(pipeline, opset, name="hgb", zipmap_off=pipeline.steps[-1][1]))
 
 
 def export_mlp(preprocess, network: MLP, opset: int) -> dict[str, onnx.ModelProto]:
     """The MLP as its two halves and their merge: `{"mlp_preprocess", "mlp_network", "mlp"}`."""
-    pre = sklearn_to_onnx(preprocess, opset)
+    pre = sklearn_to_onnx(preprocess, opset, name="mlp_preprocess")
     net = torch_mlp_to_onnx(network, network.n_inputs, opset)
     return {"mlp_preprocess": pre, "mlp_network": net, "mlp": merge_preprocess(pre, net)}
 

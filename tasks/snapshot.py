@@ -106,19 +106,23 @@ def take_snapshot(flights: pd.DataFrame, weather: pd.DataFrame, params: DataPara
         The snapshot, rows sorted by (`time_hour`, `origin`, `carrier`, `flight`) so its bytes are stable.
 
     Raises:
-        DataError: a required column is missing, or no flight falls inside the window.
+        DataError: a required column is missing, no flight falls inside the window, or the window
+            ends after the source's last day (a partial window would pass for a full one).
     """
     require_columns(flights, FLIGHT_COLUMNS, "flights")
     require_columns(weather, WEATHER_COLUMNS, "weather")
     start, end = window_bounds(params.as_of, params.window_months)
     fdate = _local_date(flights)
     window = flights.loc[(fdate >= pd.Timestamp(start)) & (fdate <= pd.Timestamp(end)), list(FLIGHT_COLUMNS)]
-    if window.empty:
-        first, last = fdate.min(), fdate.max()
+    first, last = fdate.min(), fdate.max()
+    if window.empty or pd.Timestamp(end) > last:
+        what = "selects no flights" if window.empty else "ends after the source's last day"
         raise DataError(
-            f"data.as_of={params.as_of} with data.window_months={params.window_months} selects no flights "
+            f"data.as_of={params.as_of} with data.window_months={params.window_months} {what} "
             f"({start}..{end}); the source covers {first:%Y-%m-%d}..{last:%Y-%m-%d}: pick an as_of inside it"
         )
+    if pd.Timestamp(start) < first:
+        log.warning("the window starts %s, before the source's first day %s: it holds fewer months", start, f"{first:%Y-%m-%d}")
     wdate = _local_date(weather)
     wmask = (wdate >= pd.Timestamp(start) - pd.Timedelta(days=1)) & (wdate <= pd.Timestamp(end) + pd.Timedelta(days=1))
     wx = weather.loc[wmask, list(WEATHER_COLUMNS)]

@@ -60,3 +60,18 @@ def test_window_bounds_cover_whole_months(as_of, months):
     # the window is `months` calendar months long: one more month back would start before it
     assert (end - start).days <= 31 * months
     assert (end - start).days >= 28 * months - 1
+
+
+def test_a_typo_in_any_section_stops_every_stage(params_file):
+    """A bad `gates` key fails the snapshot stage's load already, not a minute later at `gate`."""
+    raw = yaml.safe_load(params_file.read_text())
+    raw["gates"]["max_sise_bytes"] = 1
+    params_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"gates\.max_sise_bytes: unknown key"):
+        load_section(params_file, "data", DataParams)
+
+
+def test_empty_gates_message_is_one_clean_line():
+    with pytest.raises(ParamsError) as info:
+        parse_section("gates", {"min_roc_auc": None}, GatesParams)
+    assert "Value error" not in str(info.value) and "got" not in str(info.value)

@@ -93,3 +93,12 @@ def test_models_learn_something(exported, splits):
 def test_parity_check_fails_loudly():
     with pytest.raises(ParityError, match=r"differ by 0\.01 at test row 1"):
         check_parity("mlp", np.array([0.5, 0.51]), np.array([0.5, 0.5]), 1e-4)
+
+
+def test_export_is_byte_for_byte_reproducible(trained, exported):
+    """Same models -> same bytes, or DVC would see a new graph (and rerun everything after it) each time."""
+    from tasks.export import export_hgb, export_mlp
+
+    assert export_hgb(trained["hgb"], 18).SerializeToString() == exported["hgb"].SerializeToString()
+    again = export_mlp(trained["pre"], trained["mlp"], 18)
+    assert again["mlp"].SerializeToString() == exported["mlp"].SerializeToString()

@@ -50,7 +50,7 @@ def test_snapshot_bytes_are_stable(snapshot, tmp_path):
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_user_sources_read_the_same_rows(nycflights13, tmp_path, fmt):
     flights, weather = nycflights13
-    f, w = flights[flights["month"] == 2].head(3000), weather[weather["month"] == 2]
+    f, w = flights[flights["month"] == 2], weather[weather["month"] == 2]
     if fmt == "parquet":
         f.to_parquet(tmp_path / "flights.parquet"), w.to_parquet(tmp_path / "weather.parquet")
     else:
@@ -70,6 +70,12 @@ def test_empty_window_names_the_covered_range(nycflights13):
     flights, weather = nycflights13
     with pytest.raises(DataError, match=r"selects no flights.*covers 2013-01-01\.\.2013-12-31"):
         take_snapshot(flights, weather, DataParams(as_of=dt.date(2015, 6, 30)))
+
+
+def test_window_past_the_end_of_the_source_is_refused(nycflights13):
+    flights, weather = nycflights13
+    with pytest.raises(DataError, match=r"ends after the source's last day.*covers 2013-01-01\.\.2013-12-31"):
+        take_snapshot(flights, weather, DataParams(as_of=dt.date(2014, 1, 31), window_months=3))
 
 
 def test_missing_source_path_and_unknown_scheme(tmp_path):

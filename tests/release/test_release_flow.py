@@ -140,6 +140,9 @@ def test_inverted_candidate_is_rolled_back_without_failed_requests(project, serv
     assert ready == [v1]
     assert holder(plane.tenures(), "prod") == v1 and holder(plane.tenures(), "canary") is None
     assert plane.registry.get(bad).deprecated and "PSI" in plane.registry.get(bad).deprecation
+    # its folder is gone: a restarted server must not find the rolled-back version as the newest
+    assert not (plane.repository / plane.params.model / bad).exists()
+    assert (plane.repository / plane.params.model / v1).is_dir()
 
 
 @pytest.mark.slow

@@ -79,12 +79,8 @@ def test_tampered_package_refused_over_http_old_keeps_serving(make_repo, start_s
     tampered = root / MODEL / "2" / "model.onnx"
     tampered.write_bytes(tampered.read_bytes().replace(b"driftloop", b"driftl00p"))
     client = start_server(root, models=[MODEL])
-    # Start-up loads the latest (2), which is refused: nothing is ready yet.
-    assert client.get("/v2/health/ready").status_code == 503
-    assert (
-        client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"version": "1"}}).status_code
-        == 200
-    )
+    # Start-up tries the latest (2), which is refused, and falls back to 1, which serves.
+    assert client.get("/v2/health/ready").status_code == 200
     payload = records_payload(rows.iloc[:5])
     assert client.post(f"/v1/models/{MODEL}:predict", json=payload).json()["model_version"] == "1"
     r = client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"version": "2"}})
@@ -190,3 +186,35 @@ def test_hot_swap_under_load_loses_nothing(make_repo, start_server, rows):
     assert versions[0] == "1" and versions[-1] == "2"
     first_v2 = versions.index("2")
     assert set(versions[first_v2 + 16 :]) == {"2"}  # after the swap (allowing the in-flight ones) only v2
+
+
+def test_versions_sort_as_numbers_and_semver():
+    from serving.repository import version_sort_key
+
+    names = ["v0.0.10", "2", "v0.0.9", "10", "v0.1.0", "candidate", "1"]
+    assert sorted(names, key=version_sort_key) == ["1", "2", "10", "v0.0.9", "v0.0.10", "v0.1.0", "candidate"]
+
+
+def test_start_up_falls_back_to_the_newest_version_that_loads(make_repo):
+    root = make_repo({"v0.0.9": "v1", "v0.0.10": "v2"})
+    onnx_path = root / MODEL / "v0.0.10" / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")  # the newest is tampered with
+    repo = ModelRepository(root)
+    assert [mv.version for mv in repo.load_all()] == ["v0.0.9"]
+    assert repo.route(MODEL, "x").version == "v0.0.9"
+
+
+def test_signature_datatype_that_the_graph_does_not_take_is_refused(make_repo):
+    import json
+
+    root = make_repo({"1": "v1", "2": "v1"})
+    sig_path = root / MODEL / "2" / "signature.json"
+    sig = json.loads(sig_path.read_text())
+    next(s for s in sig["inputs"] if s["name"] == "hour")["datatype"] = "FP32"
+    sig_path.write_text(json.dumps(sig))
+    write_sha256sums(root / MODEL / "2")  # consistent sums: only the type check can catch it
+    repo = ModelRepository(root)
+    repo.load(MODEL, "1")
+    with pytest.raises(LoadRefused, match="hour is FP32, the graph takes tensor\\(int64\\)"):
+        repo.load(MODEL, "2")
+    assert repo.route(MODEL, "x").version == "1"

@@ -142,6 +142,8 @@ def test_bad_records_and_bodies(shared_server, rows):
     assert shared_server.post(f"/v1/models/{MODEL}:predict", json=valid).status_code == 200
     # Unknown model, bad request id.
     assert shared_server.post("/v1/models/nope:predict", json=valid).status_code == 404
+    unknown = shared_server.get("/v2/no/such/path")
+    assert unknown.status_code == 404 and "error" in unknown.json()  # routing errors share the error shape
     r = shared_server.post(f"/v1/models/{MODEL}:predict", json=valid, headers={"x-request-id": "x" * 200})
     assert r.status_code == 400 and "x-request-id" in r.json()["error"]
 
