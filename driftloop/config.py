@@ -201,6 +201,8 @@ class ReleaseParams(Section):
     max_p99_latency_ratio: float = Field(1.5, ge=1, description="canary p99 / stable p99")
     latency_slack_ms: float = Field(2.0, ge=0, description="p99 differences below this many ms always pass")
     max_score_psi: float = Field(0.25, gt=0, description="PSI of canary vs stable scores (0.25 = significant shift)")
+    min_labelled_rows: int = Field(200, ge=10, description="labelled rows per version before ROC AUC decides, not PSI")
+    max_auc_drop: float = Field(0.01, ge=0, le=1, description="canary ROC AUC may trail stable's by this (+ 2 SE)")
     keep_previous_s: float = Field(300.0, ge=0, description="old stable stays loaded this long after a promotion")
     http_timeout_s: float = Field(30.0, gt=0)
 

@@ -138,6 +138,24 @@ class ModelRegistry(Protocol):
         ...
 
 
+def next_version(existing: list[str], bump: str) -> str:
+    """The version after the highest of `existing` (semver order), bumped by `bump`; `v0.0.1` first.
+
+    >>> next_version(["v0.0.9", "v0.0.10"], "patch")
+    'v0.0.11'
+    >>> next_version(["v0.1.3"], "minor")
+    'v0.2.0'
+    """
+    if not existing:
+        return "v0.0.1"
+    major, minor, patch = max(tuple(int(g) for g in SEMVER.match(v).groups()) for v in existing)
+    if bump == "major":
+        return f"v{major + 1}.0.0"
+    if bump == "minor":
+        return f"v{major}.{minor + 1}.0"
+    return f"v{major}.{minor}.{patch + 1}"
+
+
 def normalize_version(version: str) -> str:
     """`1.2.0` or `v1.2.0` -> `v1.2.0`.
 
@@ -343,19 +361,11 @@ class GtoRegistry:
 
         if bump not in ("major", "minor", "patch"):
             raise RegistryError(f"bump {bump!r}: expected major, minor or patch")
-        first = not self.versions()  # GTO refuses to bump when there is nothing to bump from
-        bump = "" if first or version else bump
+        # The next version is computed here, over every version ever registered: GTO bumps from the
+        # latest *active* one, so after a rollback (a deregistration) it would pick a tag that exists.
+        version = normalize_version(version) if version else next_version([v.version for v in self.versions()], bump)
         try:
-            gto.api.register(
-                str(self.root),
-                self.artifact,
-                commit,
-                version=normalize_version(version) if version else None,
-                message=message,
-                bump_major=bump == "major",
-                bump_minor=bump == "minor",
-                bump_patch=bump == "patch",
-            )
+            gto.api.register(str(self.root), self.artifact, commit, version=version, message=message)
         except RegistryError:
             raise
         except Exception as exc:  # noqa: BLE001 - GTO's own exceptions carry the reason

@@ -457,6 +457,52 @@ def _per_request(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates("request_id") if len(rows) else rows
 
 
+def auc_with_error(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float] | None:
+    """ROC AUC and its standard error (Hanley & McNeil 1982, "The meaning and use of the area under
+    a ROC curve", eq. 2); None unless both classes are present.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    n_pos = int((labels == 1).sum())
+    n_neg = int((labels == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    a = float(roc_auc_score(labels, scores))
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return a, math.sqrt(max(var, 0.0))
+
+
+def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["label"].notna()] if "label" in rows else rows.iloc[0:0]
+
+
+def quality_check(stable_rows: pd.DataFrame, canary_rows: pd.DataFrame, params: ReleaseParams) -> Check | None:
+    """Canary vs stable ROC AUC on the rows whose labels have arrived; None when too few.
+
+    The canary passes when its AUC >= stable's - `max_auc_drop` - 2 x the standard error of the
+    difference (Hanley-McNeil errors of both, independent samples): a few hundred labelled rows
+    cannot tell AUCs 0.03 apart, so the rule only fails a canary that is surely worse.
+    """
+    s_lab, c_lab = _labelled(stable_rows), _labelled(canary_rows)
+    if min(len(s_lab), len(c_lab)) < params.min_labelled_rows:
+        return None
+    s_auc = auc_with_error(s_lab["label"].to_numpy(int), s_lab["score"].to_numpy(float))
+    c_auc = auc_with_error(c_lab["label"].to_numpy(int), c_lab["score"].to_numpy(float))
+    if s_auc is None or c_auc is None:
+        return None
+    noise = 2 * math.hypot(s_auc[1], c_auc[1])
+    allowed = s_auc[0] - params.max_auc_drop - noise
+    return Check(
+        "roc_auc",
+        c_auc[0],
+        allowed,
+        c_auc[0] >= allowed,
+        f"ROC AUC {c_auc[0]:.3f} on {len(c_lab)} labelled rows vs stable {s_auc[0]:.3f} on {len(s_lab)} "
+        f"(allowed down to {allowed:.3f}: drop {params.max_auc_drop} + 2 SE {noise:.3f})",
+    )
+
+
 def analyse(
     stable_rows: pd.DataFrame,
     canary_rows: pd.DataFrame,
@@ -466,7 +512,8 @@ def analyse(
     canary: str,
     params: ReleaseParams,
 ) -> Analysis:
-    """Compare canary with stable on error rate, p99 latency and score distribution.
+    """Compare canary with stable on error rate, p50/p99 latency, and quality: ROC AUC where enough
+    labels have arrived (`quality_check`), else the score distribution (PSI) as its proxy.
 
     Args:
         stable_rows: prediction-log rows answered by stable (the baseline).
@@ -540,22 +587,22 @@ def analyse(
         s_scores, c_scores = stable_rows["score"].to_numpy(float), canary_rows["score"].to_numpy(float)
         value = psi(s_scores, c_scores)
         bound = params.max_score_psi + psi_noise(len(s_scores), len(c_scores))
-        checks.append(
-            Check(
-                "score_psi",
-                value,
-                bound,
-                value <= bound,
-                f"score PSI {value:.3f} (bound {params.max_score_psi} + sampling noise = {bound:.3f})",
-            )
-        )
+        quality = quality_check(stable_rows, canary_rows, params)
+        text = f"score PSI {value:.3f} (bound {params.max_score_psi} + sampling noise = {bound:.3f})"
+        if quality is None:  # no ground truth yet: a shifted score distribution is the warning sign
+            checks.append(Check("score_psi", value, bound, value <= bound, text))
+        else:
+            # Ground truth beats a proxy: a model retrained after drift is *meant* to score
+            # differently from stable, so with labels the PSI is reported but does not decide.
+            checks.append(Check("score_psi", value, bound, True, f"{text}; advisory: labels decide"))
+            checks.append(quality)
     return Analysis(stable, canary, n_c, n_s, errors, checks)
 
 
 def _read_window(log_dir: Path, model: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    from serving.predlog import read_log
+    from serving.predlog import read_log_with_labels
 
-    frame = read_log(log_dir, model, start, end)
+    frame = read_log_with_labels(log_dir, model, start, end)  # label NaN = not arrived (yet)
     if "latency_ms" not in frame:
         frame["latency_ms"] = pd.Series(dtype=float)
     return frame

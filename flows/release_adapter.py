@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -62,6 +63,7 @@ def register_and_release(
     commit: str | None = None,
     release: bool = True,
     server_url: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> ReleaseOutcome:
     """Register a gated package with the registry (GTO) and release it to the running server.
 
@@ -72,6 +74,7 @@ def register_and_release(
             in HEAD's history.
         release: False registers only.
         server_url: the model server; default params `release.server_url`.
+        on_progress: called with each progress line of the release (install, canary, checks).
 
     Returns:
         The outcome. A `DriftloopError` of the release plane (server down, canary rolled back
@@ -94,7 +97,7 @@ def register_and_release(
             status="registered", version=registered.version, commit=registered.commit, reason="release disabled"
         )
     try:
-        outcome = release_version(plane, registered.version)
+        outcome = release_version(plane, registered.version, on_progress=on_progress)
     except DriftloopError as exc:
         log.warning("release of %s failed: %s", registered.version, exc)
         return ReleaseOutcome(

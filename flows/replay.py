@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_rows and len(rows) > args.max_rows:
         rows = rows.sample(n=args.max_rows, random_state=args.seed).sort_values("time_hour").reset_index(drop=True)
     result = replay(args.url, args.model, rows, batch=args.batch, log_dir=args.log_dir, api_key=os.environ.get("DRIFTLOOP_API_KEY"))
-    last = pd.Timestamp(rows["time_hour"].max()).date()
+    # snapshot windows are local (New York) dates; time_hour is UTC, a day ahead for late flights
+    last = pd.to_datetime(rows["time_hour"]).max().tz_convert("America/New_York").date()
     log.info("replayed %s; the flights end %s: pass as_of=%s to the drift check", result, last, last)
 
 

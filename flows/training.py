@@ -240,8 +240,13 @@ def release_package(root: str, commit: str | None, release: bool, server_url: st
     Returns:
         The release plane's outcome (a release-plane error is "failed", never an exception).
     """
-    outcome = register_and_release(root, Path(root) / PACKAGE_DIR, commit=commit, release=release, server_url=server_url)
-    get_run_logger().info("release: %s %s", outcome.status, outcome.reason)
+    logger = get_run_logger()
+    outcome = register_and_release(
+        root, Path(root) / PACKAGE_DIR, commit=commit, release=release, server_url=server_url,
+        on_progress=logger.info,  # install, canary, every analysis check: visible in the flow run's log
+    )  # fmt: skip
+    reason = outcome.reason if outcome.reason.startswith(outcome.status) else f"{outcome.status}: {outcome.reason}"
+    logger.info("release: %s", reason)
     return outcome
 
 

@@ -61,8 +61,11 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if not repository.is_dir():
-            raise DriftloopError(f"{repository}: no such model repository folder")
+        if repository.exists() and not repository.is_dir():
+            raise DriftloopError(f"{repository}: not a folder; --repository takes the model repository folder")
+        if not repository.exists():  # a first start, before any release installed a version
+            repository.mkdir(parents=True)
+            logging.getLogger(__name__).info("created an empty model repository at %s", repository)
         settings = ServeSettings(
             repository=repository,
             models=list(model or []),

@@ -109,3 +109,26 @@ def test_rejected_gate_never_packages(package, tmp_path):
     with pytest.raises(GateRejected):
         build_package(tmp_path / "rejected", **kwargs)
     assert not (tmp_path / "rejected").exists()
+
+
+def test_external_data_outside_the_package_is_refused(package, tmp_path):
+    """A graph whose tensor data lives at `../x.bin` could read any file the server can: refused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from driftloop.package import write_sha256sums
+
+    out, _, _ = package
+    (out.parent / "secret.bin").write_bytes(np.zeros(4, np.float32).tobytes())
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["probability"])], "g", [],
+                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [4])], [weight])  # fmt: skip
+    (out / "model.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    write_sha256sums(out)  # consistent sums: only the location check can catch it
+    with pytest.raises(PackageError, match="outside the package folder"):
+        verify_package(out)

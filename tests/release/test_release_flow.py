@@ -120,6 +120,10 @@ def test_first_release_canary_promotion_history_and_rollback(project, server, tr
     assert result.exit_code == 1 and "nothing to roll back to" in result.output
 
 
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.lstrip("v").split("."))
+
+
 @pytest.mark.parametrize("strategy", ["canary", "blue-green"])
 def test_inverted_candidate_is_rolled_back_without_failed_requests(project, server, traffic, strategy):
     plane = project.plane(server)
@@ -143,6 +147,10 @@ def test_inverted_candidate_is_rolled_back_without_failed_requests(project, serv
     # its folder is gone: a restarted server must not find the rolled-back version as the newest
     assert not (plane.repository / plane.params.model / bad).exists()
     assert (plane.repository / plane.params.model / v1).is_dir()
+    # the next registration bumps past the rolled-back version (GTO alone would reuse its number)
+    project.build("v2")
+    nxt = register_package(plane.registry, plane.package_dir).version
+    assert version_key(nxt) > version_key(bad) > version_key(v1)
 
 
 @pytest.mark.slow
