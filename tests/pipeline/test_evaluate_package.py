@@ -113,7 +113,6 @@ def test_rejected_gate_never_packages(package, tmp_path):
 
 def test_external_data_outside_the_package_is_refused(package, tmp_path):
     """A graph whose tensor data lives at `../x.bin` could read any file the server can: refused."""
-    import onnx
     from onnx import TensorProto, helper
 
     from driftloop.package import write_sha256sums
