@@ -348,6 +348,58 @@ def v2_feeds(
     return feeds, n_rows
 
 
+_MISSING = object()
+_FLOAT_DTYPE = {"FP32": np.float32, "FP64": np.float64}
+
+
+def _one_record(record: dict[str, Any], specs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray] | None:
+    """Feeds for one record that is valid, in one pass; None at the first thing that is not.
+
+    Only the happy path lives here: on None, `records_feeds` runs its general checks, which name
+    the field. So this path accepts exactly what the general one accepts, with fewer numpy calls
+    (about 60% of a single-row request's validation time went to per-column array set-up).
+    """
+    if len(record) > len(specs):
+        return None
+    feeds: dict[str, np.ndarray] = {}
+    seen = 0
+    for spec in specs:
+        x = record.get(spec.name, _MISSING)
+        if x is not _MISSING:
+            seen += 1
+        t = type(x)
+        kind = spec.datatype
+        if kind == "BYTES":
+            if t is not str or len(x) > limits.max_string_length:
+                return None
+            arr = np.empty((1, 1), dtype=object)
+            arr[0, 0] = x
+        elif kind == "INT64":
+            if t is not int or not -(2**63) <= x < 2**63:
+                return None
+            arr = np.array([[x]], dtype=np.int64)
+        else:
+            if x is None or x is _MISSING:
+                if not spec.nullable:
+                    return None
+                x = math.nan
+            elif t is float or t is int:
+                try:
+                    f = float(x)
+                except OverflowError:
+                    return None
+                limit = _FP32_MAX if kind == "FP32" else math.inf
+                if not -limit <= f <= limit or math.isinf(f):  # NaN fails the range test too
+                    return None
+            else:
+                return None
+            arr = np.array([[x]], dtype=_FLOAT_DTYPE[kind])
+        feeds[spec.name] = arr
+    if seen != len(record):  # a key that is not a column
+        return None
+    return feeds
+
+
 def records_feeds(
     request: RecordsRequest, signature: Signature, limits: Limits
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -361,6 +413,10 @@ def records_feeds(
     """
     instances = request.instances
     n = len(instances)
+    if n == 1:  # the common case of a person or a service scoring one flight
+        feeds = _one_record(instances[0], signature.inputs, limits)
+        if feeds is not None:
+            return feeds, 1
     if n > limits.max_rows:
         raise RequestError(413, f"instances: {n} rows; the limit is {limits.max_rows} per request")
     specs = signature.inputs

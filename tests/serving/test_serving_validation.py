@@ -209,3 +209,39 @@ def test_nulls_become_nan_only_in_nullable_columns(rows):
     next(t for t in bad.inputs if t.name == "hour").data[0] = None
     with pytest.raises(RequestError, match=r"inputs\[hour\]"):
         v2_feeds(bad, SIG, LIMITS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(["carrier", "hour", "temp", "wind_gust", "distance", "extra"]),
+        st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, width=64),
+                  st.text(max_size=70), st.just([1])),
+        max_size=3,
+    ),
+    drop=st.sampled_from([None, "carrier", "temp", "hour"]),
+)
+def test_single_record_fast_path_agrees_with_the_general_path(changes, drop):
+    """One record goes through `_one_record`; two copies of it through the general checks: same verdict, same values."""
+    from driftloop.schema import Signature, input_specs, output_specs
+    from serving.validation import Limits, RecordsRequest, RequestError, records_feeds
+
+    sig = Signature(model_name="m", lineage_id="x", inputs=input_specs(), outputs=output_specs())
+    record = {"carrier": "UA", "origin": "EWR", "dest": "ORD", "hour": 7, "minute": 30, "day_of_week": 0,
+              "distance": 719, "temp": 39.0, "humid": 60.0}  # fmt: skip
+    record.update(changes)
+    if drop:
+        record.pop(drop, None)
+    limits = Limits()
+    try:
+        general, _ = records_feeds(RecordsRequest(instances=[record, record]), sig, limits)
+    except RequestError as exc:
+        with pytest.raises(RequestError) as info:
+            records_feeds(RecordsRequest(instances=[record]), sig, limits)
+        assert info.value.status == exc.status
+        return
+    single, rows = records_feeds(RecordsRequest(instances=[record]), sig, limits)
+    assert rows == 1 and list(single) == list(general)
+    for name, arr in single.items():
+        assert arr.dtype == general[name].dtype and arr.shape == (1, 1)
+        np.testing.assert_array_equal(arr, general[name][:1])
