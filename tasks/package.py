@@ -88,6 +88,12 @@ def render_card_md(card: dict) -> str:
         "|---|---|",
         *[f"| {k} | {m[k]:.4f} |" for k in ("roc_auc", "pr_auc", "log_loss", "brier", "ece")],
         "",
+        "## ROC AUC per slice (test split; small slices flagged, not scored)",
+        "| slice | rows | ROC AUC |",
+        "|---|---|---|",
+        *[f"| {col}={value} | {st['rows']} | {_fmt(st['roc_auc']) if st['roc_auc'] is not None else st['flag']} |"
+          for col in ("origin", "carrier") for value, st in sorted(card["slices"].get(col, {}).items())],
+        "",
         f"## Gate: {card['gate']['verdict']}",
         "| rule | value | threshold | passed | reason |",
         "|---|---|---|---|---|",
@@ -135,6 +141,9 @@ def build_package(
         "libraries": library_versions(),
         "label": {"name": LABEL, "threshold_min": params["features"]["delay_threshold_min"]},
         "metrics": gate["chosen_metrics"],
+        "slices": evaluation["models"][candidate]["slices"],  # ROC AUC per carrier / origin / month
+        "batch_invariance": evaluation["models"][candidate]["batch_invariance"],
+        "champion": evaluation.get("champion"),
         "speed": {k: candidates[candidate][k] for k in ("p50_ms", "p99_ms", "rows_per_s", "size_bytes")},
         "gate": {"verdict": gate["verdict"], "rules": gate["rules"]},
         "signature": signature.model_dump(),

