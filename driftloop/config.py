@@ -202,6 +202,7 @@ class ReleaseParams(Section):
     latency_slack_ms: float = Field(2.0, ge=0, description="p99 differences below this many ms always pass")
     max_score_psi: float = Field(0.25, gt=0, description="PSI of canary vs stable scores (0.25 = significant shift)")
     min_labelled_rows: int = Field(200, ge=10, description="labelled rows per version before ROC AUC decides, not PSI")
+    label_wait_s: float = Field(60.0, ge=0, description="after min_requests, how long to wait for labels")
     max_auc_drop: float = Field(0.01, ge=0, le=1, description="canary ROC AUC may trail stable's by this (+ 2 SE)")
     keep_previous_s: float = Field(300.0, ge=0, description="old stable stays loaded this long after a promotion")
     http_timeout_s: float = Field(30.0, gt=0)

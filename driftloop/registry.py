@@ -363,7 +363,16 @@ class GtoRegistry:
             raise RegistryError(f"bump {bump!r}: expected major, minor or patch")
         # The next version is computed here, over every version ever registered: GTO bumps from the
         # latest *active* one, so after a rollback (a deregistration) it would pick a tag that exists.
-        version = normalize_version(version) if version else next_version([v.version for v in self.versions()], bump)
+        known = self.versions()
+        same = [v for v in known if v.commit == commit]
+        if same:  # the same dvc.lock, so the same package: a second version of it would mean nothing
+            v = same[-1]
+            state = f"rolled back / deprecated ({v.deprecation})" if v.deprecated else "active"
+            raise RegistryError(
+                f"commit {commit[:7]} is already registered as {v.version} ({state}); the same build cannot "
+                "become a new version: change the data window or params and rebuild"
+            )
+        version = normalize_version(version) if version else next_version([v.version for v in known], bump)
         try:
             gto.api.register(str(self.root), self.artifact, commit, version=version, message=message)
         except RegistryError:

