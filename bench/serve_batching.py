@@ -5,7 +5,7 @@ server twice in a row: batching off (max_batch_size 1: one session.run per reque
 (max_batch_size 64, max queue delay 0 and 2 ms). Also reports the share of a single request's cost
 that inference takes (session.run at batch 1 / request latency at concurrency 1, batching off).
 
-Run: .venv/bin/python bench/serve_batching.py [--seconds 3] [--width 1024]
+Run: .venv/bin/python bench/serve_batching.py [--seconds 3] [--width 2048]
 Writes bench/results/serve_batching.json.
 """
 
@@ -29,7 +29,7 @@ from serving.testing import build_test_package, records_payload, synthetic_rows 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--concurrency", type=int, default=64)
     opts = parser.parse_args()
     repo = Path(tempfile.mkdtemp(prefix="serve_batching_")) / "repo"
