@@ -197,7 +197,7 @@ class ReleaseParams(Section):
     analysis_timeout_s: float = Field(600.0, gt=0, description="no verdict by then = roll back")
     poll_interval_s: float = Field(1.0, gt=0, description="how often the analysis reads the log and /metrics")
     baseline_window_s: float = Field(3600.0, gt=0, description="blue-green: stable rows this far back are its baseline")
-    max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="canary minus stable error rate")
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="canary's 5xx rate allowed; every 5xx of the window counts against it")
     max_p99_latency_ratio: float = Field(1.5, ge=1, description="canary p99 / stable p99")
     latency_slack_ms: float = Field(2.0, ge=0, description="p99 differences below this many ms always pass")
     max_score_psi: float = Field(0.25, gt=0, description="PSI of canary vs stable scores (0.25 = significant shift)")

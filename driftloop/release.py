@@ -546,7 +546,8 @@ def analyse(
             rate,
             params.max_error_rate_increase,
             rate <= params.max_error_rate_increase,
-            f"error rate {rate:.2%} vs stable 0 (bound +{params.max_error_rate_increase:.2%}; {errors} 5xx in the window)",
+            f"error rate {rate:.2%} (bound {params.max_error_rate_increase:.2%}; every one of the window's "
+            f"{errors} 5xx counts against the canary: the server does not label errors by version)",
         )
     )
     if n_s == 0 or n_c == 0:
