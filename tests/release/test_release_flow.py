@@ -179,3 +179,34 @@ def test_rollback_cli_without_anything_in_prod(project, server):
     result = cli(project, "rollback", url=server)
     assert result.exit_code == 1 and result.output.startswith("error: ")
     assert rollback_release is not None
+
+
+@pytest.mark.slow
+def test_canary_waits_for_labels_and_is_judged_on_roc_auc(project, server, nycflights13):
+    """Real flights with labels arriving in chunks as they are served: ground truth decides, PSI is advisory."""
+    import dataclasses
+    import threading
+
+    from flows.replay import flight_rows, replay
+
+    plane = project.plane(server)
+    plane = dataclasses.replace(plane, params=plane.params.model_copy(update={"label_wait_s": 30.0, "min_labelled_rows": 100}))
+    project.build("v1")
+    v1 = register_package(plane.registry, plane.package_dir).version
+    release_version(plane, v1)
+    project.build("v2")  # same ranking as v1, other scale: a large score PSI, the same ROC AUC
+    v2 = register_package(plane.registry, plane.package_dir).version
+    flights, weather = nycflights13
+    rows = flight_rows(flights, weather, [7]).sample(n=2500, random_state=0).sort_values("time_hour")
+    feed = threading.Thread(
+        target=replay, args=(server, MODEL, rows),
+        kwargs={"batch": 1, "log_dir": plane.params.log_dir, "label_every": 20}, daemon=True,
+    )  # fmt: skip
+    feed.start()
+    outcome = release_version(plane, v2)
+    feed.join(timeout=120)
+    checks = {c.name: c for c in outcome.analysis.checks}
+    assert "roc_auc" in checks, [c.reason for c in outcome.analysis.checks]
+    assert checks["roc_auc"].passed and "labelled rows" in checks["roc_auc"].reason
+    assert checks["score_psi"].passed and "advisory" in checks["score_psi"].reason
+    assert outcome.decision == "promoted"
