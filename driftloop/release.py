@@ -340,19 +340,12 @@ def uninstall_version(repository: Path, model: str, version: str) -> None:
 
 def sample_body(folder: Path, rows: int = 1) -> dict:
     """A v2 infer body of the first `rows` reference rows, typed by `signature.json`."""
+    from serving.payloads import v2_body
+
     sig = read_json(folder / "signature.json")
     frame = pd.read_parquet(folder / "reference.parquet").head(rows)
-    inputs = []
-    for spec in sig["inputs"]:
-        values = frame[spec["name"]].tolist()
-        data = [
-            None if isinstance(v, float) and math.isnan(v) else (v.item() if isinstance(v, np.generic) else v)
-            for v in values
-        ]
-        inputs.append(
-            {"name": spec["name"], "datatype": spec["datatype"], "shape": [len(data), 1], "data": data}
-        )
-    return {"id": "driftloop-servability-check", "inputs": inputs}
+    datatypes = {spec["name"]: spec["datatype"] for spec in sig["inputs"]}
+    return v2_body(frame, list(datatypes), datatypes=datatypes, request_id="driftloop-servability-check")
 
 
 def check_servable(client: ServerClient, model: str, version: str, folder: Path) -> None:

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from driftloop.config import MonitorParams, PackageParams, PolicyParams, parse_section, read_params_file
 from driftloop.schema import CATEGORICAL, FEATURES, FLOAT, INTEGER
 from flows.policy import Decision, DriftSummary, decide, read_state, record_retrain, write_state
+from serving.predlog import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,6 @@ class DriftCheckResult(BaseModel):
     payload: dict[str, Any] | None = None
     report_html: str | None = None
     summary_json: str | None = None
-
-
-def _utc(value: dt.datetime | str | pd.Timestamp) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def load_window(
@@ -102,7 +98,7 @@ def load_window(
     frame = frame.copy()
     frame["row"] = frame["row"].astype(np.int64)
     merged = frame.merge(labels[["request_id", "row", "label"]], on=["request_id", "row"], how="left")
-    in_window = labels[(labels["observed_at"] >= _utc(start)) & (labels["observed_at"] < _utc(end))]
+    in_window = labels[(labels["observed_at"] >= to_utc(start)) & (labels["observed_at"] < to_utc(end))]
     keys = set(zip(frame["request_id"].astype(str), frame["row"], strict=True))
     unknown = sum((rid, row) not in keys for rid, row in zip(in_window["request_id"], in_window["row"], strict=True))
     return merged, int(unknown), note
@@ -329,7 +325,7 @@ def drift_check_flow(
         return str(p if Path(p).is_absolute() else rootp / p)
 
     now = dt.datetime.now(dt.UTC)
-    end = _utc(window_end or now).to_pydatetime()
+    end = to_utc(window_end or now).to_pydatetime()
     start = end - dt.timedelta(hours=window_hours or monitor.window_hours)
     frame, unknown, note = read_window_task(at_root(monitor.log_dir), model, start, end)
     reference, why = read_reference_task(at_root(monitor.package_dir))

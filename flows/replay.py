@@ -28,6 +28,7 @@ import pandas as pd
 
 from driftloop.config import FeaturesParams
 from driftloop.schema import FEATURES, LABEL
+from serving.payloads import records_body
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,6 @@ def labels_for(log: pd.DataFrame, rows: pd.DataFrame, observed_at: dt.datetime |
     )
 
 
-def _json_rows(frame: pd.DataFrame) -> list[dict]:
-    records = frame[list(FEATURES)].astype(object).where(frame[list(FEATURES)].notna(), None).to_dict("records")
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in records]
-
-
 def replay(
     url: str,
     model: str,
@@ -204,7 +200,7 @@ def replay(
         for i in range(0, len(rows), batch):
             part = rows.iloc[i : i + batch]
             rid = f"replay-{run}-{i // batch:06d}"
-            resp = client.post(f"/v1/models/{model}:predict", json={"instances": _json_rows(part)}, headers={"x-request-id": rid})
+            resp = client.post(f"/v1/models/{model}:predict", json=records_body(part[list(FEATURES)]), headers={"x-request-id": rid})
             resp.raise_for_status()
             body = resp.json()
             v = str(body.get("model_version") or resp.headers.get("x-model-version", "?"))

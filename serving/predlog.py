@@ -227,7 +227,8 @@ def _frame(blocks: list[_Block]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _utc(value: dt.datetime | str | pd.Timestamp) -> pd.Timestamp:
+def to_utc(value: dt.datetime | str | pd.Timestamp) -> pd.Timestamp:
+    """A timezone-aware UTC timestamp; naive times are taken as UTC (the log's clock)."""
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
@@ -250,7 +251,7 @@ def read_log(
         The rows (columns as in the module docstring), sorted by `ts`; empty (no columns beyond
         the fixed ones) when nothing was logged in the window.
     """
-    start_ts, end_ts = _utc(start), _utc(end)
+    start_ts, end_ts = to_utc(start), to_utc(end)
     root = Path(log_dir) / model
     frames = []
     if root.is_dir():

@@ -36,11 +36,11 @@ from driftloop.schema import (
     INTEGER,
     OUTPUT,
     Signature,
-    datatype_of,
     input_specs,
     output_specs,
     to_onnx_feeds,
 )
+from serving.payloads import records_body, v2_body
 
 CARRIERS: tuple[str, ...] = ("UA", "B6", "EV", "DL", "AA", "MQ", "US", "9E", "WN", "VX")
 ORIGINS: tuple[str, ...] = ("EWR", "JFK", "LGA")
@@ -360,40 +360,14 @@ def build_test_repository(
     return root
 
 
-def json_value(x):
-    """A JSON-ready scalar: NaN -> None, numpy scalars -> Python."""
-    if isinstance(x, float) and x != x:
-        return None
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
 def v2_payload(frame: pd.DataFrame, nested: bool = False) -> dict:
     """A v2 infer body for `frame`'s `FEATURES` columns (NaN -> null); `nested` gives [[v], ...] data."""
-    inputs = []
-    for col in FEATURES:
-        data = [json_value(v) for v in frame[col].tolist()]
-        inputs.append(
-            {
-                "name": col,
-                "datatype": datatype_of(col),
-                "shape": [len(frame), 1],
-                "data": [[v] for v in data] if nested else data,
-            }
-        )
-    return {"inputs": inputs}
+    return v2_body(frame, nested=nested)
 
 
 def records_payload(frame: pd.DataFrame, drop_null: bool = False) -> dict:
-    """A records body for `frame`; `drop_null` leaves null (nullable) keys out instead of sending null."""
-    instances = []
-    for rec in frame.to_dict("records"):
-        inst = {k: json_value(v) for k, v in rec.items()}
-        if drop_null:
-            inst = {k: v for k, v in inst.items() if v is not None}
-        instances.append(inst)
-    return {"instances": instances}
+    """A records body for every column of `frame`; `drop_null` leaves null keys out."""
+    return records_body(frame, drop_null=drop_null)
 
 
 @contextlib.contextmanager
