@@ -53,4 +53,6 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     assert rejected.verdict == "reject" and rejected.release is None
     assert rejected.stages["gate"] == "rejected" and "package" not in rejected.stages
     assert all(v == "cached" for k, v in rejected.stages.items() if k != "gate")
-    assert rejected.failed_rules and all("min_roc_auc" in r for r in rejected.failed_rules)
+    # every candidate is rejected by the floor; other rules may fail too (e.g. INT8 batch invariance)
+    candidates = {r.split(":")[0] for r in rejected.failed_rules}
+    assert candidates and candidates == {r.split(":")[0] for r in rejected.failed_rules if ": min_roc_auc:" in r}
