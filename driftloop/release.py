@@ -35,6 +35,9 @@ from driftloop.config import ReleaseParams
 from driftloop.errors import DriftloopError, PackageError
 from driftloop.io import atomic_path, read_json
 from driftloop.package import verify_package
+from driftloop.payloads import v2_body
+from driftloop.predlog import read_log_with_labels
+from driftloop.protocol import SCORING_ENDPOINTS
 from driftloop.registry import (
     ModelRegistry,
     RegistryError,
@@ -47,11 +50,6 @@ from driftloop.registry import (
 
 log = logging.getLogger(__name__)
 
-SCORING_ENDPOINTS = (
-    "/v2/models/{name}/infer",
-    "/v2/models/{name}/versions/{version}/infer",
-    "/v1/models/{name}:predict",
-)
 PSI_EPSILON = 1e-4
 
 
@@ -340,7 +338,6 @@ def uninstall_version(repository: Path, model: str, version: str) -> None:
 
 def sample_body(folder: Path, rows: int = 1) -> dict:
     """A v2 infer body of the first `rows` reference rows, typed by `signature.json`."""
-    from serving.payloads import v2_body
 
     sig = read_json(folder / "signature.json")
     frame = pd.read_parquet(folder / "reference.parquet").head(rows)
@@ -594,7 +591,6 @@ def analyse(
 
 
 def _read_window(log_dir: Path, model: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    from serving.predlog import read_log_with_labels
 
     frame = read_log_with_labels(log_dir, model, start, end)  # label NaN = not arrived (yet)
     if "latency_ms" not in frame:

@@ -1,7 +1,7 @@
 """The drift check: a window of the prediction log against the prod package's reference sample.
 
 Pieces, each testable alone:
-- `load_window`: the log window (serving/predlog.py's reader) with the labels that have arrived,
+- `load_window`: the log window (driftloop/predlog.py's reader) with the labels that have arrived,
   joined by (request_id, row).
 - `measure_drift`: Evidently 0.7 `DataDriftPreset` over the raw `FEATURES` columns plus a
   `ValueDrift` of the model's `score`; ROC AUC where labels exist. Large windows are sampled
@@ -31,9 +31,9 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from driftloop.config import MonitorParams, PackageParams, PolicyParams, parse_section, read_params_file
+from driftloop.predlog import to_utc
 from driftloop.schema import CATEGORICAL, FEATURES, FLOAT, INTEGER
 from flows.policy import Decision, DriftSummary, decide, read_state, record_retrain, write_state
-from serving.predlog import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def load_window(
         `observed_at` falls in the window (labels for unknown requests, ignored); a note when
         the label files could not be read (they are ignored, the check goes on).
     """
-    from serving.predlog import read_labels, read_log
+    from driftloop.predlog import read_labels, read_log
 
     frame = read_log(log_dir, model, start, end)
     note = ""

@@ -7,7 +7,7 @@ records endpoint `POST /v1/models/{name}:predict` in batches, each batch with it
 written in the prediction log's label format, joined by (request_id, row).
 
 Also the builders the tests and benchmarks use to write a prediction log directly, in the
-format of serving/predlog.py, without a server.
+format of driftloop/predlog.py, without a server.
 
 Usage:
     python -m flows.replay --url http://127.0.0.1:8080 --model flight-delay --months 7 8 \
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import FeaturesParams
+from driftloop.payloads import records_body
 from driftloop.schema import FEATURES, LABEL
-from serving.payloads import records_body
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def log_frame(
     seconds: float = 3600.0,
     request_prefix: str = "replay",
 ) -> pd.DataFrame:
-    """Prediction-log rows (serving/predlog.py's columns) for `rows`, spread evenly over `seconds`.
+    """Prediction-log rows (driftloop/predlog.py's columns) for `rows`, spread evenly over `seconds`.
 
     Args:
         rows: at least `FEATURES`.
@@ -116,7 +116,7 @@ def write_log(log_dir: str | os.PathLike[str], model: str, frame: pd.DataFrame, 
 
 
 def labels_for(log: pd.DataFrame, rows: pd.DataFrame, observed_at: dt.datetime | None = None) -> pd.DataFrame:
-    """Label rows (serving/predlog.py's label format) for the log rows built from `rows`.
+    """Label rows (driftloop/predlog.py's label format) for the log rows built from `rows`.
 
     Args:
         log: the prediction-log frame (same order as `rows`).
@@ -169,7 +169,7 @@ def replay(
     """
     import httpx
 
-    from serving.predlog import write_labels
+    from driftloop.predlog import write_labels
 
     headers = {"x-api-key": api_key} if api_key else {}
     run = uuid.uuid4().hex[:8]

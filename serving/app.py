@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftloop import __version__
 from driftloop.errors import DriftloopError
+from driftloop.protocol import SCORING_ENDPOINTS, V1_PREDICT, V2_INFER, V2_VERSION_INFER
 from driftloop.schema import OUTPUT
 from serving.batcher import BatcherClosed, MicroBatcher, QueueFull
 from serving.config import ServeSettings
@@ -456,11 +457,11 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
         return json_response(response, headers=model_headers(mv, request_id))
 
     infer_doc = _openapi_body(InferenceRequest)
-    app.post("/v2/models/{name}/infer", tags=["inference"], summary="Infer (v2)", openapi_extra=infer_doc)(
+    app.post(V2_INFER, tags=["inference"], summary="Infer (v2)", openapi_extra=infer_doc)(
         guarded(_infer)
     )
     app.post(
-        "/v2/models/{name}/versions/{version}/infer",
+        V2_VERSION_INFER,
         tags=["inference"],
         summary="Infer on a version (v2)",
         openapi_extra=infer_doc,
@@ -483,13 +484,13 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
         return json_response(response, headers=model_headers(mv, request_id))
 
     app.post(
-        "/v1/models/{name}:predict",
+        V1_PREDICT,
         tags=["inference"],
         summary="Predict on records",
         description='`{"instances": [{"carrier": "UA", "origin": "EWR", ...}]}` -> `{"predictions": [...]}`',
         openapi_extra=_openapi_body(RecordsRequest),
     )(guarded(_predict))
-    scoring_paths = {"/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer", "/v1/models/{name}:predict"}
+    scoring_paths = set(SCORING_ENDPOINTS)
     fast_routes.extend((r, r.endpoint) for r in app.router.routes if getattr(r, "path", None) in scoring_paths)
 
     # ------------------------------------------------------------------ repository extension

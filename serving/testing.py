@@ -29,6 +29,7 @@ import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
 from driftloop.package import write_sha256sums
+from driftloop.payloads import records_body, v2_body
 from driftloop.schema import (
     CATEGORICAL,
     FEATURES,
@@ -40,7 +41,6 @@ from driftloop.schema import (
     output_specs,
     to_onnx_feeds,
 )
-from serving.payloads import records_body, v2_body
 
 CARRIERS: tuple[str, ...] = ("UA", "B6", "EV", "DL", "AA", "MQ", "US", "9E", "WN", "VX")
 ORIGINS: tuple[str, ...] = ("EWR", "JFK", "LGA")

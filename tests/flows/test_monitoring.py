@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from driftloop.predlog import write_labels
 from flows.monitoring import drift_check_flow, load_window
 from flows.policy import read_state
 from flows.replay import flight_rows, labels_for, log_frame, write_log
-from serving.predlog import write_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "flight-delay"

@@ -6,10 +6,10 @@ import time
 
 import pandas as pd
 
+from driftloop.predlog import read_log_with_labels
 from flows.replay import flight_rows, replay
 from serving.app import create_app
 from serving.config import ServeSettings
-from serving.predlog import read_log_with_labels
 from serving.testing import build_test_package, running_server
 
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from driftloop.cli import app
+from commands.main import app
 from driftloop.registry import holder
 from driftloop.release import register_package, release_version, rollback_release
 

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from driftloop.predlog import read_labels, read_log, read_log_with_labels, write_labels
 from driftloop.schema import FEATURES
-from serving.predlog import PredictionLog, read_labels, read_log, read_log_with_labels, write_labels
+from serving.predlog import PredictionLog
 from serving.testing import records_payload, synthetic_rows, v2_payload
 
 MODEL = "flight_delay"

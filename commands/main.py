@@ -1,4 +1,4 @@
-"""The `driftloop` command line: one typer app; each plane adds its commands here."""
+"""The `driftloop` command line: one typer app; each plane contributes its commands here."""
 
 from __future__ import annotations
 

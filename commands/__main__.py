@@ -1,0 +1,5 @@
+"""`python -m commands` runs the `driftloop` CLI."""
+
+from commands.main import app
+
+app()
