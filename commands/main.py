@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from driftloop.cli_release import history, register, release, rollback
+from driftloop.release.cli import history, register, release, rollback
 from serving.cli import serve
 
 app = typer.Typer(

@@ -1,14 +1,14 @@
 """The one place the flows call the release plane: register a gated package, release it.
 
-The release plane (driftloop/registry.py, driftloop/release.py) owns GTO and the server; this
-module only builds its `ReleasePlane` from params.yaml's `release` section (as
-`driftloop/cli_release.py` does, through `open_plane`) and calls `register_package` and
+The release plane (driftloop/registry.py, the `driftloop.release` package) owns GTO and the
+server; this module only builds its `ReleasePlane` from params.yaml's `release` section (as
+`driftloop.release.cli` does, through `open_plane`) and calls `register_package` and
 `release_version`.
 
 Why the commit is pinned: `register_package` tags the commit whose `dvc.lock` produced the
 package. A flow run records its `params.yaml` + `dvc.lock` as a commit on a branch (see
 `flows.gitrecord`) without moving HEAD, so HEAD's history cannot find it; the flow passes that
-commit here, and `_PinnedCommit` answers `producing_commit()` with it.
+commit to `register_package(..., commit=...)`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -40,20 +40,6 @@ class ReleaseOutcome(BaseModel):
     version: str | None = None
     commit: str | None = None
     reason: str = ""
-
-
-class _PinnedCommit:
-    """A registry whose `producing_commit()` is a given commit; everything else is delegated."""
-
-    def __init__(self, inner: Any, commit: str) -> None:
-        self._inner = inner
-        self._commit = commit
-
-    def producing_commit(self) -> str:
-        return self._commit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def register_and_release(
@@ -87,8 +73,7 @@ def register_and_release(
         return ReleaseOutcome(status="skipped", reason=f"release plane not installed ({exc})")
     try:
         plane = open_plane(root, server_url=server_url)
-        registry = _PinnedCommit(plane.registry, commit) if commit else plane.registry
-        registered = register_package(registry, package_dir)
+        registered = register_package(plane.registry, package_dir, commit=commit)
     except DriftloopError as exc:
         log.warning("register failed: %s", exc)
         return ReleaseOutcome(status="failed", commit=commit, reason=f"register failed: {exc}")

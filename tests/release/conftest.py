@@ -220,3 +220,30 @@ class TrafficLoop:
 @pytest.fixture
 def traffic(server) -> type[TrafficLoop]:
     return TrafficLoop
+
+
+def wait_for(condition, timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll `condition()` every 20 ms until it is true; fail the test after `timeout_s`."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def next_registry_second() -> None:
+    """Wait until the wall clock enters a new second: registry (git tag) times have 1 s resolution."""
+    import time
+
+    start = int(time.time())
+    wait_for(lambda: int(time.time()) > start, 5.0, "the next second")
+
+
+def logged_rows(log_dir: Path, version: str) -> int:
+    """Rows of `version` in the prediction log so far."""
+    from driftloop.predlog import read_log
+
+    frame = read_log(log_dir, MODEL, "2000-01-01", "2100-01-01")
+    return int((frame["model_version"] == version).sum()) if len(frame) else 0

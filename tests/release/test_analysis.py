@@ -33,7 +33,7 @@ def test_a_better_but_shifted_model_passes_when_labels_exist():
     c_scores, c_y = sample(400, 1, separation=1.6, shift=1.5)  # better AUC, scores moved up a lot
     result = analyse(window(s_scores, s_y, "v1"), window(c_scores, c_y, "v2"), 0, stable="v1", canary="v2", params=PARAMS)
     checks = {c.name: c for c in result.checks}
-    assert checks["score_psi"].value > checks["score_psi"].bound  # the proxy alone would roll it back
+    assert checks["score_psi"].value > checks["score_psi"].threshold  # the proxy alone would roll it back
     assert checks["score_psi"].passed and "advisory" in checks["score_psi"].reason
     assert checks["roc_auc"].passed and checks["roc_auc"].value > 0.6
     assert result.passed

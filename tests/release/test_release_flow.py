@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from commands.main import app
 from driftloop.registry import holder
-from driftloop.release import register_package, release_version, rollback_release
+from driftloop.release import ReleaseError, register_package, release_version, rollback_release
+from tests.release.conftest import logged_rows, next_registry_second, wait_for
 
 MODEL = "flight_delay"
 
@@ -86,17 +87,16 @@ def test_first_release_canary_promotion_history_and_rollback(project, server, tr
 
     project.build("v2")
     v2 = register_package(plane.registry, plane.package_dir).version
-    time.sleep(1.1)  # registry times have 1 s resolution
+    next_registry_second()  # registry times have 1 s resolution
     before = dt.datetime.now(dt.UTC)
-    time.sleep(1.1)
+    next_registry_second()
     with traffic(server) as loop:
         outcome = release_version(plane, v2, keep_previous_s=0)
-        time.sleep(0.3)
     assert outcome.decision == "promoted", outcome.reasons
     assert outcome.analysis is not None and outcome.analysis.canary_requests >= 150
     assert loop.failures == []
     assert set(loop.versions) == {v1, v2}  # both answered during the canary
-    time.sleep(1.1)
+    next_registry_second()
     after = dt.datetime.now(dt.UTC)
     traffic_now = httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"]
     assert traffic_now == {v2: 100.0}
@@ -110,7 +110,7 @@ def test_first_release_canary_promotion_history_and_rollback(project, server, tr
     result = cli(project, "history")
     assert result.exit_code == 0 and "promoted" in result.output and v1 in result.output
 
-    time.sleep(1.1)
+    next_registry_second()
     result = cli(project, "rollback", "--reason", "test says so", url=server)
     assert result.exit_code == 0, result.output
     assert httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"] == {v1: 100.0}
@@ -138,9 +138,9 @@ def test_inverted_candidate_is_rolled_back_without_failed_requests(project, serv
     project.build("inverted")
     bad = register_package(plane.registry, plane.package_dir).version
     with traffic(server) as loop:
-        time.sleep(0.5)  # stable history for the blue-green baseline
+        # stable's rows in the log: the blue-green baseline (stable takes no traffic in the window)
+        wait_for(lambda: logged_rows(Path(plane.params.log_dir), v1) >= 50, what="stable rows in the log")
         result = cli(project, "release", bad, "--strategy", strategy, url=server)
-        time.sleep(0.3)
     assert result.exit_code == 3, result.output
     assert "rolled back" in result.output and "PSI" in result.output
     assert loop.failures == []
@@ -175,10 +175,13 @@ def test_slow_candidate_is_rolled_back_on_latency(project, server, traffic):
     assert httpx.get(f"{server}/v2/repository/models/{MODEL}/traffic").json()["traffic_pct"] == {v1: 100.0}
 
 
-def test_rollback_cli_without_anything_in_prod(project, server):
+def test_rollback_without_anything_in_prod(project, server):
     result = cli(project, "rollback", url=server)
-    assert result.exit_code == 1 and result.output.startswith("error: ")
-    assert rollback_release is not None
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "nothing holds prod" in result.output
+    plane = project.plane(server)
+    with pytest.raises(ReleaseError, match="nothing to roll back"):
+        rollback_release(plane)
+    assert project.git("tag") == ""
 
 
 @pytest.mark.slow

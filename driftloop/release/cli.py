@@ -1,7 +1,7 @@
 """`driftloop register | release | rollback | history`: the release plane's commands (thin shells).
 
 Each command loads `params.yaml` `release:`, builds a `ReleasePlane` (GTO registry on the project
-repo, the server's URL) and calls one function of driftloop/release.py. A `DriftloopError` prints
+repo, the server's URL) and calls one function of the `driftloop.release` package. A `DriftloopError` prints
 `error: <message>` on stderr and exits 1, never a traceback.
 """
 
