@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +15,7 @@ from typer.testing import CliRunner
 from commands.main import app
 from driftloop.registry import holder
 from driftloop.release import ReleaseLock, ReleaseLocked, register_package, release_version
+from tests.release.conftest import wait_for
 
 MODEL = "flight_delay"
 runner = CliRunner()
@@ -98,12 +102,91 @@ def test_second_release_is_refused_while_one_runs(project, server, live):
     assert state(project, server) == before
 
 
-def test_stale_lock_of_a_dead_process_is_taken_over(project, tmp_path):
+def test_a_lock_file_naming_a_live_unrelated_pid_does_not_block(tmp_path):
     lock = tmp_path / ".release.lock"
-    lock.write_text("999999999\n")  # no such pid
-    with ReleaseLock(lock):
-        assert lock.read_text().strip() == str(os.getpid())
-    assert not lock.exists()
+    lock.write_text(f"{os.getppid()}\n")  # a live process that holds no lock
+    with ReleaseLock(lock) as held:
+        assert held.owner() == os.getpid()
+        with pytest.raises(ReleaseLocked, match=f"held by pid {os.getpid()}"):
+            ReleaseLock(lock).__enter__()
+    with ReleaseLock(lock):  # released on exit: free again
+        pass
+
+
+HOLDER = """
+import os, sys, time
+from pathlib import Path
+from driftloop.release.lock import ReleaseLock
+Path(sys.argv[2]).write_text(str(os.getpid()))
+with ReleaseLock(sys.argv[1]):
+    Path(sys.argv[3]).write_text("held")
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holder_frees_the_lock_at_once(tmp_path):
+    lock, started, held = tmp_path / ".release.lock", tmp_path / "started", tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock), str(started), str(held)], env=_env())
+    try:
+        wait_for(held.exists, 30, "the holder to take the lock")
+        with pytest.raises(ReleaseLocked, match=f"held by pid {proc.pid}"):
+            with ReleaseLock(lock):
+                pass
+    finally:
+        proc.kill()
+        proc.wait(30)
+    with ReleaseLock(lock) as taken:  # the kernel dropped the dead holder's lock
+        assert taken.owner() == os.getpid()
+
+
+CONTENDER = """
+import os, sys
+from pathlib import Path
+from driftloop.release.lock import ReleaseLock
+from driftloop.release.errors import ReleaseLocked
+lock, inside, go, attempts = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+while not go.exists():
+    pass
+won = refused = overlaps = 0
+for _ in range(attempts):
+    try:
+        with ReleaseLock(lock):
+            try:
+                fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if another holder is inside
+            except FileExistsError:
+                overlaps += 1
+                continue
+            os.close(fd)
+            for _ in range(200):  # stay inside a little
+                pass
+            os.unlink(inside)
+            won += 1
+    except ReleaseLocked:
+        refused += 1
+print(won, refused, overlaps)
+"""
+
+
+def test_contending_processes_never_hold_the_lock_together(tmp_path):
+    """The O_EXCL+pid lock this replaces was held twice at once ~2,500 times in 15 s by 3 processes."""
+    lock, inside, go = tmp_path / ".release.lock", tmp_path / "inside", tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(lock), str(inside), str(go), "3000"],
+            stdout=subprocess.PIPE, text=True, env=_env(),
+        )
+        for _ in range(4)
+    ]  # fmt: skip
+    go.write_text("go")
+    results = [tuple(int(x) for x in p.communicate(timeout=300)[0].split()) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(r[2] for r in results) == 0, results  # never two holders
+    assert sum(r[0] for r in results) > 0 and sum(r[1] for r in results) > 0, results  # they did contend
+
+
+def _env() -> dict:
+    root = Path(__file__).resolve().parents[2]
+    return {**os.environ, "PYTHONPATH": f"{root}:{os.environ.get('PYTHONPATH', '')}"}
 
 
 def test_release_of_the_current_prod_is_refused(project, server, live):
