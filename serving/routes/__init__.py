@@ -1,0 +1,1 @@
+"""HTTP routes grouped by concern; each module's `router(plane)` returns an `APIRouter` over a `DataPlane`."""

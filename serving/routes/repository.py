@@ -1,0 +1,90 @@
+"""Repository-control routes (the v2 model repository extension, plus traffic splits)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.dataplane import DataPlane
+from serving.http import guarded, json_response, model_headers, openapi_body, read_body
+from serving.validation import IndexRequest, LoadRequest, TrafficRequest, parse_model
+
+
+def router(plane: DataPlane) -> APIRouter:
+    """GET|POST /v2/repository/index; POST .../load, .../unload; GET|POST .../traffic."""
+    r = APIRouter()
+    retry = plane.settings.retry_after_s
+    max_body = plane.settings.max_body_bytes
+
+    async def optional(model: type[BaseModel], request: Request) -> BaseModel:
+        raw = await read_body(request, max_body)
+        return parse_model(model, raw) if raw.strip() else model()
+
+    async def repository_index(request: Request) -> Response:
+        """Every model version on disk or loaded, with state (READY / UNAVAILABLE) and reason."""
+        body = await optional(IndexRequest, request) if request.method == "POST" else IndexRequest()
+        return json_response(plane.index(ready_only=body.ready))
+
+    r.get(
+        "/v2/repository/index", tags=["repository"], summary="Repository index", operation_id="repository_index_get"
+    )(guarded(repository_index, retry))
+    r.post(
+        "/v2/repository/index",
+        tags=["repository"],
+        summary="Repository index (v2)",
+        operation_id="repository_index",
+        openapi_extra=openapi_body(IndexRequest),
+    )(guarded(repository_index, retry))
+
+    async def load(request: Request, name: str) -> Response:
+        body = await optional(LoadRequest, request)
+        version = (body.parameters or {}).get("version")
+        mv, result = await plane.load(name, None if version is None else str(version))
+        return json_response(result, headers=model_headers(mv))
+
+    r.post(
+        "/v2/repository/models/{name}/load",
+        tags=["repository"],
+        summary="Load (or hot-swap) a model version",
+        description='Body optional: `{"parameters": {"version": "2"}}`; default the latest on disk. '
+        "A package that fails verification, ONNX Runtime or the warm-up is refused (400) and "
+        "whatever was serving keeps serving.",
+        openapi_extra=openapi_body(LoadRequest),
+    )(guarded(load, retry))
+
+    async def unload(request: Request, name: str) -> Response:
+        body = await optional(LoadRequest, request)
+        version = (body.parameters or {}).get("version")
+        return json_response(plane.unload(name, None if version is None else str(version)))
+
+    r.post(
+        "/v2/repository/models/{name}/unload",
+        tags=["repository"],
+        summary="Unload a model (or one version)",
+        openapi_extra=openapi_body(LoadRequest),
+    )(guarded(unload, retry))
+
+    async def traffic(request: Request, name: str) -> Response:
+        if request.method == "POST":
+            body = parse_model(TrafficRequest, await read_body(request, max_body))
+            return json_response(plane.set_traffic(name, body.weights))
+        return json_response(plane.traffic(name))
+
+    r.get(
+        "/v2/repository/models/{name}/traffic",
+        tags=["repository"],
+        summary="Get the traffic split",
+        operation_id="traffic_get",
+    )(guarded(traffic, retry))
+    r.post(
+        "/v2/repository/models/{name}/traffic",
+        tags=["repository"],
+        summary="Set the traffic split",
+        operation_id="traffic_set",
+        description='`{"weights": {"1": 90, "2": 10}}`: sticky per request id; `{"weights": null}`: the latest '
+        "loaded version takes 100%.",
+        openapi_extra=openapi_body(TrafficRequest),
+    )(guarded(traffic, retry))
+    return r
