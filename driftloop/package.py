@@ -28,6 +28,7 @@ PACKAGE_FILES: tuple[str, ...] = (
     "reference.parquet",
 )
 SUMS = "SHA256SUMS"
+REJECTED = "REJECTED"  # marker the package stage leaves, with the gate's card, when the gate rejects
 
 
 def write_sha256sums(folder: str | os.PathLike[str]) -> str:
@@ -76,6 +77,8 @@ def verify_package(folder: str | os.PathLike[str]) -> Signature:
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise PackageError(f"{folder}: not a package folder")
+    if (folder / REJECTED).exists():
+        raise PackageError(f"{folder}: the gate rejected this build (see its model_card.md); nothing to load or register")
     sums = read_sha256sums(folder)
     for name in PACKAGE_FILES:
         if name not in sums:

@@ -29,12 +29,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.config import DataParams, parse_section, read_params_file
+from driftloop.errors import DriftloopError
+from driftloop.gate_report import GATE_REPORT, GateReport
+from driftloop.paths import PACKAGE_DIR
 from flows.dag import StageFailed, StageResult, reproduce_stage, stage_order, stage_outs
 from flows.release_adapter import ReleaseOutcome, register_and_release
 
-GATE_REPORT = "reports/gate.json"
 METRICS_REPORT = "reports/metrics.json"
-PACKAGE_DIR = "artifacts/model"
 REPORT_LINKS: tuple[str, ...] = (
     "reports/validation.json",
     "reports/features.json",
@@ -155,11 +156,11 @@ def run_dvc_stage(root: str, stage: str, force: bool = False) -> StageResult:
     return result
 
 
-def gate_markdown(gate: dict, window: TrainingWindow | None = None) -> str:
+def gate_markdown(gate: GateReport, window: TrainingWindow | None = None) -> str:
     """The gate report as markdown: verdict, chosen candidate, one table row per rule.
 
     Args:
-        gate: `reports/gate.json` (rules: name, value, threshold, passed, reason; chosen; verdict).
+        gate: the typed `reports/gate.json`.
         window: the run's window, shown above the table when given.
 
     Returns:
@@ -173,22 +174,22 @@ def gate_markdown(gate: dict, window: TrainingWindow | None = None) -> str:
             return f"{v:.4g}"
         return str(v)
 
-    lines = [f"# Gate: **{gate.get('verdict', '?')}**", ""]
+    lines = [f"# Gate: **{gate.verdict}**", ""]
     if window is not None:
         lines += [f"Window: {window.window_months} month(s) ending {window.as_of.isoformat()}", ""]
-    lines += [f"Chosen candidate: `{gate.get('chosen') or 'none'}`", ""]
+    lines += [f"Chosen candidate: `{gate.chosen or 'none'}`", ""]
     lines += ["| candidate | rule | value | threshold | passed | reason |", "|---|---|---|---|---|---|"]
-    for r in gate.get("rules", []):
-        reason = str(r.get("reason", "")).replace("|", "\\|")
+    for r in gate.rules:
+        reason = r.reason.replace("|", "\\|")
         lines.append(
-            f"| {r.get('candidate', gate.get('chosen') or '-')} | {r.get('name')} | {fmt(r.get('value'))} | "
-            f"{fmt(r.get('threshold'))} | {'yes' if r.get('passed') else '**no**'} | {reason} |"
+            f"| {r.candidate or gate.chosen or '-'} | {r.name} | {fmt(r.value)} | "
+            f"{fmt(r.threshold)} | {'yes' if r.passed else '**no**'} | {reason} |"
         )
     return "\n".join(lines) + "\n"
 
 
 @task(name="publish-reports")
-def publish_reports(root: str, window: TrainingWindow, ran: dict[str, str]) -> dict[str, Any]:
+def publish_reports(root: str, window: TrainingWindow, ran: dict[str, str]) -> GateReport | None:
     """Publish the gate table, the key metrics and the reports' paths as Prefect artifacts.
 
     Args:
@@ -197,14 +198,14 @@ def publish_reports(root: str, window: TrainingWindow, ran: dict[str, str]) -> d
         ran: stage -> "ran" | "cached".
 
     Returns:
-        The gate report (`{}` when the gate never ran).
+        The gate report (None when the gate never ran).
     """
     from driftloop.io import read_json
 
     rootp = Path(root).resolve()
     gate_path = rootp / GATE_REPORT
-    gate = read_json(gate_path) if gate_path.is_file() else {}
-    if gate:
+    gate = GateReport.read(gate_path) if gate_path.is_file() else None
+    if gate is not None:
         create_markdown_artifact(key="gate-report", markdown=gate_markdown(gate, window), description="reports/gate.json")
     metrics_path = rootp / METRICS_REPORT
     if metrics_path.is_file():
@@ -313,17 +314,18 @@ def training_flow(
         try:
             result = run_dvc_stage.with_options(task_run_name=f"dvc-{stage}")(root, stage, force)
         except StageFailed as exc:
-            if exc.exit_code == 2 and GATE_REPORT in stage_outs(root).get(stage, []) and _gate_rejected(root):
+            if exc.exit_code == 2 and _gate_rejected(root, stage):
                 ran[stage] = "rejected"
                 rejected = True
                 break
             raise
         ran[stage] = "ran" if result.ran else "cached"
     gate = publish_reports(root, window, ran)
+    rejected = rejected or gate is None or not gate.passed
     verdict = "reject" if rejected else "pass"
     commit = record_run(root, record_branch, window, verdict) if record_branch else None
     if rejected:
-        failed = [f"{r.get('candidate', '?')}: {r['name']}: {r['reason']}" for r in gate.get("rules", []) if not r.get("passed")]
+        failed = gate.failed_lines() if gate is not None else []
         logger.warning("gate rejected every candidate; nothing packaged or released:\n  %s", "\n  ".join(failed))
         result = TrainingResult(
             verdict="reject", reason="gate rejected every candidate", window=window, stages=ran,
@@ -333,20 +335,22 @@ def training_flow(
         outcome = release_package(root, commit, release, server_url) if register_version else None
         how = f"release: {outcome.status} ({outcome.reason})" if outcome else "registration disabled"
         result = TrainingResult(
-            verdict="pass", reason=f"gate passed; {how}", window=window, chosen=gate.get("chosen"), stages=ran,
-            metrics=gate.get("chosen_metrics") or {}, release=outcome, record_commit=commit,
+            verdict="pass", reason=f"gate passed; {how}", window=window, chosen=gate.chosen, stages=ran,
+            metrics=gate.chosen_metrics or {}, release=outcome, record_commit=commit,
         )  # fmt: skip
     logger.info("training: %s (%s)", result.verdict, result.reason)
     return result
 
 
-def _gate_rejected(root: str) -> bool:
-    """True when the gate report says "reject" (DVC removes a stage's outs before it runs, so a
-    report present after a failed gate stage was written by this run)."""
-    from driftloop.io import read_json
-
+def _gate_rejected(root: str, stage: str) -> bool:
+    """True when `stage` is the package stage (the one that writes `PACKAGE_DIR`) and the report
+    says "reject": the gate stage itself exits 0 on a rejection, and the package stage turns it
+    into a rejection card and exit code 2. The gate ran (or was cached) earlier in this run, so
+    the report on disk is this run's."""
     path = Path(root) / GATE_REPORT
+    if PACKAGE_DIR not in stage_outs(root).get(stage, []) or not path.is_file():
+        return False
     try:
-        return path.is_file() and read_json(path).get("verdict") == "reject"
-    except ValueError:
+        return not GateReport.read(path).passed
+    except DriftloopError:
         return False

@@ -1,6 +1,11 @@
 """Stage `gate`: every rule under `gates` in params.yaml, on every candidate; pick the cheapest that passes.
 
-Rules (a null threshold turns a rule off; an empty rule set is a params error, never a pass):
+The rules are one table, `GATE_RULES`: a `driftloop.checks.Rule` (name = the `gates` key holding
+the threshold, what is measured, comparison, unit) and the function that measures it on one
+candidate. One loop applies every row whose threshold is set; adding a rule is one row here and
+one optional key in `GatesParams`. A null threshold turns a rule off; an empty rule set is a
+params error, never a pass.
+
     min_roc_auc                     test ROC AUC >= threshold
     max_auc_drop_vs_parent          parent AUC - AUC <= threshold (the FP32 graph it derives from)
     max_auc_drop_vs_champion        champion AUC - AUC <= threshold (passes with a note while no champion exists)
@@ -13,31 +18,49 @@ Rules (a null threshold turns a rule off; an empty rule set is a params error, n
     max_batch_invariance            max |score alone - score in a batch of 1,024|
 
 The cheapest candidate is the one with the highest rows/s at batch 1,024 (then the smallest file):
-serving cost is throughput under micro-batching. The report is always written; a rejected run
-then exits non-zero, so nothing downstream packages it.
+serving cost is throughput under micro-batching. The report is always written and the stage
+exits 0 either way: a rejection is a recorded outcome (DVC caches it like any other), and the
+`package` stage that follows turns it into a rejected package and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from driftloop.checks import Rule
 from driftloop.config import GatesParams, load_section
-from driftloop.errors import GateRejected
-from driftloop.io import read_json, write_json
+from driftloop.gate_report import HEADLINE_METRICS, CandidateVerdict, GateCheck, GateReport
+from driftloop.io import read_json
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
 
 
-def _rule(name: str, value: float | None, threshold: float, passed: bool, reason: str) -> dict:
-    return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed), "reason": reason}
+@dataclass(frozen=True)
+class Subject:
+    """What a rule measures one candidate on: its optimize entry, its metrics, its parent's, the champion's."""
+
+    name: str
+    candidate: dict  # candidates.json entry: family, parent, size_bytes, p99_ms, rows_per_s
+    metrics: dict  # evaluation.json models[name]
+    parent: dict  # evaluation.json models[parent]
+    champion: dict | None  # evaluation.json models["champion"], when one was scored
+    parity: dict  # parity.json: family -> {max_abs_diff, ...}
 
 
-def _max_rule(name: str, value: float, threshold: float, what: str, unit: str = "") -> dict:
-    ok = value <= threshold
-    return _rule(name, value, threshold, ok, f"{what} {value:.4g}{unit} {'<=' if ok else '>'} {threshold:g}{unit}")
+Measure = Callable[[Subject], tuple[float | None, str]]  # (value in the rule's unit, detail for the reason)
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """One row of the table: the rule as data and how to measure it."""
+
+    rule: Rule
+    measure: Measure
 
 
 def worst_slice_drop(candidate: dict, parent: dict) -> tuple[float, str]:
@@ -54,72 +77,82 @@ def worst_slice_drop(candidate: dict, parent: dict) -> tuple[float, str]:
     return (worst if worst != float("-inf") else 0.0), where
 
 
-def check_candidate(name: str, cand: dict, metrics: dict, parity: dict, champion: dict | None, gates: GatesParams) -> list[dict]:
-    """Every enabled rule for one candidate, in the order of `GatesParams`' fields."""
-    m = metrics[name]
-    parent = metrics[cand["parent"]]
-    rules = []
-    if gates.min_roc_auc is not None:
-        ok = m["roc_auc"] >= gates.min_roc_auc
-        rules.append(_rule("min_roc_auc", m["roc_auc"], gates.min_roc_auc, ok,
-                           f"ROC AUC {m['roc_auc']:.4f} {'>=' if ok else '<'} floor {gates.min_roc_auc:g}"))  # fmt: skip
-    if gates.max_auc_drop_vs_parent is not None:
-        rules.append(_max_rule("max_auc_drop_vs_parent", parent["roc_auc"] - m["roc_auc"], gates.max_auc_drop_vs_parent,
-                               f"ROC AUC drop vs FP32 parent {cand['parent']}"))  # fmt: skip
-    if gates.max_auc_drop_vs_champion is not None:
-        if champion is None:
-            rules.append(_rule("max_auc_drop_vs_champion", None, gates.max_auc_drop_vs_champion, True,
-                               "no champion in production yet: nothing to compare with"))  # fmt: skip
-        else:
-            rules.append(_max_rule("max_auc_drop_vs_champion", champion["roc_auc"] - m["roc_auc"],
-                                   gates.max_auc_drop_vs_champion, "ROC AUC drop vs champion"))  # fmt: skip
-    if gates.max_slice_auc_drop is not None:
-        drop, where = worst_slice_drop(m, parent)
-        rules.append(_max_rule("max_slice_auc_drop", drop, gates.max_slice_auc_drop, f"worst slice drop vs parent ({where})"))
-    if gates.max_p99_latency_ms is not None:
-        rules.append(_max_rule("max_p99_latency_ms", cand["p99_ms"], gates.max_p99_latency_ms, "p99 latency at batch 1", " ms"))
-    if gates.max_size_bytes is not None:
-        rules.append(_max_rule("max_size_bytes", cand["size_bytes"], gates.max_size_bytes, "graph size", " B"))
-    if gates.max_parity_error is not None:
-        rules.append(_max_rule("max_parity_error", parity[cand["family"]]["max_abs_diff"], gates.max_parity_error,
-                               f"{cand['family']} ONNX vs native max |diff|"))  # fmt: skip
-    if gates.max_p99_score_shift_vs_parent is not None:
-        rules.append(_max_rule("max_p99_score_shift_vs_parent", m["score_shift_vs_parent"]["p99"],
-                               gates.max_p99_score_shift_vs_parent, "p99 |score - parent score|"))  # fmt: skip
-    if gates.max_batch_invariance is not None:
-        rules.append(_max_rule("max_batch_invariance", m["batch_invariance"], gates.max_batch_invariance,
-                               "max |alone - in batch|"))  # fmt: skip
-    return rules
+def _slice_drop(s: Subject) -> tuple[float, str]:
+    drop, where = worst_slice_drop(s.metrics, s.parent)
+    return drop, f"({where})"
 
 
-def gate_candidates(candidates: dict, evaluation: dict, parity: dict, gates: GatesParams) -> dict:
-    """Apply the rules; returns the report (`rules`, `candidates`, `chosen`, `verdict`, `champion`).
+NO_CHAMPION = "no champion in production yet: nothing to compare with"
 
-    `rules` lists the chosen candidate's rules, or, when none passes, every candidate's failed
-    rules (each with a `candidate` field), so the report says why in one place.
+# name (= the `gates` key), what, comparison, unit; then how to measure it. Order = report order.
+GATE_RULES: tuple[GateRule, ...] = (
+    GateRule(Rule(name="min_roc_auc", what="ROC AUC", comparison=">="),
+             lambda s: (s.metrics["roc_auc"], "")),
+    GateRule(Rule(name="max_auc_drop_vs_parent", what="ROC AUC drop vs FP32 parent", comparison="<="),
+             lambda s: (s.parent["roc_auc"] - s.metrics["roc_auc"], s.candidate["parent"])),
+    GateRule(Rule(name="max_auc_drop_vs_champion", what="ROC AUC drop vs champion", comparison="<=",
+                  missing_passes=True, missing_reason=NO_CHAMPION),
+             lambda s: (None if s.champion is None else s.champion["roc_auc"] - s.metrics["roc_auc"], "")),
+    GateRule(Rule(name="max_slice_auc_drop", what="worst slice ROC AUC drop vs parent", comparison="<="),
+             _slice_drop),
+    GateRule(Rule(name="max_p99_latency_ms", what="p99 latency at batch 1", comparison="<=", unit="ms"),
+             lambda s: (s.candidate["p99_ms"], "")),
+    GateRule(Rule(name="max_size_bytes", what="graph size", comparison="<=", unit="B"),
+             lambda s: (s.candidate["size_bytes"], "")),
+    GateRule(Rule(name="max_parity_error", what="ONNX vs native max |diff|", comparison="<="),
+             lambda s: (s.parity[s.candidate["family"]]["max_abs_diff"], f"({s.candidate['family']})")),
+    GateRule(Rule(name="max_p99_score_shift_vs_parent", what="p99 |score - parent score|", comparison="<="),
+             lambda s: (s.metrics["score_shift_vs_parent"]["p99"], "")),
+    GateRule(Rule(name="max_batch_invariance", what="max |alone - in batch|", comparison="<="),
+             lambda s: (s.metrics["batch_invariance"], "")),
+)  # fmt: skip
+
+
+def check_candidate(subject: Subject, gates: GatesParams, table: tuple[GateRule, ...] = GATE_RULES) -> list[GateCheck]:
+    """Every enabled rule of `table` for one candidate, in table order."""
+    out = []
+    for row in table:
+        threshold = getattr(gates, row.rule.name)
+        if threshold is None:
+            continue
+        value, detail = row.measure(subject)
+        check = row.rule.check(value, threshold, detail=detail, subject=subject.name)
+        out.append(GateCheck(**check.model_dump(exclude={"subject"}), candidate=subject.name))
+    return out
+
+
+def gate_candidates(candidates: dict, evaluation: dict, parity: dict, gates: GatesParams) -> GateReport:
+    """Apply the rules to every candidate and choose the cheapest that passes.
+
+    Args:
+        candidates: candidates.json `candidates` (name -> family, parent, size_bytes, p99_ms, rows_per_s).
+        evaluation: evaluation.json (`models`: name -> metrics; `champion`).
+        parity: parity.json (family -> max_abs_diff).
+
+    Returns:
+        The report; `rules` lists the chosen candidate's checks, or, when none passes, every
+        candidate's failed checks, so the report says why in one place.
     """
     metrics = evaluation["models"]
     champion = metrics.get("champion")
     per = {}
     for name, cand in candidates.items():
-        rules = [{"candidate": name, **r} for r in check_candidate(name, cand, metrics, parity, champion, gates)]
-        per[name] = {"passed": all(r["passed"] for r in rules), "rules": rules,
-                     "rows_per_s": cand["rows_per_s"], "size_bytes": cand["size_bytes"]}  # fmt: skip
-    passing = sorted((n for n, c in per.items() if c["passed"]), key=lambda n: (-per[n]["rows_per_s"], per[n]["size_bytes"]))
+        subject = Subject(name, cand, metrics[name], metrics[cand["parent"]], champion, parity)
+        rules = check_candidate(subject, gates)
+        per[name] = CandidateVerdict(passed=all(r.passed for r in rules), rules=rules,
+                                     rows_per_s=cand["rows_per_s"], size_bytes=cand["size_bytes"])  # fmt: skip
+    passing = sorted((n for n, c in per.items() if c.passed), key=lambda n: (-per[n].rows_per_s, per[n].size_bytes))
     chosen = passing[0] if passing else None
-    if chosen:
-        rules = per[chosen]["rules"]
-    else:
-        rules = [r for c in per.values() for r in c["rules"] if not r["passed"]]
-    return {
-        "verdict": "pass" if chosen else "reject",
-        "chosen": chosen,
-        "chosen_metrics": {k: metrics[chosen][k] for k in ("roc_auc", "pr_auc", "log_loss", "brier", "ece")} if chosen else None,
-        "rules": rules,
-        "candidates": per,
-        "ranking": passing,
-        "champion": evaluation.get("champion"),
-    }
+    rules = per[chosen].rules if chosen else [r for c in per.values() for r in c.rules if not r.passed]
+    return GateReport(
+        verdict="pass" if chosen else "reject",
+        chosen=chosen,
+        chosen_metrics={k: metrics[chosen][k] for k in HEADLINE_METRICS} if chosen else None,
+        rules=rules,
+        candidates=per,
+        ranking=passing,
+        champion=evaluation.get("champion"),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,13 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         report = gate_candidates(
             read_json(args.candidates)["candidates"], read_json(args.evaluation), read_json(args.parity), gates
         )
-        write_json(args.report, report)
-        if report["verdict"] != "pass":
-            raise GateRejected(
-                f"no candidate passed every rule (report: {args.report}):\n  "
-                + "\n  ".join(f"{r['candidate']}: {r['name']}: {r['reason']}" for r in report["rules"])
-            )
-        log.info("gate: pass, chosen %s (%d candidates passed)", report["chosen"], len(report["ranking"]))
+        report.write(args.report)
+        if report.passed:
+            log.info("gate: pass, chosen %s (%d candidates passed)", report.chosen, len(report.ranking))
+        else:
+            log.warning("gate: reject, no candidate passed every rule (report: %s):\n  %s", args.report,
+                        "\n  ".join(report.failed_lines()))  # fmt: skip
 
     run_stage("gate", body)
 

@@ -1,7 +1,10 @@
 """Stage `package`: the chosen candidate becomes an immutable model package in `artifacts/model/`.
 
-Refuses to run without a passing gate verdict (the TFX "blessing" pattern): a rejected run has
-already stopped at `gate`, and this check keeps a hand-run `python -m tasks.package` honest too.
+Refuses to package without a passing gate verdict (the TFX "blessing" pattern). On a rejection it
+replaces `artifacts/model/` by a rejection card (`REJECTED`, `model_card.json`, `model_card.md`,
+no model) and exits non-zero: a rejected run leaves nothing that looks releasable (the previous
+package is gone, `verify_package` and so `register` refuse the folder), and since this stage then
+has no lock entry, `dvc status` reports it as not built.
 
 Files (see `driftloop.package` for the contract): `model.onnx`, `signature.json`,
 `model_card.json`, `model_card.md`, `reference.parquet` (`reference_rows` training rows: the raw
@@ -25,9 +28,10 @@ import pandas as pd
 
 from driftloop.config import PackageParams, load_section, read_params_file
 from driftloop.errors import GateRejected
+from driftloop.gate_report import GateReport
 from driftloop.io import atomic_path, read_json, sha256_file
 from driftloop.onnx_graph import run_graph
-from driftloop.package import write_sha256sums
+from driftloop.package import REJECTED, write_sha256sums
 from driftloop.schema import FEATURES, LABEL, Signature, input_specs, output_specs, to_onnx_feeds
 from driftloop.stage import run_stage
 
@@ -97,7 +101,7 @@ def render_card_md(card: dict) -> str:
         f"## Gate: {card['gate']['verdict']}",
         "| rule | value | threshold | passed | reason |",
         "|---|---|---|---|---|",
-        *[f"| {r['name']} | {_fmt(r['value'])} | {r['threshold']:g} | {r['passed']} | {r['reason']} |"
+        *[f"| {r['name']} | {_fmt(r['value'])} | {_fmt(r['threshold'])} | {r['passed']} | {r['reason']} |"
           for r in card["gate"]["rules"]],
         "",
         "## Inputs",
@@ -113,7 +117,7 @@ def render_card_md(card: dict) -> str:
 
 
 def build_package(
-    out: Path, *, model_path: Path, candidate: str, candidates: dict, gate: dict, evaluation: dict,
+    out: Path, *, model_path: Path, candidate: str, candidates: dict, gate: GateReport, evaluation: dict,
     manifest: dict, params: dict, pkg: PackageParams, train: pd.DataFrame, repo_root: Path,
 ) -> str:  # fmt: skip
     """Write the package folder atomically; returns its lineage id.
@@ -121,8 +125,8 @@ def build_package(
     Raises:
         GateRejected: the gate verdict is not "pass" or chose another candidate.
     """
-    if gate.get("verdict") != "pass" or gate.get("chosen") != candidate:
-        raise GateRejected(f"gate verdict is {gate.get('verdict')!r}: refusing to package; fix the candidates or the rules")
+    if not gate.passed or gate.chosen != candidate:
+        raise GateRejected(f"gate verdict is {gate.verdict!r}: refusing to package; fix the candidates or the rules")
     model_sha = sha256_file(model_path)
     lid = lineage_id(model_sha, manifest["sha256"], params)
     signature = Signature(model_name=pkg.model_name, lineage_id=lid, inputs=input_specs(), outputs=output_specs())
@@ -140,12 +144,12 @@ def build_package(
         "params": params,
         "libraries": library_versions(),
         "label": {"name": LABEL, "threshold_min": params["features"]["delay_threshold_min"]},
-        "metrics": gate["chosen_metrics"],
+        "metrics": gate.chosen_metrics,
         "slices": evaluation["models"][candidate]["slices"],  # ROC AUC per carrier / origin / month
         "batch_invariance": evaluation["models"][candidate]["batch_invariance"],
         "champion": evaluation.get("champion"),
         "speed": {k: candidates[candidate][k] for k in ("p50_ms", "p99_ms", "rows_per_s", "size_bytes")},
-        "gate": {"verdict": gate["verdict"], "rules": gate["rules"]},
+        "gate": gate.model_dump(mode="json", include={"verdict", "chosen", "rules"}),
         "signature": signature.model_dump(),
         "model_sha256": model_sha,
     }
@@ -158,6 +162,24 @@ def build_package(
         reference.to_parquet(tmp / "reference.parquet", index=False)
         write_sha256sums(tmp)
     return lid
+
+
+def write_rejection(out: Path, gate: GateReport, gate_path: Path) -> None:
+    """Replace `out` by a rejection card: `REJECTED`, `model_card.json` (verdict, failed rules), `model_card.md`.
+
+    No model and no `SHA256SUMS`: `driftloop.package.verify_package` refuses the folder, so neither
+    `register` nor the server can take it for a package.
+    """
+    card = {"gate": gate.model_dump(mode="json", include={"verdict", "chosen", "rules"}),
+            "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    lines = ["# REJECTED: no candidate passed the gate", "",
+             f"Nothing here is releasable. The gate report is `{gate_path}`; the failed rules:", "",
+             *[f"- {line}" for line in gate.failed_lines()], ""]  # fmt: skip
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / REJECTED).write_text("the gate rejected every candidate; see model_card.md\n")
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        (tmp / "model_card.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,10 +195,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         pkg = load_section(args.params, "package", PackageParams)
-        gate = read_json(args.gate)
-        chosen = gate.get("chosen")
-        if gate.get("verdict") != "pass" or not chosen:
-            raise GateRejected(f"{args.gate}: verdict {gate.get('verdict')!r}; nothing to package")
+        gate = GateReport.read(args.gate)
+        if not gate.passed:
+            write_rejection(args.out, gate, args.gate)
+            raise GateRejected(
+                f"no candidate passed every rule (report: {args.gate}); {args.out} holds the rejection card, "
+                "nothing releasable:\n  " + "\n  ".join(gate.failed_lines())
+            )
+        chosen = gate.chosen
         candidates = read_json(args.candidates / "candidates.json")["candidates"]
         lid = build_package(
             args.out, model_path=args.candidates / candidates[chosen]["file"], candidate=chosen, candidates=candidates,

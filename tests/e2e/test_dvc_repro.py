@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from driftloop.errors import PackageError
+from driftloop.gate_report import GateReport
 from driftloop.io import read_json
 from driftloop.package import verify_package
 from tests.conftest import ROOT, small_params
@@ -100,15 +102,49 @@ def test_push_then_pull_restores_the_package(repo, first_repro):
     verify_package(repo / "artifacts" / "model")
 
 
-def test_a_rejected_gate_writes_its_report_and_no_package(repo, first_repro):
+def _set(repo: Path, section: str, key: str, value) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["gates"]["min_roc_auc"] = 0.99
+    node = params[section]
+    *path, last = key.split(".")
+    for k in path:
+        node = node[k]
+    node[last] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    before = (repo / "artifacts" / "model" / "SHA256SUMS").read_text()
+
+
+def test_returning_to_known_params_runs_nothing(repo, first_repro):
+    """Issue 11, "Speed": every stage's run is in DVC's run-cache, so going back restores, never reruns."""
+    before = yaml.safe_load((repo / "params.yaml").read_text())["train"]["hgb"]["max_iter"]
+    gate_before = (repo / "reports" / "gate.json").read_text()
+    _set(repo, "train", "hgb.max_iter", before - 10)
+    assert "train" in ran_stages(dvc("repro", cwd=repo))
+    _set(repo, "train", "hgb.max_iter", before)
+    back = dvc("repro", cwd=repo)
+    assert ran_stages(back) == [], back.stdout
+    assert "Stage 'gate' is cached - skipping run" in back.stdout
+    assert (repo / "reports" / "gate.json").read_text() == gate_before
+    assert "up to date" in dvc("status", cwd=repo).stdout
+    verify_package(repo / "artifacts" / "model")
+
+
+def test_a_rejected_gate_leaves_nothing_releasable(repo, first_repro):
+    """Issue 11, "After a rejection": no package (a rejection card that verify/register refuse); dvc status says so."""
+    _set(repo, "gates", "min_roc_auc", 0.99)
     proc = dvc("repro", cwd=repo, check=False)
     assert proc.returncode != 0
-    assert "error: gate: no candidate passed every rule" in proc.stderr + proc.stdout
-    gate = read_json(repo / "reports" / "gate.json")
-    assert gate["verdict"] == "reject" and gate["chosen"] is None
-    assert all(r["name"] == "min_roc_auc" and not r["passed"] for r in gate["rules"])
-    assert (repo / "artifacts" / "model" / "SHA256SUMS").read_text() == before  # the old package was not touched
+    assert "error: package: no candidate passed every rule" in proc.stderr + proc.stdout
+    gate = GateReport.read(repo / "reports" / "gate.json")
+    assert gate.verdict == "reject" and gate.chosen is None
+    assert gate.rules and all(r.name == "min_roc_auc" and not r.passed for r in gate.rules)
+    folder = repo / "artifacts" / "model"
+    assert (folder / "REJECTED").is_file() and not (folder / "model.onnx").exists()
+    assert "REJECTED" in (folder / "model_card.md").read_text()
+    with pytest.raises(PackageError, match="rejected"):
+        verify_package(folder)  # register and the server both verify first
+    status = dvc("status", cwd=repo).stdout
+    assert "package:" in status and "gate:" not in status  # the verdict is recorded; the package is not built
+    # back to the passing floor: the old package comes back from the run-cache, nothing retrains
+    _set(repo, "gates", "min_roc_auc", small_params()["gates"]["min_roc_auc"])
+    again = dvc("repro", cwd=repo)
+    assert set(ran_stages(again)) <= {"package"}
+    verify_package(folder)

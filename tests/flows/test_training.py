@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from driftloop.gate_report import GateReport
 from flows.dag import stage_order
 from flows.training import gate_markdown, training_flow
 from tests.flows.conftest import copy_repo
@@ -22,8 +23,8 @@ def _set_gate(root, floor: float) -> None:
 
 
 def test_gate_markdown_lists_every_rule():
-    gate = {"verdict": "reject", "chosen": None, "rules": [
-        {"candidate": "mlp", "name": "min_roc_auc", "value": 0.61, "threshold": 0.65, "passed": False, "reason": "a | b"}]}
+    gate = GateReport.parse({"verdict": "reject", "chosen": None, "rules": [
+        {"candidate": "mlp", "name": "min_roc_auc", "value": 0.61, "threshold": 0.65, "passed": False, "reason": "a | b"}]})
     md = gate_markdown(gate)
     assert "| mlp | min_roc_auc | 0.61 | 0.65 | **no** | a \\| b |" in md and "**reject**" in md
 
@@ -51,8 +52,10 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     _set_gate(root, 0.99)
     rejected = training_flow(root=str(root), release=False)
     assert rejected.verdict == "reject" and rejected.release is None
-    assert rejected.stages["gate"] == "rejected" and "package" not in rejected.stages
-    assert all(v == "cached" for k, v in rejected.stages.items() if k != "gate")
+    assert rejected.stages["gate"] == "ran" and rejected.stages["package"] == "rejected"
+    assert all(v == "cached" for k, v in rejected.stages.items() if k not in ("gate", "package"))
+    assert (root / "artifacts" / "model" / "REJECTED").is_file()  # the old package is gone
+    assert not (root / "artifacts" / "model" / "model.onnx").exists()
     # every candidate is rejected by the floor; other rules may fail too (e.g. INT8 batch invariance)
     candidates = {r.split(":")[0] for r in rejected.failed_rules}
     assert candidates and candidates == {r.split(":")[0] for r in rejected.failed_rules if ": min_roc_auc:" in r}

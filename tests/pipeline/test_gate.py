@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from driftloop.config import GatesParams
-from tasks.gate import gate_candidates
+from driftloop.gate_report import GateReport, GateReportError
+from tasks.gate import GATE_RULES, gate_candidates
 
 SLICES = {"carrier": {"UA": {"rows": 900, "roc_auc": 0.70, "flag": None}, "HA": {"rows": 3, "roc_auc": None, "flag": "under 300 rows"}},
           "origin": {"EWR": {"rows": 900, "roc_auc": 0.71, "flag": None}}}  # fmt: skip
@@ -33,22 +34,25 @@ RULES = dict(min_roc_auc=0.65, max_auc_drop_vs_parent=0.005, max_auc_drop_vs_cha
 
 def test_cheapest_passing_candidate_is_chosen_and_every_rule_reported():
     report = gate_candidates(CANDIDATES, EVALUATION, PARITY, GatesParams(**RULES))
-    assert report["verdict"] == "pass" and report["chosen"] == "mlp_int8"
-    assert report["ranking"] == ["mlp_int8", "mlp_fp32", "hgb_fp32"]
-    assert [r["name"] for r in report["rules"]] == list(RULES)
-    for r in report["rules"]:
-        assert set(r) >= {"name", "value", "threshold", "passed", "reason"} and r["passed"]
-    champion = next(r for r in report["rules"] if r["name"] == "max_auc_drop_vs_champion")
-    assert champion["value"] is None and "no champion" in champion["reason"]
+    assert report.verdict == "pass" and report.chosen == "mlp_int8"
+    assert report.ranking == ["mlp_int8", "mlp_fp32", "hgb_fp32"]
+    assert [r.name for r in report.rules] == list(RULES)
+    assert all(r.passed for r in report.rules)
+    dumped = report.model_dump(mode="json")  # the gate.json contract
+    for r in dumped["rules"]:
+        assert set(r) >= {"name", "value", "threshold", "passed", "reason"}
+    assert set(dumped) >= {"rules", "chosen", "verdict"}
+    champion = next(r for r in report.rules if r.name == "max_auc_drop_vs_champion")
+    assert champion.value is None and "no champion" in champion.reason
 
 
 def test_a_failing_rule_moves_the_choice_to_the_next_cheapest():
     evaluation = copy.deepcopy(EVALUATION)
     evaluation["models"]["mlp_int8"]["batch_invariance"] = 0.02  # e.g. dynamic quantization
     report = gate_candidates(CANDIDATES, evaluation, PARITY, GatesParams(**RULES))
-    assert report["chosen"] == "mlp_fp32"
-    failed = [r for r in report["candidates"]["mlp_int8"]["rules"] if not r["passed"]]
-    assert [r["name"] for r in failed] == ["max_batch_invariance"] and "0.02 > 1e-05" in failed[0]["reason"]
+    assert report.chosen == "mlp_fp32"
+    failed = [r for r in report.candidates["mlp_int8"].rules if not r.passed]
+    assert [r.name for r in failed] == ["max_batch_invariance"] and "0.02 > 1e-05" in failed[0].reason
 
 
 def test_champion_and_slice_rules_bite():
@@ -56,22 +60,42 @@ def test_champion_and_slice_rules_bite():
     evaluation["models"]["champion"] = model(0.75)
     evaluation["models"]["mlp_int8"]["slices"]["carrier"]["UA"]["roc_auc"] = 0.60  # a 0.10 drop on UA
     report = gate_candidates(CANDIDATES, evaluation, PARITY, GatesParams(**RULES))
-    assert report["verdict"] == "reject" and report["chosen"] is None
-    names = {(r["candidate"], r["name"]) for r in report["rules"]}
+    assert report.verdict == "reject" and report.chosen is None
+    names = {(r.candidate, r.name) for r in report.rules}
     assert ("mlp_int8", "max_slice_auc_drop") in names
-    assert all(("mlp_fp32", "max_auc_drop_vs_champion") in names for _ in [0])
-    slice_rule = next(r for r in report["rules"] if r["name"] == "max_slice_auc_drop")
-    assert "carrier=UA" in slice_rule["reason"]
+    assert ("mlp_fp32", "max_auc_drop_vs_champion") in names
+    slice_rule = next(r for r in report.rules if r.name == "max_slice_auc_drop")
+    assert "carrier=UA" in slice_rule.reason and slice_rule.value == pytest.approx(0.10)
 
 
 def test_only_enabled_rules_run():
     report = gate_candidates(CANDIDATES, EVALUATION, PARITY, GatesParams(max_size_bytes=600))
-    assert report["chosen"] == "mlp_int8"
-    assert [r["name"] for r in report["rules"]] == ["max_size_bytes"]
+    assert report.chosen == "mlp_int8"
+    assert [r.name for r in report.rules] == ["max_size_bytes"]
 
 
 @pytest.mark.parametrize("rule, value", [("max_p99_latency_ms", 0.01), ("max_parity_error", 1e-9), ("min_roc_auc", 0.9)])
 def test_each_budget_rejects(rule, value):
     report = gate_candidates(CANDIDATES, EVALUATION, PARITY, GatesParams(**{rule: value}))
-    assert report["verdict"] == "reject"
-    assert {r["name"] for r in report["rules"]} == {rule}
+    assert report.verdict == "reject"
+    assert {r.name for r in report.rules} == {rule}
+
+
+def test_the_rule_table_and_the_params_agree():
+    """One row per `gates` key: a key without a row would be silently ignored, a row without a key never runs."""
+    assert [row.rule.name for row in GATE_RULES] == list(GatesParams.model_fields)
+
+
+def test_the_report_round_trips_through_the_typed_model(tmp_path):
+    report = gate_candidates(CANDIDATES, EVALUATION, PARITY, GatesParams(**RULES))
+    report.write(tmp_path / "gate.json")
+    again = GateReport.read(tmp_path / "gate.json")
+    assert again == report and again.passed
+
+
+@pytest.mark.parametrize("text, field", [("{}", "verdict"), ('{"verdict": "maybe", "chosen": null, "rules": []}', "verdict"),
+                                         ("not json", "not JSON")])  # fmt: skip
+def test_a_broken_report_is_one_clear_error(tmp_path, text, field):
+    (tmp_path / "gate.json").write_text(text)
+    with pytest.raises(GateReportError, match=field):
+        GateReport.read(tmp_path / "gate.json")
