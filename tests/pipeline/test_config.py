@@ -11,7 +11,15 @@ from dateutil.relativedelta import relativedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driftloop.config import SECTIONS, DataParams, GatesParams, TrainParams, check_params, load_section, parse_section
+from driftloop.config import (
+    SECTIONS,
+    DataParams,
+    GatesParams,
+    TrainParams,
+    check_params,
+    load_section,
+    parse_section,
+)
 from driftloop.errors import ParamsError
 from tasks.snapshot import window_bounds
 from tests.conftest import ROOT
