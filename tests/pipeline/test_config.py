@@ -1,15 +1,25 @@
-"""Typed params: an unknown or mistyped key fails at load with its dotted name."""
+"""Typed params: an unknown or mistyped key fails at load with its dotted name; windows are calendar months."""
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 
 import pytest
 import yaml
+from dateutil.relativedelta import relativedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driftloop.config import SECTIONS, DataParams, GatesParams, TrainParams, load_section, parse_section
+from driftloop.config import (
+    SECTIONS,
+    DataParams,
+    GatesParams,
+    TrainParams,
+    check_params,
+    load_section,
+    parse_section,
+)
 from driftloop.errors import ParamsError
 from tasks.snapshot import window_bounds
 from tests.conftest import ROOT
@@ -39,7 +49,7 @@ def test_mistyped_value_is_named(params_file):
 def test_unknown_section_and_missing_file(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("gatez: {}\n")
-    with pytest.raises(ParamsError, match="unknown section.*gatez"):
+    with pytest.raises(ParamsError, match="gatez: unknown top-level key .did you mean gates"):
         load_section(path, "gates", GatesParams)
     with pytest.raises(ParamsError, match="not found"):
         load_section(tmp_path / "nope.yaml", "data", DataParams)
@@ -52,14 +62,54 @@ def test_empty_gate_rule_set_is_an_error():
         parse_section("gates", {"min_roc_auc": None}, GatesParams)
 
 
-@given(st.dates(min_value=dt.date(2000, 1, 1), max_value=dt.date(2030, 12, 31)), st.integers(1, 24))
-def test_window_bounds_cover_whole_months(as_of, months):
+def _month_ends(year: int) -> list[dt.date]:
+    return [dt.date(year, m, calendar.monthrange(year, m)[1]) for m in range(1, 13)]
+
+
+MONTH_ENDS = _month_ends(2013) + _month_ends(2012) + _month_ends(2016)  # 2013 and two leap years
+
+
+@pytest.mark.parametrize(
+    ("as_of", "months", "start"),
+    [
+        ("2013-06-30", 3, "2013-04-01"),  # the issue's case: not 03-31
+        ("2013-02-28", 1, "2013-02-01"),  # the issue's case: not 01-29
+        ("2013-03-31", 3, "2013-01-01"),  # the default params
+        ("2013-02-14", 1, "2013-01-15"),  # mid-month: the day after, one month back
+        ("2012-02-29", 1, "2012-02-01"),
+        ("2016-02-29", 12, "2015-03-01"),
+        ("2013-02-28", 12, "2012-03-01"),  # twelve months back from a non-leap February end
+        ("2012-03-31", 1, "2012-03-01"),
+        ("2013-12-31", 24, "2012-01-01"),
+    ],
+)
+def test_window_examples(as_of, months, start):
+    assert window_bounds(dt.date.fromisoformat(as_of), months) == (dt.date.fromisoformat(start), dt.date.fromisoformat(as_of))
+
+
+@given(st.sampled_from(MONTH_ENDS), st.integers(1, 24))
+def test_a_month_end_window_is_whole_calendar_months(as_of, months):
+    start, end = window_bounds(as_of, months)
+    assert end == as_of and start.day == 1
+    covered = {(d.year, d.month) for d in (start + dt.timedelta(days=i) for i in range((end - start).days + 1))}
+    assert len(covered) == months  # exactly `months` calendar months, each one whole
+    assert (start.year * 12 + start.month) + months - 1 == end.year * 12 + end.month
+
+
+@given(st.sampled_from(MONTH_ENDS), st.integers(1, 12))
+def test_consecutive_month_end_windows_tile_without_gap_or_overlap(as_of, months):
+    start, _ = window_bounds(as_of, months)
+    _, previous_end = window_bounds(start - dt.timedelta(days=1), months)
+    assert previous_end + dt.timedelta(days=1) == start
+
+
+@given(st.dates(min_value=dt.date(1990, 1, 1), max_value=dt.date(2040, 12, 31)), st.integers(1, 24))
+def test_any_window_matches_relativedelta(as_of, months):
+    """Every date: start = (as_of + 1 day) - `months` months, a missing day clamped to the month's last (dateutil)."""
     start, end = window_bounds(as_of, months)
     assert end == as_of
-    assert start <= end
-    # the window is `months` calendar months long: one more month back would start before it
-    assert (end - start).days <= 31 * months
-    assert (end - start).days >= 28 * months - 1
+    assert start == as_of + dt.timedelta(days=1) - relativedelta(months=months)
+    assert window_bounds(as_of + dt.timedelta(days=1), months)[0] >= start  # later as_of, never earlier start
 
 
 def test_a_typo_in_any_section_stops_every_stage(params_file):
@@ -75,3 +125,40 @@ def test_empty_gates_message_is_one_clean_line():
     with pytest.raises(ParamsError) as info:
         parse_section("gates", {"min_roc_auc": None}, GatesParams)
     assert "Value error" not in str(info.value) and "got" not in str(info.value)
+
+
+def test_two_wrong_sections_and_a_root_key_in_one_line(params_file):
+    raw = yaml.safe_load(params_file.read_text())
+    raw["window_months"] = -1  # belongs under data
+    raw["monitor"]["windw_hours"] = 12  # typo
+    raw["policy"]["min_rows"] = "many"  # wrong type
+    raw["release"]["strategy"] = "big-bang"  # not an allowed value
+    params_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError) as info:
+        check_params(params_file)
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in ("window_months: unknown top-level key (did you mean data.window_months?",
+                   "monitor.windw_hours: unknown key (did you mean window_hours?)",
+                   "policy.min_rows: Input should be a valid integer", "release.strategy: "):  # fmt: skip
+        assert needle in message, needle
+    # every stage's own load names them all too, whatever section it reads
+    with pytest.raises(ParamsError, match=r"window_months.*monitor\.windw_hours.*policy\.min_rows.*release\.strategy"):
+        load_section(params_file, "gates", GatesParams)
+
+
+def test_missing_sections_are_named_once(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data: {}\n")
+    with pytest.raises(ParamsError, match=r"missing section\(s\) validate, features, .*release; add them") as info:
+        check_params(path)
+    assert str(info.value).count("missing section") == 1
+
+
+def test_source_folder_is_one_key(tmp_path):
+    assert parse_section("data", {"source": "csv", "source_dir": "x"}, DataParams).source_format == "csv"
+    assert parse_section("data", {"source": "csv:x/", "source_dir": "x"}, DataParams).source_dir == "x"
+    with pytest.raises(ParamsError, match="names the folder 'y' but source_dir is 'x'.*source: csv and source_dir: y"):
+        parse_section("data", {"source": "csv:y", "source_dir": "x"}, DataParams)
+    with pytest.raises(ParamsError, match="data.source: unknown source 's3:bucket'"):
+        parse_section("data", {"source": "s3:bucket"}, DataParams)

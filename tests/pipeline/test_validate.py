@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from driftloop.config import ValidateParams
-from tasks.validate import validate_snapshot
+from driftloop.errors import DataError, ValidationFailed
+from driftloop.io import read_json, write_json
+from tasks.validate import require_passed, validate_snapshot
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +61,89 @@ def test_outlier_within_mostly_passes(snapshot):
     weather.loc[weather.index[:3], "wind_speed"] = 1048.0  # the known nycflights13 outlier, a few rows
     report = validate_snapshot(snapshot.flights, weather, ValidateParams(min_rows=1000))
     assert report["success"], report["failures"]
+
+
+def test_real_window_joins_its_weather(report):
+    join = report["cross_table"][0]
+    assert join["check"] == "weather_join_coverage" and join["success"]
+    assert join["fraction"] > 0.99 and join["joined"] == round(join["fraction"] * join["flights"])
+
+
+def test_time_hour_written_two_ways_fails_the_join(snapshot):
+    flights = snapshot.flights.copy()
+    # flights say "2013-01-15 10:00:00", weather keeps ISO "2013-01-15T10:00:00Z": nothing joins
+    flights["time_hour"] = pd.to_datetime(flights["time_hour"]).dt.strftime("%Y-%m-%d %H:%M:%S")
+    report = validate_snapshot(flights, snapshot.weather, ValidateParams(min_rows=1000))
+    assert not report["success"]
+    assert report["cross_table"][0]["fraction"] == 0.0
+    (line,) = [f for f in report["failures"] if "weather_join_coverage" in f]
+    assert "observed 0.0% of" in line and ">= 95.0% (validate.min_weather_join_fraction)" in line
+    assert re.search(r"time_hour: flights '2013-01-15 \d\d:00:00', weather '2013-01-1\dT\d\d:00:00Z'", line), line
+
+
+def test_nullable_integer_with_nas_in_a_non_nullable_field(snapshot, tmp_path):
+    flights = snapshot.flights.astype({"hour": "Int64"})
+    flights.loc[flights.index[:25], "hour"] = pd.NA
+    path = tmp_path / "flights.parquet"
+    flights.to_parquet(path)  # a user's parquet keeps the nullable Int64 type
+    flights = pd.read_parquet(path)
+    assert str(flights["hour"].dtype) == "Int64"
+    report = validate_snapshot(flights, snapshot.weather, ValidateParams(min_rows=1000))
+    assert not report["success"]
+    assert any(f.startswith("flights.hour: expect_column_values_to_not_be_null") for f in report["failures"]), report["failures"]
+
+
+def test_empty_tables_are_reported_as_0_rows_alone(snapshot):
+    report = validate_snapshot(snapshot.flights, snapshot.weather.iloc[:0].astype(object), ValidateParams())
+    assert report["failures"] == ["weather: 0 rows; the snapshot holds no weather: check data.source and the window"]
+    report = validate_snapshot(snapshot.flights.iloc[:0], snapshot.weather.iloc[:0], ValidateParams())
+    assert [f.split(":")[0] for f in report["failures"]] == ["flights", "weather"]
+
+
+def _write(snapshot, folder, flights):
+    from tasks.snapshot import Snapshot, write_snapshot
+
+    return write_snapshot(Snapshot(flights, snapshot.weather, "test", snapshot.start, snapshot.end), folder)
+
+
+def test_cli_join_failure_is_one_line_and_features_then_refuses(snapshot, params, tmp_path):
+    """`validate` fails with one line; `features` run right after it (dvc repro -s features) refuses."""
+    flights = snapshot.flights.copy()
+    flights["time_hour"] = pd.to_datetime(flights["time_hour"]).dt.strftime("%Y-%m-%d %H:%M:%S")
+    _write(snapshot, tmp_path / "snap", flights)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    report = tmp_path / "validation.json"
+    proc = _run("tasks.validate", "--params", str(params_path), "--snapshot", str(tmp_path / "snap"), "--report", str(report))
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: validate: 1 expectation(s) failed: flights x weather.origin+time_hour: weather_join_coverage")
+    assert "Traceback" not in proc.stderr
+    assert read_json(report)["success"] is False
+
+    out = tmp_path / "features"
+    proc = _run("tasks.features", "--params", str(params_path), "--snapshot", str(tmp_path / "snap"),
+                "--validation", str(report), "--out", str(out), "--report", str(tmp_path / "features.json"))  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "error: features: the snapshot failed validation (1 failure(s), first: flights x weather" in line
+    assert "Traceback" not in proc.stderr and not out.exists() and not (tmp_path / "features.json").exists()
+
+
+def test_a_verdict_is_only_good_for_its_own_snapshot(snapshot, tmp_path):
+    manifest = _write(snapshot, tmp_path / "snap", snapshot.flights)
+    path = tmp_path / "validation.json"
+    with pytest.raises(DataError, match="does not exist: run the validate stage first"):
+        require_passed(path, manifest)
+    write_json(path, {"success": True, "failures": [], "snapshot": manifest["sha256"]})
+    assert require_passed(path, manifest)["success"]
+    other = {**manifest, "sha256": {**manifest["sha256"], "flights.parquet": "0" * 64}}
+    with pytest.raises(DataError, match="judged another snapshot"):
+        require_passed(path, other)
+    write_json(path, {"success": False, "failures": ["flights.hour: x"], "snapshot": manifest["sha256"]})
+    with pytest.raises(ValidationFailed, match=r"failed validation \(1 failure\(s\), first: flights.hour: x\)"):
+        require_passed(path, manifest)
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
