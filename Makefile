@@ -6,18 +6,31 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help setup repro test test-fast lint bench serve clean
+.PHONY: help setup lock repro test test-fast lint bench serve clean
 
 help:  ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(BIN)/.installed  ## create .venv and install driftloop with its dev tools (torch==2.13.0 CPU)
+setup: $(BIN)/.installed  ## create .venv and install requirements.lock (exact pins, hashes) + driftloop[train,dev]
 
-$(BIN)/.installed: pyproject.toml
+# requirements.lock pins every package of `.[train,dev]` with its sha256 hashes; uv installs it in a
+# fraction of pip's time. torch==2.13.0+cpu is not on PyPI: it comes from a find-links folder
+# (PIP_FIND_LINKS on these machines) or the PyTorch CPU index (FIND_LINKS=https://download.pytorch.org/whl/cpu).
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_VERSION := 0.13.9
+UV_FLAGS   := --python $(BIN)/python $(foreach f,$(FIND_LINKS),--find-links $(f))
+$(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip sync -q $(UV_FLAGS) --require-hashes requirements.lock
+	$(BIN)/uv pip install -q $(UV_FLAGS) --no-deps -e .
 	touch $@
+
+lock: setup  ## re-resolve requirements.lock after editing pyproject.toml (keeps the pins that still fit)
+	$(BIN)/uv pip compile -q pyproject.toml --extra train --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 $(foreach f,$(FIND_LINKS),--find-links $(f)) -o requirements.lock
+	$(BIN)/uv pip compile -q pyproject.toml --extra serve --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -c requirements.lock -o requirements-serve.lock
 
 repro: setup  ## dvc repro: snapshot -> validate -> features -> train -> export -> optimize -> evaluate -> gate -> package
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

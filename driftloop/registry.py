@@ -301,45 +301,76 @@ class GtoRegistry:
                 pass
         return roots
 
-    def push(self, commit: str) -> int:
-        """Push the package files of `commit` to the default DVC remote, and check they arrived.
+    def lock_objects(self, commit: str) -> dict[str, str]:
+        """Every DVC-cached output the `dvc.lock` of `commit` references: {path: md5}.
 
-        The workspace's package is pushed (`producing_commit` proved it is byte-identical to the
-        commit's): DVC cannot collect an absolute target at another revision, and a relative one
-        would resolve against the process's cwd instead of the repository.
+        A folder's md5 ends in `.dir` (its manifest object); outputs with `cache: false` live in
+        git and are not listed.
+
+        Raises:
+            RegistryError: `commit` has no readable `dvc.lock`.
+        """
+        try:
+            lock = yaml.safe_load(_git(self.root, "show", f"{commit}:dvc.lock")) or {}
+        except yaml.YAMLError as exc:
+            raise RegistryError(f"{commit[:7]}:dvc.lock is not YAML: {exc}") from None
+        objects: dict[str, str] = {}
+        for stage in (lock.get("stages") or {}).values():
+            for out in stage.get("outs") or []:
+                if out.get("md5") and out.get("path"):
+                    objects[Path(out["path"]).as_posix()] = out["md5"]
+        return objects
+
+    def push(self, commit: str) -> int:
+        """Push every output the `dvc.lock` of `commit` references to the default DVC remote.
+
+        That is the snapshot, features, native and ONNX models, candidates and the package: what
+        `git checkout <tag> && dvc pull` (and `driftloop rebuild`) need in a clone. DVC reads the
+        commit's tree (`revs=[commit]`), not the workspace, so a run recorded on another branch
+        pushes exactly its own files. Afterwards each object (a folder's manifest and every file
+        in it) is looked up in the remote.
 
         Returns:
             Files transferred (0 when the remote already had them).
 
         Raises:
-            RegistryError: no default remote, the push failed, or the remote lacks an object after it.
+            RegistryError: no default remote, an object is missing from the local cache (the
+                commit was built elsewhere), the push failed, or the remote lacks an object after it.
         """
         from dvc.repo import Repo
 
+        wanted = self.lock_objects(commit)
         try:
             with Repo(str(self.root)) as repo:
-                pushed = int(repo.push(targets=[str(self.root / self.path)]) or 0)
+                pushed = int(repo.push(revs=[commit], workspace=False) or 0)
+                missing = self._missing_in_remote(repo, wanted)
+        except RegistryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - DVC raises many types; the message says enough
-            raise RegistryError(f"dvc push of {self.path} failed: {exc}") from None
-        digest = self._lock_md5(commit)
-        remote = self._object_roots()[1:]
-        if digest and remote:
-            manifest_obj = remote[0] / "files" / "md5" / digest[:2] / digest[2:]
-            wanted = self._manifest(digest) or {}
-            missing = [
-                rel
-                for rel, md5 in wanted.items()
-                if not (remote[0] / "files" / "md5" / md5[:2] / md5[2:]).is_file()
-            ]
-            if not manifest_obj.is_file() or missing:
-                raise RegistryError(f"dvc push of {self.path}: the remote still lacks {missing or [digest]}")
+            raise RegistryError(
+                f"dvc push of {commit[:7]}'s outputs ({', '.join(sorted(wanted)) or 'none'}) failed: {exc}"
+            ) from None
+        if missing:
+            raise RegistryError(
+                f"dvc push of {commit[:7]}: the remote still lacks {', '.join(missing)}; "
+                f"run `dvc push` at that commit from a machine whose cache has them"
+            )
+        log.info("pushed %d file(s); the remote holds all %d output(s) of %s", pushed, len(wanted), commit[:7])
         return pushed
 
-    def _lock_md5(self, commit: str) -> str | None:
-        try:
-            return self._out_md5(yaml.safe_load(_git(self.root, "show", f"{commit}:dvc.lock")) or {})
-        except (RegistryError, yaml.YAMLError):
-            return None
+    def _missing_in_remote(self, repo, wanted: dict[str, str]) -> list[str]:
+        """`path (md5)` of every object of `wanted` the default remote lacks (a folder: its files too)."""
+        remote = repo.cloud.get_remote_odb()
+        local = repo.cache.local
+        missing = []
+        for path, md5 in sorted(wanted.items()):
+            oids = [md5]
+            if md5.endswith(".dir"):
+                manifest = Path(local.oid_to_path(md5))
+                if manifest.is_file():
+                    oids += [e["md5"] for e in json.loads(manifest.read_text())]
+            missing += [f"{path} ({oid})" for oid in oids if not remote.exists(oid)]
+        return missing
 
     # ------------------------------------------------------------------ ModelRegistry
     def register(

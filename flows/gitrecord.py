@@ -1,10 +1,13 @@
-"""Record a training run's `params.yaml`, `dvc.lock` and git-tracked reports as a commit on a branch.
+"""Record a training run's `params.yaml`, `dvc.lock` and every output DVC leaves to git as a commit on a branch.
 
 The commit is made with git plumbing on a temporary index: the working tree, the real index and
 HEAD are not touched, so a retraining run on a machine where someone works on `main` records
 itself without switching branches or staging anything of theirs. The commit's tree is HEAD's tree
-with the run's versions of the given paths; its parent is the branch's tip when the branch exists,
-else HEAD. `git checkout <branch> && dvc pull` (or `dvc repro`) then reproduces that run.
+with the run's versions of the given paths (files added, changed and removed, as in the working
+tree); its parent is the branch's tip when the branch exists, else HEAD. The outputs DVC caches
+are in `dvc.lock` and pushed by the registry, the others (`cache: false` reports, plots, curves)
+are recorded here by `git_outputs`, so `git checkout <branch> && dvc pull` gives a workspace that
+`dvc status` finds up to date.
 """
 
 from __future__ import annotations
@@ -27,6 +30,23 @@ def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return out.stdout.strip()
 
 
+def git_outputs(root: str | os.PathLike[str]) -> list[str]:
+    """The outputs `dvc.yaml` leaves to git (`cache: false` outs, metrics and plots), sorted.
+
+    Args:
+        root: the DVC project root.
+
+    Returns:
+        Repository-relative paths (files or folders) as declared in `dvc.yaml`.
+    """
+    from dvc.repo import Repo
+
+    from flows.dag import _in_root
+
+    with _in_root(root), Repo(os.fspath(root)) as repo:
+        return sorted({str(o.def_path) for s in repo.index.stages for o in s.outs if not o.use_cache})
+
+
 def commit_to_branch(
     root: str | os.PathLike[str],
     branch: str,
@@ -37,8 +57,11 @@ def commit_to_branch(
 ) -> str:
     """Commit the working-tree versions of `paths` onto `branch`, leaving HEAD and the index alone.
 
-    Files are recorded as they are; in a folder only the files git already tracks (so untracked
-    outputs such as reports/drift/ never slip into the record).
+    Each path is recorded as it is in the working tree: a folder with every file in it, new
+    ones included, and files gone from it removed (`git add -A -- PATH` on the temporary index);
+    `.gitignore` still applies, so pass only paths that are wholly the run's outputs (see
+    `git_outputs`), never a folder that also holds other state. A path that exists neither in
+    the working tree nor in HEAD is skipped.
 
     Args:
         root: the git repository's root.
@@ -69,12 +92,13 @@ def commit_to_branch(
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **env_id}
         _git(root, "read-tree", head, env=env)
-        files = [p for p in paths if (root / p).is_file()]
-        folders = [p for p in paths if (root / p).is_dir()]
-        if files:
-            _git(root, "add", "--", *files, env=env)
-        if folders:  # tracked files only: a folder may hold untracked drift reports or state
-            _git(root, "add", "-u", "--", *folders, env=env)
+        known = set(_git(root, "ls-tree", "-r", "--name-only", head).splitlines())
+        present = [
+            p for p in paths
+            if (root / p).exists() or p in known or any(k.startswith(p.rstrip("/") + "/") for k in known)
+        ]  # fmt: skip
+        if present:
+            _git(root, "add", "-A", "--", *present, env=env)
         tree = _git(root, "write-tree", env=env)
         if tree == _git(root, "rev-parse", f"{parent}^{{tree}}"):
             log.info("git record: nothing changed against %s; %s records this run", branch, parent[:12])

@@ -13,8 +13,8 @@ What it does, in order:
    window and the reports' paths.
 4. A gate rejection is a normal outcome: the flow completes with `verdict="reject"` and the rules
    that failed. A pass registers the package and releases it through the release plane.
-5. Optionally records the run's `params.yaml` + `dvc.lock` + reports as a commit on a branch
-   (`flows.gitrecord`), without touching HEAD or the working tree.
+5. Optionally records the run's `params.yaml` + `dvc.lock` + every output DVC leaves to git as a
+   commit on a branch (`flows.gitrecord`), without touching HEAD or the working tree.
 """
 
 from __future__ import annotations
@@ -253,15 +253,19 @@ def release_package(root: str, commit: str | None, release: bool, server_url: st
 
 @task(name="record-run")
 def record_run(root: str, branch: str, window: TrainingWindow, verdict: str) -> str:
-    """Commit params.yaml, dvc.lock and reports/ onto `branch` (HEAD and the working tree untouched).
+    """Commit params.yaml, dvc.lock and every output DVC leaves to git onto `branch`.
+
+    HEAD, the index and the working tree are untouched. The outputs are those `dvc.yaml` declares
+    with `cache: false` (reports, plots, curves), new files included, so the branch's checkout is
+    what `dvc status` calls up to date.
 
     Returns:
         The sha of the commit that records the run (an existing one when nothing changed).
     """
-    from flows.gitrecord import commit_to_branch
+    from flows.gitrecord import commit_to_branch, git_outputs
 
     return commit_to_branch(
-        root, branch, ["params.yaml", "dvc.lock", "reports"],
+        root, branch, ["params.yaml", "dvc.lock", *git_outputs(root)],
         f"driftloop: training run, window {window.window_months} month(s) to {window.as_of} ({verdict})",
     )  # fmt: skip
 

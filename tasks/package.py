@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import PackageParams, load_section, read_params_file
+from driftloop.environment import lockfile_sha256
 from driftloop.errors import GateRejected
 from driftloop.gate_report import GateReport
 from driftloop.io import atomic_path, read_json, sha256_file
@@ -39,17 +39,6 @@ log = logging.getLogger(__name__)
 
 LIBRARIES = ("driftloop", "scikit-learn", "torch", "onnx", "onnxruntime", "skl2onnx", "onnxscript",
              "pandas", "numpy", "great_expectations", "dvc")  # fmt: skip
-
-
-def git_commit(cwd: Path) -> dict:
-    """The commit the package was built at, and whether the tree had uncommitted changes."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip() != ""  # fmt: skip
-        return {"commit": sha, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 def library_versions() -> dict[str, str | None]:
@@ -82,7 +71,10 @@ def render_card_md(card: dict) -> str:
         "",
         "## Lineage",
         f"- candidate: `{card['candidate']}` ({card['how']})",
-        f"- built: {card['built_at']} at git commit `{card['git']['commit']}`" + (" (uncommitted changes)" if card["git"]["dirty"] else ""),
+        f"- built: {card['built_at']}; git commit: the one the registry's version tag points at (`gto show`,"
+        " `driftloop rebuild VERSION`; the tag message names this lineage id). Its dvc.lock records this"
+        " package's hash, so the package cannot name it, and HEAD at build time is another commit",
+        f"- environment: `{card['environment']['lockfile']}` sha256 `{card['environment']['lockfile_sha256']}`",
         f"- data: {card['data']['source']}, window {card['data']['window']['start']}..{card['data']['window']['end']},"
         f" {card['data']['rows']['flights']} flights",
         f"- data sha256: flights `{card['data']['sha256']['flights.parquet']}`",
@@ -139,7 +131,10 @@ def build_package(
         "candidate": candidate,
         "how": candidates[candidate]["how"],
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git": git_commit(repo_root),
+        # No commit here: the registry tags the commit whose dvc.lock records this package's hash,
+        # which the package cannot contain; HEAD at build time would be a different commit.
+        "git": {"commit": None, "commit_from": "registry: the commit the version tag points at (gto show)"},
+        "environment": lockfile_sha256(repo_root),
         "data": manifest,
         "params": params,
         "libraries": library_versions(),

@@ -75,7 +75,8 @@ def test_repro_builds_a_gated_verified_package(repo, first_repro):
     assert card["lineage_id"] == signature.lineage_id
     assert card["candidate"] == gate["chosen"]
     assert card["data"]["window"] == {"start": "2013-01-15", "end": "2013-02-14"}
-    assert len(card["git"]["commit"]) == 40
+    assert card["git"]["commit"] is None  # the registry names the tagged commit, never the card
+    assert len(card["environment"]["lockfile_sha256"]) == 64
 
 
 def test_second_repro_does_nothing(repo, first_repro):

@@ -85,18 +85,37 @@ def test_commit_to_branch_leaves_head_index_and_worktree_alone(tmp_path):
 
     git("init", "-q", "-b", "main")
     (tmp_path / "params.yaml").write_text("data: {as_of: 2013-03-31}\n")
-    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "plots").mkdir(parents=True)
     (tmp_path / "reports" / "gate.json").write_text("{}\n")
+    (tmp_path / "reports" / "plots" / "old.csv").write_text("x\n")
     git("add", "-A")
     git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "init")
     head = git("rev-parse", "HEAD")
     (tmp_path / "params.yaml").write_text("data: {as_of: 2013-08-31}\n")
     (tmp_path / "reports" / "drift").mkdir()
     (tmp_path / "reports" / "drift" / "state.json").write_text("{}\n")
-    sha = commit_to_branch(tmp_path, "driftloop/runs", ["params.yaml", "dvc.lock", "reports"], "run")
+    (tmp_path / "reports" / "plots" / "old.csv").unlink()  # an output the run no longer writes
+    (tmp_path / "reports" / "plots" / "champion.csv").write_text("y\n")  # a new output file
+    outputs = ["params.yaml", "dvc.lock", "reports/gate.json", "reports/plots"]
+    sha = commit_to_branch(tmp_path, "driftloop/runs", outputs, "run")
     assert git("rev-parse", "HEAD") == head and git("rev-parse", "driftloop/runs") == sha
     assert "2013-08-31" in git("show", f"{sha}:params.yaml")
-    assert "reports/drift/state.json" not in git("ls-tree", "-r", "--name-only", sha)
+    recorded = git("ls-tree", "-r", "--name-only", sha).splitlines()
+    assert recorded == ["params.yaml", "reports/gate.json", "reports/plots/champion.csv"]  # new in, gone out
     status = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path, capture_output=True, text=True).stdout
-    assert status.splitlines() == [" M params.yaml", "?? reports/drift/"]  # nothing staged
-    assert commit_to_branch(tmp_path, "driftloop/runs", ["params.yaml"], "again") == sha  # nothing new
+    assert status.splitlines() == [" M params.yaml", " D reports/plots/old.csv", "?? reports/drift/", "?? reports/plots/champion.csv"]  # nothing staged
+    assert commit_to_branch(tmp_path, "driftloop/runs", outputs, "again") == sha  # nothing new: the same commit
+
+
+def test_git_outputs_are_the_outputs_dvc_does_not_cache(tmp_path):
+    import subprocess
+
+    from flows.gitrecord import git_outputs
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: 'true'\n    outs:\n      - models\n      - reports/plots:\n          cache: false\n"
+        "    metrics:\n      - reports/m.json:\n          cache: false\n    plots:\n      - reports/p.csv\n"
+    )
+    assert git_outputs(tmp_path) == ["reports/m.json", "reports/plots"]
