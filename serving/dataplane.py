@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["model_repository", "traffic", "binary_tensor_data", "statistics", "model_configuration"]
+TRAFFIC_SUM_TOLERANCE = 0.01  # percent; the release plane re-sends the server's own float percentages
 # Triton's data_type names for the signature's datatypes (model_config.proto).
 _TRITON_TYPE = {"BYTES": "TYPE_STRING", "INT64": "TYPE_INT64", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64"}
 
@@ -324,11 +326,31 @@ class DataPlane:
         return {"name": name, "traffic_pct": self.repository.traffic(name)}
 
     def set_traffic(self, name: str, weights: dict[str, float] | None) -> dict[str, Any]:
-        """Set the traffic split; None = the latest loaded version takes 100%.
+        """Set the traffic split in percent; None = the latest loaded version takes 100%.
+
+        Args:
+            name: a loaded model.
+            weights: {version: percent}, each finite and >= 0, summing to 100 (within
+                `TRAFFIC_SUM_TOLERANCE`); versions left out get 0. `{"1": 50}` is refused rather
+                than read as 100%.
 
         Raises:
-            RequestError: 400 on weights that are negative, not finite, or all zero.
+            RequestError: 400 on a percentage that is negative or not finite, or a sum other than 100.
+            ModelNotFound: the model, or a version named, is not loaded.
         """
+        if weights is not None:
+            bad = sorted(v for v, w in weights.items() if not math.isfinite(w) or w < 0)
+            if bad:
+                raise RequestError(
+                    400, f"weights: version(s) {', '.join(bad)} of model {name!r}: a percentage must be finite and >= 0"
+                )
+            total = sum(weights.values())  # inf for {"1": 1e308, "2": 1e308}: refused below
+            if not abs(total - 100.0) <= TRAFFIC_SUM_TOLERANCE:
+                raise RequestError(
+                    400,
+                    f"weights: the percentages for model {name!r} sum to {total:g}; they must sum to 100 "
+                    '(e.g. {"1": 90, "2": 10}; a version left out gets 0)',
+                )
         try:
             pct = self.repository.set_traffic(name, weights)
         except ValueError as exc:

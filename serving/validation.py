@@ -131,15 +131,15 @@ class LoadRequest(BaseModel):
 class TrafficRequest(BaseModel):
     """Body of `POST /v2/repository/models/{name}/traffic`.
 
-    `weights` are relative: each loaded version's share is its weight over the sum
-    (`{"1": 1, "2": 1}` is 50/50, `{"1": 50}` alone is 100% to version 1); finite, non-negative,
-    at least one positive. Null returns to "the latest loaded version takes 100%".
+    `weights` are percentages per version: each finite and >= 0, summing to 100 (versions left
+    out get 0), so `{"1": 50}` is refused instead of silently meaning 100%. Null returns to "the
+    latest loaded version takes 100%".
     """
 
     model_config = ConfigDict(extra="forbid")
 
     weights: dict[str, float] | None = Field(
-        description="relative weight per version; share = weight / sum of weights; null = latest takes all"
+        description="percent of traffic per version, summing to 100; null = the latest loaded version takes all"
     )
 
 

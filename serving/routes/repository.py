@@ -97,9 +97,9 @@ def router(plane: DataPlane) -> APIRouter:
         tags=["repository"],
         summary="Set the traffic split",
         operation_id="traffic_set",
-        description='`{"weights": {"1": 90, "2": 10}}`: relative weights (share = weight / sum; finite, '
-        "non-negative, at least one positive), sticky per request id; `{\"weights\": null}`: the latest "
-        "loaded version takes 100%.",
+        description='`{"weights": {"1": 90, "2": 10}}`: percent per version, finite, >= 0, summing to 100 '
+        '(a version left out gets 0), sticky per request id; `{"weights": null}`: the latest loaded version '
+        "takes 100%.",
         openapi_extra=openapi_body(TrafficRequest),
     )(admin(traffic))
     return r
