@@ -417,24 +417,9 @@ def binary_column(
             non-nullable column, or a value out of the column's range.
     """
     if spec.datatype == "BYTES":
-        out = np.empty(n, dtype=object)
-        pos, raw = 0, bytes(buf)
-        for i in range(n):
-            if pos + 4 > len(raw):
-                raise RequestError(400, f"{field}: binary data ends before element {i} of {n}")
-            size = int.from_bytes(raw[pos : pos + 4], "little")
-            pos += 4
-            if size > 4 * limits.max_string_length:
-                raise RequestError(400, f"{field}: row {i} is {size} bytes long; the limit is {limits.max_string_length} characters")
-            try:
-                out[i] = raw[pos : pos + size].decode("utf-8")
-            except UnicodeDecodeError:
-                raise RequestError(400, f"{field}: row {i} is not UTF-8") from None
-            if len(out[i]) > limits.max_string_length or pos + size > len(raw):
-                raise RequestError(400, f"{field}: row {i} is longer than {limits.max_string_length} characters or truncated")
-            pos += size
-        if pos != len(raw):
-            raise RequestError(400, f"{field}: binary data holds {len(raw) - pos} bytes past its {n} elements")
+        out = _fixed_width_ascii(buf, n, limits)
+        if out is None:
+            out = _bytes_elements(field, buf, n, limits)
         return out.reshape(-1, 1)
     wire = np.dtype(_WIRE_DTYPE[declared])
     if len(buf) != n * wire.itemsize:
@@ -452,6 +437,60 @@ def binary_column(
     wide = arr.astype(np.float64, copy=False)
     _check_finite(field, spec, None, wide, out)
     return out.reshape(-1, 1)
+
+
+def _fixed_width_ascii(buf: memoryview, n: int, limits: Limits) -> np.ndarray | None:
+    """BYTES elements that are all ASCII and all one length (airport and carrier codes), vectorised.
+
+    Returns None for anything else (mixed lengths, non-ASCII, a bad size), which
+    `_bytes_elements` then decodes one element at a time with the same rules and messages.
+    """
+    if n == 0 or len(buf) < 4:
+        return None
+    width = int.from_bytes(buf[:4], "little")
+    if width > limits.max_string_length or len(buf) != n * (4 + width):
+        return None
+    records = np.frombuffer(buf, dtype=np.dtype([("size", "<u4"), ("text", f"V{width}")]) if width else "<u4")
+    sizes = records["size"] if width else records
+    if (sizes != width).any():
+        return None
+    out = np.empty(n, dtype=object)
+    if width == 0:
+        out[:] = ""
+        return out
+    chars = np.ascontiguousarray(records["text"]).view(np.uint8)
+    if (chars >= 0x80).any():
+        return None
+    whole = chars.tobytes().decode("ascii")
+    out[:] = [whole[i : i + width] for i in range(0, n * width, width)]
+    return out
+
+
+def _bytes_elements(field: str, buf: memoryview, n: int, limits: Limits) -> np.ndarray:
+    """BYTES elements (4-byte little-endian length, then UTF-8) one at a time, naming the first bad one."""
+    out = np.empty(n, dtype=object)
+    raw = bytes(buf)
+    pos = 0
+    for i in range(n):
+        if pos + 4 > len(raw):
+            raise RequestError(400, f"{field}: binary data ends before element {i} of {n}")
+        size = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if pos + size > len(raw):
+            raise RequestError(400, f"{field}: element {i} runs past the end of its binary data")
+        try:
+            text = raw[pos : pos + size].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, f"{field}: row {i} is not UTF-8") from None
+        if len(text) > limits.max_string_length:
+            raise RequestError(
+                400, f"{field}: row {i} is {len(text)} characters long; the limit is {limits.max_string_length}"
+            )
+        out[i] = text
+        pos += size
+    if pos != len(raw):
+        raise RequestError(400, f"{field}: binary data holds {len(raw) - pos} bytes past its {n} elements")
+    return out
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -535,7 +574,7 @@ def v2_feeds(
     """
     specs = {s.name: s for s in signature.inputs}
     names = [i.name for i in request.inputs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else ()
     if dupes:
         raise RequestError(400, f"inputs: duplicate input(s) {', '.join(dupes)}")
     extra = [n for n in names if n not in specs]

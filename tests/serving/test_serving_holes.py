@@ -237,3 +237,24 @@ def test_errors_name_model_and_version_not_server_paths(start_server, make_repo,
     r = client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"version": "9"}})
     assert r.status_code == 400 and f"{MODEL}/9" in r.json()["error"]
     assert np.isfinite(client.get(f"/v2/models/{MODEL}/stats").json()["model_stats"][0]["inference_count"])
+
+
+# ---------------------------------------------------------------- binary BYTES: vectorised = element-wise
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.text(max_size=5), min_size=1, max_size=30) | st.lists(
+    st.sampled_from(["EWR", "JFK", "LGA", "A\x00C", "ÉWR"]), min_size=1, max_size=30))
+def test_binary_bytes_fast_path_agrees_with_the_element_loop(values):
+    from serving.validation import _bytes_elements, binary_column
+
+    spec = next(s for s in SIG.inputs if s.name == "origin")
+    buf = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values)
+    limits = Limits(max_string_length=4)
+    try:
+        expected = _bytes_elements("inputs[origin]", memoryview(buf), len(values), limits)
+    except RequestError as exc:
+        with pytest.raises(RequestError) as info:
+            binary_column("inputs[origin]", spec, "BYTES", memoryview(buf), len(values), limits)
+        assert info.value.status == exc.status == 400
+        return
+    got = binary_column("inputs[origin]", spec, "BYTES", memoryview(buf), len(values), limits)
+    assert got.dtype == object and list(got[:, 0]) == list(expected) == values
