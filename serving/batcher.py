@@ -44,6 +44,7 @@ class _Item:
     rows: int
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    timing: dict[str, float] | None = None
 
 
 class MicroBatcher:
@@ -53,7 +54,8 @@ class MicroBatcher:
         max_batch_size: rows per `session.run` (1 disables merging).
         max_queue_delay_ms: the most the first request of a batch waits for company, ms.
         max_queue_rows: rows allowed to wait; past it `submit` raises `QueueFull`.
-        on_batch: called on the event loop after each batch with (version, rows); for metrics.
+        on_batch: called on the event loop after each batch with (version, rows, seconds of
+            `session.run`); for metrics and statistics.
         on_queue: called with the queued row count whenever it changes; for metrics.
     """
 
@@ -63,7 +65,7 @@ class MicroBatcher:
         max_batch_size: int = 256,
         max_queue_delay_ms: float = 1.0,
         max_queue_rows: int = 8192,
-        on_batch: Callable[[ModelVersion, int], None] | None = None,
+        on_batch: Callable[[ModelVersion, int, float], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
@@ -102,13 +104,21 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(self, version: ModelVersion, feeds: dict[str, np.ndarray], rows: int) -> np.ndarray:
+    async def submit(
+        self,
+        version: ModelVersion,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        timing: dict[str, float] | None = None,
+    ) -> np.ndarray:
         """Queue `rows` rows for `version` and wait for their scores.
 
         Args:
             version: the loaded version that must score them.
             feeds: one `[rows, 1]` array per input name.
             rows: the row count.
+            timing: if given, filled with `queue_s` (seconds waiting for the batch to start) and
+                `run_s` (seconds of the batch's `session.run`).
 
         Returns:
             float32 `[rows, 1]` probabilities.
@@ -121,7 +131,7 @@ class MicroBatcher:
             raise BatcherClosed("the server is shutting down")
         if self._queued_rows + rows > self.max_queue_rows and self._queued_rows > 0:
             raise QueueFull(f"{self._queued_rows} rows are queued; the limit is {self.max_queue_rows}")
-        item = _Item(version, feeds, rows, asyncio.get_running_loop().create_future())
+        item = _Item(version, feeds, rows, asyncio.get_running_loop().create_future(), timing=timing)
         queue = self._queues.get(version)
         if queue is None:
             queue = self._queues[version] = deque()
@@ -184,6 +194,7 @@ class MicroBatcher:
             feeds = batch[0].feeds
         else:
             feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in version.input_names}
+        started = time.perf_counter()
         try:
             scores = await loop.run_in_executor(self._executor, version.run, feeds)
         except Exception as exc:  # noqa: BLE001 - forwarded to every waiting request
@@ -197,10 +208,14 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        run_s = time.perf_counter() - started
         start = 0
         for item in batch:
+            if item.timing is not None:
+                item.timing["queue_s"] = started - item.enqueued
+                item.timing["run_s"] = run_s
             if not item.future.done():  # a cancelled request (client gone) is skipped
                 item.future.set_result(scores[start : start + item.rows])
             start += item.rows
         if self._on_batch:
-            self._on_batch(version, start)
+            self._on_batch(version, start, run_s)

@@ -38,26 +38,37 @@ def serve(
     log_dir: Annotated[Path | None, typer.Option(help="prediction log folder; default: no log")] = None,
     flush_interval_s: Annotated[float, typer.Option(help="prediction log flush interval, s")] = 2.0,
     max_rows_per_file: Annotated[int, typer.Option(help="prediction log rows per file")] = 100_000,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS (uvicorn's --ssl-certfile)")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option(help="PEM private key of --ssl-certfile (uvicorn's --ssl-keyfile)")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="logging level")] = "info",
 ) -> None:
     """Serve ONNX models over the Open Inference Protocol v2 (plus a records endpoint).
 
     Set DRIFTLOOP_API_KEY to require an API key (header x-api-key or Authorization: Bearer) on
-    every endpoint but /v2/health/*. SIGTERM drains in-flight requests and flushes the
-    prediction log before exit.
+    every endpoint but /v2/health/*: it is the admin key (scoring, load, unload, traffic; the
+    release plane sends it). DRIFTLOOP_SCORE_API_KEY adds a second key that may score and read
+    metadata and /metrics, and gets 403 on /v2/repository/*. --ssl-certfile/--ssl-keyfile serve
+    HTTPS. Request bodies must be application/json (or application/octet-stream with the binary
+    tensor extension; tritonclient's missing Content-Type is accepted). SIGTERM drains in-flight
+    requests and flushes the prediction log before exit.
 
     Example:
 
         driftloop serve --repository model_repository --port 8080 --log-dir logs/predictions
 
-        curl -s localhost:8080/v1/models/flight-delay:predict -d '{"instances": [{"carrier": "UA",
+        curl -s localhost:8080/v1/models/flight-delay:predict -H 'content-type: application/json' \
+        -d '{"instances": [{"carrier": "UA",
         "origin": "EWR", "dest": "ORD", "hour": 7, "minute": 30, "day_of_week": 0, "distance": 719,
         "temp": 39.0, "humid": 60.0}]}'
     """
     import uvicorn
 
     from serving.app import create_app
-    from serving.config import ServeSettings, api_key_from_env
+    from serving.config import ServeSettings, api_key_from_env, score_api_key_from_env
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -80,6 +91,9 @@ def serve(
             flush_interval_s=flush_interval_s,
             max_rows_per_file=max_rows_per_file,
             api_key=api_key_from_env(),
+            score_api_key=score_api_key_from_env(),
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
     except (DriftloopError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -94,6 +108,8 @@ def serve(
         access_log=False,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=30,
+        ssl_certfile=None if settings.ssl_certfile is None else str(settings.ssl_certfile),
+        ssl_keyfile=None if settings.ssl_keyfile is None else str(settings.ssl_keyfile),
     )
 
 

@@ -1,14 +1,16 @@
 """Server settings: one frozen pydantic-settings model, read from arguments and `DRIFTLOOP_SERVE_*` env.
 
-The API key is the exception: it comes from `DRIFTLOOP_API_KEY` (or an explicit argument), never
-from a command-line flag, so it does not show up in `ps`.
+The API keys are the exception: they come from `DRIFTLOOP_API_KEY` (admin: may score, load,
+unload and set traffic; the release plane sends it) and `DRIFTLOOP_SCORE_API_KEY` (may score and
+read metadata and /metrics, nothing else), or explicit arguments, never from command-line flags,
+so they do not show up in `ps`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,12 +44,40 @@ class ServeSettings(BaseSettings):
         100_000, ge=1, description="a log file is written at latest at this many rows"
     )
     # Security.
-    api_key: str | None = Field(None, description="if set, every endpoint but health needs it")
+    api_key: str | None = Field(
+        None, description="admin key: if set, every endpoint but health needs it (or the score key)"
+    )
+    score_api_key: str | None = Field(
+        None, description="score-only key: scoring, metadata and /metrics; needs `api_key` set too"
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429")
+    # TLS (uvicorn's): both or neither.
+    ssl_certfile: Path | None = Field(None, description="PEM certificate chain; serve HTTPS")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of the certificate")
+
+    @model_validator(mode="after")
+    def _keys_and_tls(self) -> ServeSettings:
+        if self.score_api_key and not self.api_key:
+            raise ValueError(
+                "score_api_key: a score-only key needs an admin key too (DRIFTLOOP_API_KEY); "
+                "without one the repository routes would be open"
+            )
+        if self.score_api_key and self.score_api_key == self.api_key:
+            raise ValueError("score_api_key: must differ from the admin key")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile / ssl_keyfile: give both or neither")
+        return self
 
 
 def api_key_from_env() -> str | None:
-    """The API key from `DRIFTLOOP_API_KEY`, or None when unset or empty."""
+    """The admin API key from `DRIFTLOOP_API_KEY`, or None when unset or empty."""
     import os
 
     return os.environ.get("DRIFTLOOP_API_KEY") or None
+
+
+def score_api_key_from_env() -> str | None:
+    """The score-only API key from `DRIFTLOOP_SCORE_API_KEY`, or None when unset or empty."""
+    import os
+
+    return os.environ.get("DRIFTLOOP_SCORE_API_KEY") or None

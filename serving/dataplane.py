@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -23,13 +24,17 @@ from serving.batcher import MicroBatcher
 from serving.config import ServeSettings
 from serving.metrics import ServerMetrics
 from serving.predlog import PredictionLog
-from serving.repository import ModelRepository, ModelVersion
+from serving.repository import LoadRefused, ModelRepository, ModelVersion
+from serving.stats import InferenceStats
 from serving.validation import Limits, RequestError
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["model_repository", "traffic"]
+EXTENSIONS = ["model_repository", "traffic", "binary_tensor_data", "statistics", "model_configuration"]
+TRAFFIC_SUM_TOLERANCE = 0.01  # percent; the release plane re-sends the server's own float percentages
+# Triton's data_type names for the signature's datatypes (model_config.proto).
+_TRITON_TYPE = {"BYTES": "TYPE_STRING", "INT64": "TYPE_INT64", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64"}
 
 
 def observe_scores(metrics: ServerMetrics, mv: ModelVersion, scores: np.ndarray) -> None:
@@ -73,12 +78,12 @@ class DataPlane:
         else:
             repository._on_change = self._on_change
         self.repository = repository
-        metrics = self.metrics
+        self.stats = InferenceStats()
         self.batcher = MicroBatcher(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,
             max_queue_rows=settings.max_queue_rows,
-            on_batch=lambda mv, rows: metrics.batch_rows.labels(mv.name, mv.version).observe(rows),
+            on_batch=self._on_batch,
         )
         self.predlog = (
             PredictionLog(
@@ -90,6 +95,17 @@ class DataPlane:
             else None
         )
         self.limits = Limits(max_rows=settings.max_rows, max_string_length=settings.max_string_length)
+
+    def _on_batch(self, mv: ModelVersion, rows: int, run_s: float) -> None:
+        self.metrics.batch_rows.labels(mv.name, mv.version).observe(rows)
+        self.stats.batch(mv.name, mv.version, rows, run_s)
+
+    def redact(self, message: str) -> str:
+        """`message` with the repository's absolute path cut, so errors name `model/version` only."""
+        root = str(self.repository.root.resolve())
+        for prefix in {root, str(self.repository.root)}:
+            message = message.replace(prefix + "/", "").replace(prefix, "<repository>")
+        return message
 
     def _on_change(self) -> None:
         self.metrics.set_loaded({name: len(vs) for name, vs in self.repository.loaded().items()})
@@ -143,6 +159,58 @@ class DataPlane:
             },
         }
 
+    def model_config(self, name: str, version: str | None = None) -> tuple[ModelVersion, dict[str, Any]]:
+        """Triton's model configuration (JSON form of `config.pbtxt`) of a loaded model.
+
+        Inputs and outputs are per row: with `max_batch_size` > 0 Triton leaves the batch
+        dimension out of `dims`, so `[n, 1]` tensors are `dims: [1]`. The version policy lists the
+        loaded versions (integer folder names, as Triton's repository has them).
+
+        Raises:
+            ModelNotFound: not loaded.
+        """
+        mv = self.repository.get(name, version)
+        sig = mv.signature
+        loaded = [v.version for v in self.repository.loaded().get(name, [])]
+        numeric = [int(v) for v in loaded if v.isdigit()]
+        return mv, {
+            "name": mv.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.settings.max_rows,
+            "version_policy": {"specific": {"versions": numeric}} if numeric else {"latest": {"num_versions": 1}},
+            "input": [
+                {
+                    "name": s.name,
+                    "data_type": _TRITON_TYPE[s.datatype],
+                    "dims": [1],
+                    **({"optional": True} if s.nullable else {}),
+                }
+                for s in sig.inputs
+            ],
+            "output": [{"name": s.name, "data_type": _TRITON_TYPE[s.datatype], "dims": [1]} for s in sig.outputs],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": int(self.settings.max_queue_delay_ms * 1000),
+                "preferred_batch_size": [self.settings.max_batch_size],
+            },
+            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+            "parameters": {"lineage_id": {"string_value": mv.lineage_id}},
+        }
+
+    def model_statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics body for one model (every loaded version, or `version`), or all.
+
+        Raises:
+            ModelNotFound: `name` (or `version`) is not loaded.
+        """
+        loaded = self.repository.loaded()
+        if name is None:
+            bodies = [self.stats.model_stats(n, [mv.version for mv in vs]) for n, vs in loaded.items()]
+            return {"model_stats": [s for b in bodies for s in b["model_stats"]]}
+        mv = self.repository.get(name, version)
+        versions = [version] if version is not None else [v.version for v in loaded.get(name, [])]
+        return self.stats.model_stats(mv.name, versions)
+
     def model_ready(self, name: str, version: str | None = None) -> tuple[ModelVersion, dict[str, Any]]:
         """Readiness of a loaded version.
 
@@ -159,7 +227,7 @@ class DataPlane:
 
     async def score(
         self, mv: ModelVersion, feeds: dict[str, np.ndarray], rows: int, request_id: str, start: float
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, tuple[float, float, float]]:
         """Score validated feeds on `mv` through the batcher; record metrics and the prediction log.
 
         Args:
@@ -170,9 +238,16 @@ class DataPlane:
             start: `time.perf_counter()` when the request arrived (for the logged latency).
 
         Returns:
-            float32 `[rows, 1]` probabilities.
+            (float32 `[rows, 1]` probabilities, (compute_input, queue, compute_infer) seconds for
+            `scored`).
         """
-        scores = await self.batcher.submit(mv, feeds, rows)
+        queued = time.perf_counter()
+        timing: dict[str, float] = {}
+        try:
+            scores = await self.batcher.submit(mv, feeds, rows, timing)
+        except Exception:
+            self.stats.request(mv.name, mv.version, 0, {"fail": time.perf_counter() - start})
+            raise
         observe_scores(self.metrics, mv, scores)
         if self.predlog is not None:
             self.predlog.append(
@@ -183,19 +258,57 @@ class DataPlane:
                 scores=scores,
                 latency_ms=(time.perf_counter() - start) * 1000.0,
             )
-        return scores
+        return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))
+
+    def scored(self, mv: ModelVersion, rows: int, start: float, encoded: float, timing: tuple[float, float, float]) -> None:
+        """Record a request's phases in the statistics once its response is encoded.
+
+        Args:
+            mv: the version that answered.
+            rows: rows scored.
+            start: `perf_counter()` at arrival; `encoded`: after the response was encoded.
+            timing: (compute_input, queue, compute_infer) seconds, as `score` returned them.
+        """
+        compute_input, queue, infer = timing
+        end = time.perf_counter()
+        self.stats.request(
+            mv.name,
+            mv.version,
+            rows,
+            {
+                "success": end - start,
+                "compute_input": compute_input,
+                "queue": queue,
+                "compute_infer": infer,
+                "compute_output": end - encoded,
+            },
+        )
+
+    def failed(self, mv: ModelVersion, start: float) -> None:
+        """Record a request that reached `mv` and then failed (bad input, queue full)."""
+        self.stats.request(mv.name, mv.version, 0, {"fail": time.perf_counter() - start})
 
     # ------------------------------------------------------------------ repository extension
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """Every model version on disk or loaded, with state (READY / UNAVAILABLE) and reason."""
         rows = self.repository.index()
+        for row in rows:
+            if row.get("reason"):
+                row["reason"] = self.redact(row["reason"])
         if ready_only:
             rows = [r for r in rows if r["state"] == "READY"]
         return rows
 
     async def load(self, name: str, version: str | None) -> tuple[ModelVersion, dict[str, Any]]:
-        """Load (or hot-swap) a version off the event loop; None = the latest on disk."""
-        mv = await asyncio.to_thread(self.repository.load, name, version)
+        """Load (or hot-swap) a version off the event loop; None = the latest on disk.
+
+        Raises:
+            LoadRefused: with the repository path cut from the message (it names model/version).
+        """
+        try:
+            mv = await asyncio.to_thread(self.repository.load, name, version)
+        except LoadRefused as exc:
+            raise LoadRefused(self.redact(str(exc))) from None
         return mv, {
             "name": mv.name,
             "version": mv.version,
@@ -213,11 +326,31 @@ class DataPlane:
         return {"name": name, "traffic_pct": self.repository.traffic(name)}
 
     def set_traffic(self, name: str, weights: dict[str, float] | None) -> dict[str, Any]:
-        """Set the traffic split; None = the latest loaded version takes 100%.
+        """Set the traffic split in percent; None = the latest loaded version takes 100%.
+
+        Args:
+            name: a loaded model.
+            weights: {version: percent}, each finite and >= 0, summing to 100 (within
+                `TRAFFIC_SUM_TOLERANCE`); versions left out get 0. `{"1": 50}` is refused rather
+                than read as 100%.
 
         Raises:
-            RequestError: 400 on weights that are negative, not finite, or all zero.
+            RequestError: 400 on a percentage that is negative or not finite, or a sum other than 100.
+            ModelNotFound: the model, or a version named, is not loaded.
         """
+        if weights is not None:
+            bad = sorted(v for v, w in weights.items() if not math.isfinite(w) or w < 0)
+            if bad:
+                raise RequestError(
+                    400, f"weights: version(s) {', '.join(bad)} of model {name!r}: a percentage must be finite and >= 0"
+                )
+            total = sum(weights.values())  # inf for {"1": 1e308, "2": 1e308}: refused below
+            if not abs(total - 100.0) <= TRAFFIC_SUM_TOLERANCE:
+                raise RequestError(
+                    400,
+                    f"weights: the percentages for model {name!r} sum to {total:g}; they must sum to 100 "
+                    '(e.g. {"1": 90, "2": 10}; a version left out gets 0)',
+                )
         try:
             pct = self.repository.set_traffic(name, weights)
         except ValueError as exc:

@@ -6,13 +6,15 @@ Nothing here knows a model; `serving.dataplane` knows models and nothing of HTTP
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from driftloop.errors import DriftloopError
@@ -23,8 +25,11 @@ from serving.validation import RequestError
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+BINARY = "application/octet-stream"  # the binary tensor extension's type (KServe's client sends it)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 MAX_REQUEST_ID = 128
+GZIP_MIN_BYTES = 1024  # smaller responses are sent as they are: compressing them costs more than it saves
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the answer"
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -47,13 +52,61 @@ def model_headers(mv: ModelVersion, request_id: str | None = None) -> dict[str, 
     return headers
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes before parsing (chunked bodies included).
+def check_content_type(request: Request) -> None:
+    """Refuse a body that does not say it is JSON or the binary tensor extension.
+
+    No Content-Type at all is accepted: Triton's own client (`tritonclient.http`) sends none.
+    Browsers send `text/plain` or a form type on a cross-site request without a CORS preflight;
+    those get 415 here, and the repository routes also refuse cross-site requests outright
+    (`check_same_site`).
 
     Raises:
-        RequestError: 413 when the declared or streamed size exceeds `limit`; 400 on a bad
-            Content-Length.
+        RequestError: 415 naming the type and the ones accepted.
     """
+    value = request.headers.get("content-type")
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media not in (JSON, BINARY) and not (media.startswith("application/") and media.endswith("+json")):
+        raise RequestError(
+            415, f"content-type: {media!r}; send application/json (or {BINARY} with the binary tensor extension)"
+        )
+
+
+def check_same_site(request: Request) -> None:
+    """Refuse a browser's cross-site request (repository and traffic routes).
+
+    A web page the user opens can POST to a loopback server without a preflight; browsers mark
+    such requests with `Sec-Fetch-Site` (cross-site / same-site) and an `Origin` that differs from
+    the `Host`. Non-browser clients send neither header.
+
+    Raises:
+        RequestError: 403.
+    """
+    headers = request.headers
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise RequestError(403, f"sec-fetch-site: {site}; repository routes refuse requests from other web sites")
+    origin = headers.get("origin")
+    if origin is not None:
+        host = origin.split("://", 1)[-1].rstrip("/")
+        if host != headers.get("host", ""):
+            raise RequestError(403, f"origin: {origin[:100]}; repository routes refuse requests from other web sites")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed, refusing more than `limit` bytes before parsing.
+
+    The limit applies to the bytes received (declared or streamed, chunked bodies included) and
+    again to the decompressed size of a `Content-Encoding: gzip` / `deflate` body, which is
+    inflated at most `limit + 1` bytes at a time: a zip bomb costs no more memory than the limit.
+
+    Raises:
+        RequestError: 413 past the limit; 400 on a bad Content-Length or a corrupt compressed
+            body; 415 on an unsupported Content-Type or Content-Encoding.
+        ClientDisconnect: the client closed the connection mid-body.
+    """
+    check_content_type(request)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -69,7 +122,54 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise RequestError(413, f"body: more than {limit} bytes; the limit is {limit}")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding")
+    if encoding is None or encoding == "identity":
+        return body
+    return _inflate(body, encoding.strip().lower(), limit)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise RequestError(415, f"content-encoding: {encoding!r}; send gzip, deflate or none")
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(400, f"content-encoding: the {encoding} body is corrupt ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise RequestError(413, f"body: more than {limit} bytes once decompressed; the limit is {limit}")
+    if not inflater.eof:
+        raise RequestError(400, f"content-encoding: the {encoding} body is truncated")
+    return out
+
+
+def encode_response(
+    request: Request, body: bytes, headers: dict[str, str], media_type: str = JSON, status: int = 200
+) -> Response:
+    """A response, gzip- or deflate-compressed when the client accepts it and it is large.
+
+    Args:
+        request: for its `Accept-Encoding`.
+        body: the encoded body.
+        headers: extra headers (a binary response's `Inference-Header-Content-Length` included).
+        media_type: Content-Type.
+        status: HTTP status.
+    """
+    if len(body) >= GZIP_MIN_BYTES:
+        accept = request.headers.get("accept-encoding", "")
+        if "gzip" in accept:
+            body = gzip.compress(body, compresslevel=1)
+            headers["content-encoding"] = "gzip"
+            headers["vary"] = "accept-encoding"
+        elif "deflate" in accept:
+            body = zlib.compress(body, 1)
+            headers["content-encoding"] = "deflate"
+            headers["vary"] = "accept-encoding"
+    return Response(body, status_code=status, headers=headers, media_type=media_type)
 
 
 def request_id_of(request: Request, fallback: str | None = None) -> str:
@@ -86,23 +186,32 @@ def request_id_of(request: Request, fallback: str | None = None) -> str:
     return rid
 
 
-def guarded(handler: Handler, retry_after_s: int) -> Handler:
-    """Map the known errors to their status; anything else is a logged 500."""
+def guarded(handler: Handler, retry_after_s: int, redact: Callable[[str], str] = str) -> Handler:
+    """Map the known errors to their status; anything else is a logged 500.
+
+    Args:
+        handler: the route handler.
+        retry_after_s: Retry-After of a 429 / 503.
+        redact: applied to messages of model errors (cuts the repository's absolute path).
+    """
 
     @functools.wraps(handler)
     async def wrapper(request: Request, **kwargs: Any) -> Response:
         try:
             return await handler(request, **kwargs)
+        except ClientDisconnect:
+            log.debug("client closed the connection mid-body on %s %s", request.method, request.url.path)
+            return Response(status_code=CLIENT_CLOSED)  # never sent; counted in the request metrics
         except RequestError as exc:
             return error_response(exc.status, exc.message)
         except ModelNotFound as exc:
-            return error_response(404, str(exc))
+            return error_response(404, redact(str(exc)))
         except QueueFull as exc:
             return error_response(429, f"server busy: {exc}", {"retry-after": str(retry_after_s)})
         except BatcherClosed as exc:
             return error_response(503, str(exc), {"retry-after": str(retry_after_s)})
         except DriftloopError as exc:
-            return error_response(400, str(exc))
+            return error_response(400, redact(str(exc)))
         except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, answered as JSON
             log.exception("unexpected error on %s %s", request.method, request.url.path)
             return error_response(500, f"internal error ({type(exc).__name__}); see the server log")

@@ -17,15 +17,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.dataplane import DataPlane
 from serving.http import error_response
 
+ADMIN_PREFIX = "/v2/repository"  # load, unload, traffic, index: the admin key only
+
 
 class Observe:
-    """API-key check, request count and latency per route template."""
+    """API-key check, request count and latency per route template.
+
+    Two keys (least privilege): the admin key (`api_key`) opens every route; the score key
+    (`score_api_key`) opens every route but `/v2/repository/*` (403 there). Health routes need
+    no key. With no key set the server is open (bind it to loopback).
+    """
 
     def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app = app
         self.plane = plane
         key = plane.settings.api_key
+        score = plane.settings.score_api_key
         self.api_key = key.encode() if key else None
+        self.score_key = score.encode() if score else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,15 +50,17 @@ class Observe:
             await send(message)
 
         try:
-            if (
-                self.api_key is not None
-                and not scope["path"].startswith("/v2/health")
-                and not self._authorized(scope)
-            ):
+            role = "admin" if self.api_key is None or scope["path"].startswith("/v2/health") else self._role(scope)
+            if role is None:
                 response = error_response(
                     401,
                     "missing or wrong API key (header x-api-key or Authorization: Bearer)",
                     {"www-authenticate": "Bearer"},
+                )
+                await response(scope, receive, send_wrapper)
+            elif role == "score" and scope["path"].startswith(ADMIN_PREFIX):
+                response = error_response(
+                    403, "this API key may score only; repository routes need the admin key (DRIFTLOOP_API_KEY)"
                 )
                 await response(scope, receive, send_wrapper)
             else:
@@ -61,18 +72,21 @@ class Observe:
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _role(self, scope: Scope) -> str | None:
+        """"admin", "score", or None for a missing or wrong key."""
         assert self.api_key is not None
         for name, value in scope["headers"]:
-            if name == b"x-api-key" and hmac.compare_digest(value, self.api_key):
-                return True
-            if (
-                name == b"authorization"
-                and value[:7].lower() == b"bearer "
-                and hmac.compare_digest(value[7:].strip(), self.api_key)
-            ):
-                return True
-        return False
+            if name == b"x-api-key":
+                given = value
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+            else:
+                continue
+            if hmac.compare_digest(given, self.api_key):
+                return "admin"
+            if self.score_key is not None and hmac.compare_digest(given, self.score_key):
+                return "score"
+        return None
 
 
 class FastPath:

@@ -371,7 +371,15 @@ def records_payload(frame: pd.DataFrame, drop_null: bool = False) -> dict:
 
 
 @contextlib.contextmanager
-def running_server(app, *, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0) -> Iterator[str]:
+def running_server(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout_s: float = 30.0,
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
+) -> Iterator[str]:
     """Run `app` under a real uvicorn server in a thread; yield its base URL; shut it down gracefully.
 
     Args:
@@ -379,9 +387,11 @@ def running_server(app, *, host: str = "127.0.0.1", port: int = 0, timeout_s: fl
         host: loopback by default.
         port: 0 picks a free port.
         timeout_s: how long start-up and shutdown may take, seconds.
+        ssl_certfile: PEM certificate (chain) to serve HTTPS with; with `ssl_keyfile`.
+        ssl_keyfile: PEM private key of the certificate.
 
     Yields:
-        "http://127.0.0.1:<port>".
+        "http://127.0.0.1:<port>" (https with a certificate).
 
     Raises:
         RuntimeError: the server did not start within `timeout_s`.
@@ -391,7 +401,16 @@ def running_server(app, *, host: str = "127.0.0.1", port: int = 0, timeout_s: fl
 
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ssl_certfile=None if ssl_certfile is None else str(ssl_certfile),
+        ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="driftloop-test-server", daemon=True)
     thread.start()
@@ -403,7 +422,7 @@ def running_server(app, *, host: str = "127.0.0.1", port: int = 0, timeout_s: fl
         time.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://{host}:{bound}"
+        yield f"{'https' if ssl_certfile else 'http'}://{host}:{bound}"
     finally:
         server.should_exit = True
         thread.join(timeout_s)

@@ -1,41 +1,58 @@
 """Request bodies -> ONNX Runtime feeds, checked against the model's signature.
 
-Two request shapes, both pydantic models validated straight from the raw bytes
-(`model_validate_json`, no `request.json()`):
-  * Open Inference Protocol v2 `InferenceRequest`: named tensors `{name, shape, datatype, data}`,
-    `data` flat (row-major) or nested, datatypes BYTES / FP32 / FP64 / INT64 (INT32 accepted for
-    integer columns, FP64 for FP32 columns). An integer column takes JSON integers only, so a
-    truncation never happens silently; a float column takes integers and floats.
+Three request shapes:
+  * Open Inference Protocol v2 `InferenceRequest` in JSON: named tensors `{name, shape, datatype,
+    data}`, `data` flat (row-major) or nested. Every field the protocol defines is accepted
+    (`id`, `model_name`, `model_version`, `parameters`, `inputs`, `outputs`; per tensor `name`,
+    `shape`, `datatype`, `parameters`, `data`), anything else is refused (422).
+  * The same with the binary tensor data extension (`Inference-Header-Content-Length`): the JSON
+    header, then each tensor with `parameters.binary_data_size` as raw little-endian bytes in
+    input order (BYTES: 4-byte little-endian length + UTF-8 bytes per element), decoded straight
+    into numpy.
   * Records (`RecordsRequest`): `{"instances": [{column: value, ...}, ...]}`, one object per row.
+
+One set of rules at every batch size, checked column by column (a set of the column's Python
+types, then one numpy conversion; no per-value Python loop on the path that accepts):
+  * an integer column (INT64) takes JSON integers, declared as any v2 integer datatype (INT8..INT64,
+    UINT8..UINT64); each value must fit the declared datatype's range (INT32 holding 2**40 is a 400)
+    and INT64; booleans are not integers.
+  * a float column (FP32) takes JSON integers and floats, declared FP32 or FP64; each value must be
+    finite in the declared datatype and in the column's; booleans and strings are not numbers.
+  * a BYTES column takes strings of at most `max_string_length` characters.
+  * a nullable column (the FP32 weather columns) takes null, or a missing key in a record; both
+    become NaN, which the graph routes as training did.
+  * duplicate keys in any JSON object are refused (400 naming the key): the fast path compares
+    the count of key separators in the raw bytes with the keys the parser kept, and an exact
+    re-parse names the key when they differ.
 
 Every failure is a `RequestError` with an HTTP status and a message that names the field:
   * 422: the body is not JSON or not the request model (pydantic's error, with its location);
-  * 400: the body does not fit the signature (missing/extra/duplicate input, wrong datatype,
-    shape mismatch, a value of the wrong type, a null or non-finite value in a non-nullable column,
-    a string longer than the limit);
-  * 413: more rows than the limit (the byte-size limit is checked earlier, in `serving.app`).
-Nullable columns (the FP32 weather columns) take JSON null, or a missing key in a record; both
-become NaN, which the graph routes as training did.
+  * 400: the body does not fit the signature (missing/extra/duplicate input or key, wrong datatype,
+    shape mismatch, a value of the wrong type or out of its datatype's range, a null or non-finite
+    value in a non-nullable column, a string longer than the limit, bad binary framing);
+  * 413: more rows than the limit (the byte-size limit is checked earlier, in `serving.http`).
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from driftloop.schema import OUTPUT, Signature, TensorSpec
 
-_INT64_MAX = np.iinfo(np.int64).max
 M = TypeVar("M", bound=BaseModel)
+_NONE = type(None)
 
 
 class RequestError(Exception):
-    """A client error: `status` (400, 413, 422) and a one-line message naming the field."""
+    """A client error: `status` (400, 413, 415, 422) and a one-line message naming the field."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -52,14 +69,14 @@ class Limits:
 
 
 class RequestInput(BaseModel):
-    """One named input tensor of a v2 request."""
+    """One named input tensor of a v2 request (`data` absent when sent as binary)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=256)
     shape: list[int] = Field(min_length=1, max_length=4)
     datatype: str = Field(max_length=16)
-    data: list[Any]
+    data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
 
 
@@ -73,14 +90,26 @@ class RequestOutput(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    """The v2 `POST .../infer` body."""
+    """The v2 `POST .../infer` body: every field the Open Inference Protocol defines, no others.
+
+    `model_name` / `model_version` are optional (KServe's client sends `model_name`); when given
+    they must agree with the URL.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, max_length=256)
+    model_name: str | None = Field(None, max_length=256)
+    model_version: str | None = Field(None, max_length=64)
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
+
+    def binary_output(self) -> bool:
+        """True when the client asked for the output as binary (`binary_data_output`, or per output)."""
+        if self.parameters and self.parameters.get("binary_data_output") is True:
+            return True
+        return any(o.parameters and o.parameters.get("binary_data") is True for o in self.outputs or ())
 
 
 class RecordsRequest(BaseModel):
@@ -100,11 +129,18 @@ class LoadRequest(BaseModel):
 
 
 class TrafficRequest(BaseModel):
-    """Body of `POST /v2/repository/models/{name}/traffic`: {version: weight}, or null for "latest"."""
+    """Body of `POST /v2/repository/models/{name}/traffic`.
+
+    `weights` are percentages per version: each finite and >= 0, summing to 100 (versions left
+    out get 0), so `{"1": 50}` is refused instead of silently meaning 100%. Null returns to "the
+    latest loaded version takes 100%".
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: dict[str, float] | None
+    weights: dict[str, float] | None = Field(
+        description="percent of traffic per version, summing to 100; null = the latest loaded version takes all"
+    )
 
 
 class IndexRequest(BaseModel):
@@ -115,21 +151,346 @@ class IndexRequest(BaseModel):
     ready: bool = False
 
 
+# ---------------------------------------------------------------------------- JSON
+def _pydantic_error(exc: ValidationError) -> RequestError:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return RequestError(422, "invalid request body: " + "; ".join(parts) + more)
+
+
 def parse_model(model: type[M], body: bytes) -> M:
-    """Validate raw JSON bytes into `model`.
+    """Validate raw JSON bytes into `model`, refusing duplicate keys.
 
     Raises:
-        RequestError: 422 with the first errors' locations and messages.
+        RequestError: 422 with the first errors' locations and messages; 400 naming a duplicate key.
+    """
+    obj = loads(body)
+    try:
+        result = model.model_validate(obj)
+    except ValidationError as exc:
+        raise _pydantic_error(exc) from None
+    keys, colons = _count_keys(obj)
+    check_duplicate_keys(body, keys, colons)
+    return result
+
+
+def loads(body: bytes) -> Any:
+    """Parse JSON with orjson.
+
+    Raises:
+        RequestError: 422 when the body is not JSON.
     """
     try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        parts = []
-        for err in exc.errors(include_url=False)[:3]:
-            loc = ".".join(str(p) for p in err["loc"]) or "body"
-            parts.append(f"{loc}: {err['msg']}")
-        more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-        raise RequestError(422, "invalid request body: " + "; ".join(parts) + more) from None
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(422, f"invalid request body: not JSON ({exc})") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RequestError(400, f"body: duplicate key {key[:64]!r}; each key may appear once per object")
+            seen.add(key)
+    return out
+
+
+def loads_exact(body: bytes | memoryview) -> Any:
+    """Parse JSON with the standard library, refusing duplicate keys (small bodies: headers, fallbacks).
+
+    Raises:
+        RequestError: 400 naming a duplicate key; 422 when the body is not JSON.
+    """
+    try:
+        return json.loads(bytes(body), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(422, f"invalid request body: not JSON ({exc})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _count_keys(obj: Any, skip_data: bool = False) -> tuple[int, int]:
+    """(keys in every object, ':' characters inside every string) of a parsed JSON value.
+
+    With `skip_data`, the `data` lists of v2 tensors are left out (the caller counts those from
+    the converted columns, without walking every value).
+    """
+    t = type(obj)
+    if t is str:
+        return 0, obj.count(":")
+    if t is dict:
+        keys, colons = len(obj), 0
+        for k, v in obj.items():
+            colons += k.count(":")
+            if skip_data and k == "data" and type(v) is list:
+                continue
+            a, b = _count_keys(v, skip_data and k in ("inputs",))
+            keys += a
+            colons += b
+        return keys, colons
+    if t is list:
+        keys = colons = 0
+        for v in obj:
+            if type(v) in (dict, list, str):
+                a, b = _count_keys(v, skip_data)
+                keys += a
+                colons += b
+        return keys, colons
+    return 0, 0
+
+
+def check_duplicate_keys(body: bytes, keys: int, string_colons: int) -> None:
+    """Refuse a JSON body with a duplicate key in any object, naming it.
+
+    Fast and exact: without a backslash in the body, every ':' is either a key separator or
+    inside a string, so `body.count(b":") == keys + string_colons` holds exactly when the parser
+    kept every key it read. Otherwise the standard library re-parses the body with a hook that
+    names the first duplicate (and finds none when the counts differed for another reason).
+
+    Args:
+        body: the raw JSON.
+        keys: the keys the parser kept, summed over every object.
+        string_colons: ':' characters inside every string (keys and values).
+
+    Raises:
+        RequestError: 400 naming the duplicate key.
+    """
+    if b"\\" not in body and body.count(b":") == keys + string_colons:
+        return
+    loads_exact(body)
+
+
+# ---------------------------------------------------------------------------- columns
+_INT_RANGE = {
+    name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
+    for name, dt in {
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+    }.items()
+}
+_INT64_MIN, _INT64_MAX = _INT_RANGE["INT64"]
+_FLOAT_DTYPE = {"FP32": np.float32, "FP64": np.float64}
+_ACCEPTED = {
+    "BYTES": ("BYTES",),
+    "INT64": tuple(_INT_RANGE),
+    "FP32": ("FP32", "FP64"),
+    "FP64": ("FP64", "FP32"),
+}
+_WIRE_DTYPE = {
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+def _what(x: Any) -> str:
+    return "null" if x is None else f"{type(x).__name__} {x!r}"[:120]
+
+
+def _first(values: Any, ok: Any) -> tuple[int, Any]:
+    """The first row whose value fails `ok` (error path only)."""
+    for i, x in enumerate(values):
+        if not ok(x):
+            return i, x
+    raise AssertionError("no offending value")  # pragma: no cover - callers checked one exists
+
+
+def column_array(
+    field: str, spec: TensorSpec, values: Any, limits: Limits, declared: str | None = None
+) -> np.ndarray:
+    """Convert one column's values (a flat list or tuple, None for null) to the signature's dtype.
+
+    Args:
+        field: the name used in error messages (e.g. `inputs[temp]` or `instances[*].temp`).
+        spec: the column's signature entry.
+        values: flat sequence of JSON values, one per row.
+        limits: string-length limit.
+        declared: the v2 datatype the client declared (default: the column's); its range applies.
+
+    Returns:
+        `[n, 1]` array: object (str) for BYTES, int64 for INT64, float32/float64 for FP32/FP64.
+
+    Raises:
+        RequestError: 400 naming `field` and the first offending row.
+    """
+    kind = spec.datatype
+    declared = declared or kind
+    types = set(map(type, values))
+    if kind == "BYTES":
+        if not types <= {str}:
+            i, x = _first(values, lambda v: type(v) is str)
+            raise RequestError(400, f"{field}: row {i} is {_what(x).split(' ')[0]}; expected a string (BYTES)")
+        if values and max(map(len, values)) > limits.max_string_length:
+            i, x = _first(values, lambda v: len(v) <= limits.max_string_length)
+            raise RequestError(
+                400, f"{field}: row {i} is {len(x)} characters long; the limit is {limits.max_string_length}"
+            )
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        return arr.reshape(-1, 1)
+    if kind == "INT64":
+        if not types <= {int}:
+            i, x = _first(values, lambda v: type(v) is int)
+            raise RequestError(400, f"{field}: row {i} is {_what(x)}; expected integers ({declared})")
+        lo, hi = _INT_RANGE[declared]
+        try:
+            arr = np.array(values, dtype=np.int64)
+        except OverflowError:
+            arr = None
+        if arr is None or (arr.size and (arr.min() < lo or arr.max() > hi)):
+            lo, hi = max(lo, _INT64_MIN), min(hi, _INT64_MAX)
+            i, x = _first(values, lambda v: lo <= v <= hi)
+            raise RequestError(400, f"{field}: row {i} is {x!r}, out of the range of {declared} and {kind}")
+        return arr.reshape(-1, 1)
+    # FP32 / FP64
+    allowed = {int, float, _NONE} if spec.nullable else {int, float}
+    if not types <= allowed:
+        i, x = _first(values, lambda v: type(v) in allowed)
+        if x is None:
+            raise RequestError(400, f"{field}: row {i} is null; the column is not nullable and must be finite")
+        raise RequestError(400, f"{field}: row {i} is {_what(x)}; expected numbers ({declared})")
+    try:
+        wide = np.array(values, dtype=np.float64)  # None -> NaN; JSON itself has no NaN or Infinity
+    except OverflowError:  # an integer beyond float64
+        wide = np.array([math.inf if type(v) is int and abs(v) > 2**1023 else v for v in values], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = wide.astype(_FLOAT_DTYPE[kind], copy=False)
+        checked = out
+        if declared == "FP32" and kind != "FP32":  # the declared datatype's range applies too
+            checked = np.where(np.isfinite(wide.astype(np.float32)), out, np.inf)
+    _check_finite(field, spec, values, wide, checked)
+    return out.reshape(-1, 1)
+
+
+def _check_finite(field: str, spec: TensorSpec, values: Any, wide: np.ndarray, out: np.ndarray) -> None:
+    """400 at the first value that is not finite in the column (NaN = null is fine when nullable)."""
+    finite = np.isfinite(out)
+    if finite.all():
+        return
+    bad = ~finite & ~np.isnan(wide) if spec.nullable else ~finite
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raw = values[i] if values is not None else wide[i]
+        rule = "must be finite" if spec.nullable else "is not nullable and must be finite"
+        what = "null" if raw is None else f"{raw!r} (not finite as {spec.datatype})"
+        raise RequestError(400, f"{field}: row {i} is {what}; the column {rule}")
+
+
+def binary_column(
+    field: str, spec: TensorSpec, declared: str, buf: memoryview, n: int, limits: Limits
+) -> np.ndarray:
+    """Decode one tensor of the binary extension straight into numpy, with the JSON path's rules.
+
+    Args:
+        field: the name used in error messages.
+        spec: the column's signature entry.
+        declared: the v2 datatype the client declared.
+        buf: exactly this tensor's bytes.
+        n: the rows its shape declares.
+        limits: string-length limit.
+
+    Returns:
+        `[n, 1]` array in the column's dtype.
+
+    Raises:
+        RequestError: 400 on a size that does not match the shape, bad UTF-8, a NaN in a
+            non-nullable column, or a value out of the column's range.
+    """
+    if spec.datatype == "BYTES":
+        out = _fixed_width_ascii(buf, n, limits)
+        if out is None:
+            out = _bytes_elements(field, buf, n, limits)
+        return out.reshape(-1, 1)
+    wire = np.dtype(_WIRE_DTYPE[declared])
+    if len(buf) != n * wire.itemsize:
+        raise RequestError(
+            400, f"{field}: binary_data_size {len(buf)} bytes; shape needs {n} x {wire.itemsize} bytes of {declared}"
+        )
+    arr = np.frombuffer(buf, dtype=wire)
+    if spec.datatype == "INT64":
+        if declared == "UINT64" and arr.size and int(arr.max()) > _INT64_MAX:
+            i = int(np.flatnonzero(arr > _INT64_MAX)[0])
+            raise RequestError(400, f"{field}: row {i} is {int(arr[i])}, out of the range of INT64")
+        return arr.astype(np.int64, copy=False).reshape(-1, 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(_FLOAT_DTYPE[spec.datatype], copy=False)
+    wide = arr.astype(np.float64, copy=False)
+    _check_finite(field, spec, None, wide, out)
+    return out.reshape(-1, 1)
+
+
+def _fixed_width_ascii(buf: memoryview, n: int, limits: Limits) -> np.ndarray | None:
+    """BYTES elements that are all ASCII and all one length (airport and carrier codes), vectorised.
+
+    Returns None for anything else (mixed lengths, non-ASCII, a bad size), which
+    `_bytes_elements` then decodes one element at a time with the same rules and messages.
+    """
+    if n == 0 or len(buf) < 4:
+        return None
+    width = int.from_bytes(buf[:4], "little")
+    if width > limits.max_string_length or len(buf) != n * (4 + width):
+        return None
+    records = np.frombuffer(buf, dtype=np.dtype([("size", "<u4"), ("text", f"V{width}")]) if width else "<u4")
+    sizes = records["size"] if width else records
+    if (sizes != width).any():
+        return None
+    out = np.empty(n, dtype=object)
+    if width == 0:
+        out[:] = ""
+        return out
+    chars = np.ascontiguousarray(records["text"]).view(np.uint8)
+    if (chars >= 0x80).any():
+        return None
+    whole = chars.tobytes().decode("ascii")
+    out[:] = [whole[i : i + width] for i in range(0, n * width, width)]
+    return out
+
+
+def _bytes_elements(field: str, buf: memoryview, n: int, limits: Limits) -> np.ndarray:
+    """BYTES elements (4-byte little-endian length, then UTF-8) one at a time, naming the first bad one."""
+    out = np.empty(n, dtype=object)
+    raw = bytes(buf)
+    pos = 0
+    for i in range(n):
+        if pos + 4 > len(raw):
+            raise RequestError(400, f"{field}: binary data ends before element {i} of {n}")
+        size = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if pos + size > len(raw):
+            raise RequestError(400, f"{field}: element {i} runs past the end of its binary data")
+        try:
+            text = raw[pos : pos + size].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, f"{field}: row {i} is not UTF-8") from None
+        if len(text) > limits.max_string_length:
+            raise RequestError(
+                400, f"{field}: row {i} is {len(text)} characters long; the limit is {limits.max_string_length}"
+            )
+        out[i] = text
+        pos += size
+    if pos != len(raw):
+        raise RequestError(400, f"{field}: binary data holds {len(raw) - pos} bytes past its {n} elements")
+    return out
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -156,144 +517,54 @@ def _flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def column_array(field: str, spec: TensorSpec, values: list[Any], limits: Limits) -> np.ndarray:
-    """Convert one column's values (a flat list, None for null) to the signature's dtype.
-
-    Args:
-        field: the name used in error messages (e.g. `inputs[temp]` or `instances[*].temp`).
-        spec: the column's signature entry.
-        values: flat list of JSON values, one per row.
-        limits: string-length limit.
+# ---------------------------------------------------------------------------- v2
+def parse_v2(body: bytes, header_length: str | None) -> tuple[InferenceRequest, Any, memoryview | None]:
+    """Parse a v2 infer body, JSON or binary extension (the JSON header's length given).
 
     Returns:
-        `[n, 1]` array: object (str) for BYTES, int64 for INT64, float32/float64 for FP32/FP64.
+        (the request, the parsed JSON for `v2_feeds`' duplicate-key check, the bytes after the
+        JSON header or None).
 
     Raises:
-        RequestError: 400 naming `field` and the first offending row.
+        RequestError: 400 on a bad header length or a duplicate key; 422 on a bad body.
     """
-    kind = spec.datatype
-    if kind == "BYTES":
-        for i, x in enumerate(values):
-            if type(x) is not str:
-                what = "null" if x is None else type(x).__name__
-                raise RequestError(400, f"{field}: row {i} is {what}; expected a string (BYTES)")
-        longest = max(map(len, values), default=0)
-        if longest > limits.max_string_length:
-            i = next(i for i, x in enumerate(values) if len(x) > limits.max_string_length)
-            raise RequestError(
-                400,
-                f"{field}: row {i} is {len(values[i])} characters long; the limit is {limits.max_string_length}",
-            )
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        return arr.reshape(-1, 1)
-    if len(values) <= _SMALL:
-        return _small_column(field, spec, values)
-    try:
-        arr = np.asarray(values)
-    except (ValueError, TypeError, OverflowError):  # ragged nesting, huge ints
-        arr = None
-    if arr is not None and arr.ndim != 1:  # a list where a scalar belongs
-        arr = None
-    if kind == "INT64":
-        if arr is not None and arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
-            raise RequestError(400, f"{field}: a value exceeds the INT64 range")
-        if arr is None or arr.dtype.kind not in "iu":
-            raise RequestError(400, f"{field}: {_first_bad(values, int)}; expected integers (INT64)")
-        return arr.astype(np.int64).reshape(-1, 1)
-    # FP32 / FP64
-    if arr is None or arr.dtype.kind not in "fiu":
+    if header_length is None:
+        obj = loads(body)
+        tail = None
+    else:
         try:
-            if not all(x is None or type(x) in (int, float) for x in values):
-                raise TypeError
-            arr = np.array(values, dtype=np.float64)  # None -> NaN
-        except (TypeError, OverflowError):
-            raise RequestError(
-                400, f"{field}: {_first_bad(values, float)}; expected numbers ({kind})"
-            ) from None
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = arr.astype(np.float32 if kind == "FP32" else np.float64)
-    finite = np.isfinite(out)
-    if not finite.all():
-        isnan_in = np.isnan(arr.astype(np.float64))
-        bad = ~finite & ~isnan_in if spec.nullable else ~finite
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raw = values[i]
-            what = "null" if raw is None else repr(raw)
-            extra = "" if raw is None else f" (not finite as {kind})"
-            rule = "must be finite" if spec.nullable else "is not nullable and must be finite"
-            raise RequestError(400, f"{field}: row {i} is {what}{extra}; the column {rule}")
-    return out.reshape(-1, 1)
-
-
-_SMALL = 16  # below this many rows, per-value Python checks beat numpy's per-call overhead
-_FP32_MAX = float(np.finfo(np.float32).max)
-
-
-def _small_column(field: str, spec: TensorSpec, values: list[Any]) -> np.ndarray:
-    """`column_array` for a few rows of a numeric column: the same rules, checked value by value."""
-    if spec.datatype == "INT64":
-        for x in values:
-            if type(x) is not int or not -(2**63) <= x < 2**63:
-                raise RequestError(400, f"{field}: {_first_bad(values, int)}; expected integers (INT64)")
-        return np.array(values, dtype=np.int64).reshape(-1, 1)
-    limit = _FP32_MAX if spec.datatype == "FP32" else math.inf
-    out = []
-    for i, x in enumerate(values):
-        t = type(x)
-        if t is float or t is int:
-            try:
-                f = float(x)
-            except OverflowError:
-                f = math.inf
-            if f != f:  # NaN
-                if not spec.nullable:
-                    raise RequestError(
-                        400, f"{field}: row {i} is NaN; the column is not nullable and must be finite"
-                    )
-            elif not -limit <= f <= limit:
-                raise RequestError(
-                    400,
-                    f"{field}: row {i} is {x!r} (not finite as {spec.datatype}); the column must be finite",
-                )
-            out.append(f)
-        elif x is None and spec.nullable:
-            out.append(math.nan)
-        elif x is None:
-            raise RequestError(
-                400, f"{field}: row {i} is null; the column is not nullable and must be finite"
-            )
-        else:
-            raise RequestError(
-                400, f"{field}: {_first_bad(values, float)}; expected numbers ({spec.datatype})"
-            )
-    return np.array(out, dtype=np.float32 if spec.datatype == "FP32" else np.float64).reshape(-1, 1)
-
-
-def _first_bad(values: list[Any], want: type) -> str:
-    for i, x in enumerate(values):
-        if x is None:
-            return f"row {i} is null"
-        if isinstance(x, bool) or not isinstance(x, int | float) or (want is int and not isinstance(x, int)):
-            return f"row {i} is {type(x).__name__} {x!r}"[:120]
-        if isinstance(x, int) and not -(2**63) <= x < 2**63:
-            return f"row {i} is out of range"
-    return "a value has the wrong type"
-
-
-_ACCEPTED = {
-    "BYTES": ("BYTES",),
-    "INT64": ("INT64", "INT32"),
-    "FP32": ("FP32", "FP64"),
-    "FP64": ("FP64", "FP32"),
-}
+            size = int(header_length)
+        except ValueError:
+            raise RequestError(400, "inference-header-content-length: not an integer") from None
+        if not 0 < size <= len(body):
+            raise RequestError(400, f"inference-header-content-length: {size}; the body holds {len(body)} bytes")
+        obj = loads_exact(memoryview(body)[:size])  # small: the header names tensors, data is binary
+        tail = memoryview(body)[size:]
+    try:
+        request = InferenceRequest.model_validate(obj)
+    except ValidationError as exc:
+        raise _pydantic_error(exc) from None
+    return request, obj, tail
 
 
 def v2_feeds(
-    request: InferenceRequest, signature: Signature, limits: Limits
+    request: InferenceRequest,
+    signature: Signature,
+    limits: Limits,
+    *,
+    body: bytes | None = None,
+    parsed: Any = None,
+    binary: memoryview | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Feeds for the session from a v2 request.
+
+    Args:
+        request: the parsed request.
+        signature: the routed version's signature.
+        limits: row and string limits.
+        body: the raw JSON body and `parsed`, its parse, for the duplicate-key check (None: not
+            checked, e.g. a request built in code).
+        binary: the bytes after the JSON header (binary extension), or None.
 
     Returns:
         ({input name: `[n, 1]` array}, n rows).
@@ -303,25 +574,23 @@ def v2_feeds(
     """
     specs = {s.name: s for s in signature.inputs}
     names = [i.name for i in request.inputs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else ()
     if dupes:
         raise RequestError(400, f"inputs: duplicate input(s) {', '.join(dupes)}")
     extra = [n for n in names if n not in specs]
     if extra:
-        raise RequestError(
-            400, f"inputs: unknown input(s) {', '.join(extra[:5])}; the model takes {', '.join(specs)}"
-        )
+        raise RequestError(400, f"inputs: unknown input(s) {', '.join(extra[:5])}; the model takes {', '.join(specs)}")
     missing = [n for n in specs if n not in set(names)]
     if missing:
         raise RequestError(400, f"inputs: missing input(s) {', '.join(missing)}")
     if request.outputs:
         unknown = [o.name for o in request.outputs if o.name != OUTPUT]
         if unknown:
-            raise RequestError(
-                400, f"outputs: unknown output(s) {', '.join(unknown)}; the model has {OUTPUT}"
-            )
+            raise RequestError(400, f"outputs: unknown output(s) {', '.join(unknown)}; the model has {OUTPUT}")
     n_rows: int | None = None
     feeds: dict[str, np.ndarray] = {}
+    string_colons = 0
+    offset = 0
     for tensor in request.inputs:
         spec = specs[tensor.name]
         field = f"inputs[{tensor.name}]"
@@ -337,25 +606,52 @@ def v2_feeds(
             n_rows = n
         elif n != n_rows:
             raise RequestError(400, f"{field}: shape {shape} has {n} rows but other inputs have {n_rows}")
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if binary is None or type(size) is not int or size < 0 or tensor.data is not None:
+                raise RequestError(
+                    400,
+                    f"{field}: binary_data_size needs the binary extension (header Inference-Header-Content-Length), "
+                    "a non-negative integer, and no data",
+                )
+            if offset + size > len(binary):
+                raise RequestError(400, f"{field}: binary data ends at byte {len(binary)}; this tensor needs {offset + size}")
+            feeds[tensor.name] = binary_column(
+                field, spec, tensor.datatype, binary[offset : offset + size], n, limits
+            )
+            offset += size
+            continue
+        if tensor.data is None:
+            raise RequestError(400, f"{field}: no data (and no parameters.binary_data_size)")
         try:
             flat = _flatten(tensor.data)
         except ValueError as exc:
             raise RequestError(400, f"{field}: {exc}") from None
         if len(flat) != n:
             raise RequestError(400, f"{field}: shape {shape} needs {n} values but data holds {len(flat)}")
-        feeds[tensor.name] = column_array(field, spec, flat, limits)
+        arr = column_array(field, spec, flat, limits, tensor.datatype)
+        if spec.datatype == "BYTES":
+            string_colons += "".join(flat).count(":")
+        feeds[tensor.name] = arr
+    if binary is not None and offset != len(binary):
+        raise RequestError(400, f"body: {len(binary) - offset} bytes after the last binary tensor")
+    if body is not None and binary is None:
+        keys, colons = _count_keys(parsed, skip_data=True)
+        check_duplicate_keys(body, keys, colons + string_colons)
     assert n_rows is not None
     return feeds, n_rows
 
 
+# ---------------------------------------------------------------------------- records
 _MISSING = object()
-_FLOAT_DTYPE = {"FP32": np.float32, "FP64": np.float64}
+# The smallest float64 that float32 rounds to infinity: its max plus half an ulp (2**104 / 2).
+_FP32_OVERFLOW = float(np.finfo(np.float32).max) + 2.0**103
 
 
 def _one_record(record: dict[str, Any], specs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray] | None:
     """Feeds for one record that is valid, in one pass; None at the first thing that is not.
 
-    Only the happy path lives here: on None, `records_feeds` runs its general checks, which name
+    Only the happy path lives here: on None, `records_feeds` runs its column checks, which name
     the field. So this path accepts exactly what the general one accepts, with fewer numpy calls
     (about 60% of a single-row request's validation time went to per-column array set-up).
     """
@@ -375,7 +671,7 @@ def _one_record(record: dict[str, Any], specs: list[TensorSpec], limits: Limits)
             arr = np.empty((1, 1), dtype=object)
             arr[0, 0] = x
         elif kind == "INT64":
-            if t is not int or not -(2**63) <= x < 2**63:
+            if t is not int or not _INT64_MIN <= x <= _INT64_MAX:
                 return None
             arr = np.array([[x]], dtype=np.int64)
         else:
@@ -388,8 +684,7 @@ def _one_record(record: dict[str, Any], specs: list[TensorSpec], limits: Limits)
                     f = float(x)
                 except OverflowError:
                     return None
-                limit = _FP32_MAX if kind == "FP32" else math.inf
-                if not -limit <= f <= limit or math.isinf(f):  # NaN fails the range test too
+                if not math.isfinite(f) or (kind == "FP32" and not abs(f) < _FP32_OVERFLOW):
                     return None
             else:
                 return None
@@ -401,9 +696,19 @@ def _one_record(record: dict[str, Any], specs: list[TensorSpec], limits: Limits)
 
 
 def records_feeds(
-    request: RecordsRequest, signature: Signature, limits: Limits
+    request: RecordsRequest | list[dict[str, Any]],
+    signature: Signature,
+    limits: Limits,
+    *,
+    body: bytes | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Feeds for the session from a records request; a missing nullable column is null (NaN).
+    """Feeds for the session from records; a missing nullable column is null (NaN).
+
+    Args:
+        request: the records (a `RecordsRequest` or its `instances` list of dicts).
+        signature: the routed version's signature.
+        limits: row and string limits.
+        body: the raw JSON body, for the duplicate-key check (None: not checked).
 
     Returns:
         ({input name: `[n, 1]` array}, n rows).
@@ -411,28 +716,68 @@ def records_feeds(
     Raises:
         RequestError: 400 / 413 naming the column (and row).
     """
-    instances = request.instances
+    instances = request.instances if isinstance(request, RecordsRequest) else request
     n = len(instances)
+    specs = signature.inputs
+    feeds: dict[str, np.ndarray] | None = None
     if n == 1:  # the common case of a person or a service scoring one flight
-        feeds = _one_record(instances[0], signature.inputs, limits)
-        if feeds is not None:
-            return feeds, 1
+        feeds = _one_record(instances[0], specs, limits)
+    if feeds is None:
+        feeds = _records_columns(instances, specs, limits)
+    if body is not None:
+        keys = 1 + sum(map(len, instances))
+        colons = sum("".join(feeds[s.name][:, 0]).count(":") for s in specs if s.datatype == "BYTES")
+        if any(":" in s.name for s in specs):
+            colons = -1  # never equal: take the exact path
+        check_duplicate_keys(body, keys, colons)
+    return feeds, n
+
+
+def _records_columns(instances: list[dict[str, Any]], specs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray]:
+    n = len(instances)
     if n > limits.max_rows:
         raise RequestError(413, f"instances: {n} rows; the limit is {limits.max_rows} per request")
-    specs = signature.inputs
     known = {s.name for s in specs}
-    keys = set(itertools.chain.from_iterable(instances))
+    keys = set().union(*instances)
     extra = sorted(keys - known)
     if extra:
         i = next(i for i, inst in enumerate(instances) if not set(inst) <= known)
         raise RequestError(400, f"instances[{i}]: unknown column(s) {', '.join(extra[:5])}")
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        name = spec.name
-        if not spec.nullable:
-            for i, inst in enumerate(instances):
-                if name not in inst:
-                    raise RequestError(400, f"instances[{i}].{name}: missing; the column is not nullable")
-        values = [inst.get(name) for inst in instances]
-        feeds[name] = column_array(f"instances[*].{name}", spec, values, limits)
-    return feeds, n
+    names = [s.name for s in specs]
+    if sum(map(len, instances)) == n * len(names):  # every record has every column
+        columns = list(zip(*map(itemgetter(*names), instances), strict=True))
+    else:
+        columns = []
+        for spec in specs:
+            if not spec.nullable:
+                for i, inst in enumerate(instances):
+                    if spec.name not in inst:
+                        raise RequestError(400, f"instances[{i}].{spec.name}: missing; the column is not nullable")
+            columns.append([inst.get(spec.name) for inst in instances])
+    return {
+        spec.name: column_array(f"instances[*].{spec.name}", spec, column, limits)
+        for spec, column in zip(specs, columns, strict=True)
+    }
+
+
+def parse_records(body: bytes) -> list[dict[str, Any]]:
+    """The `instances` of a records body, with the envelope checked (no pydantic pass per record).
+
+    Raises:
+        RequestError: 422 naming the location, as pydantic would for `RecordsRequest`.
+    """
+    obj = loads(body)
+    if type(obj) is not dict:
+        raise RequestError(422, "invalid request body: body: Input should be a valid dictionary")
+    extra = sorted(set(obj) - {"instances"})
+    if extra:
+        raise RequestError(422, f"invalid request body: {extra[0]}: Extra inputs are not permitted")
+    instances = obj.get("instances", _MISSING)
+    if instances is _MISSING:
+        raise RequestError(422, "invalid request body: instances: Field required")
+    if type(instances) is not list or not instances:
+        raise RequestError(422, "invalid request body: instances: should be a non-empty list of objects")
+    if set(map(type, instances)) != {dict}:
+        i = next(i for i, x in enumerate(instances) if type(x) is not dict)
+        raise RequestError(422, f"invalid request body: instances.{i}: Input should be a valid dictionary")
+    return instances

@@ -1,6 +1,12 @@
-"""Repository-control routes (the v2 model repository extension, plus traffic splits)."""
+"""Repository-control routes (the v2 model repository extension, plus traffic splits).
+
+Every route here refuses a browser's cross-site request (403; `serving.http.check_same_site`)
+and, when an admin key is set, every key but the admin key (`serving.middleware.Observe`).
+"""
 
 from __future__ import annotations
+
+import functools
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -8,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.dataplane import DataPlane
-from serving.http import guarded, json_response, model_headers, openapi_body, read_body
+from serving.http import check_same_site, guarded, json_response, model_headers, openapi_body, read_body
 from serving.validation import IndexRequest, LoadRequest, TrafficRequest, parse_model
 
 
@@ -17,6 +23,14 @@ def router(plane: DataPlane) -> APIRouter:
     r = APIRouter()
     retry = plane.settings.retry_after_s
     max_body = plane.settings.max_body_bytes
+
+    def admin(handler):
+        @functools.wraps(handler)  # FastAPI reads the path parameters from the signature
+        async def checked(request: Request, **kwargs) -> Response:
+            check_same_site(request)
+            return await handler(request, **kwargs)
+
+        return guarded(checked, retry, plane.redact)
 
     async def optional(model: type[BaseModel], request: Request) -> BaseModel:
         raw = await read_body(request, max_body)
@@ -29,14 +43,14 @@ def router(plane: DataPlane) -> APIRouter:
 
     r.get(
         "/v2/repository/index", tags=["repository"], summary="Repository index", operation_id="repository_index_get"
-    )(guarded(repository_index, retry))
+    )(admin(repository_index))
     r.post(
         "/v2/repository/index",
         tags=["repository"],
         summary="Repository index (v2)",
         operation_id="repository_index",
         openapi_extra=openapi_body(IndexRequest),
-    )(guarded(repository_index, retry))
+    )(admin(repository_index))
 
     async def load(request: Request, name: str) -> Response:
         body = await optional(LoadRequest, request)
@@ -52,7 +66,7 @@ def router(plane: DataPlane) -> APIRouter:
         "A package that fails verification, ONNX Runtime or the warm-up is refused (400) and "
         "whatever was serving keeps serving.",
         openapi_extra=openapi_body(LoadRequest),
-    )(guarded(load, retry))
+    )(admin(load))
 
     async def unload(request: Request, name: str) -> Response:
         body = await optional(LoadRequest, request)
@@ -64,7 +78,7 @@ def router(plane: DataPlane) -> APIRouter:
         tags=["repository"],
         summary="Unload a model (or one version)",
         openapi_extra=openapi_body(LoadRequest),
-    )(guarded(unload, retry))
+    )(admin(unload))
 
     async def traffic(request: Request, name: str) -> Response:
         if request.method == "POST":
@@ -77,14 +91,15 @@ def router(plane: DataPlane) -> APIRouter:
         tags=["repository"],
         summary="Get the traffic split",
         operation_id="traffic_get",
-    )(guarded(traffic, retry))
+    )(admin(traffic))
     r.post(
         "/v2/repository/models/{name}/traffic",
         tags=["repository"],
         summary="Set the traffic split",
         operation_id="traffic_set",
-        description='`{"weights": {"1": 90, "2": 10}}`: sticky per request id; `{"weights": null}`: the latest '
-        "loaded version takes 100%.",
+        description='`{"weights": {"1": 90, "2": 10}}`: percent per version, finite, >= 0, summing to 100 '
+        '(a version left out gets 0), sticky per request id; `{"weights": null}`: the latest loaded version '
+        "takes 100%.",
         openapi_extra=openapi_body(TrafficRequest),
-    )(guarded(traffic, retry))
+    )(admin(traffic))
     return r

@@ -58,9 +58,10 @@ def start_server(tmp_path) -> Iterator[Callable[..., httpx.Client]]:
     def start(repository: Path, **overrides) -> httpx.Client:
         settings = ServeSettings(repository=repository, **overrides)
         app = create_app(settings)
-        ctx = running_server(app)
+        ctx = running_server(app, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
         base = ctx.__enter__()
-        client = httpx.Client(base_url=base, timeout=30)
+        verify = str(settings.ssl_certfile) if settings.ssl_certfile else True
+        client = httpx.Client(base_url=base, timeout=30, verify=verify)
         client.app = app  # type: ignore[attr-defined]
         stack.append((ctx, client))
         return client
