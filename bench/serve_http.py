@@ -1,11 +1,12 @@
 """Benchmark: single-row and 1,000-row requests against the model server, on loopback.
 
-(a) this server (records endpoint), (b) a no-op endpoint on the same app and HTTP stack (the
-ceiling), (c) a naive FastAPI + pydantic server calling session.run per request; each at
-concurrency 1, 16, 64 for SECONDS seconds. Then 1,000-row v2 requests vs raw session.run at batch
-1,000 (same intra-op threads). Servers are subprocesses; the load generator (serving.loadgen)
-shares the 2 cores with them, so absolute figures are lower bounds; ratios are measured side by
-side in one run.
+(a) this server (records endpoint, and v2 JSON), (b) a no-op endpoint on the same app and HTTP
+stack (the ceiling), (c) a naive FastAPI + pydantic server calling session.run per request; each
+at concurrency 1, 16, 64 for SECONDS seconds. Then 1,000-row requests over the v2 binary tensor
+extension, v2 JSON and records, each against raw session.run at batch 1,000 (same intra-op
+threads) measured in the same run. Servers are subprocesses; the load generator
+(serving.loadgen) shares the 2 cores with them, so absolute figures are lower bounds; ratios are
+measured side by side in one run.
 
 Run: .venv/bin/python bench/serve_http.py [--seconds 3]
 Writes bench/results/serve_http.json.
@@ -25,7 +26,13 @@ import orjson  # noqa: E402
 from serve_common import MODEL, figure, free_port, print_table, server_args, write_results  # noqa: E402
 
 from serving.loadgen import run_load, start_process, stop_process  # noqa: E402
-from serving.testing import build_test_package, records_payload, synthetic_rows, v2_payload  # noqa: E402
+from serving.testing import (  # noqa: E402
+    build_test_package,
+    records_payload,
+    synthetic_rows,
+    v2_binary_payload,
+    v2_payload,
+)
 
 
 def main() -> None:
@@ -37,7 +44,14 @@ def main() -> None:
     repo = tmp / "repo"
     build_test_package(repo / MODEL / "1", model_name=MODEL)
     one = orjson.dumps(records_payload(synthetic_rows(1, seed=1)))
-    thousand = orjson.dumps(v2_payload(synthetic_rows(1000, seed=2)))
+    one_v2 = orjson.dumps(v2_payload(synthetic_rows(1, seed=1)))
+    bulk_frame = synthetic_rows(1000, seed=2)
+    binary, header_length = v2_binary_payload(bulk_frame)
+    bulk = {  # name: (path, body, extra headers)
+        "v2 binary": (f"/v2/models/{MODEL}/infer", binary, {"inference-header-content-length": str(header_length)}),
+        "v2 JSON": (f"/v2/models/{MODEL}/infer", orjson.dumps(v2_payload(bulk_frame)), {}),
+        "records": (f"/v1/models/{MODEL}:predict", orjson.dumps(records_payload(bulk_frame)), {}),
+    }
 
     points: list[dict] = []
     results: dict[tuple[str, int], object] = {}
@@ -49,6 +63,7 @@ def main() -> None:
     try:
         targets = {
             "a_server": (f"http://127.0.0.1:{port_a}/v1/models/{MODEL}:predict", one),
+            "a_server_v2": (f"http://127.0.0.1:{port_a}/v2/models/{MODEL}/infer", one_v2),
             "b_noop": (f"http://127.0.0.1:{port_a}/v2/noop", one),
             "c_naive": (f"http://127.0.0.1:{port_c}/v1/models/{MODEL}:predict", one),
         }
@@ -67,24 +82,24 @@ def main() -> None:
                         "errors": res.errors,
                     }
                 )
-        big = run_load(
-            f"http://127.0.0.1:{port_a}/v2/models/{MODEL}/infer",
-            thousand,
-            concurrency=4,
-            seconds=opts.seconds,
-        )
-        points.append(
-            {
-                "target": "a_server v2",
-                "rows/req": 1000,
-                "conc": 4,
-                "req/s": big.rps,
-                "rows/s": big.rps * 1000,
-                "p50 ms": big.percentile(50),
-                "p99 ms": big.percentile(99),
-                "errors": big.errors,
-            }
-        )
+        bulk_rps = {}
+        for name, (path, body, headers) in bulk.items():
+            res = run_load(
+                f"http://127.0.0.1:{port_a}{path}", body, concurrency=4, seconds=opts.seconds, headers=headers
+            )
+            bulk_rps[name] = res.rps
+            points.append(
+                {
+                    "target": f"a_server {name}",
+                    "rows/req": 1000,
+                    "conc": 4,
+                    "req/s": res.rps,
+                    "rows/s": res.rps * 1000,
+                    "p50 ms": res.percentile(50),
+                    "p99 ms": res.percentile(99),
+                    "errors": res.errors,
+                }
+            )
     finally:
         stop_process(proc_a)
         stop_process(proc_c)
@@ -144,16 +159,28 @@ def main() -> None:
                 higher_is_better=False,
             )
         )
-    figures.append(
-        figure(
-            "rows_per_s_1000_row_requests",
-            big.rps * 1000,
-            "rows/s",
-            "raw session.run, batch 1000",
-            raw_rows,
-            0.5,
+    for conc in opts.concurrency:
+        figures.append(
+            figure(
+                f"req_per_s_c{conc}_v2_vs_records",
+                results[("a_server_v2", conc)].rps,
+                "req/s",
+                "records endpoint, one row",
+                results[("a_server", conc)].rps,
+                0.9 if conc == 16 else None,
+            )
         )
-    )
+    for name, target in (("v2 binary", 0.5), ("v2 JSON", None), ("records", None)):
+        figures.append(
+            figure(
+                f"rows_per_s_1000_row_{name.replace(' ', '_').lower()}",
+                bulk_rps[name] * 1000,
+                "rows/s",
+                "raw session.run, batch 1000",
+                raw_rows,
+                target,
+            )
+        )
     path = write_results(
         "serve_http",
         figures,

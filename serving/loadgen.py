@@ -62,8 +62,8 @@ async def _worker(
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             lower = head.lower()
-            i = lower.find(b"content-length:")
-            length = int(lower[i + 15 : lower.find(b"\r\n", i)]) if i >= 0 else 0
+            i = lower.find(b"\r\ncontent-length:") + 2  # not inference-header-content-length
+            length = int(lower[i + 15 : lower.find(b"\r\n", i)]) if i >= 2 else 0
             if length:
                 await reader.readexactly(length)
             lat.append(perf() - t0)

@@ -365,6 +365,36 @@ def v2_payload(frame: pd.DataFrame, nested: bool = False) -> dict:
     return v2_body(frame, nested=nested)
 
 
+def v2_binary_payload(frame: pd.DataFrame, binary_output: bool = True) -> tuple[bytes, int]:
+    """A v2 infer body in the binary tensor extension for `frame`'s `FEATURES` columns.
+
+    Returns:
+        (body, JSON header length for the `Inference-Header-Content-Length` header). BYTES
+        elements are a 4-byte little-endian length then UTF-8; numbers raw little-endian.
+    """
+    from driftloop.schema import FEATURES, datatype_of, to_onnx_feeds
+
+    feeds = to_onnx_feeds(frame)
+    inputs, blobs = [], []
+    for name in FEATURES:
+        column = feeds[name][:, 0]
+        if column.dtype == object:
+            blob = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in column)
+        else:
+            blob = column.astype(column.dtype.newbyteorder("<"), copy=False).tobytes()
+        inputs.append(
+            {
+                "name": name,
+                "datatype": datatype_of(name),
+                "shape": [len(column), 1],
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+        blobs.append(blob)
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": binary_output}}).encode()
+    return header + b"".join(blobs), len(header)
+
+
 def records_payload(frame: pd.DataFrame, drop_null: bool = False) -> dict:
     """A records body for every column of `frame`; `drop_null` leaves null keys out."""
     return records_body(frame, drop_null=drop_null)
@@ -437,5 +467,6 @@ __all__ = [
     "running_server",
     "score_rows",
     "synthetic_rows",
+    "v2_binary_payload",
     "v2_payload",
 ]
