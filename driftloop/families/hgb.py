@@ -5,9 +5,11 @@ features: skl2onnx converts native categorical splits without error but wrongly 
 
 Exported trees decide like the native model at every threshold. scikit-learn compares the input,
 as float64, with a float64 threshold: `x <= t` goes left. The ONNX graph's inputs are FP32 (the
-signature), and ONNX Runtime 1.32 compares a float input with float thresholds
-(`TreeEnsembleCommon<float, float, float>`; double thresholds, `nodes_values_as_tensor`, are used
-only with a double input). skl2onnx rounds each `t` to the *nearest* float32 (its HGB converter
+signature), and ONNX Runtime compares a float input with float thresholds: its
+`TreeEnsembleClassifier<T>` kernel builds `TreeEnsembleCommonClassifier<T, double, float>` only
+when the input T is double, else `<T, float, float>` (onnxruntime/core/providers/cpu/ml/
+tree_ensemble_classifier.cc), so double thresholds (`nodes_values_as_tensor`) would need a double
+input, i.e. casting every column and changing the signature. skl2onnx rounds each `t` to the *nearest* float32 (its HGB converter
 skips its own `sklearn_threshold` adjustment), so an input exactly at a threshold that rounded up
 goes the other way. `exact_thresholds` stores instead `w = the largest float32 <= t`. For every
 float32 `x`: `x <= t  <=>  x <= w` (if `x <= t` then `x` is a float32 below `t`, so `x <= w`; if
