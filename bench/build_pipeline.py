@@ -5,7 +5,6 @@ Usage: python bench/build_pipeline.py
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,20 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, figure, print_table, write_results  # noqa: E402
-
-
-def copy_repo(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
-    for rel in files:
-        if rel.startswith(("tests/", "bench/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
-        subprocess.run(cmd, cwd=dest, check=True, env=env)
+from common import copy_repo, figure, print_table, write_results  # noqa: E402
 
 
 def timed_repro(repo: Path) -> float:

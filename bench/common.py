@@ -63,3 +63,36 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+
+
+def copy_repo(dest: Path, params: dict | None = None) -> Path:
+    """Copy the project's files (as git sees them, uncommitted edits included; no tests/, bench/,
+    reports/ or dvc.lock) into `dest` and make it a git repo with one commit.
+
+    Args:
+        dest: an empty or missing folder.
+        params: written as the copy's params.yaml when given (else the repo's).
+
+    Returns:
+        `dest`.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    import yaml
+
+    dest.mkdir(parents=True, exist_ok=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()  # fmt: skip
+    for rel in files:
+        if rel.startswith(("tests/", "bench/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    if params is not None:
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=dest, check=True, env=env)
+    return dest

@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from driftloop.errors import ParamsError
+from driftloop.paths import CHAMPION_DIR, LOG_DIR, PACKAGE_DIR
 
 
 class Section(BaseModel):
@@ -93,28 +102,25 @@ class FeaturesParams(Section):
     valid_days: int = Field(14, ge=1, description="the N days before the test split are validation")
 
 
-class HGBParams(Section):
-    max_iter: int = Field(200, ge=1)
-    learning_rate: float = Field(0.1, gt=0)
-    max_leaf_nodes: int = Field(31, ge=2)
-    min_samples_leaf: int = Field(40, ge=1)
-    l2_regularization: float = Field(0.0, ge=0)
+def _train_params() -> type[Section]:
+    """`train`: the seed, plus one section per model family of `driftloop.families.FAMILIES`.
+
+    Built from the registry, so a new family brings its own typed section (its `params_model`)
+    without an edit here: `train.<family>.<key>` is checked like every other key.
+    """
+    from driftloop.families import FAMILIES
+
+    fields: dict[str, Any] = {"seed": (int, Field(42, description="seeds every family's training and optimize's sampling"))}
+    for name, family in FAMILIES.items():
+        fields[name] = (family.params_model, family.params_model())
+    model = create_model("TrainParams", __base__=Section, **fields)
+    model.__doc__ = _train_params.__doc__
+    return model
 
 
-class MLPParams(Section):
-    hidden: list[int] = Field([128, 128], min_length=1)
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(512, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-
-
-class TrainParams(Section):
-    """`train`: both model families and the seed."""
-
-    seed: int = 42
-    hgb: HGBParams = HGBParams()
-    mlp: MLPParams = MLPParams()
+TrainParams = _train_params()
+HGBParams = TrainParams.model_fields["hgb"].annotation  # re-exported for callers that build one by hand
+MLPParams = TrainParams.model_fields["mlp"].annotation
 
 
 class ExportParams(Section):
@@ -181,9 +187,9 @@ class MonitorParams(Section):
     drifts at a distance >= 0.1.
     """
 
-    log_dir: str = Field("logs/predictions", description="prediction log root (`driftloop serve --log-dir`)")
+    log_dir: str = Field(LOG_DIR, description="prediction log root (`driftloop serve --log-dir`)")
     package_dir: str = Field(
-        "champion/package",
+        CHAMPION_DIR,
         description="the prod package whose reference.parquet is compared (release.champion_dir: the release plane copies the promoted version there)",
     )
     reports_dir: str = Field("reports/drift", description="where the HTML report and JSON summary go")
@@ -223,14 +229,14 @@ class ReleaseParams(Section):
     """
 
     artifact: str = Field("flight-delay", description="artifact name in dvc.yaml `artifacts:` (GTO)")
-    package_dir: str = Field("artifacts/model", description="the package folder that `register` takes")
+    package_dir: str = Field(PACKAGE_DIR, description="the package folder that `register` takes")
     model: str = Field("flight-delay", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name on the server")
     stable_stage: str = Field("prod", description="GTO stage of the version that serves")
     canary_stage: str = Field("canary", description="GTO stage of a version under canary analysis")
     server_url: str = Field("http://127.0.0.1:8080", description="base URL of the model server")
     repository: str = Field("model_repository", description="the server's model repository folder")
-    log_dir: str = Field("logs/predictions", description="the server's prediction log (`serve --log-dir`)")
-    champion_dir: str = Field("champion/package", description="copy of the prod package for `evaluate`")
+    log_dir: str = Field(LOG_DIR, description="the server's prediction log (`serve --log-dir`)")
+    champion_dir: str = Field(CHAMPION_DIR, description="copy of the prod package for `evaluate`")
     strategy: str = Field("canary", pattern=r"^(canary|blue-green)$")
     canary_weight: float = Field(10.0, gt=0, lt=100, description="canary's share of traffic, percent")
     min_requests: int = Field(200, ge=1, description="canary requests (log rows) the analysis needs")

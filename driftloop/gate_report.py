@@ -78,7 +78,9 @@ class GateReport(BaseModel):
 
     def failed_lines(self) -> list[str]:
         """`"candidate: rule: reason"` for every failed rule, in report order."""
-        return [f"{r.candidate or self.chosen or '?'}: {r.name}: {r.reason}" for r in self.rules if not r.passed]
+        return [
+            f"{r.candidate or self.chosen or '?'}: {r.name}: {r.reason}" for r in self.rules if not r.passed
+        ]
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> GateReport:

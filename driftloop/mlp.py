@@ -50,11 +50,22 @@ class FitResult:
     best_epoch: int = 0
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy; single-threaded deterministic kernels, so a rerun gives the same weights."""
+def deterministic_torch(seed: int) -> None:
+    """Make training repeatable on one machine: two runs give the same weights, bit for bit.
+
+    Seeds torch and numpy, asks for deterministic kernels (an op without one raises instead of
+    silently varying), and fixes torch to one intra-op thread (a parallel reduction sums in a
+    thread-dependent order) and one inter-op thread. The mini-batch order comes from a seeded
+    `torch.Generator` in `fit_mlp`. Across machines or library versions the bits may differ.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or inter-op work started in this process: it can be set once only
+        pass
 
 
 def fit_mlp(

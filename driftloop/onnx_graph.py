@@ -130,6 +130,25 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def fuse(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Apply ONNX Runtime's extended graph optimizations offline and return the saved graph.
+
+    EXTENDED, not ALL: ALL adds layout transforms tied to this CPU, which make a file unportable.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "fused.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(out)
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(str(out))
+
+
 def run_graph(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
     """Score with ONNX Runtime; returns `probability` as float32 `[n]`."""
     import onnxruntime as ort

@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 import yaml
 
 from driftloop.errors import DriftloopError
+from driftloop.paths import PACKAGE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class GtoRegistry:
         path: the package folder, relative to `root` (a stage's output in `dvc.yaml`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], artifact: str, path: str = "artifacts/model") -> None:
+    def __init__(self, root: str | os.PathLike[str], artifact: str, path: str = PACKAGE_DIR) -> None:
         self.root = Path(root).resolve()
         self.artifact = artifact
         self.path = Path(path).as_posix()

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import FeaturesParams
+from driftloop.paths import LOG_DIR
 from driftloop.payloads import records_body
 from driftloop.schema import FEATURES, LABEL
 
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--months", type=int, nargs="+", default=[7, 8], help="2013 months to replay")
     parser.add_argument("--max-rows", type=int, default=20_000, help="sample this many flights (0 = all)")
     parser.add_argument("--batch", type=int, default=100, help="rows per request")
-    parser.add_argument("--log-dir", default="logs/predictions", help="the server's --log-dir (labels go there)")
+    parser.add_argument("--log-dir", default=LOG_DIR, help="the server's --log-dir (labels go there)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-every", type=int, default=50, help="requests between two label files")
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.config import DataParams, parse_section, read_params_file
+from driftloop.config import DataParams, load_section, parse_section, read_params_file
 from driftloop.errors import DriftloopError
 from driftloop.gate_report import GATE_REPORT, GateReport
 from driftloop.paths import PACKAGE_DIR
@@ -43,8 +43,8 @@ REPORT_LINKS: tuple[str, ...] = (
     "reports/parity.json",
     "reports/evaluation.json",
     "reports/metrics.json",
-    "reports/gate.json",
-    "artifacts/model/model_card.md",
+    GATE_REPORT,
+    f"{PACKAGE_DIR}/model_card.md",
 )
 
 
@@ -206,7 +206,7 @@ def publish_reports(root: str, window: TrainingWindow, ran: dict[str, str]) -> G
     gate_path = rootp / GATE_REPORT
     gate = GateReport.read(gate_path) if gate_path.is_file() else None
     if gate is not None:
-        create_markdown_artifact(key="gate-report", markdown=gate_markdown(gate, window), description="reports/gate.json")
+        create_markdown_artifact(key="gate-report", markdown=gate_markdown(gate, window), description=GATE_REPORT)
     metrics_path = rootp / METRICS_REPORT
     if metrics_path.is_file():
         metrics = read_json(metrics_path)
@@ -271,7 +271,7 @@ def record_run(root: str, branch: str, window: TrainingWindow, verdict: str) -> 
 
 
 def _resolve_window(root: str, as_of: dt.date | None, window_months: int | None) -> TrainingWindow:
-    data = parse_section("data", read_params_file(Path(root) / "params.yaml").get("data"), DataParams)
+    data = load_section(Path(root) / "params.yaml", "data", DataParams)
     return TrainingWindow(as_of=as_of or data.as_of, window_months=window_months or data.window_months)
 
 

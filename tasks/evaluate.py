@@ -1,5 +1,7 @@
 """Stage `evaluate`: every candidate, its FP32 parent and the champion, on the same test split.
 
+The parents are the exported families (`models/onnx/families.json`), never a list written here.
+
 Per model: ROC AUC, PR AUC (average precision), log loss, Brier score, expected calibration error
 (ECE, equal-width bins; Naeini et al. 2015); ROC AUC per carrier, origin and month (slices under
 `min_slice_rows` rows, or with one class only, are flagged, not scored); batch invariance (rows
@@ -30,6 +32,7 @@ from sklearn.metrics import (
 
 from driftloop.bench import make_session, take_rows
 from driftloop.config import EvaluateParams, load_section
+from driftloop.families import FAMILIES_FILE
 from driftloop.io import atomic_path, read_json, write_json
 from driftloop.package import verify_package
 from driftloop.schema import LABEL, OUTPUT, to_onnx_feeds
@@ -38,7 +41,6 @@ from driftloop.stage import run_stage
 log = logging.getLogger(__name__)
 
 SLICE_COLUMNS = ("carrier", "origin", "month")
-PARENTS = ("hgb", "mlp")
 CHAMPION = "champion"
 HEADLINE = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "batch_invariance")
 
@@ -143,9 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         params = load_section(args.params, "evaluate", EvaluateParams)
         test = pd.read_parquet(args.features / "test.parquet")
         table = read_json(args.candidates / "candidates.json")["candidates"]
-        graphs = {p: (args.onnx / f"{p}.onnx").read_bytes() for p in PARENTS}
+        families = list(read_json(args.onnx / FAMILIES_FILE))  # each family's FP32 graph is a parent
+        graphs = {p: (args.onnx / f"{p}.onnx").read_bytes() for p in families}
         graphs |= {n: (args.candidates / c["file"]).read_bytes() for n, c in table.items()}
-        parents = {p: None for p in PARENTS} | {n: c["parent"] for n, c in table.items()}
+        parents = {p: None for p in families} | {n: c["parent"] for n, c in table.items()}
         champion = None
         if args.champion is not None and (args.champion / "model.onnx").is_file():
             champion = verify_package(args.champion)

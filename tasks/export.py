@@ -1,11 +1,13 @@
-"""Stage `export`: each model family becomes ONE ONNX graph, raw columns in, probability out.
+"""Stage `export`: each fitted model family becomes ONE ONNX graph, raw columns in, probability out.
 
 Preprocessing lives inside the graph, so serving cannot skew from training. Parity is checked on
-the whole test split: max |p_onnx - p_native| must be <= `export.parity_tolerance` (1e-4), else
-the stage fails and writes nothing.
+the whole test split plus each family's extra rows (for trees: rows exactly at and next to every
+split threshold): max |p_onnx - p_native| must be <= `export.parity_tolerance` (1e-4), else the
+stage fails and writes nothing.
 
-Outputs (one folder): `hgb.onnx`, `mlp.onnx` (the merged graphs), `mlp_preprocess.onnx` and
-`mlp_network.onnx` (the two halves, which `optimize` quantizes and re-merges); a parity report.
+Outputs (one folder): `<key>.onnx` for every graph a family's `to_onnx` returns (the whole model
+under the family's name, plus parts `optimize` reuses, e.g. `mlp_preprocess`, `mlp_network`),
+`families.json` ({family: [graph keys]}); a parity report per family.
 """
 
 from __future__ import annotations
@@ -13,40 +15,21 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
-import joblib
 import numpy as np
 import onnx
 import pandas as pd
-import torch
 
 from driftloop.config import ExportParams, load_section
 from driftloop.errors import ParityError
-from driftloop.io import atomic_path, write_json
-from driftloop.mlp import MLP, load_mlp, predict_mlp
-from driftloop.onnx_graph import (
-    keep_positive_class,
-    merge_preprocess,
-    run_graph,
-    sklearn_to_onnx,
-    torch_mlp_to_onnx,
-)
-from driftloop.schema import FEATURES, to_onnx_feeds
+from driftloop.families import FAMILIES, FAMILIES_FILE
+from driftloop.io import atomic_path, read_json, write_json
+from driftloop.onnx_graph import run_graph
+from driftloop.schema import to_onnx_feeds
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
-
-
-def export_hgb(pipeline, opset: int) -> onnx.ModelProto:
-    """The tree pipeline as one graph (`probability` FP32 `[n, 1]`)."""
-    return keep_positive_class(sklearn_to_onnx(pipeline, opset, name="hgb", zipmap_off=pipeline.steps[-1][1]))
-
-
-def export_mlp(preprocess, network: MLP, opset: int) -> dict[str, onnx.ModelProto]:
-    """The MLP as its two halves and their merge: `{"mlp_preprocess", "mlp_network", "mlp"}`."""
-    pre = sklearn_to_onnx(preprocess, opset, name="mlp_preprocess")
-    net = torch_mlp_to_onnx(network, network.n_inputs, opset)
-    return {"mlp_preprocess": pre, "mlp_network": net, "mlp": merge_preprocess(pre, net)}
 
 
 def check_parity(name: str, p_onnx: np.ndarray, p_native: np.ndarray, tolerance: float) -> dict:
@@ -60,13 +43,42 @@ def check_parity(name: str, p_onnx: np.ndarray, p_native: np.ndarray, tolerance:
     """
     diff = np.abs(p_onnx.astype(np.float64) - p_native.astype(np.float64))
     worst = int(np.argmax(diff))
-    result = {"max_abs_diff": float(diff[worst]), "rows": len(diff), "tolerance": tolerance, "passed": bool(diff[worst] <= tolerance)}
+    result = {
+        "max_abs_diff": float(diff[worst]),
+        "rows": len(diff),
+        "tolerance": tolerance,
+        "passed": bool(diff[worst] <= tolerance),
+    }
     if not result["passed"]:
         raise ParityError(
             f"{name}: ONNX and native scores differ by {diff[worst]:.3g} at test row {worst} (tolerance {tolerance:g}); "
             "the converter mishandles this model: check categorical encoding and dtypes"
         )
     return result
+
+
+def export_family(
+    name: str, fitted: Any, test: pd.DataFrame, params: ExportParams
+) -> tuple[dict[str, onnx.ModelProto], dict]:
+    """Convert one family and check its parity on `test` plus the family's `parity_rows`.
+
+    Returns:
+        ({graph key: graph}, parity result with `threshold_rows`: how many extra rows were checked).
+
+    Raises:
+        ParityError: see `check_parity`.
+    """
+    family = FAMILIES[name]
+    graphs = family.to_onnx(fitted, params.opset)
+    extra = family.parity_rows(fitted, test)
+    rows = pd.concat([test, extra], ignore_index=True) if len(extra) else test
+    result = check_parity(
+        name,
+        run_graph(graphs[name], to_onnx_feeds(rows)),
+        family.predict(fitted, rows),
+        params.parity_tolerance,
+    )
+    return graphs, {**result, "extra_rows": len(extra)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,26 +91,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def body() -> None:
+        import torch
+
         params = load_section(args.params, "export", ExportParams)
         torch.set_num_threads(1)
         test = pd.read_parquet(args.features / "test.parquet")
-        feeds = to_onnx_feeds(test)
-        hgb = joblib.load(args.models / "hgb.joblib")
-        pre = joblib.load(args.models / "mlp_preprocess.joblib")
-        net = load_mlp(args.models / "mlp.pt")
-        graphs = {"hgb": export_hgb(hgb, params.opset), **export_mlp(pre, net, params.opset)}
-        native = {
-            "hgb": hgb.predict_proba(test[list(FEATURES)])[:, 1],
-            "mlp": predict_mlp(net, pre.transform(test[list(FEATURES)]).astype(np.float32)),
-        }
-        report = {
-            name: check_parity(name, run_graph(graphs[name], feeds), native[name], params.parity_tolerance)
-            for name in ("hgb", "mlp")
-        }
+        graphs: dict[str, dict[str, onnx.ModelProto]] = {}
+        report = {}
+        for name in read_json(args.models / FAMILIES_FILE):
+            graphs[name], report[name] = export_family(name, FAMILIES[name].load(args.models), test, params)
         with atomic_path(args.out) as tmp:
             tmp.mkdir()
-            for name, graph in graphs.items():
-                onnx.save_model(graph, tmp / f"{name}.onnx")
+            for family_graphs in graphs.values():
+                for key, graph in family_graphs.items():
+                    onnx.save_model(graph, tmp / f"{key}.onnx")
+            write_json(tmp / FAMILIES_FILE, {name: list(g) for name, g in graphs.items()})
         write_json(args.report, report)
         log.info("export: parity %s", {k: f"{v['max_abs_diff']:.2e}" for k, v in report.items()})
 

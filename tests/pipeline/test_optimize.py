@@ -8,19 +8,28 @@ import pytest
 import torch
 
 from driftloop.config import OptimizeParams
+from driftloop.families import FAMILIES, Candidate, CandidateContext
 from driftloop.mlp import MLP, predict_mlp, prune_mlp
 from driftloop.onnx_graph import run_graph
 from driftloop.schema import FEATURES, OUTPUT, to_onnx_feeds
-from tasks.optimize import build_candidates, drop_unhelpful_dynamic, measure_candidates
+from tasks.optimize import build_candidates, measure_candidates, review_candidates
 
 
 @pytest.fixture(scope="module")
-def candidates(exported, trained, splits, params):
+def candidates(exported, trained, splits, params, train_params):
+    """Every family's candidates, through the optimize stage's loop: {name: (graph, {"parent", "how"})}."""
     opt = OptimizeParams(**params["optimize"])
-    return build_candidates(
-        exported, trained["mlp"], trained["pre"], splits["train"], splits["valid"], opt, seed=0, opset=18,
-        learning_rate=5e-4, batch_size=512,
-    )  # fmt: skip
+    contexts = {
+        name: CandidateContext(fitted=trained[name], graphs=exported, train=splits["train"], valid=splits["valid"],
+                               optimize=opt, params=getattr(train_params, name), seed=0, opset=18)  # fmt: skip
+        for name in trained
+    }
+    return {n: (c.graph, {"parent": c.parent, "how": c.how}) for n, c in build_candidates(contexts).items()}
+
+
+def test_every_family_contributes_candidates(candidates):
+    assert {n.split("_")[0] for n in candidates} == set(FAMILIES)
+    assert {"hgb_fp32", "logreg_fp32", "mlp_fp32", "mlp_int8", "mlp_pruned_int8"} <= set(candidates)
 
 
 def _ops(model: onnx.ModelProto) -> set[str]:
@@ -90,9 +99,11 @@ def test_pruned_graph_is_physically_smaller(candidates):
 
 
 def test_measurements_and_dynamic_rule(candidates, splits, params):
-    small = {k: candidates[k] for k in ("mlp_fp32", "mlp_int8", "mlp_int8_dynamic")}
+    small = {k: Candidate(candidates[k][0], "mlp", candidates[k][1]["how"]) for k in ("mlp_fp32", "mlp_int8", "mlp_int8_dynamic")}
     table = measure_candidates(small, to_onnx_feeds(splits["test"].head(2048)), OptimizeParams(**params["optimize"]))
     for row in table.values():
         assert row["size_bytes"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["rows_per_s"] > 0
+        assert row["family"] == row["parent"] == "mlp"
     table["mlp_int8_dynamic"]["rows_per_s"] = table["mlp_int8"]["rows_per_s"] - 1
-    assert "dropped" in drop_unhelpful_dynamic(table) and "mlp_int8_dynamic" not in table
+    notes = review_candidates(table)
+    assert len(notes) == 1 and "dropped" in notes[0] and "mlp_int8_dynamic" not in table
