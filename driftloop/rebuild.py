@@ -382,7 +382,13 @@ def rebuild_version(
     champion = _restore_champion(registry, card, clone)
     log.info("rebuild %s at %s: pull %s, champion %s, repro %s", info.version, info.commit[:7], sources, champion,
              [s for s in order if s not in sources])  # fmt: skip
-    _dvc(clone, env, "pull", "--quiet", *sources)
+    try:
+        _dvc(clone, env, "pull", "--quiet", *sources)
+    except RebuildError as exc:
+        raise RebuildError(
+            f"{exc}; the remote lacks the inputs of {info.commit[:7]} (a version registered before registration "
+            f"pushed every output): on a machine whose DVC cache has them, `git checkout {info.commit[:7]} && dvc push`"
+        ) from None
     todo = [s for s in order if s not in sources]
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "--no-run-cache", *todo],
