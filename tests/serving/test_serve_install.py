@@ -1,7 +1,7 @@
 """`pip install driftloop[serve]` alone serves a package: no torch, DVC, Prefect, GX or Evidently.
 
-A fresh virtualenv gets `requirements-serve.lock` (hash-checked) and then driftloop itself without
-dependencies, from a copy of this checkout (so no build/ or egg-info lands in the work tree). uv
+A fresh virtualenv gets `driftloop[serve]` from a copy of this checkout (so no build/ or egg-info
+lands in the work tree), resolved from pyproject.toml and held to `requirements-serve.lock`'s pins. uv
 installs from its cache when warm (the pip/uv cache is reused on purpose: the test checks what is
 installed and imported, not the network). The installed `driftloop serve` then answers
 `/v2/health/ready` and an inference over real HTTP on loopback.
@@ -54,8 +54,9 @@ def serve_venv(tmp_path_factory) -> Path:
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp)
     py = ["--python", str(venv / "bin" / "python")]
-    _run([*_uv(), "pip", "install", "-q", *py, "--require-hashes", "-r", str(ROOT / "requirements-serve.lock")], tmp)
-    _run([*_uv(), "pip", "install", "-q", *py, "--no-deps", str(src)], tmp)
+    # resolved from pyproject.toml's `serve` extra (so a training dependency added to the base would be
+    # installed and caught below), constrained to the lock's pins
+    _run([*_uv(), "pip", "install", "-q", *py, "-c", str(ROOT / "requirements-serve.lock"), f"{src}[serve]"], tmp)
     return venv
 
 
