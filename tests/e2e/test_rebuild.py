@@ -9,10 +9,6 @@ every other stage and compares with the registered package.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,48 +17,23 @@ from typer.testing import CliRunner
 
 from commands.main import app
 from driftloop.rebuild import compare_lineage, compare_package, lock_stages
-from tests.conftest import ROOT, small_params
+from tests.e2e.conftest import Built, copy_built, dvc, e2e_env, run
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
-def _env() -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-def dvc(*args: str, cwd: Path) -> str:
-    return run([sys.executable, "-m", "dvc", *args], cwd)
+def _run(cmd: list[str], cwd: Path) -> str:
+    return run(cmd, cwd).stdout
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A temp copy of the project, built (`dvc repro`), committed and registered as v0.0.1."""
-    dest = tmp_path_factory.mktemp("rebuild") / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
-    for rel in files:
-        if rel.startswith(("tests/", "bench/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
-    (dest / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "copy"], dest)
-    dvc("repro", cwd=dest)
-    run(["git", "add", "-A"], dest)  # dvc.lock and the reports DVC leaves to git
-    run(["git", "commit", "-qm", "build"], dest)
-    result = runner.invoke(app, ["register", "--root", str(dest)], env=_env())
+def project(built: Built, tmp_path_factory) -> Path:
+    """A copy of the session's built project, its build committed and registered as v0.0.1."""
+    dest = copy_built(built, tmp_path_factory.mktemp("rebuild") / "project")
+    _run(["git", "add", "-A"], dest)  # dvc.lock and the reports DVC leaves to git
+    _run(["git", "commit", "-qm", "build"], dest)
+    result = runner.invoke(app, ["register", "--root", str(dest)], env=e2e_env())
     assert result.exit_code == 0, result.output
     return dest
 
@@ -70,22 +41,22 @@ def project(tmp_path_factory) -> Path:
 def test_a_tag_checks_out_and_pulls_in_a_fresh_clone(project, tmp_path):
     """Everything the tagged commit's dvc.lock names is on the remote: checkout + pull + status clean."""
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
-    run(["git", "checkout", "-q", "flight-delay@v0.0.1"], clone)
+    _run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    _run(["git", "checkout", "-q", "flight-delay@v0.0.1"], clone)
     remote = project / "storage" / "dvc-remote"
     dvc("remote", "modify", "--local", "local", "url", str(remote), cwd=clone)
     assert not (clone / ".dvc" / "cache").exists()
     dvc("pull", cwd=clone)
     for out in ("data/snapshot", "data/features", "models/native", "models/onnx", "models/candidates", "artifacts/model"):
         assert any((clone / out).iterdir()), out
-    assert "up to date" in dvc("status", cwd=clone)
+    assert "up to date" in dvc("status", cwd=clone).stdout
 
 
 @pytest.fixture(scope="module")
 def rebuilt(project, tmp_path_factory):
     work = tmp_path_factory.mktemp("rebuild-work") / "w"
     result = runner.invoke(app, ["rebuild", "v0.0.1", "--root", str(project), "--workdir", str(work), "--keep",
-                                 "--json"], env=_env())  # fmt: skip
+                                 "--json"], env=e2e_env())  # fmt: skip
     return result, work
 
 
@@ -94,7 +65,7 @@ def test_rebuild_reproduces_the_registered_version_from_an_empty_cache(rebuilt, 
     assert result.exit_code == 0, result.output
     report = json.loads((work / "rebuild.json").read_text())
     assert report["reproduced"] and report["how"] in ("bit-identical", "within tolerance")
-    assert report["commit"] == run(["git", "rev-list", "-n1", "flight-delay@v0.0.1"], project).strip()
+    assert report["commit"] == _run(["git", "rev-list", "-n1", "flight-delay@v0.0.1"], project).strip()
     print(json.dumps(report, indent=1))  # shown when an assertion below fails
     assert report["pulled"] == ["snapshot"]
     assert report["ran"] == ["validate", "features", "train", "export", "optimize", "evaluate", "gate", "package"]
@@ -105,9 +76,12 @@ def test_rebuild_reproduces_the_registered_version_from_an_empty_cache(rebuilt, 
     assert set(files) == {"model.onnx", "signature.json", "model_card.json", "model_card.md", "reference.parquet", "SHA256SUMS"}
     assert all(c["passed"] or c["reason"] for c in files.values())  # every difference says why
     if report["how"] == "within tolerance":
-        assert "built_at" in files["model_card.json"]["reason"] or files["model_card.json"]["passed"]
         scores = next(c for c in checks if c["name"] == "scores")
         assert scores["passed"] and scores["value"] <= 1e-6
+        if report["rebuilt_candidate"] == report["candidate"]:  # the card differs in its measured fields only
+            assert files["model_card.json"]["passed"] or "built_at" in files["model_card.json"]["reason"]
+        else:  # the gate ranks by measured throughput: another candidate may win on a busy machine
+            assert any(c["name"] == "candidate" and report["candidate"] in c["reason"] for c in checks)
     # the clone started from an empty cache: it holds the pulled snapshot and what the rebuild made
     assert (work / "repo" / "models" / "native").is_dir() and (work / "repo" / "data" / "snapshot").is_dir()
 
