@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from driftloop.cli_rebuild import rebuild
 from driftloop.release.cli import history, register, release, rollback
 from serving.cli import serve
 
@@ -18,6 +19,7 @@ app.command("register")(register)
 app.command("release")(release)
 app.command("rollback")(rollback)
 app.command("history")(history)
+app.command("rebuild")(rebuild)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -305,31 +305,41 @@ class GtoRegistry:
     def lock_objects(self, commit: str) -> dict[str, str]:
         """Every DVC-cached output the `dvc.lock` of `commit` references: {path: md5}.
 
-        A folder's md5 ends in `.dir` (its manifest object); outputs with `cache: false` live in
-        git and are not listed.
+        A folder's md5 ends in `.dir` (its manifest object). Outputs that the commit's `dvc.yaml`
+        declares `cache: false` live in git and are left out.
 
         Raises:
-            RegistryError: `commit` has no readable `dvc.lock`.
+            RegistryError: `commit` has no readable `dvc.lock` or `dvc.yaml`.
         """
         try:
             lock = yaml.safe_load(_git(self.root, "show", f"{commit}:dvc.lock")) or {}
+            spec = yaml.safe_load(_git(self.root, "show", f"{commit}:dvc.yaml")) or {}
         except yaml.YAMLError as exc:
-            raise RegistryError(f"{commit[:7]}:dvc.lock is not YAML: {exc}") from None
+            raise RegistryError(f"{commit[:7]}: dvc.lock or dvc.yaml is not YAML: {exc}") from None
+        uncached = set()
+        for stage in (spec.get("stages") or {}).values():
+            for kind in ("outs", "metrics", "plots"):
+                for entry in stage.get(kind) or []:
+                    if isinstance(entry, dict):
+                        uncached |= {Path(p).as_posix() for p, o in entry.items() if (o or {}).get("cache") is False}
         objects: dict[str, str] = {}
         for stage in (lock.get("stages") or {}).values():
             for out in stage.get("outs") or []:
-                if out.get("md5") and out.get("path"):
-                    objects[Path(out["path"]).as_posix()] = out["md5"]
+                path = Path(out.get("path", "")).as_posix()
+                if out.get("md5") and path not in uncached:
+                    objects[path] = out["md5"]
         return objects
 
     def push(self, commit: str) -> int:
         """Push every output the `dvc.lock` of `commit` references to the default DVC remote.
 
         That is the snapshot, features, native and ONNX models, candidates and the package: what
-        `git checkout <tag> && dvc pull` (and `driftloop rebuild`) need in a clone. DVC reads the
-        commit's tree (`revs=[commit]`), not the workspace, so a run recorded on another branch
-        pushes exactly its own files. Afterwards each object (a folder's manifest and every file
-        in it) is looked up in the remote.
+        `git checkout <tag> && dvc pull` (and `driftloop rebuild`) need in a clone. The objects are
+        named by the commit's dvc.lock, not the workspace, so a run recorded on another branch
+        pushes exactly its own files; they are sent from the local cache with DVC's transfer
+        (`repo.push(revs=...)` would read the remote's URL from the commit's config and resolve a
+        relative URL against `/`). Afterwards each object (a folder's manifest and every file in
+        it) is looked up in the remote.
 
         Returns:
             Files transferred (0 when the remote already had them).
@@ -339,12 +349,20 @@ class GtoRegistry:
                 commit was built elsewhere), the push failed, or the remote lacks an object after it.
         """
         from dvc.repo import Repo
+        from dvc_data.hashfile.hash_info import HashInfo
 
         wanted = self.lock_objects(commit)
         try:
             with Repo(str(self.root)) as repo:
-                pushed = int(repo.push(revs=[commit], workspace=False) or 0)
-                missing = self._missing_in_remote(repo, wanted)
+                oids = self._with_files(repo, wanted)
+                absent = [f"{p} ({o})" for p, o in oids if not repo.cache.local.exists(o)]
+                if absent:
+                    raise RegistryError(
+                        f"{commit[:7]}: the local DVC cache lacks {', '.join(absent)}; push from the machine that built it"
+                    )
+                result = repo.cloud.push([HashInfo("md5", o) for _, o in oids], odb=repo.cloud.get_remote_odb())
+                pushed = len(result.transferred)
+                missing = [f"{p} ({o})" for p, o in oids if not repo.cloud.get_remote_odb().exists(o)]
         except RegistryError:
             raise
         except Exception as exc:  # noqa: BLE001 - DVC raises many types; the message says enough
@@ -359,19 +377,17 @@ class GtoRegistry:
         log.info("pushed %d file(s); the remote holds all %d output(s) of %s", pushed, len(wanted), commit[:7])
         return pushed
 
-    def _missing_in_remote(self, repo, wanted: dict[str, str]) -> list[str]:
-        """`path (md5)` of every object of `wanted` the default remote lacks (a folder: its files too)."""
-        remote = repo.cloud.get_remote_odb()
-        local = repo.cache.local
-        missing = []
+    @staticmethod
+    def _with_files(repo, wanted: dict[str, str]) -> list[tuple[str, str]]:
+        """[(path, oid)]: each output's object and, for a folder, every file its manifest lists."""
+        out = []
         for path, md5 in sorted(wanted.items()):
-            oids = [md5]
+            out.append((path, md5))
             if md5.endswith(".dir"):
-                manifest = Path(local.oid_to_path(md5))
+                manifest = Path(repo.cache.local.oid_to_path(md5))
                 if manifest.is_file():
-                    oids += [e["md5"] for e in json.loads(manifest.read_text())]
-            missing += [f"{path} ({oid})" for oid in oids if not remote.exists(oid)]
-        return missing
+                    out += [(f"{path}/{e['relpath']}", e["md5"]) for e in json.loads(manifest.read_text())]
+        return out
 
     # ------------------------------------------------------------------ ModelRegistry
     def register(

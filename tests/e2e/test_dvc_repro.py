@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,27 +13,9 @@ from driftloop.errors import PackageError
 from driftloop.gate_report import GateReport
 from driftloop.io import read_json
 from driftloop.package import verify_package
-from tests.conftest import ROOT, small_params
+from tests.e2e.conftest import Built, copy_built, dvc
 
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stage cmds run this venv's python
-    return env
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd, check)
 
 
 def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:
@@ -43,26 +23,14 @@ def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A temp copy of the project's files (as git sees them), its own git repo and a small params.yaml."""
-    dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
-    for rel in files:
-        if rel.startswith(("tests/", "bench/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
-    (dest / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "copy"], dest)
-    return dest
+def repo(built: Built, tmp_path_factory) -> Path:
+    """This module's own copy of the session's built project (its tests change params)."""
+    return copy_built(built, tmp_path_factory.mktemp("repo") / "project")
 
 
 @pytest.fixture(scope="module")
-def first_repro(repo):
-    return dvc("repro", cwd=repo)
+def first_repro(built: Built):
+    return built.repro
 
 
 def test_repro_builds_a_gated_verified_package(repo, first_repro):

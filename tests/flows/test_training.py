@@ -48,6 +48,14 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     run_lock = subprocess.run(["git", "show", f"{branch}:dvc.lock"], cwd=root, capture_output=True, text=True).stdout
     assert run_lock == (root / "dvc.lock").read_text() and run_lock != head_lock  # HEAD untouched
     assert "2013-02-14" in subprocess.run(["git", "show", f"{branch}:params.yaml"], cwd=root, capture_output=True, text=True).stdout
+    # the record holds every output DVC leaves to git, new files included, as they are on disk
+    from flows.gitrecord import git_outputs
+
+    recorded = subprocess.run(["git", "ls-tree", "-r", "--name-only", branch], cwd=root, capture_output=True,
+                              text=True).stdout.split()  # fmt: skip
+    on_disk = {p.relative_to(root).as_posix() for out in git_outputs(root)
+               for p in ([root / out] if (root / out).is_file() else (root / out).rglob("*")) if p.is_file()}  # fmt: skip
+    assert on_disk and on_disk <= set(recorded), sorted(on_disk - set(recorded))
 
     _set_gate(root, 0.99)
     rejected = training_flow(root=str(root), release=False)

@@ -1,0 +1,69 @@
+"""The rebuild's parts on a small real project: what registration pushes, the champion it restores,
+how it orders stages and which inputs count as lineage. The full rebuild (a real `dvc repro` in a
+fresh clone) is tests/e2e/test_rebuild.py."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from driftloop.rebuild import RebuildError, _restore_champion, compare_lineage, stage_order
+from driftloop.registry import GtoRegistry, RegistryError
+from driftloop.release import register_package
+
+LOCK = {
+    "snapshot": {"deps": {"tasks/snapshot.py": "a"}, "outs": {"data/snapshot": "s.dir"}, "params": {"params.yaml": {"data": 1}}},
+    "train": {"deps": {"tasks/train.py": "b", "data/features": "f.dir"}, "outs": {"models": "m.dir"},
+              "params": {"params.yaml": {"train.seed": 0}}},
+    "features": {"deps": {"data/snapshot": "s.dir", "tasks/features.py": "c"}, "outs": {"data/features": "f.dir"},
+                 "params": {}},
+    "gate": {"deps": {"models/candidates.json": "x", "champion": "h.dir"}, "outs": {"reports/gate.json": "g"}, "params": {}},
+}  # fmt: skip
+
+
+def test_stage_order_follows_data_and_finds_the_source_stages():
+    order, sources = stage_order(LOCK)
+    assert sources == ["snapshot"]
+    assert order.index("snapshot") < order.index("features") < order.index("train") < order.index("gate")
+
+
+def test_lineage_counts_inputs_no_stage_produces_and_params():
+    same = compare_lineage(LOCK, LOCK)
+    assert all(c.passed for c in same)
+    rebuilt = {k: {**v, "deps": dict(v["deps"]), "params": {f: dict(p) for f, p in v["params"].items()}} for k, v in LOCK.items()}
+    rebuilt["train"]["deps"]["data/features"] = "other.dir"  # a produced input: an output comparison, not lineage
+    assert all(c.passed for c in compare_lineage(LOCK, rebuilt))
+    rebuilt["gate"]["deps"]["champion"] = "another-champion.dir"  # scored against another champion
+    rebuilt["train"]["params"]["params.yaml"]["train.seed"] = 1
+    failed = {c.subject: c.reason for c in compare_lineage(LOCK, rebuilt) if not c.passed}
+    assert set(failed) == {"gate", "train"}
+    assert "champion" in failed["gate"] and "train.seed" in failed["train"]
+
+
+def test_register_pushes_every_cached_output_of_the_commit_and_refuses_a_partial_cache(project):
+    project.build("v1")
+    registry = GtoRegistry(project.root, "flight-delay")
+    commit = registry.producing_commit()
+    objects = registry.lock_objects(commit)
+    assert list(objects) == ["artifacts/model"] and objects["artifacts/model"].endswith(".dir")
+    assert registry.push(commit) == 7  # the manifest and six files
+    assert registry.push(commit) == 0  # already there
+    shutil.rmtree(project.root / ".dvc" / "cache")
+    shutil.rmtree(project.remote)
+    project.remote.mkdir()
+    with pytest.raises(RegistryError, match="local DVC cache lacks artifacts/model"):
+        registry.push(commit)
+
+
+def test_the_champion_a_build_scored_is_restored_from_the_registry(project):
+    project.build("v1")
+    plane = project.plane("http://127.0.0.1:9")
+    out = register_package(plane.registry, project.root / "artifacts" / "model")
+    clone = project.tmp / "clone"
+    card = {"champion": {"lineage_id": out.lineage_id}}
+    assert _restore_champion(plane.registry, card, clone) == out.version
+    assert (clone / "champion" / "package" / "model.onnx").read_bytes() == (project.packages / "v1" / "model.onnx").read_bytes()
+    assert _restore_champion(plane.registry, {"champion": None}, project.tmp / "c2") is None
+    with pytest.raises(RebuildError, match="no registered version carries"):
+        _restore_champion(plane.registry, {"champion": {"lineage_id": "nope"}}, project.tmp / "c3")
