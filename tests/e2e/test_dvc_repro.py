@@ -13,6 +13,7 @@ from driftloop.errors import PackageError
 from driftloop.gate_report import GateReport
 from driftloop.io import read_json
 from driftloop.package import verify_package
+from tests.conftest import small_params
 from tests.e2e.conftest import Built, copy_built, dvc
 
 pytestmark = pytest.mark.slow
