@@ -89,13 +89,15 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
         """404 / 405 and other routing errors in the same `{"error": ...}` shape as the rest."""
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    for module in (health, inference, repository_routes, metrics):
-        app.include_router(module.router(plane))
+    scoring = inference.router(plane)
+    for router in (health.router(plane), scoring, repository_routes.router(plane), metrics.router(plane)):
+        app.include_router(router)
 
-    fast_routes: list[tuple[Any, Any]] = []
+    # The scoring routes, answered ahead of FastAPI's router (taken from their own router: FastAPI
+    # keeps included routers as wrappers in `app.router.routes`).
+    fast_routes: list[tuple[Any, Any]] = [(r, r.endpoint) for r in scoring.routes if r.path in SCORING_ENDPOINTS]
+    assert len(fast_routes) == len(SCORING_ENDPOINTS), "a scoring endpoint has no handler"
     app.state.fast_routes = fast_routes  # (route, handler); bench/serve_common.py adds its no-op here
-    scoring_paths = set(SCORING_ENDPOINTS)
-    fast_routes.extend((r, r.endpoint) for r in app.router.routes if getattr(r, "path", None) in scoring_paths)
     app.add_middleware(FastPath, routes=fast_routes)
     app.add_middleware(Observe, plane=plane)  # added last = outermost: auth and metrics cover the fast path
 

@@ -52,7 +52,10 @@ def model_headers(mv: ModelVersion, request_id: str | None = None) -> dict[str, 
     return headers
 
 
-def check_content_type(request: Request) -> None:
+_ACCEPTED_TYPES = (JSON, BINARY)
+
+
+def check_content_type(value: bytes | None) -> None:
     """Refuse a body that does not say it is JSON or the binary tensor extension.
 
     No Content-Type at all is accepted: Triton's own client (`tritonclient.http`) sends none.
@@ -60,16 +63,18 @@ def check_content_type(request: Request) -> None:
     those get 415 here, and the repository routes also refuse cross-site requests outright
     (`check_same_site`).
 
+    Args:
+        value: the raw Content-Type header, or None.
+
     Raises:
         RequestError: 415 naming the type and the ones accepted.
     """
-    value = request.headers.get("content-type")
     if value is None:
         return
-    media = value.split(";", 1)[0].strip().lower()
-    if media not in (JSON, BINARY) and not (media.startswith("application/") and media.endswith("+json")):
+    media = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+    if media not in _ACCEPTED_TYPES and not (media.startswith("application/") and media.endswith("+json")):
         raise RequestError(
-            415, f"content-type: {media!r}; send application/json (or {BINARY} with the binary tensor extension)"
+            415, f"content-type: {media[:100]!r}; send application/json (or {BINARY} with the binary tensor extension)"
         )
 
 
@@ -106,8 +111,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             body; 415 on an unsupported Content-Type or Content-Encoding.
         ClientDisconnect: the client closed the connection mid-body.
     """
-    check_content_type(request)
-    declared = request.headers.get("content-length")
+    content_type = declared = encoding = None
+    for name, value in request.scope["headers"]:  # one pass over the raw headers
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            declared = value
+        elif name == b"content-encoding":
+            encoding = value
+    check_content_type(content_type)
     if declared is not None:
         try:
             size = int(declared)
@@ -122,11 +134,10 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise RequestError(413, f"body: more than {limit} bytes; the limit is {limit}")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
-    if encoding is None or encoding == "identity":
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if encoding is None or encoding == b"identity":
         return body
-    return _inflate(body, encoding.strip().lower(), limit)
+    return _inflate(body, encoding.strip().lower().decode("latin-1"), limit)
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:

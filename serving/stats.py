@@ -18,7 +18,6 @@ What each duration measures here (nanoseconds, summed over requests):
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -36,10 +35,13 @@ class _VersionStats:
 
 
 class InferenceStats:
-    """Counters per (model, version); all methods are cheap and thread-safe."""
+    """Counters per (model, version).
+
+    Written only from the event loop's thread (the handlers and the batcher's `on_batch`), so
+    updates need no lock; a reader copies under the GIL.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._stats: dict[tuple[str, str], _VersionStats] = {}
 
     def _get(self, name: str, version: str) -> _VersionStats:
@@ -50,50 +52,48 @@ class InferenceStats:
 
     def request(self, name: str, version: str, rows: int, phases: dict[str, float]) -> None:
         """Record one finished request: its rows and each phase's seconds (keys of `_PHASES`)."""
-        with self._lock:
-            s = self._get(name, version)
-            s.inference_count += rows
-            s.last_inference_ms = int(time.time() * 1000)
-            for phase, seconds in phases.items():
-                s.counts[phase] += 1
-                s.ns[phase] += int(seconds * 1e9)
+        s = self._get(name, version)
+        s.inference_count += rows
+        s.last_inference_ms = int(time.time() * 1000)
+        counts, ns = s.counts, s.ns
+        for phase, seconds in phases.items():
+            counts[phase] += 1
+            ns[phase] += int(seconds * 1e9)
 
     def batch(self, name: str, version: str, rows: int, run_s: float) -> None:
         """Record one `session.run` of `rows` rows that took `run_s` seconds."""
-        with self._lock:
-            s = self._get(name, version)
-            s.execution_count += 1
-            entry = s.batches.setdefault(rows, [0, 0])
-            entry[0] += 1
-            entry[1] += int(run_s * 1e9)
+        s = self._get(name, version)
+        s.execution_count += 1
+        entry = s.batches.setdefault(rows, [0, 0])
+        entry[0] += 1
+        entry[1] += int(run_s * 1e9)
 
     def model_stats(self, name: str, versions: list[str]) -> dict:
         """Triton's statistics body for `versions` of `name` (zeros for a version never used)."""
         out = []
-        with self._lock:
-            for version in versions:
-                s = self._stats.get((name, version)) or _VersionStats()
-                out.append(
-                    {
-                        "name": name,
-                        "version": version,
-                        "last_inference": s.last_inference_ms,
-                        "inference_count": s.inference_count,
-                        "execution_count": s.execution_count,
-                        "inference_stats": {
-                            **{p: {"count": s.counts[p], "ns": s.ns[p]} for p in _PHASES},
-                            "cache_hit": {"count": 0, "ns": 0},
-                            "cache_miss": {"count": 0, "ns": 0},
-                        },
-                        "batch_stats": [
-                            {
-                                "batch_size": rows,
-                                "compute_input": {"count": c, "ns": 0},
-                                "compute_infer": {"count": c, "ns": ns},
-                                "compute_output": {"count": c, "ns": 0},
-                            }
-                            for rows, (c, ns) in sorted(s.batches.items())
-                        ],
-                    }
-                )
+        for version in versions:
+            s = self._stats.get((name, version)) or _VersionStats()
+            out.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "last_inference": s.last_inference_ms,
+                    "inference_count": s.inference_count,
+                    "execution_count": s.execution_count,
+                    "inference_stats": {
+                        **{p: {"count": s.counts[p], "ns": s.ns[p]} for p in _PHASES},
+                        "cache_hit": {"count": 0, "ns": 0},
+                        "cache_miss": {"count": 0, "ns": 0},
+                    },
+                    "batch_stats": [
+                        {
+                            "batch_size": rows,
+                            "compute_input": {"count": c, "ns": 0},
+                            "compute_infer": {"count": c, "ns": ns},
+                            "compute_output": {"count": c, "ns": 0},
+                        }
+                        for rows, (c, ns) in sorted(s.batches.items())
+                    ],
+                }
+            )
         return {"model_stats": out}

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftloop.schema import Signature, input_specs, output_specs
-from serving.testing import records_payload, v2_payload
+from serving.testing import records_payload, v2_binary_payload, v2_payload
 from serving.validation import InferenceRequest, Limits, RequestError, parse_v2, records_feeds, v2_feeds
 
 MODEL = "flight_delay"
@@ -81,6 +81,15 @@ def test_duplicate_keys_are_400_naming_the_key(shared_server, rows):
     assert _post_raw(shared_server, INFER, escaped).status_code == 200
     escaped_dup = dup_record.replace(b'"carrier":"AA"', b'"\\u0063arrier":"AA"', 1)
     assert _post_raw(shared_server, PREDICT, escaped_dup).status_code == 400
+    # The binary extension's JSON header too.
+    body, length = v2_binary_payload(rows.iloc[:3])
+    extra = b'"name": "carrier", '
+    dup_binary = body.replace(b'{"name": "dest"', b"{" + extra + b'"name": "dest"', 1)
+    assert len(dup_binary) == len(body) + len(extra)
+    r = _post_raw(shared_server, INFER, dup_binary, None, **{"inference-header-content-length": str(length + len(extra))})
+    assert r.status_code == 400 and "'name'" in r.json()["error"], r.text
+    r = _post_raw(shared_server, INFER, body, None, **{"inference-header-content-length": str(length)})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
 
 
 # ---------------------------------------------------------------- 3. datatype ranges
