@@ -285,8 +285,8 @@ def _unknown_sections(raw: dict[str, Any]) -> list[str]:
     for key in (k for k in raw if k not in SECTIONS):
         owners = [name for name, model in SECTIONS.items() if str(key) in model.model_fields]
         close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
-        hint = f"did you mean {owners[0]}.{key}?" if owners else f"did you mean {close[0]}?" if close else ""
-        lines.append(f"{key}: unknown top-level key ({hint + ' ' if hint else ''}sections: {', '.join(SECTIONS)})")
+        hint = f"did you mean {owners[0]}.{key}?" if owners else f"did you mean {close[0]}?" if close else None
+        lines.append(f"{key}: unknown top-level key ({hint or 'sections: ' + ', '.join(SECTIONS)})")
     return lines
 
 
