@@ -174,9 +174,17 @@ def _local_date(frame: pd.DataFrame, table: str) -> pd.Series:
             "every row needs its local date: fix the source data"
         )
     try:
-        return pd.to_datetime(parts)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise DataError(f"{table}: year/month/day do not form valid dates ({exc}); fix the source data") from None
+        dates = pd.to_datetime(parts, errors="coerce")
+    except (ValueError, TypeError, OverflowError) as exc:  # not numbers at all
+        raise DataError(f"{table}: year/month/day are not numbers ({' '.join(str(exc).split())}); fix the source data") from None
+    bad = dates.isna()
+    if bad.any():
+        first = parts.loc[bad].iloc[0]
+        raise DataError(
+            f"{table}: {int(bad.sum())} row(s) have an impossible date (first: row {bad.idxmax()}, "
+            f"year={first['year']} month={first['month']} day={first['day']}); fix the source data"
+        )
+    return dates
 
 
 def write_snapshot(snapshot: Snapshot, out_dir: Path) -> dict:
