@@ -41,7 +41,9 @@ class DataParams(Section):
     source_dir: str = Field(
         "data/source", min_length=1, description="csv/parquet: the folder holding flights.* and weather.*"
     )
-    as_of: dt.date = Field(dt.date(2013, 3, 31), description="last day of the window (inclusive, local date)")
+    as_of: dt.date = Field(
+        dt.date(2013, 3, 31), ge=dt.date(1900, 1, 1), description="last day of the window (inclusive, local date)"
+    )
     window_months: int = Field(3, ge=1, le=24, description="calendar months ending at as_of")
 
     @field_validator("source")
