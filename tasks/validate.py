@@ -233,12 +233,17 @@ def require_passed(report_path: Path, manifest: dict) -> dict:
     """
     if not report_path.is_file():
         raise DataError(f"{report_path} does not exist: run the validate stage first (dvc repro validate)")
-    report = read_json(report_path)
+    try:
+        report = read_json(report_path)
+    except ValueError:
+        report = None
+    if not isinstance(report, dict):
+        raise DataError(f"{report_path} is not a validation report: rerun validate (dvc repro validate)")
     if report.get("snapshot") != manifest.get("sha256"):
         raise DataError(f"{report_path} judged another snapshot than this one: rerun validate (dvc repro validate)")
     if not report.get("success"):
-        n = len(report.get("failures", []))
-        first = report.get("failures", ["?"])[0]
+        failures = report.get("failures") or ["none listed"]
+        n, first = len(failures), failures[0]
         raise ValidationFailed(
             f"the snapshot failed validation ({n} failure(s), first: {first}); refusing to use it: "
             f"fix the data (see {report_path}) and rerun validate"

@@ -35,8 +35,8 @@ def first_repro(built: Built):
 
 
 def test_repro_builds_a_gated_verified_package(repo, first_repro):
-    assert ran_stages(first_repro) == ["snapshot", "validate", "features", "train", "export", "optimize", "evaluate",
-                                       "gate", "package"]  # fmt: skip
+    assert ran_stages(first_repro) == ["params", "snapshot", "validate", "features", "train", "export", "optimize",
+                                       "evaluate", "gate", "package"]  # fmt: skip
     gate = read_json(repo / "reports" / "gate.json")
     assert gate["verdict"] == "pass" and gate["chosen"]
     signature = verify_package(repo / "artifacts" / "model")
@@ -58,7 +58,7 @@ def test_changing_a_gate_key_reruns_only_gate_and_package(repo, first_repro):
     params["gates"]["max_size_bytes"] = 30_000_000
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = dvc("repro", cwd=repo)
-    assert ran_stages(proc) == ["gate", "package"]
+    assert ran_stages(proc) == ["params", "gate", "package"]  # params: the whole-file check, cheap
 
 
 def test_push_then_pull_restores_the_package(repo, first_repro):

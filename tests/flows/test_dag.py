@@ -31,7 +31,7 @@ def test_stage_order_agrees_with_dvc_yaml():
             for producer, paths in outs.items():
                 if any(_under(dep, p) for p in paths):
                     assert pos[producer] < pos[name], f"{producer} must run before {name} ({dep})"
-    assert order[0] == "snapshot" and order[-1] == "package"
+    assert order[:2] == ["params", "snapshot"] and order[-1] == "package"
 
 
 def test_exit_codes_decide_what_is_transient():

