@@ -311,16 +311,16 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def params_errors(raw: dict[str, Any]) -> list[str]:
+def params_errors(raw: dict[str, Any], *, require_all: bool = True) -> list[str]:
     """Every problem of a params mapping, one message each.
 
-    Unknown top-level keys first, then missing sections and every bad key of every section in
-    `SECTIONS` order (dotted name, what is wrong, a likely spelling for an unknown key). Empty
-    when the mapping is valid.
+    Unknown top-level keys first, then missing sections (when `require_all`) and every bad key of
+    every section in `SECTIONS` order (dotted name, what is wrong, a likely spelling for an
+    unknown key). Empty when the mapping is valid.
     """
     lines = _unknown_sections(raw)
     missing = [name for name in SECTIONS if name not in raw]
-    if missing:
+    if missing and require_all:
         lines.append(f"missing section(s) {', '.join(missing)}; add them (see README, 'params.yaml')")
     for name, model in SECTIONS.items():
         if name in raw:
@@ -347,15 +347,18 @@ def check_params(path: str | Path) -> dict[str, Section]:
 def load_section(path: str | Path, name: str, model: type[S]) -> S:
     """Load one section of `params.yaml`, after checking the whole file.
 
-    Every section is checked, not only this one, so a typo anywhere stops the first stage that
-    runs (and the `params` stage of `dvc.yaml` checks the file on every change). DVC still tracks
+    Every section present is checked, not only this one, so a typo anywhere stops the first stage that
+    runs (a missing section takes its defaults here; the `params` stage refuses it) (and the `params` stage of `dvc.yaml` checks the file on every change). DVC still tracks
     only the keys each stage lists in dvc.yaml: checking is not depending.
 
     Raises:
         ParamsError: one line naming every bad key of every section, e.g. `train.seed: ...`.
     """
-    sections = check_params(path)
-    return sections[name]  # type: ignore[return-value]
+    raw = _read_yaml(path)
+    errors = params_errors(raw, require_all=False)  # the `params` stage requires every section
+    if errors:
+        raise ParamsError(f"{path}: " + "; ".join(errors))
+    return parse_section(name, raw.get(name), model, where=str(path))
 
 
 def _field_names(model: type[Section], loc: tuple) -> list[str]:
