@@ -79,5 +79,7 @@ def test_a_rejected_gate_writes_its_report_and_no_package(repo, first_repro):
     assert "error: gate: no candidate passed every rule" in proc.stderr + proc.stdout
     gate = read_json(repo / "reports" / "gate.json")
     assert gate["verdict"] == "reject" and gate["chosen"] is None
-    assert all(r["name"] == "min_roc_auc" and not r["passed"] for r in gate["rules"])
+    # every candidate fails the floor; on a busy machine a measured rule (p99 latency) may fail as well
+    failed = [r for r in gate["rules"] if not r["passed"]]
+    assert {r["candidate"] for r in failed if r["name"] == "min_roc_auc"} == set(gate["candidates"])
     assert (repo / "artifacts" / "model" / "SHA256SUMS").read_text() == before  # the old package was not touched
