@@ -236,16 +236,19 @@ def compare_package(
         (f"the first rebuilt output that differs is {diverged[0]}" if diverged else "every stage output is equal")
         + (f"; libraries differ from the card's: {', '.join(libs)}" if libs else "; same library versions as the card")
     )
+    def rebuilt_sha(f: str) -> str | None:
+        if rebuilt is not None and (rebuilt / f).is_file():
+            return sha256_file(rebuilt / f)
+        if f == "model.onnx" and rebuilt_graph is not None and rebuilt_graph.is_file():
+            return sha256_file(rebuilt_graph)  # the package's model.onnx is a byte copy of its candidate
+        return None
+
     checks = []
-    model_equal = None
+    model_equal = rebuilt_sha("model.onnx") == sha256_file(registered / "model.onnx")
     for f in sorted(p.name for p in registered.iterdir() if p.is_file()):
         want = sha256_file(registered / f)
-        got = sha256_file(rebuilt / f) if rebuilt is not None and (rebuilt / f).is_file() else None
-        if f == "model.onnx" and got is None and rebuilt_graph is not None and rebuilt_graph.is_file():
-            got = sha256_file(rebuilt_graph)
+        got = rebuilt_sha(f)
         equal = got == want
-        if f == "model.onnx":
-            model_equal = equal
         if equal:
             reason = f"sha256 {want[:12]} equal"
         elif got is None:

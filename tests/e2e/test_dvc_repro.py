@@ -105,7 +105,9 @@ def test_a_rejected_gate_leaves_nothing_releasable(repo, first_repro):
     assert "error: package: no candidate passed every rule" in proc.stderr + proc.stdout
     gate = GateReport.read(repo / "reports" / "gate.json")
     assert gate.verdict == "reject" and gate.chosen is None
-    assert gate.rules and all(r.name == "min_roc_auc" and not r.passed for r in gate.rules)
+    # every candidate fails the floor; on a busy machine a measured rule (p99 latency) may fail as well
+    failed = [r for r in gate.rules if not r.passed]
+    assert {r.candidate for r in failed if r.name == "min_roc_auc"} == set(gate.candidates)
     folder = repo / "artifacts" / "model"
     assert (folder / "REJECTED").is_file() and not (folder / "model.onnx").exists()
     assert "REJECTED" in (folder / "model_card.md").read_text()

@@ -4,6 +4,7 @@ fresh clone) is tests/e2e/test_rebuild.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -67,3 +68,19 @@ def test_the_champion_a_build_scored_is_restored_from_the_registry(project):
     assert _restore_champion(plane.registry, {"champion": None}, project.tmp / "c2") is None
     with pytest.raises(RebuildError, match="no registered version carries"):
         _restore_champion(plane.registry, {"champion": {"lineage_id": "nope"}}, project.tmp / "c3")
+
+
+def test_compare_package_bit_identical_within_tolerance_and_not(tmp_path):
+    from driftloop.rebuild import compare_package
+    from serving.testing import build_test_package
+
+    a = build_test_package(tmp_path / "a", version_weight=1.0)
+    b = build_test_package(tmp_path / "b", version_weight=1.0)  # the same build again
+    c = build_test_package(tmp_path / "c", version_weight=1.5)  # another model
+    card = json.loads((a / "model_card.json").read_text())
+    same, diff = compare_package(a, b, b / "model.onnx", [], card)
+    assert diff == 0.0 and all(ch.passed for ch in same)
+    other, diff = compare_package(a, c, c / "model.onnx", [], card)
+    failed = {ch.subject or ch.name: ch.reason for ch in other if not ch.passed}
+    assert diff > 1e-3 and "scores" in failed
+    assert "not bit-identical" in failed["model.onnx"] and "score column comes from model.onnx" in failed["reference.parquet"]
