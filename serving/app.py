@@ -427,7 +427,7 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
     async def _score(
         mv: ModelVersion, feeds: dict[str, np.ndarray], rows: int, request_id: str, start: float
     ) -> np.ndarray:
-        scores = await batcher.submit(mv, feeds, rows)
+        scores, service_ms, _ = await batcher.submit_timed(mv, feeds, rows)
         observe_scores(metrics, mv, scores)
         if predlog is not None:
             predlog.append(
@@ -437,6 +437,7 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
                 feeds=feeds,
                 scores=scores,
                 latency_ms=(time.perf_counter() - start) * 1000.0,
+                service_ms=service_ms,
             )
         return scores
 

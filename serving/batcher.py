@@ -46,6 +46,13 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+def _timed_run(version: ModelVersion, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """`version.run(feeds)` and its duration in ms, measured on the inference thread."""
+    t0 = time.perf_counter()
+    scores = version.run(feeds)
+    return scores, (time.perf_counter() - t0) * 1000.0
+
+
 class MicroBatcher:
     """Queue and batch scoring work per model version.
 
@@ -103,7 +110,13 @@ class MicroBatcher:
             self._executor = None
 
     async def submit(self, version: ModelVersion, feeds: dict[str, np.ndarray], rows: int) -> np.ndarray:
-        """Queue `rows` rows for `version` and wait for their scores.
+        """Queue `rows` rows for `version` and wait for their scores (see `submit_timed`)."""
+        return (await self.submit_timed(version, feeds, rows))[0]
+
+    async def submit_timed(
+        self, version: ModelVersion, feeds: dict[str, np.ndarray], rows: int
+    ) -> tuple[np.ndarray, float, float]:
+        """Queue `rows` rows for `version` and wait for their scores, with where the time went.
 
         Args:
             version: the loaded version that must score them.
@@ -111,7 +124,9 @@ class MicroBatcher:
             rows: the row count.
 
         Returns:
-            float32 `[rows, 1]` probabilities.
+            (float32 `[rows, 1]` probabilities, service ms, queue ms): service is the time inside
+            `session.run` of the batch that scored them (this version's own cost, whatever else
+            queued), queue the time from `submit` to that batch's start.
 
         Raises:
             QueueFull: the queue cannot take `rows` more rows now.
@@ -184,8 +199,9 @@ class MicroBatcher:
             feeds = batch[0].feeds
         else:
             feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in version.input_names}
+        started = time.perf_counter()
         try:
-            scores = await loop.run_in_executor(self._executor, version.run, feeds)
+            scores, service_ms = await loop.run_in_executor(self._executor, _timed_run, version, feeds)
         except Exception as exc:  # noqa: BLE001 - forwarded to every waiting request
             log.exception(
                 "inference failed for %s/%s on a batch of %d request(s)",
@@ -200,7 +216,8 @@ class MicroBatcher:
         start = 0
         for item in batch:
             if not item.future.done():  # a cancelled request (client gone) is skipped
-                item.future.set_result(scores[start : start + item.rows])
+                queue_ms = (started - item.enqueued) * 1000.0
+                item.future.set_result((scores[start : start + item.rows], service_ms, queue_ms))
             start += item.rows
         if self._on_batch:
             self._on_batch(version, start)
