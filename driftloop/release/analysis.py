@@ -207,7 +207,11 @@ def latency_checks(stable_req: pd.DataFrame, canary_req: pd.DataFrame, params: R
     column = (
         "service_ms" if _has(stable_req, "service_ms") and _has(canary_req, "service_ms") else "latency_ms"
     )
-    what = "latency (service time)" if column == "service_ms" else "latency (request time: no service time in the log)"
+    what = (
+        "latency (service time)"
+        if column == "service_ms"
+        else "latency (request time: no service time in the log)"
+    )
     out = []
     for q in (50, 99):
         q_c = float(np.nanpercentile(canary_req[column].astype(float), q))

@@ -65,31 +65,44 @@ class ServerClient:
         if resp.status_code != 200:
             raise ServerDown(f"model server at {self.url}: /v2/health/live answered {resp.status_code}")
 
-    def traffic(self, model: str) -> dict[str, float]:
-        """{version: percent} now; {} when the model is not loaded."""
+    def traffic(self, model: str, *, raw: bool = False) -> dict[str, float]:
+        """{version: percent} now; {} when the model is not loaded.
+
+        Args:
+            model: model name.
+            raw: keys as the server names versions (folder names) instead of registry semver.
+        """
         resp = self._call("GET", f"/v2/repository/models/{model}/traffic")
         if resp.status_code == 404:
             return {}
         if resp.status_code != 200:
             raise ReleaseError(f"traffic of {model}: {resp.status_code} {self._error(resp)}")
-        return {registry_name(k): float(v) for k, v in resp.json()["traffic_pct"].items()}
+        name = str if raw else registry_name
+        return {name(k): float(v) for k, v in resp.json()["traffic_pct"].items()}
 
-    def set_traffic(self, model: str, weights: Mapping[str, float]) -> dict[str, float]:
-        """Set explicit weights (sticky per request id) and return the effective percentages."""
-        body = {"weights": {server_version(v): float(w) for v, w in weights.items()}}
+    def set_traffic(self, model: str, weights: Mapping[str, float], *, raw: bool = False) -> dict[str, float]:
+        """Set explicit weights (sticky per request id) and return the effective percentages.
+
+        Args:
+            model: model name.
+            weights: {registry semver (or, with `raw`, the server's folder name): weight}.
+            raw: see `traffic`.
+        """
+        name = str if raw else server_version
+        body = {"weights": {name(v): float(w) for v, w in weights.items()}}
         resp = self._call("POST", f"/v2/repository/models/{model}/traffic", json=body)
         if resp.status_code != 200:
             raise ReleaseError(f"setting traffic of {model} to {dict(weights)}: {self._error(resp)}")
-        return {registry_name(k): float(v) for k, v in resp.json()["traffic_pct"].items()}
+        back = str if raw else registry_name
+        return {back(k): float(v) for k, v in resp.json()["traffic_pct"].items()}
 
-    def loaded_versions(self, model: str) -> list[str]:
-        """Versions of `model` in state READY."""
+    def loaded_versions(self, model: str, *, raw: bool = False) -> list[str]:
+        """Versions of `model` in state READY (registry semver; with `raw`, the server's folder names)."""
         resp = self._call("GET", "/v2/repository/index")
         if resp.status_code != 200:
             raise ReleaseError(f"repository index: {resp.status_code} {self._error(resp)}")
-        return [
-            registry_name(r["version"]) for r in resp.json() if r["name"] == model and r["state"] == "READY"
-        ]
+        name = str if raw else registry_name
+        return [name(r["version"]) for r in resp.json() if r["name"] == model and r["state"] == "READY"]
 
     def load(self, model: str, version: str) -> None:
         """Load (verify, warm up) a version; raises `ServabilityFailed` with the server's reason."""

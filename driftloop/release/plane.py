@@ -30,7 +30,7 @@ from driftloop.model_repository import (
 )
 from driftloop.registry import Tenure, VersionInfo, holder, stage_tenures
 from driftloop.release.analysis import Analysis, run_analysis, stable_scorer
-from driftloop.release.client import ServerClient
+from driftloop.release.client import ServerClient, server_version
 from driftloop.release.errors import ReleaseError, ServabilityFailed, ServerDown
 from driftloop.release.install import check_servable, install_version, uninstall_version, version_folder
 from driftloop.release.lock import ReleaseLock
@@ -155,10 +155,14 @@ def update_champion(plane: ReleasePlane, version: str) -> Path:
 
 
 def _pin_traffic(client: ServerClient, model: str) -> dict[str, float]:
-    """Make the current split explicit, so a version loaded next gets weight 0, not 100%."""
-    current = client.traffic(model)
+    """Make the current split explicit, so a version loaded next gets weight 0, not 100%.
+
+    In the server's own version names: a repository from before integer folders (`v0.0.1/`) is
+    pinned as it is, then replaced by the integer folder of the same version.
+    """
+    current = client.traffic(model, raw=True)
     if current:
-        client.set_traffic(model, current)
+        client.set_traffic(model, current, raw=True)
     return current
 
 
@@ -312,7 +316,7 @@ def release_version(
                 raise ReleaseError(f"{version} already holds {p.stable_stage}; nothing to release")
             folder, created = install_version(plane.registry, version, plane.repository, model)
             say(f"installed {version} at {folder} (version folder {folder.name})")
-            if stable is not None and stable not in client.loaded_versions(model):
+            if stable is not None and server_version(stable) not in client.loaded_versions(model, raw=True):
                 install_version(plane.registry, stable, plane.repository, model)
                 _pin_traffic(client, model)
                 client.load(model, stable)
@@ -485,7 +489,7 @@ def rollback_release(
         try:
             client.check_live()
             folder, _ = install_version(plane.registry, previous, plane.repository, p.model)
-            if previous not in client.loaded_versions(p.model):
+            if server_version(previous) not in client.loaded_versions(p.model, raw=True):
                 _pin_traffic(client, p.model)
             check_servable(client, p.model, previous, folder)
             plane.registry.assign(p.stable_stage, previous, f"rollback from {current}: {reason}")

@@ -262,3 +262,33 @@ def test_an_artifact_not_declared_in_dvc_yaml_is_refused(project):
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "release.artifact" in lines[0] and "flight-delay" in lines[0]
+
+
+def test_a_repository_from_before_integer_folders_migrates_on_the_next_release(project, packages):
+    """A prod version in a semver-named folder (no serving state): the next release takes over."""
+    from serving.app import create_app
+    from serving.config import ServeSettings
+    from serving.testing import running_server
+
+    repo = project.tmp / "model_repository"
+    settings = ServeSettings(repository=repo, log_dir=project.tmp / "logs", flush_interval_s=0.2)
+    with running_server(create_app(settings)) as url:
+        plane = project.plane(url)
+        project.build("v1")
+        v1 = register_package(plane.registry, plane.package_dir).version
+        release_version(plane, v1)
+    folder_of(repo, v1).rename(repo / MODEL / v1)  # the old layout: <model>/v0.0.1/, no state
+    for name in ("config.pbtxt", "traffic.json"):
+        (repo / MODEL / name).unlink()
+    with running_server(create_app(settings)) as url:
+        assert served_traffic(url) == {v1: 100.0}  # legacy folder, served as "v0.0.1"
+        plane = project.plane(url)
+        project.build("v2")
+        v2 = register_package(plane.registry, plane.package_dir).version
+        with TrafficLoop(url) as loop:
+            outcome = release_version(plane, v2, keep_previous_s=0)
+        assert outcome.decision == "promoted", outcome.reasons
+        assert loop.failures == []
+    with running_server(create_app(settings)) as url:
+        assert served_traffic(url) == {v2: 100.0} and ready_versions(url) == [v2]
+
