@@ -178,7 +178,7 @@ class PolicyParams(Section):
 class ReleaseParams(Section):
     """`release`: the registry's stages, the server's model repository and the canary analysis bounds.
 
-    Used by `driftloop register | release | rollback | history` (driftloop/release.py), never by
+    Used by `driftloop register | release | rollback | history` (the `driftloop.release` package), never by
     `dvc repro`. See docs/release.md for what each bound means and where its default comes from.
     """
 

@@ -341,9 +341,12 @@ def release_version(
                 update_champion(plane, version)
                 say(f"promoted {version}: {reason}")
                 return Outcome(version, "promoted", reason, None, None, client.traffic(model))
-            return _canary(plane, client, version, stable, strategy, weight, keep, say)
+            outcome = _canary(plane, client, version, stable, strategy, weight, keep, say)
         finally:
             client.close()
+    if outcome.decision == "promoted" and outcome.previous is not None:
+        retire_version(plane, outcome.previous, after_s=keep, on_progress=say)  # outside the lock
+    return outcome
 
 
 def _safe(fn: Callable[[], Any]) -> None:
@@ -396,9 +399,7 @@ def _canary(
         _safe(lambda: client.set_traffic(model, {version: 100}))
         update_champion(plane, version)
         say(f"promoted {version}; {stable} stays loaded at weight 0 for {keep:g} s")
-        outcome = Outcome(version, "promoted", reasons, stable, analysis, client.traffic(model))
-        retire_version(plane, stable, after_s=keep, on_progress=say)
-        return outcome
+        return Outcome(version, "promoted", reasons, stable, analysis, client.traffic(model))
     failed = "; ".join(c.reason for c in analysis.checks if not c.passed)
     record_serving(plane, stable)
     _safe(lambda: client.set_traffic(model, {stable: 100}))
