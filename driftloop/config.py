@@ -226,7 +226,7 @@ class PolicyParams(Section):
 class ReleaseParams(Section):
     """`release`: the registry's stages, the server's model repository and the canary analysis bounds.
 
-    Used by `driftloop register | release | rollback | history` (driftloop/release.py), never by
+    Used by `driftloop register | release | rollback | history` (the `driftloop.release` package), never by
     `dvc repro`. See docs/release.md for what each bound means and where its default comes from.
     """
 
@@ -246,12 +246,17 @@ class ReleaseParams(Section):
     poll_interval_s: float = Field(1.0, gt=0, description="how often the analysis reads the log and /metrics")
     baseline_window_s: float = Field(3600.0, gt=0, description="blue-green: stable rows this far back are its baseline")
     max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="canary's 5xx rate allowed; every 5xx of the window counts against it")
-    max_p99_latency_ratio: float = Field(1.5, ge=1, description="canary p99 / stable p99")
-    latency_slack_ms: float = Field(2.0, ge=0, description="p99 differences below this many ms always pass")
+    max_p99_latency_ratio: float = Field(1.5, ge=1, description="canary / stable service time, p50 and p99")
+    latency_slack_ms: float = Field(2.0, ge=0, description="service-time differences below this many ms always pass")
     max_score_psi: float = Field(0.25, gt=0, description="PSI of canary vs stable scores (0.25 = significant shift)")
-    min_labelled_rows: int = Field(200, ge=10, description="labelled rows per version before ROC AUC decides, not PSI")
+    min_labelled_rows: int = Field(
+        5000, ge=10, description="canary's labelled rows before the paired ROC AUC decides, not PSI (docs/release.md)"
+    )
     label_wait_s: float = Field(60.0, ge=0, description="after min_requests, how long to wait for labels")
-    max_auc_drop: float = Field(0.01, ge=0, le=1, description="canary ROC AUC may trail stable's by this (+ 2 SE)")
+    max_auc_drop: float = Field(0.01, ge=0, le=1, description="canary ROC AUC may trail stable's by this, on the same rows")
+    auc_alpha: float = Field(
+        0.001, gt=0, lt=0.5, description="one-sided level of DeLong's paired test: P(roll back | canary as good)"
+    )
     keep_previous_s: float = Field(300.0, ge=0, description="old stable stays loaded this long after a promotion")
     http_timeout_s: float = Field(30.0, gt=0)
 

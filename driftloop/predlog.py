@@ -13,6 +13,8 @@ A prediction file has one row per scored row:
     <columns>      the model's raw input columns, as scored (BYTES -> string, INT64, FP32 with NaN)
     score          float32          the predicted probability
     latency_ms     float32          the request's latency inside the server, ms
+    service_ms     float32          time inside `session.run` of the batch that scored the row, ms
+                                    (the version's own cost, without queueing; NaN in older files)
 
 Each file is written to a temporary name in the same folder and renamed into place, so a reader
 never sees half a file; hidden (`.`-prefixed) temporaries are ignored by `read_log`.

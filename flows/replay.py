@@ -148,6 +148,7 @@ def replay(
     api_key: str | None = None,
     timeout_s: float = 30.0,
     label_every: int = 50,
+    seed: int | None = None,
 ) -> dict:
     """Send `rows` to the server's records endpoint in batches; write their labels to the log.
 
@@ -161,6 +162,8 @@ def replay(
         api_key: the server's API key, if it requires one.
         timeout_s: per-request timeout, s.
         label_every: requests between two label files.
+        seed: makes the request ids (`replay-<run>-<n>`) reproducible, and with them which
+            version answers each request (the traffic split hashes the request id); None: random.
 
     Returns:
         {"rows": sent, "requests": n, "versions": {version: rows}, "labels": the labels folder or None}.
@@ -173,7 +176,7 @@ def replay(
     from driftloop.predlog import write_labels
 
     headers = {"x-api-key": api_key} if api_key else {}
-    run = uuid.uuid4().hex[:8]
+    run = uuid.uuid4().hex[:8] if seed is None else f"{np.random.default_rng(seed).integers(2**32):08x}"
     labels = rows[LABEL].astype(np.int64).to_numpy()
     pending: list[tuple[str, int, int]] = []  # (request id, row in request, row in `rows`) not yet labelled
     versions: dict[str, int] = {}

@@ -47,6 +47,13 @@ class _Item:
     timing: dict[str, float] | None = None
 
 
+def _timed_run(version: ModelVersion, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """`version.run(feeds)` and its duration in ms, measured on the inference thread."""
+    t0 = time.perf_counter()
+    scores = version.run(feeds)
+    return scores, (time.perf_counter() - t0) * 1000.0
+
+
 class MicroBatcher:
     """Queue and batch scoring work per model version.
 
@@ -121,7 +128,9 @@ class MicroBatcher:
                 `run_s` (seconds of the batch's `session.run`).
 
         Returns:
-            float32 `[rows, 1]` probabilities.
+            (float32 `[rows, 1]` probabilities, service ms, queue ms): service is the time inside
+            `session.run` of the batch that scored them (this version's own cost, whatever else
+            queued), queue the time from `submit` to that batch's start.
 
         Raises:
             QueueFull: the queue cannot take `rows` more rows now.
@@ -196,7 +205,7 @@ class MicroBatcher:
             feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in version.input_names}
         started = time.perf_counter()
         try:
-            scores = await loop.run_in_executor(self._executor, version.run, feeds)
+            scores, run_ms = await loop.run_in_executor(self._executor, _timed_run, version, feeds)
         except Exception as exc:  # noqa: BLE001 - forwarded to every waiting request
             log.exception(
                 "inference failed for %s/%s on a batch of %d request(s)",
@@ -208,7 +217,7 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        run_s = time.perf_counter() - started
+        run_s = run_ms / 1000.0  # inside session.run only: the version's own cost, not the executor hand-off
         start = 0
         for item in batch:
             if item.timing is not None:

@@ -257,6 +257,7 @@ class DataPlane:
                 feeds=feeds,
                 scores=scores,
                 latency_ms=(time.perf_counter() - start) * 1000.0,
+                service_ms=timing.get("run_s", float("nan")) * 1000.0,
             )
         return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))
 

@@ -29,6 +29,7 @@ class _Block:
     feeds: dict[str, np.ndarray]
     scores: np.ndarray
     latency_ms: float
+    service_ms: float = float("nan")
 
 
 class PredictionLog:
@@ -79,6 +80,7 @@ class PredictionLog:
         scores: np.ndarray,
         latency_ms: float,
         ts: dt.datetime | None = None,
+        service_ms: float = float("nan"),
     ) -> None:
         """Buffer one request's rows (cheap: no copy, no I/O).
 
@@ -88,10 +90,13 @@ class PredictionLog:
             request_id: the request's id.
             feeds: the input columns as scored, each `[n, 1]`.
             scores: float32 `[n, 1]`.
-            latency_ms: the request's latency so far, ms.
+            latency_ms: the request's latency so far, ms (queue + service + the rest).
+            service_ms: time inside `session.run` of the batch that scored the rows, ms (NaN: unknown).
             ts: answer time (UTC); default now.
         """
-        block = _Block(model, version, request_id, ts or dt.datetime.now(dt.UTC), feeds, scores, latency_ms)
+        block = _Block(
+            model, version, request_id, ts or dt.datetime.now(dt.UTC), feeds, scores, latency_ms, service_ms
+        )
         with self._lock:
             self._buffer.append(block)
             self._rows += len(scores)
@@ -196,4 +201,5 @@ def _frame(blocks: list[_Block]) -> pd.DataFrame:
         columns[name] = np.concatenate(parts)
     columns["score"] = np.concatenate([b.scores.reshape(-1) for b in blocks]).astype(np.float32)
     columns["latency_ms"] = np.repeat(np.array([b.latency_ms for b in blocks], dtype=np.float32), counts)
+    columns["service_ms"] = np.repeat(np.array([b.service_ms for b in blocks], dtype=np.float32), counts)
     return pd.DataFrame(columns)

@@ -1,7 +1,9 @@
 """The in-memory model registry: verify, load, warm up and swap versions; split traffic between them.
 
 Disk layout (what Triton and KServe read): `<root>/<model>/<version>/` holds one package (see
-`driftloop.package`). Versions are folder names; the "latest" is the highest: integers (Triton's
+`driftloop.package`); `<root>/<model>/config.pbtxt` + `traffic.json`, when present, are the serving
+state the release plane wrote, and `load_all` serves exactly that at start
+(`driftloop.model_repository`). Versions are folder names; the "latest" is the highest: integers (Triton's
 convention) numerically, then semantic versions (`v1.2.10` after `v1.2.9`, the registry's tags),
 then any other name lexicographically.
 
@@ -39,6 +41,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from driftloop.errors import DriftloopError, PackageError
+from driftloop.model_repository import ServingState, StateError, read_state, release_in_progress
 from driftloop.package import verify_package
 from driftloop.schema import OUTPUT, Signature, to_onnx_feeds
 
@@ -293,20 +296,52 @@ class ModelRepository:
                 )
 
     def load_all(self, names: list[str] | None = None) -> list[ModelVersion]:
-        """Load the newest version that loads of each model in `names` (None or empty = every model on disk).
+        """Load what each model in `names` (None or empty = every model on disk) must serve at start.
 
-        A refused version is logged and the next newest is tried, so one bad package does not
-        keep a model down while an older good one sits beside it.
+        A model with a serving state (`<root>/<model>/config.pbtxt`, written by the release plane;
+        see `driftloop.model_repository`) gets exactly that: its stable version at 100%, or stable
+        and canary at their recorded weights while the canary's release still runs. A version of
+        the state that does not load is logged and left out; nothing else is tried in its place.
+
+        A model without a state gets Triton's default policy (`latest { num_versions: 1 }`): the
+        newest version that loads; a refused version is logged and the next newest is tried.
         """
         loaded = []
         available = self.available()
         for name in names or list(available):
+            try:
+                state = read_state(self.root, name)
+            except StateError as exc:
+                log.error("%s; %s serves nothing until its state is fixed", exc, name)
+                continue
+            if state is not None:
+                loaded.extend(self._load_state(name, state))
+                continue
             for version in reversed(available.get(name) or [None]):
                 try:
                     loaded.append(self.load(name, version))
                     break
                 except LoadRefused:
                     continue  # fall back to the next newest version that loads
+        return loaded
+
+    def _load_state(self, name: str, state: ServingState) -> list[ModelVersion]:
+        served = state.served(release_in_progress(self.root))
+        loaded = []
+        for version in served:
+            try:
+                loaded.append(self.load(name, version))
+            except LoadRefused:
+                log.error("%s: version %s of the serving state does not load; not serving it", name, version)
+        weights = {mv.version: served[mv.version] for mv in loaded}
+        if weights and sum(weights.values()) > 0:
+            self.set_traffic(name, weights)
+        elif loaded:
+            log.error("%s: only versions at weight 0 loaded; %s takes no traffic", name, name)
+            for mv in loaded:
+                self.unload(name, mv.version)
+            loaded = []
+        log.info("%s: serving state %s -> %s", name, state.versions, self.traffic(name) if loaded else {})
         return loaded
 
     def unload(self, name: str, version: str | None = None) -> list[str]:

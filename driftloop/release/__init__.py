@@ -5,7 +5,8 @@ Modules, each with one job:
     lock          `ReleaseLock`: one release or rollback at a time
     registration  `register_package`: verify, push, tag the producing commit
     install       put a registered version into the model repository; the servability check
-    analysis      canary statistics: requests, errors, latency, score PSI, ROC AUC
+    stats         DeLong's paired AUC test, PSI
+    analysis      canary rules (requests, errors, service time, PSI, paired ROC AUC) and the waiting loop
     plane         `open_plane`, `release_version`, `rollback_release`, history
     cli           `driftloop register | release | rollback | history`
 
@@ -15,7 +16,7 @@ Callers import from here: `from driftloop.release import open_plane, release_ver
 from __future__ import annotations
 
 from driftloop.registry import RegistryError
-from driftloop.release.analysis import Analysis, analyse, auc_with_error, psi, psi_noise, run_analysis
+from driftloop.release.analysis import Analysis, analyse, auc_check, run_analysis, stable_scorer
 from driftloop.release.client import ServerClient
 from driftloop.release.errors import ReleaseError, ReleaseLocked, ServabilityFailed, ServerDown
 from driftloop.release.install import check_servable, install_version, uninstall_version
@@ -34,6 +35,7 @@ from driftloop.release.plane import (
     version_table,
 )
 from driftloop.release.registration import PackageRegistry, Registered, register_package
+from driftloop.release.stats import PairedAUC, delong, psi, psi_noise
 
 __all__ = [
     "Analysis",
@@ -49,7 +51,10 @@ __all__ = [
     "ServerClient",
     "ServerDown",
     "analyse",
-    "auc_with_error",
+    "auc_check",
+    "delong",
+    "PairedAUC",
+    "stable_scorer",
     "check_servable",
     "install_version",
     "open_plane",

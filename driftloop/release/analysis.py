@@ -1,11 +1,17 @@
 """Canary analysis: compare canary with stable on live traffic, from the prediction log and `/metrics`.
 
-The analysis reads two things (see docs/release.md):
+The analysis reads (see docs/release.md):
     - the server's prediction log (`serve --log-dir`, `release.log_dir`): per version, the requests
-      answered (distinct request ids), their latency in the server (ms) and their scores;
+      answered (distinct request ids), their service time (ms inside `session.run`), their scores
+      and, as labels arrive, their labels;
     - `/metrics`: `driftloop_requests_total` with a 5xx status on the scoring endpoints. The server
       does not label errors by version, so every 5xx during the window counts against the canary:
       the conservative choice, because rolling back is the safe side.
+
+Quality is judged on the same rows (paired): the canary's labelled rows are scored by stable too
+(offline, from stable's package in the model repository: `stable_scorer`), and the two ROC AUCs are
+compared with DeLong's test for correlated ROC curves (`driftloop.release.stats.delong`). Latency is
+judged on service time per version, so the canary's queueing does not inflate stable's figures.
 """
 
 from __future__ import annotations
@@ -22,12 +28,18 @@ import pandas as pd
 
 from driftloop.checks import Check, all_passed
 from driftloop.config import ReleaseParams
+from driftloop.model_repository import registry_name
 from driftloop.predlog import read_log_with_labels
 from driftloop.release.client import ServerClient
+from driftloop.release.stats import delong, one_sided_critical, psi, psi_noise
 
 log = logging.getLogger(__name__)
 
-PSI_EPSILON = 1e-4
+StableScorer = Callable[[pd.DataFrame], np.ndarray]
+"""Scores rows (the log's raw input columns) with stable: a DataFrame of n rows -> float [n] probabilities."""
+
+WindowReader = Callable[[pd.Timestamp, pd.Timestamp], pd.DataFrame]
+"""Reads the prediction log (with labels) of the model for start <= ts < end."""
 
 
 @dataclass(frozen=True)
@@ -51,93 +63,52 @@ class Analysis:
         return "; ".join(c.reason for c in self.checks)
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
-    """Population Stability Index of two score samples on `bins` equal-width bins of [0, 1].
-
-    PSI = sum_i (a_i - e_i) * ln(a_i / e_i) over the bins' shares, each count smoothed by +0.5
-    (Jeffreys) so that an empty bin does not blow the sum up. Rule of thumb (Siddiqi, "Credit
-    Risk Scorecards", 2006): < 0.1 no shift, 0.1-0.25 moderate, > 0.25 significant. Equal-width
-    bins match the server's `driftloop_score` histogram buckets (0.1 wide).
-
-    Args:
-        expected: stable's scores (probabilities).
-        actual: canary's scores.
-        bins: number of bins.
-
-    Returns:
-        The PSI (>= 0, unitless); NaN when either sample is empty.
-    """
-    if len(expected) == 0 or len(actual) == 0:
-        return float("nan")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    e = np.histogram(np.clip(expected, 0, 1), edges)[0] + 0.5
-    a = np.histogram(np.clip(actual, 0, 1), edges)[0] + 0.5
-    e, a = e / e.sum(), a / a.sum()
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def psi_noise(n_expected: int, n_actual: int, bins: int = 10) -> float:
-    """PSI expected from sampling alone when nothing shifted: (bins - 1) * (1/n + 1/m).
-
-    PSI is asymptotically chi-square distributed with bins - 1 degrees of freedom, scaled by
-    1/n + 1/m (Yurdakul, "Statistical properties of the population stability index", 2018), so
-    with 40 requests per side pure noise already reads about 0.45. The analysis adds this to
-    `max_score_psi`, which keeps the rule of thumb meaningful at small `min_requests`.
-    """
-    if n_expected == 0 or n_actual == 0:
-        return float("inf")
-    return (bins - 1) * (1.0 / n_expected + 1.0 / n_actual)
-
-
 def _per_request(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates("request_id") if len(rows) else rows
-
-
-def auc_with_error(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float] | None:
-    """ROC AUC and its standard error (Hanley & McNeil 1982, "The meaning and use of the area under
-    a ROC curve", eq. 2); None unless both classes are present.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    n_pos = int((labels == 1).sum())
-    n_neg = int((labels == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    a = float(roc_auc_score(labels, scores))
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
-    return a, math.sqrt(max(var, 0.0))
 
 
 def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["label"].notna()] if "label" in rows else rows.iloc[0:0]
 
 
-def quality_check(
-    stable_rows: pd.DataFrame, canary_rows: pd.DataFrame, params: ReleaseParams
-) -> Check | None:
-    """Canary vs stable ROC AUC on the rows whose labels have arrived; None when too few.
+def auc_check(
+    labels: np.ndarray, stable_scores: np.ndarray, canary_scores: np.ndarray, params: ReleaseParams
+) -> Check:
+    """Paired ROC AUC rule: canary and stable scored on the same labelled rows, DeLong's test.
 
-    The canary passes when its AUC >= stable's - `max_auc_drop` - 2 x the standard error of the
-    difference (Hanley-McNeil errors of both, independent samples): a few hundred labelled rows
-    cannot tell AUCs 0.03 apart, so the rule only fails a canary that is surely worse.
+    The canary fails when the one-sided test rejects "canary AUC >= stable AUC - max_auc_drop" at
+    level `auc_alpha`: z = (AUC_c - AUC_s + max_auc_drop) / SE < -z_alpha, with SE from DeLong,
+    DeLong & Clarke-Pearson (1988, Biometrics 44:837). Two models that rank the rows alike give
+    a difference of exactly 0 and pass. Error rates of this rule, measured on real flights, are in
+    docs/release.md (tests/release/test_canary_error_rates.py).
+
+    Args:
+        labels: shape [n], 0/1.
+        stable_scores: shape [n], stable's probabilities on those rows.
+        canary_scores: shape [n], the canary's.
+        params: `max_auc_drop`, `auc_alpha`.
+
+    Returns:
+        The check; it fails when both classes are not present (no verdict = roll back).
     """
-    s_lab, c_lab = _labelled(stable_rows), _labelled(canary_rows)
-    if min(len(s_lab), len(c_lab)) < params.min_labelled_rows:
-        return None
-    s_auc = auc_with_error(s_lab["label"].to_numpy(int), s_lab["score"].to_numpy(float))
-    c_auc = auc_with_error(c_lab["label"].to_numpy(int), c_lab["score"].to_numpy(float))
-    if s_auc is None or c_auc is None:
-        return None
-    noise = 2 * math.hypot(s_auc[1], c_auc[1])
-    allowed = s_auc[0] - params.max_auc_drop - noise
+    paired = delong(labels, stable_scores, canary_scores)
+    n = len(labels)
+    if paired is None:
+        return Check(name="roc_auc", value=None, threshold=-params.max_auc_drop, passed=False,
+                     reason=f"ROC AUC: {n} labelled rows do not hold both classes")  # fmt: skip
+    z_crit = one_sided_critical(params.auc_alpha)
+    z = paired.z(params.max_auc_drop)
+    passed = z >= -z_crit
     return Check(
         name="roc_auc",
-        value=c_auc[0],
-        threshold=allowed,
-        passed=c_auc[0] >= allowed,
-        reason=f"ROC AUC {c_auc[0]:.3f} on {len(c_lab)} labelled rows vs stable {s_auc[0]:.3f} on {len(s_lab)} "
-        f"(allowed down to {allowed:.3f}: drop {params.max_auc_drop} + 2 SE {noise:.3f})",
+        value=paired.diff,
+        threshold=-params.max_auc_drop,
+        passed=passed,
+        reason=(
+            f"ROC AUC {paired.auc_b:.3f} vs stable {paired.auc_a:.3f} on the same {n} labelled rows "
+            f"(paired, DeLong SE {paired.se:.4f}; z = {z:.2f} for a drop beyond {params.max_auc_drop:g}, "
+            f"{'>=' if passed else '<'} -{z_crit:.2f} at one-sided alpha {params.auc_alpha:g})"
+        ),
     )
 
 
@@ -149,9 +120,11 @@ def analyse(
     stable: str | None,
     canary: str,
     params: ReleaseParams,
+    score_stable: StableScorer | None = None,
 ) -> Analysis:
-    """Compare canary with stable on error rate, p50/p99 latency, and quality: ROC AUC where enough
-    labels have arrived (`quality_check`), else the score distribution (PSI) as its proxy.
+    """Compare canary with stable on error rate, p50/p99 service time, and quality: paired ROC AUC
+    where enough of the canary's rows are labelled (and stable can score them), else the score
+    distribution (PSI) as its proxy.
 
     Args:
         stable_rows: prediction-log rows answered by stable (the baseline).
@@ -161,7 +134,9 @@ def analyse(
         stable: stable's version (None: no baseline).
         canary: canary's version.
         params: the bounds (`min_requests`, `max_error_rate_increase`, `max_p99_latency_ratio`,
-            `latency_slack_ms`, `max_score_psi`).
+            `latency_slack_ms`, `max_score_psi`, `min_labelled_rows`, `max_auc_drop`, `auc_alpha`).
+        score_stable: scores the canary's labelled rows with stable (pairs the AUC comparison);
+            None leaves quality to the PSI.
 
     Returns:
         The analysis; a check fails when its figure cannot be measured (no verdict = roll back).
@@ -175,7 +150,7 @@ def analyse(
             threshold=params.min_requests,
             passed=n_c >= params.min_requests,
             reason=f"canary answered {n_c} requests (need {params.min_requests})",
-        )
+        )  # fmt: skip
     ]
     rate = errors / (n_c + errors) if (n_c + errors) else 0.0
     checks.append(
@@ -189,124 +164,187 @@ def analyse(
         )
     )
     if n_s == 0 or n_c == 0:
+        for name, bound in (("latency", params.max_p99_latency_ratio), ("score_psi", params.max_score_psi)):
+            checks.append(Check(name=name, value=None, threshold=bound, passed=False,
+                                reason=f"{name}: no stable baseline or no canary rows to compare"))  # fmt: skip
+        return Analysis(stable, canary, n_c, n_s, errors, checks)
+    checks += latency_checks(s_req, c_req, params)
+    s_scores, c_scores = stable_rows["score"].to_numpy(float), canary_rows["score"].to_numpy(float)
+    value = psi(s_scores, c_scores)
+    bound = params.max_score_psi + psi_noise(len(s_scores), len(c_scores))
+    text = f"score PSI {value:.3f} (bound {params.max_score_psi} + sampling noise = {bound:.3f})"
+    labelled = _labelled(canary_rows)
+    if score_stable is None or len(labelled) < params.min_labelled_rows:
+        # no ground truth yet: a shifted score distribution is the warning sign
         checks.append(
-            Check(
-                name="latency",
-                value=None,
-                threshold=params.max_p99_latency_ratio,
-                passed=False,
-                reason="p99 latency: no stable baseline or no canary rows to compare",
-            )
-        )
-        checks.append(
-            Check(
-                name="score_psi",
-                value=None,
-                threshold=params.max_score_psi,
-                passed=False,
-                reason="score PSI: no stable baseline or no canary rows to compare",
-            )
+            Check(name="score_psi", value=value, threshold=bound, passed=value <= bound, reason=text)
         )
     else:
-        # p50 as well as p99: the server's micro-batcher is shared, so a slow canary's batches
-        # also delay stable's requests and lift stable's p99 tail; the median shows the canary.
-        for q in (50, 99):
-            q_c = float(np.percentile(c_req["latency_ms"].astype(float), q))
-            q_s = float(np.percentile(s_req["latency_ms"].astype(float), q))
-            allowed = max(q_s * params.max_p99_latency_ratio, q_s + params.latency_slack_ms)
-            checks.append(
-                Check(
-                    name=f"p{q}_latency",
-                    value=q_c,
-                    threshold=allowed,
-                    passed=q_c <= allowed,
-                    unit="ms",
-                    reason=f"p{q} latency {q_c:.2f} ms vs stable {q_s:.2f} ms (allowed {allowed:.2f} ms)",
-                )
+        # Ground truth beats a proxy: a model retrained after drift is *meant* to score
+        # differently from stable, so with labels the PSI is reported but does not decide.
+        checks.append(Check(name="score_psi", value=value, threshold=bound, passed=True,
+                            reason=f"{text}; advisory: labels decide"))  # fmt: skip
+        stable_on_canary_rows = np.asarray(score_stable(labelled), dtype=np.float64).reshape(-1)
+        checks.append(
+            auc_check(
+                labelled["label"].to_numpy(int),
+                stable_on_canary_rows,
+                labelled["score"].to_numpy(float),
+                params,
             )
-        s_scores, c_scores = stable_rows["score"].to_numpy(float), canary_rows["score"].to_numpy(float)
-        value = psi(s_scores, c_scores)
-        bound = params.max_score_psi + psi_noise(len(s_scores), len(c_scores))
-        quality = quality_check(stable_rows, canary_rows, params)
-        text = f"score PSI {value:.3f} (bound {params.max_score_psi} + sampling noise = {bound:.3f})"
-        if quality is None:  # no ground truth yet: a shifted score distribution is the warning sign
-            checks.append(
-                Check(name="score_psi", value=value, threshold=bound, passed=value <= bound, reason=text)
-            )
-        else:
-            # Ground truth beats a proxy: a model retrained after drift is *meant* to score
-            # differently from stable, so with labels the PSI is reported but does not decide.
-            checks.append(
-                Check(
-                    name="score_psi",
-                    value=value,
-                    threshold=bound,
-                    passed=True,
-                    reason=f"{text}; advisory: labels decide",
-                )
-            )
-            checks.append(quality)
+        )
     return Analysis(stable, canary, n_c, n_s, errors, checks)
 
 
-def _read_window(log_dir: Path, model: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+def latency_checks(stable_req: pd.DataFrame, canary_req: pd.DataFrame, params: ReleaseParams) -> list[Check]:
+    """p50 and p99 of each version's own service time (ms inside `session.run`), one row per request.
 
-    frame = read_log_with_labels(log_dir, model, start, end)  # label NaN = not arrived (yet)
-    if "latency_ms" not in frame:
-        frame["latency_ms"] = pd.Series(dtype=float)
-    return frame
+    A quantile passes when canary <= max(stable x `max_p99_latency_ratio`, stable + `latency_slack_ms`).
+    Service time, not the request's latency in the server: the micro-batcher is shared, so a slow
+    canary's batches make stable's requests queue, which would lift stable's figures and hide the
+    canary. Logs without `service_ms` (older servers) fall back to `latency_ms`, said so in the reason.
+    """
+    column = (
+        "service_ms" if _has(stable_req, "service_ms") and _has(canary_req, "service_ms") else "latency_ms"
+    )
+    what = (
+        "latency (service time)"
+        if column == "service_ms"
+        else "latency (request time: no service time in the log)"
+    )
+    out = []
+    for q in (50, 99):
+        q_c = float(np.nanpercentile(canary_req[column].astype(float), q))
+        q_s = float(np.nanpercentile(stable_req[column].astype(float), q))
+        allowed = max(q_s * params.max_p99_latency_ratio, q_s + params.latency_slack_ms)
+        out.append(
+            Check(
+                name=f"p{q}_latency",
+                value=q_c,
+                threshold=allowed,
+                passed=q_c <= allowed,
+                unit="ms",
+                reason=f"p{q} {what} {q_c:.2f} ms vs stable {q_s:.2f} ms (allowed {allowed:.2f} ms)",
+            )  # fmt: skip
+        )
+    return out
+
+
+def _has(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and bool(frame[column].notna().any())
+
+
+def stable_scorer(folder: Path) -> StableScorer:
+    """Score rows offline with the package in `folder` (stable's version folder), ONNX Runtime on CPU.
+
+    Offline rather than through the server's pinned `/versions/{v}/infer`: the same graph gives the
+    same scores, and the paired requests neither load the serving path nor enter the prediction
+    log that the drift check and this analysis read.
+
+    Returns:
+        rows (the log's raw input columns, n rows) -> float32 [n] probabilities.
+    """
+    import onnxruntime as ort
+
+    from driftloop.schema import Signature, to_onnx_feeds
+
+    signature = Signature.model_validate_json((folder / "signature.json").read_text())
+    names = [s.name for s in signature.inputs]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def score(rows: pd.DataFrame) -> np.ndarray:
+        feeds = to_onnx_feeds(rows)
+        return session.run(None, {k: feeds[k] for k in names})[0].reshape(-1)
+
+    return score
+
+
+def log_window_reader(log_dir: Path, model: str) -> WindowReader:
+    """A `WindowReader` over the server's prediction log, versions in registry terms (semver)."""
+
+    def read(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        frame = read_log_with_labels(log_dir, model, start, end)  # label NaN = not arrived (yet)
+        if len(frame):  # the server logs integer version folders; the plane speaks registry semver
+            frame["model_version"] = frame["model_version"].astype(str).map(registry_name)
+        for column in ("latency_ms", "service_ms", "model_version", "request_id", "score"):
+            if column not in frame:
+                frame[column] = pd.Series(
+                    dtype=float if column.endswith("ms") or column == "score" else object
+                )
+        if "ts" not in frame:
+            frame["ts"] = pd.Series(dtype="datetime64[us, UTC]")
+        return frame
+
+    return read
 
 
 def run_analysis(
-    client: ServerClient,
+    client: ServerClient | None,
     *,
     model: str,
     stable: str | None,
     canary: str,
     params: ReleaseParams,
-    log_dir: Path,
+    log_dir: Path | None = None,
     baseline_s: float = 0.0,
+    score_stable: StableScorer | None = None,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], pd.Timestamp] | None = None,
+    read_window: WindowReader | None = None,
+    read_errors: Callable[[], int] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Analysis:
     """Watch live traffic until the canary answered `min_requests` (then up to `label_wait_s` more for
-    labels), errors doom it, or `analysis_timeout_s` runs out.
+    `min_labelled_rows` of its rows to be labelled), errors doom it, or `analysis_timeout_s` runs out.
+
+    Every source of time and data is injectable, so the waiting logic is unit-tested without a
+    server: `clock` (monotonic seconds) and `sleep` drive the loop, `now` stamps the window,
+    `read_window` reads the log, `read_errors` the server's cumulative 5xx count.
 
     Args:
-        client: the server.
+        client: the server (for the default `read_errors`); None when `read_errors` is given.
         model: model name on the server (the prediction log's folder).
-        stable, canary: versions.
-        params: bounds and timings (`analysis_timeout_s`, `poll_interval_s`).
-        log_dir: the server's prediction log root.
+        stable, canary: versions (registry semver).
+        params: bounds and timings (`analysis_timeout_s`, `poll_interval_s`, `label_wait_s`).
+        log_dir: the server's prediction log root (for the default `read_window`).
         baseline_s: also use stable's rows from this many seconds before the window (blue-green,
             where stable takes no traffic during the window).
-        on_progress: called every 5 s with the canary's request, label and error counts.
+        score_stable: scores the canary's labelled rows with stable (see `stable_scorer`).
+        clock, sleep, now, read_window, read_errors: injected time and data sources.
+        on_progress: called every 5 s (of `clock`) with the canary's request, label and error counts.
 
     Returns:
         The analysis of the window.
     """
-    start = pd.Timestamp.now(tz="UTC")
-    errors0 = client.server_errors()
+    now = now or (lambda: pd.Timestamp.now(tz="UTC"))
+    if read_window is None:
+        if log_dir is None:
+            raise ValueError("run_analysis: give log_dir or read_window")
+        read_window = log_window_reader(log_dir, model)
+    if read_errors is None:
+        if client is None:
+            raise ValueError("run_analysis: give client or read_errors")
+        read_errors = client.server_errors
+    start = now()
+    last_total = read_errors()
+    errors = 0
     deadline = clock() + params.analysis_timeout_s
     doomed_at = max(1, math.floor(params.max_error_rate_increase * params.min_requests) + 1)
     say = on_progress or (lambda line: log.info("%s", line))
     enough_at: float | None = None  # when the canary reached min_requests
     last_said = clock()
     while True:
-        time.sleep(params.poll_interval_s)
-        errors = client.server_errors() - errors0
-        rows = _read_window(
-            log_dir,
-            model,
-            start - pd.Timedelta(seconds=baseline_s),
-            pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=1),
-        )
+        sleep(params.poll_interval_s)
+        total = read_errors()
+        errors += max(0, total - last_total)  # a restarted server counts from 0 again
+        last_total = total
+        rows = read_window(start - pd.Timedelta(seconds=baseline_s), now() + pd.Timedelta(seconds=1))
         canary_rows = rows[(rows["model_version"] == canary) & (rows["ts"] >= start)]
         n = canary_rows["request_id"].nunique()
-        labelled = min(
-            len(_labelled(canary_rows)),
-            len(_labelled(rows[rows["model_version"] == stable])) if stable else 0,
-        )
+        labelled = len(_labelled(canary_rows))
         if errors >= doomed_at or clock() >= deadline:
             break
         if n >= params.min_requests:
@@ -321,4 +359,5 @@ def run_analysis(
             )
             last_said = clock()
     stable_rows = rows[rows["model_version"] == stable] if stable else rows.iloc[0:0]
-    return analyse(stable_rows, canary_rows, errors, stable=stable, canary=canary, params=params)
+    return analyse(stable_rows, canary_rows, errors, stable=stable, canary=canary, params=params,
+                   score_stable=score_stable)  # fmt: skip

@@ -31,6 +31,16 @@ def _plane(root: Path, params: Path | None, url: str | None):
     return open_plane(root, params_path=params, server_url=url)
 
 
+def _folder(version: str) -> str:
+    """The integer version folder the server knows a registry version by (`v0.0.7` -> `7`)."""
+    from driftloop.model_repository import StateError, version_number
+
+    try:
+        return str(version_number(version))
+    except StateError:
+        return "-"
+
+
 def _run(fn: Callable[[], Any]) -> Any:
     """Run `fn`; a DriftloopError becomes one `error:` line and exit code 1."""
     try:
@@ -171,13 +181,16 @@ def history(
     plane, out = _run(go)
     if at is not None:
         for stage, version in out.items():
-            console.print(f"{stage}: {version or '-'}")
+            console.print(
+                f"{stage}: {version or '-'}" + (f" (version folder {_folder(version)})" if version else "")
+            )
         return
-    table = Table("stage", "version", "from (UTC)", "to (UTC)", "why", "ended by")
+    table = Table("stage", "version", "folder", "from (UTC)", "to (UTC)", "why", "ended by")
     for t in out:
         table.add_row(
             t.stage,
             t.version,
+            _folder(t.version),
             t.start.strftime("%Y-%m-%d %H:%M:%S"),
             t.end.strftime("%Y-%m-%d %H:%M:%S") if t.end else "now",
             t.why,

@@ -2,6 +2,9 @@
 
 v2 repository load/unload, the traffic endpoint, `/metrics` (5xx counts of the scoring
 endpoints), and version-pinned v2 inference for the servability check.
+
+Versions: callers speak the registry's semver (`v0.0.7`); the server knows the integer version
+folders (`7`). The client maps both ways at this boundary (`driftloop.model_repository`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,14 @@ from typing import Any
 
 import httpx
 
+from driftloop.model_repository import registry_name, version_number
 from driftloop.protocol import SCORING_ENDPOINTS
 from driftloop.release.errors import ReleaseError, ServabilityFailed, ServerDown
+
+
+def server_version(version: str) -> str:
+    """The server's name (integer folder) of a registry version: `v0.0.7` -> `7`."""
+    return str(version_number(version))
 
 
 class ServerClient:
@@ -56,33 +65,51 @@ class ServerClient:
         if resp.status_code != 200:
             raise ServerDown(f"model server at {self.url}: /v2/health/live answered {resp.status_code}")
 
-    def traffic(self, model: str) -> dict[str, float]:
-        """{version: percent} now; {} when the model is not loaded."""
+    def traffic(self, model: str, *, raw: bool = False) -> dict[str, float]:
+        """{version: percent} now; {} when the model is not loaded.
+
+        Args:
+            model: model name.
+            raw: keys as the server names versions (folder names) instead of registry semver.
+        """
         resp = self._call("GET", f"/v2/repository/models/{model}/traffic")
         if resp.status_code == 404:
             return {}
         if resp.status_code != 200:
             raise ReleaseError(f"traffic of {model}: {resp.status_code} {self._error(resp)}")
-        return {str(k): float(v) for k, v in resp.json()["traffic_pct"].items()}
+        name = str if raw else registry_name
+        return {name(k): float(v) for k, v in resp.json()["traffic_pct"].items()}
 
-    def set_traffic(self, model: str, weights: Mapping[str, float]) -> dict[str, float]:
-        """Set explicit weights (sticky per request id) and return the effective percentages."""
-        resp = self._call("POST", f"/v2/repository/models/{model}/traffic", json={"weights": dict(weights)})
+    def set_traffic(self, model: str, weights: Mapping[str, float], *, raw: bool = False) -> dict[str, float]:
+        """Set explicit weights (sticky per request id) and return the effective percentages.
+
+        Args:
+            model: model name.
+            weights: {registry semver (or, with `raw`, the server's folder name): weight}.
+            raw: see `traffic`.
+        """
+        name = str if raw else server_version
+        body = {"weights": {name(v): float(w) for v, w in weights.items()}}
+        resp = self._call("POST", f"/v2/repository/models/{model}/traffic", json=body)
         if resp.status_code != 200:
             raise ReleaseError(f"setting traffic of {model} to {dict(weights)}: {self._error(resp)}")
-        return resp.json()["traffic_pct"]
+        back = str if raw else registry_name
+        return {back(k): float(v) for k, v in resp.json()["traffic_pct"].items()}
 
-    def loaded_versions(self, model: str) -> list[str]:
-        """Versions of `model` in state READY."""
+    def loaded_versions(self, model: str, *, raw: bool = False) -> list[str]:
+        """Versions of `model` in state READY (registry semver; with `raw`, the server's folder names)."""
         resp = self._call("GET", "/v2/repository/index")
         if resp.status_code != 200:
             raise ReleaseError(f"repository index: {resp.status_code} {self._error(resp)}")
-        return [r["version"] for r in resp.json() if r["name"] == model and r["state"] == "READY"]
+        name = str if raw else registry_name
+        return [name(r["version"]) for r in resp.json() if r["name"] == model and r["state"] == "READY"]
 
     def load(self, model: str, version: str) -> None:
         """Load (verify, warm up) a version; raises `ServabilityFailed` with the server's reason."""
         resp = self._call(
-            "POST", f"/v2/repository/models/{model}/load", json={"parameters": {"version": version}}
+            "POST",
+            f"/v2/repository/models/{model}/load",
+            json={"parameters": {"version": server_version(version)}},
         )
         if resp.status_code != 200:
             raise ServabilityFailed(f"server refused to load {model} {version}: {self._error(resp)}")
@@ -90,14 +117,16 @@ class ServerClient:
     def unload(self, model: str, version: str) -> None:
         """Unload a version; a version that is not loaded is not an error."""
         resp = self._call(
-            "POST", f"/v2/repository/models/{model}/unload", json={"parameters": {"version": version}}
+            "POST",
+            f"/v2/repository/models/{model}/unload",
+            json={"parameters": {"version": server_version(version)}},
         )
         if resp.status_code not in (200, 404):
             raise ReleaseError(f"unloading {model} {version}: {self._error(resp)}")
 
     def infer(self, model: str, version: str, body: dict) -> httpx.Response:
         """Version-pinned v2 inference (bypasses the traffic split)."""
-        return self._call("POST", f"/v2/models/{model}/versions/{version}/infer", json=body)
+        return self._call("POST", f"/v2/models/{model}/versions/{server_version(version)}/infer", json=body)
 
     def server_errors(self) -> int:
         """Total 5xx responses of the scoring endpoints so far (from `/metrics`)."""

@@ -1,7 +1,8 @@
 """Installation into the model repository and the servability check.
 
-The server's model repository holds `<repository>/<model>/<version>/` package folders; a folder is
-written atomically (a hidden temp folder next to it, then a rename) and verified by SHA256SUMS.
+The server's model repository holds `<repository>/<model>/<number>/` package folders (integer
+version folders, `driftloop.model_repository.version_number`); a folder is written atomically (a
+hidden temp folder next to it, then a rename) and verified by SHA256SUMS.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 
 from driftloop.errors import PackageError
 from driftloop.io import read_json
-from driftloop.package import verify_package
+from driftloop.model_repository import version_number
+from driftloop.package import SUMS, verify_package
 from driftloop.payloads import v2_body
 from driftloop.registry import ModelRegistry
 from driftloop.release.client import ServerClient
@@ -26,32 +28,41 @@ from driftloop.release.errors import ServabilityFailed
 log = logging.getLogger(__name__)
 
 
-def install_version(registry: ModelRegistry, version: str, repository: Path, model: str) -> tuple[Path, bool]:
-    """Put a version's package at `<repository>/<model>/<version>/`, atomically and verified.
+def version_folder(repository: Path, model: str, version: str) -> Path:
+    """`<repository>/<model>/<number>/`: the integer folder of a registry version (`v0.0.7` -> `7`)."""
+    return Path(repository) / model / str(version_number(version))
 
-    Fetch into a hidden temp folder next to the target (the server ignores dot-folders), verify
-    its SHA256SUMS, then rename it into place. A folder already there that verifies is kept.
+
+def install_version(registry: ModelRegistry, version: str, repository: Path, model: str) -> tuple[Path, bool]:
+    """Put the registry's package of `version` at `<repository>/<model>/<number>/`, atomically and verified.
+
+    The package is always fetched from the registry into a hidden temp folder next to the target
+    (the server ignores dot-folders) and verified. A folder already at the target is kept only
+    when its SHA256SUMS is byte-identical to the registry's (same files, same lineage); anything
+    else there (another artifact's build of the same version, a hand-edited folder) is replaced,
+    with a warning naming both lineage ids.
 
     Returns:
-        (the folder, True when this call created it).
+        (the folder, True when this call wrote it).
 
     Raises:
         UnknownVersion / FilesMissing: from the registry.
         PackageError: the fetched files do not verify.
+        StateError: the version does not map to an integer folder.
     """
-    target = Path(repository) / model / version
-    if target.is_dir():
-        try:
-            verify_package(target)
-            return target, False
-        except PackageError:
-            log.warning("%s does not verify; fetching it again", target)
+    target = version_folder(repository, model, version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         staged = registry.fetch(version, tmp / "pkg")
         verify_package(staged)
-        if target.exists():
+        if target.is_dir():
+            if _sums(target) == _sums(staged):
+                return target, False
+            log.warning(
+                "%s holds lineage %s, not the registry's %s %s (lineage %s); replacing it",
+                target, _lineage(target), version, model, _lineage(staged),
+            )  # fmt: skip
             shutil.rmtree(target)
         os.replace(staged, target)
     finally:
@@ -59,18 +70,27 @@ def install_version(registry: ModelRegistry, version: str, repository: Path, mod
     return target, True
 
 
-def uninstall_version(repository: Path, model: str, version: str) -> None:
-    """Remove a rolled-back version's folder from the model repository.
+def _sums(folder: Path) -> bytes | None:
+    try:
+        return (folder / SUMS).read_bytes()
+    except OSError:
+        return None
 
-    A deprecated version left on disk would be the newest folder there, and a server restarted
-    without the release plane loads the newest: it would serve again. The registry can fetch it
-    back by version at any time.
-    """
-    target = Path(repository) / model / version
+
+def _lineage(folder: Path) -> str:
+    try:
+        return str(read_json(folder / "model_card.json").get("lineage_id", "?"))
+    except (OSError, ValueError, PackageError):
+        return "?"
+
+
+def uninstall_version(repository: Path, model: str, version: str) -> None:
+    """Remove a version's folder from the model repository (the registry can fetch it back)."""
+    target = version_folder(repository, model, version)
     try:
         if target.is_dir():
             shutil.rmtree(target)
-            log.info("removed %s from the model repository", target)
+            log.info("removed %s (%s) from the model repository", target, version)
     except OSError as exc:
         log.warning("could not remove %s (%s); remove it by hand", target, exc)
 
@@ -105,7 +125,7 @@ def check_servable(client: ServerClient, model: str, version: str, folder: Path)
         ok = out["shape"] == [1, 1] and math.isfinite(value) and 0.0 <= value <= 1.0
     except (KeyError, IndexError, TypeError, ValueError):
         ok = False
-    if not ok or resp.headers.get("x-model-version") != version:
+    if not ok or resp.headers.get("x-model-version") != str(version_number(version)):
         raise ServabilityFailed(
             f"{model} {version}: sample answer is not one probability from this version: {resp.text[:200]}"
         )

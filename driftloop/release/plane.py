@@ -20,11 +20,19 @@ from typing import Any
 from driftloop.config import ReleaseParams
 from driftloop.errors import DriftloopError
 from driftloop.io import atomic_path
+from driftloop.model_repository import (
+    LOCK_FILE,
+    ServingState,
+    StateError,
+    read_state,
+    version_number,
+    write_state,
+)
 from driftloop.registry import Tenure, VersionInfo, holder, stage_tenures
-from driftloop.release.analysis import Analysis, run_analysis
-from driftloop.release.client import ServerClient
-from driftloop.release.errors import ReleaseError, ServabilityFailed
-from driftloop.release.install import check_servable, install_version, uninstall_version
+from driftloop.release.analysis import Analysis, run_analysis, stable_scorer
+from driftloop.release.client import ServerClient, server_version
+from driftloop.release.errors import ReleaseError, ServabilityFailed, ServerDown
+from driftloop.release.install import check_servable, install_version, uninstall_version, version_folder
 from driftloop.release.lock import ReleaseLock
 from driftloop.release.registration import PackageRegistry
 
@@ -65,7 +73,7 @@ class ReleasePlane:
     @property
     def lock(self) -> ReleaseLock:
         """The release lock, `<repository>/.release.lock`."""
-        return ReleaseLock(self.repository / ".release.lock")
+        return ReleaseLock(self.repository / LOCK_FILE)
 
     def client(self) -> ServerClient:
         """A client of the server."""
@@ -102,10 +110,30 @@ def open_plane(
 
     root = Path(root).resolve()
     section = load_section(params_path or root / "params.yaml", "release", ReleaseParams)
+    declared = _declared_artifacts(root)
+    if section.artifact not in declared:
+        raise ReleaseError(
+            f"release.artifact: {section.artifact!r} is not declared under `artifacts:` in {root / 'dvc.yaml'} "
+            f"(declared: {', '.join(sorted(declared)) or 'none'}); set release.artifact to one of them"
+        )
     registry = GtoRegistry(root, section.artifact, section.package_dir)
     return ReleasePlane(
         root=root, params=section, registry=registry, server_url=server_url or section.server_url
     )
+
+
+def _declared_artifacts(root: Path) -> set[str]:
+    """Names under `artifacts:` in `<root>/dvc.yaml` (empty when there is no dvc.yaml)."""
+    import yaml
+
+    path = root / "dvc.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return set()
+    except yaml.YAMLError as exc:
+        raise ReleaseError(f"{path}: not valid YAML ({exc})") from None
+    return set((raw.get("artifacts") or {}) if isinstance(raw, dict) else {})
 
 
 def _abs(root: Path, path: str) -> Path:
@@ -114,11 +142,11 @@ def _abs(root: Path, path: str) -> Path:
 
 
 def update_champion(plane: ReleasePlane, version: str) -> Path:
-    """Copy `<repository>/<model>/<version>/` to `release.champion_dir`, atomically.
+    """Copy the version's folder in the model repository to `release.champion_dir`, atomically.
 
     The evaluate stage (`--champion champion/package`) scores it on the test split.
     """
-    src = plane.repository / plane.params.model / version
+    src = version_folder(plane.repository, plane.params.model, version)
     target = _abs(plane.root, plane.params.champion_dir)
     with atomic_path(target) as tmp:
         shutil.copytree(src, tmp)
@@ -127,11 +155,102 @@ def update_champion(plane: ReleasePlane, version: str) -> Path:
 
 
 def _pin_traffic(client: ServerClient, model: str) -> dict[str, float]:
-    """Make the current split explicit, so a version loaded next gets weight 0, not 100%."""
-    current = client.traffic(model)
+    """Make the current split explicit, so a version loaded next gets weight 0, not 100%.
+
+    In the server's own version names: a repository from before integer folders (`v0.0.1/`) is
+    pinned as it is, then replaced by the integer folder of the same version.
+    """
+    current = client.traffic(model, raw=True)
     if current:
-        client.set_traffic(model, current)
+        client.set_traffic(model, current, raw=True)
     return current
+
+
+def record_serving(
+    plane: ReleasePlane,
+    stable: str | None,
+    canary: str | None = None,
+    weights: dict[str, float] | None = None,
+) -> ServingState:
+    """Persist what a (re)started server must serve (`<repository>/<model>/config.pbtxt` + traffic.json).
+
+    Args:
+        plane: the release plane.
+        stable: the version that serves (None: nothing).
+        canary: a version under analysis, served at its weight only while its release holds the lock.
+        weights: {version: percent}; default stable at 100.
+
+    Returns:
+        The state written.
+    """
+    if weights is None:
+        weights = {stable: 100.0} if stable else {}
+    state = ServingState(model=plane.params.model, stable=stable, canary=canary, weights=weights)
+    write_state(plane.repository, state)
+    return state
+
+
+def end_interrupted(
+    plane: ReleasePlane, client: ServerClient | None, version: str, stable: str | None, why: str
+) -> None:
+    """End a canary whose release did not reach a verdict: prod unchanged, the canary deprecated.
+
+    Order: the serving state first (a server restarted from here on serves stable only), then the
+    server (best effort: it may be down), then the registry, then the canary's folder.
+    """
+    p = plane.params
+    record_serving(plane, stable)
+    if client is not None:
+        if stable is not None:
+            _safe(lambda: client.set_traffic(p.model, {stable: 100}))
+        _safe(lambda: client.unload(p.model, version))
+    reason = f"rolled back: the release was interrupted ({why})"
+    if holder(plane.tenures(), p.canary_stage) == version:
+        plane.registry.unassign(p.canary_stage, version, reason)
+    if not plane.registry.get(version).deprecated:
+        plane.registry.deprecate(version, reason)
+    uninstall_version(plane.repository, p.model, version)
+    log.warning("%s %s", version, reason)
+
+
+def recover_interrupted(plane: ReleasePlane, on_progress: Callable[[str], None] | None = None) -> str | None:
+    """Finish what a release that died (kill -9, power cut) left: call with the release lock held.
+
+    With the lock held no release runs, so a version still in the canary stage has no release
+    behind it: it is rolled back (`end_interrupted`), or, when it already holds the stable stage
+    (the process died just after recording the promotion), its canary stage is closed. Then the
+    serving state is made to match the registry.
+
+    Returns:
+        The canary version that was rolled back, or None.
+    """
+    p = plane.params
+    say = on_progress or (lambda line: log.info("%s", line))
+    tenures = plane.tenures()
+    stable, canary = holder(tenures, p.stable_stage), holder(tenures, p.canary_stage)
+    if canary is not None and canary != stable:
+        client = plane.client()
+        try:
+            try:
+                client.check_live()
+            except ServerDown:
+                client.close()
+                client = None
+            end_interrupted(plane, client, canary, stable, "its release process ended before a verdict")
+        finally:
+            if client is not None:
+                client.close()
+        say(f"rolled back {canary}: its release was interrupted before a verdict; {stable} serves")
+        return canary
+    if canary is not None:
+        plane.registry.unassign(p.canary_stage, canary, f"promoted to {p.stable_stage}")
+    try:
+        state = read_state(plane.repository, p.model)
+    except StateError:
+        state = None
+    if stable is not None and (state is None or state.stable != stable or state.canary is not None):
+        record_serving(plane, stable)
+    return None
 
 
 def release_version(
@@ -149,6 +268,12 @@ def release_version(
     one sample request). Otherwise it takes `weight` percent of traffic (100 for blue-green),
     sticky per request id, until the analysis decides; stable keeps answering throughout.
 
+    Every change of what serves is recorded in the serving state (`record_serving`) before the
+    server is told, so a restarted server serves what the registry says. A release interrupted
+    after the canary took traffic (server down, an exception) ends with the canary rolled back
+    and deprecated with the reason; one whose process died is finished by the next release or
+    rollback (`recover_interrupted`).
+
     Args:
         plane: root, params, registry, server.
         version: a registered version (`v1.2.0` or `1.2.0`).
@@ -164,7 +289,7 @@ def release_version(
     Raises:
         ReleaseLocked: another release is running.
         UnknownVersion / FilesMissing / ServerDown / ServabilityFailed / ReleaseError: before any
-            traffic moved; nothing changed.
+            traffic moved, nothing changed; after (the canary took traffic), it was rolled back.
     """
     p = plane.params
     strategy = strategy or p.strategy
@@ -181,16 +306,17 @@ def release_version(
         version = info.version
         if info.deprecated:
             raise ReleaseError(f"{version} is deprecated ({info.deprecation}); register a new version")
-        tenures = plane.tenures()
-        stable = holder(tenures, p.stable_stage)
-        if stable == version:
-            raise ReleaseError(f"{version} already holds {p.stable_stage}; nothing to release")
+        version_number(version)  # a version without an integer folder is refused before anything moves
         client = plane.client()
         try:
             client.check_live()
+            recover_interrupted(plane, say)
+            stable = holder(plane.tenures(), p.stable_stage)
+            if stable == version:
+                raise ReleaseError(f"{version} already holds {p.stable_stage}; nothing to release")
             folder, created = install_version(plane.registry, version, plane.repository, model)
-            say(f"installed {version} at {folder}")
-            if stable is not None and stable not in client.loaded_versions(model):
+            say(f"installed {version} at {folder} (version folder {folder.name})")
+            if stable is not None and server_version(stable) not in client.loaded_versions(model, raw=True):
                 install_version(plane.registry, stable, plane.repository, model)
                 _pin_traffic(client, model)
                 client.load(model, stable)
@@ -208,15 +334,19 @@ def release_version(
                 raise
             say(f"{version} loaded, warmed up, sample answer ok")
             if stable is None:
-                client.set_traffic(model, {version: 100})
                 reason = "first release: servability check passed (load, warm-up, sample request)"
                 plane.registry.assign(p.stable_stage, version, f"promoted: {reason}")
+                record_serving(plane, version)
+                client.set_traffic(model, {version: 100})
                 update_champion(plane, version)
                 say(f"promoted {version}: {reason}")
                 return Outcome(version, "promoted", reason, None, None, client.traffic(model))
-            return _canary(plane, client, version, stable, strategy, weight, keep, say)
+            outcome = _canary(plane, client, version, stable, strategy, weight, keep, say)
         finally:
             client.close()
+    if outcome.decision == "promoted" and outcome.previous is not None:
+        retire_version(plane, outcome.previous, after_s=keep, on_progress=say)  # outside the lock
+    return outcome
 
 
 def _safe(fn: Callable[[], Any]) -> None:
@@ -241,8 +371,8 @@ def _canary(
     reg = plane.registry
     weights = {version: 100.0} if weight >= 100 else {stable: 100.0 - weight, version: weight}
     reg.assign(p.canary_stage, version, f"{strategy} at {weight:g}% vs {stable}")
-    decided = False
     try:
+        record_serving(plane, stable, version, weights)
         client.set_traffic(model, weights)
         say(f"{strategy}: {version} takes {weight:g}% of traffic (sticky per request id); analysing")
         analysis = run_analysis(
@@ -253,36 +383,32 @@ def _canary(
             params=p,
             log_dir=_abs(plane.root, p.log_dir),
             baseline_s=p.baseline_window_s if strategy == "blue-green" else 0.0,
+            score_stable=stable_scorer(version_folder(plane.repository, model, stable)),
             on_progress=say,
         )
-        for c in analysis.checks:
-            say(f"  [{'ok' if c.passed else 'FAIL'}] {c.reason}")
-        if analysis.passed:
-            client.set_traffic(model, {version: 100})
-            decided = True
-            reasons = analysis.summary()
-            reg.assign(p.stable_stage, version, f"promoted from {strategy} over {stable}: {reasons}")
-            reg.unassign(p.canary_stage, version, f"promoted to {p.stable_stage}")
-            update_champion(plane, version)
-            say(f"promoted {version}; {stable} stays loaded at weight 0 for {keep:g} s")
-            outcome = Outcome(version, "promoted", reasons, stable, analysis, client.traffic(model))
-        else:
-            client.set_traffic(model, {stable: 100})
-            decided = True
-            _safe(lambda: client.unload(model, version))
-            failed = "; ".join(c.reason for c in analysis.checks if not c.passed)
-            reg.unassign(p.canary_stage, version, f"rolled back: {failed}")
-            reg.deprecate(version, f"rolled back from {strategy}: {failed}")
-            _safe(lambda: uninstall_version(plane.repository, model, version))
-            say(f"rolled back {version}: {failed}")
-            return Outcome(version, "rolled back", failed, stable, analysis, client.traffic(model))
-    finally:
-        if not decided:  # an exception mid-analysis: stable takes everything back
-            _safe(lambda: client.set_traffic(model, {stable: 100}))
-            _safe(lambda: client.unload(model, version))
-            _safe(lambda: reg.unassign(p.canary_stage, version, "rolled back: the release was interrupted"))
-    retire_version(plane, stable, after_s=keep, on_progress=say)
-    return outcome
+    except BaseException as exc:  # no verdict: stable takes everything back, the canary is deprecated
+        end_interrupted(plane, client, version, stable, f"{type(exc).__name__}: {exc}")
+        raise
+    for c in analysis.checks:
+        say(f"  [{'ok' if c.passed else 'FAIL'}] {c.reason}")
+    if analysis.passed:
+        reasons = analysis.summary()
+        reg.assign(p.stable_stage, version, f"promoted from {strategy} over {stable}: {reasons}")
+        reg.unassign(p.canary_stage, version, f"promoted to {p.stable_stage}")
+        record_serving(plane, version)
+        _safe(lambda: client.set_traffic(model, {version: 100}))
+        update_champion(plane, version)
+        say(f"promoted {version}; {stable} stays loaded at weight 0 for {keep:g} s")
+        return Outcome(version, "promoted", reasons, stable, analysis, client.traffic(model))
+    failed = "; ".join(c.reason for c in analysis.checks if not c.passed)
+    record_serving(plane, stable)
+    _safe(lambda: client.set_traffic(model, {stable: 100}))
+    _safe(lambda: client.unload(model, version))
+    reg.unassign(p.canary_stage, version, f"rolled back: {failed}")
+    reg.deprecate(version, f"rolled back from {strategy}: {failed}")
+    uninstall_version(plane.repository, model, version)
+    say(f"rolled back {version}: {failed}")
+    return Outcome(version, "rolled back", failed, stable, analysis, client.traffic(model))
 
 
 def retire_version(
@@ -337,6 +463,8 @@ def rollback_release(
 
     The current stable is deprecated (so a second rollback goes one further back), the previous
     one is fetched if it left the model repository, loaded, checked, and takes 100% of traffic.
+    A canary left by a release that died is rolled back first, and that is all this call does
+    (prod unchanged); call it again to roll prod back.
 
     Raises:
         ReleaseLocked: a release is running.
@@ -346,6 +474,11 @@ def rollback_release(
     p = plane.params
     say = on_progress or (lambda line: log.info("%s", line))
     with plane.lock:
+        ended = recover_interrupted(plane, say)
+        if ended is not None:
+            stable = holder(plane.tenures(), p.stable_stage)
+            return Outcome(stable or "-", "restored", f"ended the interrupted release of {ended}", ended, None,
+                           {stable: 100.0} if stable else {})  # fmt: skip
         current, previous = previous_stable(plane)
         if current is None:
             raise ReleaseError(f"nothing holds {p.stable_stage}; nothing to roll back")
@@ -357,14 +490,15 @@ def rollback_release(
         try:
             client.check_live()
             folder, _ = install_version(plane.registry, previous, plane.repository, p.model)
-            if previous not in client.loaded_versions(p.model):
+            if server_version(previous) not in client.loaded_versions(p.model, raw=True):
                 _pin_traffic(client, p.model)
             check_servable(client, p.model, previous, folder)
-            client.set_traffic(p.model, {previous: 100})
-            _safe(lambda: client.unload(p.model, current))
             plane.registry.assign(p.stable_stage, previous, f"rollback from {current}: {reason}")
             plane.registry.deprecate(current, f"rolled back: {reason}")
-            _safe(lambda: uninstall_version(plane.repository, p.model, current))
+            record_serving(plane, previous)
+            client.set_traffic(p.model, {previous: 100})
+            _safe(lambda: client.unload(p.model, current))
+            uninstall_version(plane.repository, p.model, current)
             update_champion(plane, previous)
             say(f"{previous} serves again; {current} unloaded and deprecated")
             return Outcome(previous, "restored", reason, current, None, client.traffic(p.model))

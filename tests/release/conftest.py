@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from driftloop.model_repository import registry_name
 from driftloop.package import write_sha256sums
 from serving.app import create_app
 from serving.config import ServeSettings
@@ -74,7 +75,10 @@ def packages(tmp_path_factory) -> Path:
         "v2": {"version_weight": 1.1},
         "v3": {"version_weight": 0.95},
         "inverted": {"version_weight": 1.0, "inverted": True},
-        "slow": {"version_weight": 1.0, "slow": True, "slow_layers": 64, "slow_width": 1024},  # ~12 ms a row
+        # slow by construction: 256 [1, 1024] x [1024, 1024] matmuls = 537 MFLOP a row, >= 2.1 ms on
+        # one core of any CPU (peak fp32 of a 4 GHz core with two AVX-512 FMA units: 256 GFLOP/s);
+        # v1's graph is ~10^4 times cheaper (0.07 ms p50 here). Measured here: ~53 ms a row.
+        "slow": {"version_weight": 1.0, "slow": True, "slow_layers": 256, "slow_width": 1024},
     }
     for name, kwargs in specs.items():
         gated(build_test_package(root / name, model_name=MODEL, **kwargs), "pass")
@@ -169,7 +173,7 @@ def server(project) -> Iterator[str]:
 
 
 class TrafficLoop:
-    """Single-row records requests with fresh request ids, in a thread; counts answers per version."""
+    """Single-row records requests with fresh request ids, in a thread; counts answers per version (semver)."""
 
     def __init__(self, url: str, threads: int = 2) -> None:
         self.url = url
@@ -194,7 +198,7 @@ class TrafficLoop:
                     )
                     ok = resp.status_code == 200
                     what = (
-                        resp.headers.get("x-model-version", "?")
+                        registry_name(resp.headers.get("x-model-version", "?"))
                         if ok
                         else f"{resp.status_code} {resp.text[:80]}"
                     )
@@ -246,4 +250,29 @@ def logged_rows(log_dir: Path, version: str) -> int:
     from driftloop.predlog import read_log
 
     frame = read_log(log_dir, MODEL, "2000-01-01", "2100-01-01")
-    return int((frame["model_version"] == version).sum()) if len(frame) else 0
+    return int((frame["model_version"].astype(str).map(registry_name) == version).sum()) if len(frame) else 0
+
+
+def served_traffic(url: str) -> dict[str, float]:
+    """The server's traffic split in registry terms: {semver: percent} ({} when nothing is loaded)."""
+    from driftloop.model_repository import registry_name
+
+    resp = httpx.get(f"{url}/v2/repository/models/{MODEL}/traffic")
+    if resp.status_code == 404:
+        return {}
+    return {registry_name(k): v for k, v in resp.json()["traffic_pct"].items()}
+
+
+def ready_versions(url: str) -> list[str]:
+    """Versions the server has loaded (READY), in registry terms."""
+    from driftloop.model_repository import registry_name
+
+    index = httpx.get(f"{url}/v2/repository/index").json()
+    return [registry_name(r["version"]) for r in index if r["name"] == MODEL and r["state"] == "READY"]
+
+
+def folder_of(repository: Path, version: str) -> Path:
+    """`<repository>/<model>/<number>/` of a registry version."""
+    from driftloop.model_repository import version_number
+
+    return repository / MODEL / str(version_number(version))

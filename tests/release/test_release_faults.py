@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from commands.main import app
 from driftloop.registry import holder
 from driftloop.release import ReleaseLock, ReleaseLocked, register_package, release_version
-from tests.release.conftest import wait_for
+from tests.release.conftest import folder_of, wait_for
 
 MODEL = "flight_delay"
 runner = CliRunner()
@@ -70,7 +70,7 @@ def test_files_missing_from_the_remote(project, server, live):
     before = state(project, server)
     assert_clean_error(cli(project, "release", v2, url=server), v2, "missing")
     assert state(project, server) == before
-    assert not (project.tmp / "model_repository" / MODEL / v2).exists()
+    assert not folder_of(project.tmp / "model_repository", v2).exists()
 
 
 def test_server_down(project, server, live):
