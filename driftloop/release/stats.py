@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm, rankdata
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,10 @@ def delong(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> Pa
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
         return None
+    from scipy.stats import (
+        rankdata,  # the train extra's: a serving-only install imports this module, never calls it
+    )
+
     v10 = np.empty((2, m))
     v01 = np.empty((2, n))
     aucs = np.empty(2)
@@ -99,6 +102,8 @@ def delong(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> Pa
 
 def one_sided_critical(alpha: float) -> float:
     """z such that P(Z < -z) = alpha for a standard normal Z (e.g. alpha 0.001 -> 3.09)."""
+    from scipy.stats import norm
+
     return float(norm.isf(alpha))
 
 
