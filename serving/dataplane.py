@@ -246,7 +246,7 @@ class DataPlane:
         try:
             scores = await self.batcher.submit(mv, feeds, rows, timing)
         except Exception:
-            self.stats.request(mv.name, mv.version, 0, {"fail": time.perf_counter() - start})
+            self.stats.fail(mv.name, mv.version, time.perf_counter() - start)
             raise
         observe_scores(self.metrics, mv, scores)
         if self.predlog is not None:
@@ -269,24 +269,12 @@ class DataPlane:
             start: `perf_counter()` at arrival; `encoded`: after the response was encoded.
             timing: (compute_input, queue, compute_infer) seconds, as `score` returned them.
         """
-        compute_input, queue, infer = timing
         end = time.perf_counter()
-        self.stats.request(
-            mv.name,
-            mv.version,
-            rows,
-            {
-                "success": end - start,
-                "compute_input": compute_input,
-                "queue": queue,
-                "compute_infer": infer,
-                "compute_output": end - encoded,
-            },
-        )
+        self.stats.request(mv.name, mv.version, rows, end - start, *timing, end - encoded)
 
     def failed(self, mv: ModelVersion, start: float) -> None:
         """Record a request that reached `mv` and then failed (bad input, queue full)."""
-        self.stats.request(mv.name, mv.version, 0, {"fail": time.perf_counter() - start})
+        self.stats.fail(mv.name, mv.version, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ repository extension
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -237,32 +238,36 @@ def _count_keys(obj: Any) -> tuple[int, int]:
     return 0, 0
 
 
-def _v2_keys(obj: dict[str, Any]) -> tuple[int, int]:
+def _v2_keys(obj: dict[str, Any], names_checked: bool = False) -> tuple[int, int]:
     """`_count_keys` of a v2 request that `InferenceRequest` accepted, without the `data` lists.
 
     The model fixes the structure (known keys without ':', `shape` of integers), so only the
-    strings and the free-form `parameters` need looking at: a dozen lookups instead of a walk
-    through every tensor.
+    strings and the free-form `parameters` need looking at, not every tensor's values. With
+    `names_checked`, the inputs' names and datatypes are known to be the signature's (no ':').
     """
     keys, colons = len(obj), 0
     for field in ("id", "model_name", "model_version"):
         value = obj.get(field)
         if type(value) is str:
             colons += value.count(":")
-    for group in (obj.get("inputs") or (), obj.get("outputs") or ()):
-        for tensor in group:
-            keys += len(tensor)
-            colons += tensor["name"].count(":") + tensor.get("datatype", "").count(":")
-            if tensor.get("parameters"):
-                a, b = _count_keys(tensor["parameters"])
-                keys, colons = keys + a, colons + b
+    inputs = obj.get("inputs") or ()
+    keys += sum(map(len, inputs))
+    if not names_checked:
+        colons += sum(t["name"].count(":") + t.get("datatype", "").count(":") for t in inputs)
+    for tensor in inputs:
+        if "parameters" in tensor and tensor["parameters"]:
+            a, b = _count_keys(tensor["parameters"])
+            keys, colons = keys + a, colons + b
+    for tensor in obj.get("outputs") or ():
+        a, b = _count_keys(tensor)
+        keys, colons = keys + a, colons + b
     if obj.get("parameters"):
         a, b = _count_keys(obj["parameters"])
         keys, colons = keys + a, colons + b
     return keys, colons
 
 
-def check_duplicate_keys(body: bytes, keys: int, string_colons: int) -> None:
+def check_duplicate_keys(body: bytes, keys: int, string_colons: int | Callable[[], int]) -> None:
     """Refuse a JSON body with a duplicate key in any object, naming it.
 
     Fast and exact: without a backslash in the body, every ':' is either a key separator or
@@ -273,13 +278,19 @@ def check_duplicate_keys(body: bytes, keys: int, string_colons: int) -> None:
     Args:
         body: the raw JSON.
         keys: the keys the parser kept, summed over every object.
-        string_colons: ':' characters inside every string (keys and values).
+        string_colons: ':' characters inside every string (keys and values), or a function
+            computing them, called only when the body has more ':' than `keys` (strings with a
+            ':' are rare, so most requests never count them).
 
     Raises:
         RequestError: 400 naming the duplicate key.
     """
-    if b"\\" not in body and body.count(b":") == keys + string_colons:
-        return
+    if b"\\" not in body:
+        colons = body.count(b":")
+        if colons == keys:  # then no string holds a ':' and no key was dropped
+            return
+        if colons == keys + (string_colons if isinstance(string_colons, int) else string_colons()):
+            return
     loads_exact(body)
 
 
@@ -610,13 +621,14 @@ def v2_feeds(
         feeds1 = _one_row_v2(request, specs, limits)
         if feeds1 is not None:  # the common single-row request, through the records' fast path
             if body is not None:
-                keys, colons = _v2_keys(parsed)
-                strings = "".join(feeds1[s.name][0, 0] for s in signature.inputs if s.datatype == "BYTES")
-                check_duplicate_keys(body, keys, colons + strings.count(":"))
+                keys, colons = _v2_keys(parsed, names_checked=True)
+                bytes_columns = [s.name for s in signature.inputs if s.datatype == "BYTES"]
+                check_duplicate_keys(
+                    body, keys, lambda: colons + "".join(feeds1[c][0, 0] for c in bytes_columns).count(":")
+                )
             return feeds1, 1
     n_rows: int | None = None
     feeds: dict[str, np.ndarray] = {}
-    string_colons = 0
     offset = 0
     for tensor in request.inputs:
         spec = specs[tensor.name]
@@ -656,15 +668,15 @@ def v2_feeds(
             raise RequestError(400, f"{field}: {exc}") from None
         if len(flat) != n:
             raise RequestError(400, f"{field}: shape {shape} needs {n} values but data holds {len(flat)}")
-        arr = column_array(field, spec, flat, limits, tensor.datatype)
-        if spec.datatype == "BYTES":
-            string_colons += "".join(flat).count(":")
-        feeds[tensor.name] = arr
+        feeds[tensor.name] = column_array(field, spec, flat, limits, tensor.datatype)
     if binary is not None and offset != len(binary):
         raise RequestError(400, f"body: {len(binary) - offset} bytes after the last binary tensor")
     if body is not None and binary is None:
-        keys, colons = _v2_keys(parsed)
-        check_duplicate_keys(body, keys, colons + string_colons)
+        keys, colons = _v2_keys(parsed, names_checked=True)
+        bytes_columns = [s.name for s in signature.inputs if s.datatype == "BYTES"]
+        check_duplicate_keys(
+            body, keys, lambda: colons + sum("".join(feeds[c][:, 0]).count(":") for c in bytes_columns)
+        )
     assert n_rows is not None
     return feeds, n_rows
 
@@ -785,12 +797,22 @@ def records_feeds(
     if feeds is None:
         feeds = _records_columns(instances, specs, limits)
     if body is not None:
-        keys = 1 + sum(map(len, instances))
-        colons = sum("".join(feeds[s.name][:, 0]).count(":") for s in specs if s.datatype == "BYTES")
-        if any(":" in s.name for s in specs):
-            colons = -1  # never equal: take the exact path
-        check_duplicate_keys(body, keys, colons)
+
+        def string_colons() -> int:  # values of the BYTES columns, and the keys (column names)
+            values = sum("".join(feeds[s.name][:, 0]).count(":") for s in specs if s.datatype == "BYTES")
+            names = sum(name.count(":") * count for name, count in _key_counts(instances).items())
+            return values + names
+
+        check_duplicate_keys(body, 1 + sum(map(len, instances)), string_colons)
     return feeds, n
+
+
+def _key_counts(instances: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in instances:
+        for key in record:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _records_columns(instances: list[dict[str, Any]], specs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray]:

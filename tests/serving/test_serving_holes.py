@@ -81,6 +81,14 @@ def test_duplicate_keys_are_400_naming_the_key(shared_server, rows):
     assert _post_raw(shared_server, INFER, escaped).status_code == 200
     escaped_dup = dup_record.replace(b'"carrier":"AA"', b'"\\u0063arrier":"AA"', 1)
     assert _post_raw(shared_server, PREDICT, escaped_dup).status_code == 400
+    # Colons inside strings: counted only when the body has more ':' than keys; still exact.
+    colon = record.replace(b'"carrier":"', b'"carrier":"U:', 1)
+    assert _post_raw(shared_server, PREDICT, colon).status_code == 200
+    colon_dup = colon.replace(b'{"carrier":', b'{"origin":"X:Y","carrier":', 1)
+    r = _post_raw(shared_server, PREDICT, colon_dup)
+    assert r.status_code == 400 and "'origin'" in r.json()["error"], r.text
+    v2_colon = tensor.replace(b'"data":["', b'"data":[":', 1)
+    assert _post_raw(shared_server, INFER, v2_colon).status_code == 200
     # The binary extension's JSON header too.
     body, length = v2_binary_payload(rows.iloc[:3])
     extra = b'"name": "carrier", '
