@@ -467,30 +467,25 @@ def binary_column(
 
 
 def _fixed_width_ascii(buf: memoryview, n: int, limits: Limits) -> np.ndarray | None:
-    """BYTES elements that are all ASCII and all one length (airport and carrier codes), vectorised.
+    """BYTES elements that are all ASCII, without NUL, and of one length (airport and carrier
+    codes), decoded in three numpy passes into a fixed-width unicode array (ONNX Runtime takes it
+    as a string tensor, and `np.concatenate` with object arrays gives object).
 
-    Returns None for anything else (mixed lengths, non-ASCII, a bad size), which
+    Returns None for anything else (mixed lengths, non-ASCII, NUL, a bad size), which
     `_bytes_elements` then decodes one element at a time with the same rules and messages.
     """
     if n == 0 or len(buf) < 4:
         return None
     width = int.from_bytes(buf[:4], "little")
-    if width > limits.max_string_length or len(buf) != n * (4 + width):
+    if width == 0 or width > limits.max_string_length or len(buf) != n * (4 + width):
         return None
-    records = np.frombuffer(buf, dtype=np.dtype([("size", "<u4"), ("text", f"V{width}")]) if width else "<u4")
-    sizes = records["size"] if width else records
-    if (sizes != width).any():
+    records = np.frombuffer(buf, dtype=np.dtype([("size", "<u4"), ("text", f"V{width}")]))
+    if (records["size"] != width).any():
         return None
-    out = np.empty(n, dtype=object)
-    if width == 0:
-        out[:] = ""
-        return out
     chars = np.ascontiguousarray(records["text"]).view(np.uint8)
-    if (chars >= 0x80).any():
+    if ((chars >= 0x80) | (chars == 0)).any():  # non-ASCII; NUL, which the S dtype would drop
         return None
-    whole = chars.tobytes().decode("ascii")
-    out[:] = [whole[i : i + width] for i in range(0, n * width, width)]
-    return out
+    return chars.view(f"S{width}").astype(f"U{width}")
 
 
 def _bytes_elements(field: str, buf: memoryview, n: int, limits: Limits) -> np.ndarray:

@@ -274,4 +274,4 @@ def test_binary_bytes_fast_path_agrees_with_the_element_loop(values):
         assert info.value.status == exc.status == 400
         return
     got = binary_column("inputs[origin]", spec, "BYTES", memoryview(buf), len(values), limits)
-    assert got.dtype == object and list(got[:, 0]) == list(expected) == values
+    assert got.dtype.kind in "OU" and list(got[:, 0]) == list(expected) == values
