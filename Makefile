@@ -32,7 +32,7 @@ lint: setup  ## ruff
 	$(BIN)/python -m ruff check driftloop tasks flows serving commands tests bench
 
 bench: setup  ## every benchmark in bench/ (needs `make repro` first); results in bench/results/
-	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_batching.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \
+	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_cpu.py bench/serve_batching.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \
 	  echo "== $$b"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python $$b || exit 1; done
 
 serve: setup  ## serve artifacts/model on 127.0.0.1:8080 (copies it into model_repository/flight-delay/1)
