@@ -99,8 +99,10 @@ def test_tritonclient_model_config_and_statistics(shared_server, rows):
     client.close()
 
 
-def test_kserve_rest_client_v2_infer(shared_server, rows):
-    """KServe's SDK puts `model_name` and an `id` into the body; both are protocol fields."""
+@pytest.mark.parametrize("binary", [False, True])
+def test_kserve_rest_client_v2_infer(shared_server, rows, binary):
+    """KServe's SDK puts `model_name` and an `id` into the body; both are protocol fields. With
+    binary inputs it sends `application/octet-stream` and the binary tensor extension."""
     from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
     frame = rows.iloc[:5]
@@ -108,7 +110,7 @@ def test_kserve_rest_client_v2_infer(shared_server, rows):
     inputs = []
     for name in FEATURES:
         tensor = InferInput(name=name, shape=list(feeds[name].shape), datatype=datatype_of(name))
-        tensor.set_data_from_numpy(feeds[name], binary_data=False)
+        tensor.set_data_from_numpy(feeds[name], binary_data=binary)
         inputs.append(tensor)
     request = InferRequest(model_name=MODEL, infer_inputs=inputs, request_id="k-1")
 
