@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -210,13 +211,36 @@ def start_peer(peer: str, python: Path, folder: Path, model: Path) -> tuple[subp
         args = [str(python.parent / "bentoml"), "serve", "service:FlightDelay", "--port", str(port), "--host", "127.0.0.1"]
         ready = f"{base}/readyz"
     log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(args, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Own session: LitServe and BentoML start worker processes that outlive a SIGTERM to the parent
+    # alone; `stop_peer` signals the whole group.
+    proc = subprocess.Popen(args, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(ready, timeout_s=180, proc=proc)
     except RuntimeError:
-        proc.kill()
+        stop_peer(proc)
         raise RuntimeError(f"{peer} did not start; see {folder / 'server.log'}") from None
     return proc, base
+
+
+def stop_peer(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM to the peer's process group, then SIGKILL to what is left after `timeout_s`."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; give its workers a moment, then make sure
+            time.sleep(1.0)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
 
 
 def check_answer(name: str, url: str, fmt: str, frame, expected: np.ndarray) -> None:
@@ -249,6 +273,7 @@ def main() -> None:
     binary, header_length = v2_binary_payload(bulk)
 
     procs: list[subprocess.Popen] = []
+    peer_procs: list[subprocess.Popen] = []
     targets: dict[str, tuple[str, str]] = {}  # label: (url, format)
     try:
         port = free_port()
@@ -261,7 +286,7 @@ def main() -> None:
             folder = tmp / peer
             folder.mkdir()
             proc, base = start_peer(peer, python, folder, model)
-            procs.append(proc)
+            peer_procs.append(proc)
             path = {"mlserver": f"/v2/models/{MODEL}/infer", "litserve": "/predict", "bentoml": "/predict"}[peer]
             targets[f"{peer} {FORMAT[peer]}"] = (base + path, FORMAT[peer])
         for name, (url, fmt) in targets.items():
@@ -282,6 +307,8 @@ def main() -> None:
     finally:
         for proc in procs:
             stop_process(proc)
+        for proc in peer_procs:
+            stop_peer(proc)
 
     points = []
     for name in bulk_rows:
