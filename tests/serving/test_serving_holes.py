@@ -261,13 +261,14 @@ def test_errors_name_model_and_version_not_server_paths(start_server, make_repo,
 @given(values=st.lists(st.text(max_size=5), min_size=1, max_size=30) | st.lists(
     st.sampled_from(["EWR", "JFK", "LGA", "A\x00C", "ÉWR"]), min_size=1, max_size=30))
 def test_binary_bytes_fast_path_agrees_with_the_element_loop(values):
-    from serving.validation import _bytes_elements, binary_column
+    from serving.validation import binary_column
+    from serving.wire import bytes_elements
 
     spec = next(s for s in SIG.inputs if s.name == "origin")
     buf = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values)
     limits = Limits(max_string_length=4)
     try:
-        expected = _bytes_elements("inputs[origin]", memoryview(buf), len(values), limits)
+        expected = bytes_elements("inputs[origin]", memoryview(buf), len(values), limits.max_string_length)
     except RequestError as exc:
         with pytest.raises(RequestError) as info:
             binary_column("inputs[origin]", spec, "BYTES", memoryview(buf), len(values), limits)
