@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help setup lock repro test test-fast lint bench serve clean
+.PHONY: help setup lock repro test test-fast lint bench bench-peers serve clean
 
 help:  ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -45,8 +45,11 @@ lint: setup  ## ruff
 	$(BIN)/python -m ruff check driftloop tasks flows serving commands tests bench
 
 bench: setup  ## every benchmark in bench/ (needs `make repro` first); results in bench/results/
-	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_batching.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \
+	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_cpu.py bench/serve_batching.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \
 	  echo "== $$b"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python $$b || exit 1; done
+
+bench-peers: setup  ## this server vs MLServer, LitServe, BentoML on the same graph (virtualenvs in bench/.peers/, made on first run)
+	$(BIN)/python bench/serve_peers.py
 
 serve: setup  ## serve artifacts/model on 127.0.0.1:8080 (copies it into model_repository/flight-delay/1)
 	mkdir -p model_repository/flight-delay && rm -rf model_repository/flight-delay/1 && cp -r artifacts/model model_repository/flight-delay/1

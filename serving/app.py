@@ -8,21 +8,25 @@ Endpoints (the OpenAPI document is at `/openapi.json`, the interactive one at `/
     GET  /v2                                                     server metadata
     GET  /v2/models/{name}[/versions/{version}]                  model metadata (from signature.json)
     GET  /v2/models/{name}[/versions/{version}]/ready
-    POST /v2/models/{name}[/versions/{version}]/infer            v2 tensors -> `probability` FP32 [n, 1]
+    GET  /v2/models/{name}[/versions/{version}]/config           Triton's model configuration (JSON)
+    GET  /v2/models[/{name}[/versions/{version}]]/stats          Triton's statistics extension
+    POST /v2/models/{name}[/versions/{version}]/infer            v2 tensors (JSON or the binary tensor
+                                                                 extension) -> `probability` FP32 [n, 1]
     POST /v1/models/{name}:predict                               {"instances": [{col: value}]} -> predictions
     GET|POST /v2/repository/index                                models on disk / loaded, with state
     POST /v2/repository/models/{name}/load                       {"parameters": {"version": "2"}} optional
     POST /v2/repository/models/{name}/unload                     {"parameters": {"version": "1"}} optional
-    GET|POST /v2/repository/models/{name}/traffic                {"weights": {"1": 90, "2": 10}}
+    GET|POST /v2/repository/models/{name}/traffic                {"weights": {"1": 90, "2": 10}} (percent, sum 100)
     GET  /metrics                                                Prometheus text format
 
 Every scoring and metadata response carries headers `x-model-name`, `x-model-version`,
 `x-lineage-id` (and the same in the body); scoring responses also carry `x-request-id`, taken from
 the request's header (or the v2 body's `id`) or generated.
 
-Errors are `{"error": "<message naming the field>"}` with 400 / 401 / 404 / 413 / 422 / 429 / 503.
-Bodies are read with a byte limit before any parsing (chunked bodies included) and validated by
-pydantic models from the raw bytes; handlers never call `request.json()`.
+Errors are `{"error": "<message naming the field>"}` with 400 / 401 / 403 / 404 / 413 / 415 / 422 /
+429 / 503; a client gone mid-body is counted as 499. Bodies are read with a byte limit before any
+parsing (chunked and gzip bodies included: the limit applies to the decompressed size) and decoded
+by `serving.validation` from the raw bytes; handlers never call `request.json()`.
 """
 
 from __future__ import annotations

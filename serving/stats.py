@@ -50,15 +50,37 @@ class InferenceStats:
             s = self._stats.setdefault((name, version), _VersionStats())
         return s
 
-    def request(self, name: str, version: str, rows: int, phases: dict[str, float]) -> None:
-        """Record one finished request: its rows and each phase's seconds (keys of `_PHASES`)."""
+    def request(
+        self,
+        name: str,
+        version: str,
+        rows: int,
+        success_s: float,
+        compute_input_s: float,
+        queue_s: float,
+        compute_infer_s: float,
+        compute_output_s: float,
+    ) -> None:
+        """Record one answered request: its rows and each phase's seconds."""
         s = self._get(name, version)
         s.inference_count += rows
         s.last_inference_ms = int(time.time() * 1000)
         counts, ns = s.counts, s.ns
-        for phase, seconds in phases.items():
+        for phase, seconds in (
+            ("success", success_s),
+            ("compute_input", compute_input_s),
+            ("queue", queue_s),
+            ("compute_infer", compute_infer_s),
+            ("compute_output", compute_output_s),
+        ):
             counts[phase] += 1
             ns[phase] += int(seconds * 1e9)
+
+    def fail(self, name: str, version: str, seconds: float) -> None:
+        """Record a request that reached `version` and then failed, after `seconds`."""
+        s = self._get(name, version)
+        s.counts["fail"] += 1
+        s.ns["fail"] += int(seconds * 1e9)
 
     def batch(self, name: str, version: str, rows: int, run_s: float) -> None:
         """Record one `session.run` of `rows` rows that took `run_s` seconds."""

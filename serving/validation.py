@@ -35,29 +35,26 @@ Every failure is a `RequestError` with an HTTP status and a message that names t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from driftloop.schema import OUTPUT, Signature, TensorSpec
+from serving.wire import (
+    RequestError,
+    bytes_elements,
+    check_duplicate_keys,
+    count_keys,
+    fixed_width_ascii,
+    loads,
+)
 
 M = TypeVar("M", bound=BaseModel)
 _NONE = type(None)
-
-
-class RequestError(Exception):
-    """A client error: `status` (400, 413, 415, 422) and a one-line message naming the field."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -172,115 +169,38 @@ def parse_model(model: type[M], body: bytes) -> M:
         result = model.model_validate(obj)
     except ValidationError as exc:
         raise _pydantic_error(exc) from None
-    keys, colons = _count_keys(obj)
+    keys, colons = count_keys(obj)
     check_duplicate_keys(body, keys, colons)
     return result
 
 
-def loads(body: bytes) -> Any:
-    """Parse JSON with orjson.
-
-    Raises:
-        RequestError: 422 when the body is not JSON.
-    """
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(422, f"invalid request body: not JSON ({exc})") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise RequestError(400, f"body: duplicate key {key[:64]!r}; each key may appear once per object")
-            seen.add(key)
-    return out
-
-
-def loads_exact(body: bytes | memoryview) -> Any:
-    """Parse JSON with the standard library, refusing duplicate keys (small bodies: headers, fallbacks).
-
-    Raises:
-        RequestError: 400 naming a duplicate key; 422 when the body is not JSON.
-    """
-    try:
-        return json.loads(bytes(body), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise RequestError(422, f"invalid request body: not JSON ({exc})") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _count_keys(obj: Any) -> tuple[int, int]:
-    """(keys in every object, ':' characters inside every string) of a parsed JSON value."""
-    t = type(obj)
-    if t is str:
-        return 0, obj.count(":")
-    if t is dict:
-        keys, colons = len(obj), 0
-        for k, v in obj.items():
-            a, b = _count_keys(v)
-            keys, colons = keys + a, colons + b + k.count(":")
-        return keys, colons
-    if t is list:
-        keys = colons = 0
-        for v in obj:
-            if type(v) in (dict, list, str):
-                a, b = _count_keys(v)
-                keys, colons = keys + a, colons + b
-        return keys, colons
-    return 0, 0
-
-
-def _v2_keys(obj: dict[str, Any]) -> tuple[int, int]:
-    """`_count_keys` of a v2 request that `InferenceRequest` accepted, without the `data` lists.
+def _v2_keys(obj: dict[str, Any], names_checked: bool = False) -> tuple[int, int]:
+    """`count_keys` of a v2 request that `InferenceRequest` accepted, without the `data` lists.
 
     The model fixes the structure (known keys without ':', `shape` of integers), so only the
-    strings and the free-form `parameters` need looking at: a dozen lookups instead of a walk
-    through every tensor.
+    strings and the free-form `parameters` need looking at, not every tensor's values. With
+    `names_checked`, the inputs' names and datatypes are known to be the signature's (no ':').
     """
     keys, colons = len(obj), 0
     for field in ("id", "model_name", "model_version"):
         value = obj.get(field)
         if type(value) is str:
             colons += value.count(":")
-    for group in (obj.get("inputs") or (), obj.get("outputs") or ()):
-        for tensor in group:
-            keys += len(tensor)
-            colons += tensor["name"].count(":") + tensor.get("datatype", "").count(":")
-            if tensor.get("parameters"):
-                a, b = _count_keys(tensor["parameters"])
-                keys, colons = keys + a, colons + b
+    inputs = obj.get("inputs") or ()
+    keys += sum(map(len, inputs))
+    if not names_checked:
+        colons += sum(t["name"].count(":") + t.get("datatype", "").count(":") for t in inputs)
+    for tensor in inputs:
+        if "parameters" in tensor and tensor["parameters"]:
+            a, b = count_keys(tensor["parameters"])
+            keys, colons = keys + a, colons + b
+    for tensor in obj.get("outputs") or ():
+        a, b = count_keys(tensor)
+        keys, colons = keys + a, colons + b
     if obj.get("parameters"):
-        a, b = _count_keys(obj["parameters"])
+        a, b = count_keys(obj["parameters"])
         keys, colons = keys + a, colons + b
     return keys, colons
-
-
-def check_duplicate_keys(body: bytes, keys: int, string_colons: int) -> None:
-    """Refuse a JSON body with a duplicate key in any object, naming it.
-
-    Fast and exact: without a backslash in the body, every ':' is either a key separator or
-    inside a string, so `body.count(b":") == keys + string_colons` holds exactly when the parser
-    kept every key it read. Otherwise the standard library re-parses the body with a hook that
-    names the first duplicate (and finds none when the counts differed for another reason).
-
-    Args:
-        body: the raw JSON.
-        keys: the keys the parser kept, summed over every object.
-        string_colons: ':' characters inside every string (keys and values).
-
-    Raises:
-        RequestError: 400 naming the duplicate key.
-    """
-    if b"\\" not in body and body.count(b":") == keys + string_colons:
-        return
-    loads_exact(body)
 
 
 # ---------------------------------------------------------------------------- columns
@@ -433,9 +353,9 @@ def binary_column(
             non-nullable column, or a value out of the column's range.
     """
     if spec.datatype == "BYTES":
-        out = _fixed_width_ascii(buf, n, limits)
+        out = fixed_width_ascii(buf, n, limits.max_string_length)
         if out is None:
-            out = _bytes_elements(field, buf, n, limits)
+            out = bytes_elements(field, buf, n, limits.max_string_length)
         return out.reshape(-1, 1)
     wire = np.dtype(_WIRE_DTYPE[declared])
     if len(buf) != n * wire.itemsize:
@@ -453,60 +373,6 @@ def binary_column(
     wide = arr.astype(np.float64, copy=False)
     _check_finite(field, spec, None, wide, out)
     return out.reshape(-1, 1)
-
-
-def _fixed_width_ascii(buf: memoryview, n: int, limits: Limits) -> np.ndarray | None:
-    """BYTES elements that are all ASCII and all one length (airport and carrier codes), vectorised.
-
-    Returns None for anything else (mixed lengths, non-ASCII, a bad size), which
-    `_bytes_elements` then decodes one element at a time with the same rules and messages.
-    """
-    if n == 0 or len(buf) < 4:
-        return None
-    width = int.from_bytes(buf[:4], "little")
-    if width > limits.max_string_length or len(buf) != n * (4 + width):
-        return None
-    records = np.frombuffer(buf, dtype=np.dtype([("size", "<u4"), ("text", f"V{width}")]) if width else "<u4")
-    sizes = records["size"] if width else records
-    if (sizes != width).any():
-        return None
-    out = np.empty(n, dtype=object)
-    if width == 0:
-        out[:] = ""
-        return out
-    chars = np.ascontiguousarray(records["text"]).view(np.uint8)
-    if (chars >= 0x80).any():
-        return None
-    whole = chars.tobytes().decode("ascii")
-    out[:] = [whole[i : i + width] for i in range(0, n * width, width)]
-    return out
-
-
-def _bytes_elements(field: str, buf: memoryview, n: int, limits: Limits) -> np.ndarray:
-    """BYTES elements (4-byte little-endian length, then UTF-8) one at a time, naming the first bad one."""
-    out = np.empty(n, dtype=object)
-    raw = bytes(buf)
-    pos = 0
-    for i in range(n):
-        if pos + 4 > len(raw):
-            raise RequestError(400, f"{field}: binary data ends before element {i} of {n}")
-        size = int.from_bytes(raw[pos : pos + 4], "little")
-        pos += 4
-        if pos + size > len(raw):
-            raise RequestError(400, f"{field}: element {i} runs past the end of its binary data")
-        try:
-            text = raw[pos : pos + size].decode("utf-8")
-        except UnicodeDecodeError:
-            raise RequestError(400, f"{field}: row {i} is not UTF-8") from None
-        if len(text) > limits.max_string_length:
-            raise RequestError(
-                400, f"{field}: row {i} is {len(text)} characters long; the limit is {limits.max_string_length}"
-            )
-        out[i] = text
-        pos += size
-    if pos != len(raw):
-        raise RequestError(400, f"{field}: binary data holds {len(raw) - pos} bytes past its {n} elements")
-    return out
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -610,13 +476,14 @@ def v2_feeds(
         feeds1 = _one_row_v2(request, specs, limits)
         if feeds1 is not None:  # the common single-row request, through the records' fast path
             if body is not None:
-                keys, colons = _v2_keys(parsed)
-                strings = "".join(feeds1[s.name][0, 0] for s in signature.inputs if s.datatype == "BYTES")
-                check_duplicate_keys(body, keys, colons + strings.count(":"))
+                keys, colons = _v2_keys(parsed, names_checked=True)
+                bytes_columns = [s.name for s in signature.inputs if s.datatype == "BYTES"]
+                check_duplicate_keys(
+                    body, keys, lambda: colons + "".join(feeds1[c][0, 0] for c in bytes_columns).count(":")
+                )
             return feeds1, 1
     n_rows: int | None = None
     feeds: dict[str, np.ndarray] = {}
-    string_colons = 0
     offset = 0
     for tensor in request.inputs:
         spec = specs[tensor.name]
@@ -656,15 +523,15 @@ def v2_feeds(
             raise RequestError(400, f"{field}: {exc}") from None
         if len(flat) != n:
             raise RequestError(400, f"{field}: shape {shape} needs {n} values but data holds {len(flat)}")
-        arr = column_array(field, spec, flat, limits, tensor.datatype)
-        if spec.datatype == "BYTES":
-            string_colons += "".join(flat).count(":")
-        feeds[tensor.name] = arr
+        feeds[tensor.name] = column_array(field, spec, flat, limits, tensor.datatype)
     if binary is not None and offset != len(binary):
         raise RequestError(400, f"body: {len(binary) - offset} bytes after the last binary tensor")
     if body is not None and binary is None:
-        keys, colons = _v2_keys(parsed)
-        check_duplicate_keys(body, keys, colons + string_colons)
+        keys, colons = _v2_keys(parsed, names_checked=True)
+        bytes_columns = [s.name for s in signature.inputs if s.datatype == "BYTES"]
+        check_duplicate_keys(
+            body, keys, lambda: colons + sum("".join(feeds[c][:, 0]).count(":") for c in bytes_columns)
+        )
     assert n_rows is not None
     return feeds, n_rows
 
@@ -785,12 +652,22 @@ def records_feeds(
     if feeds is None:
         feeds = _records_columns(instances, specs, limits)
     if body is not None:
-        keys = 1 + sum(map(len, instances))
-        colons = sum("".join(feeds[s.name][:, 0]).count(":") for s in specs if s.datatype == "BYTES")
-        if any(":" in s.name for s in specs):
-            colons = -1  # never equal: take the exact path
-        check_duplicate_keys(body, keys, colons)
+
+        def string_colons() -> int:  # values of the BYTES columns, and the keys (column names)
+            values = sum("".join(feeds[s.name][:, 0]).count(":") for s in specs if s.datatype == "BYTES")
+            names = sum(name.count(":") * count for name, count in _key_counts(instances).items())
+            return values + names
+
+        check_duplicate_keys(body, 1 + sum(map(len, instances)), string_colons)
     return feeds, n
+
+
+def _key_counts(instances: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in instances:
+        for key in record:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _records_columns(instances: list[dict[str, Any]], specs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray]:

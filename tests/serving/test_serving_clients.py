@@ -99,8 +99,10 @@ def test_tritonclient_model_config_and_statistics(shared_server, rows):
     client.close()
 
 
-def test_kserve_rest_client_v2_infer(shared_server, rows):
-    """KServe's SDK puts `model_name` and an `id` into the body; both are protocol fields."""
+@pytest.mark.parametrize("binary", [False, True])
+def test_kserve_rest_client_v2_infer(shared_server, rows, binary):
+    """KServe's SDK puts `model_name` and an `id` into the body; both are protocol fields. With
+    binary inputs it sends `application/octet-stream` and the binary tensor extension."""
     from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
     frame = rows.iloc[:5]
@@ -108,7 +110,7 @@ def test_kserve_rest_client_v2_infer(shared_server, rows):
     inputs = []
     for name in FEATURES:
         tensor = InferInput(name=name, shape=list(feeds[name].shape), datatype=datatype_of(name))
-        tensor.set_data_from_numpy(feeds[name], binary_data=False)
+        tensor.set_data_from_numpy(feeds[name], binary_data=binary)
         inputs.append(tensor)
     request = InferRequest(model_name=MODEL, infer_inputs=inputs, request_id="k-1")
 
@@ -147,3 +149,26 @@ def test_gzip_bomb_is_413_on_its_decompressed_size(shared_server, rows):
     assert r.status_code == 400 and "corrupt" in r.json()["error"]
     small = gzip.compress(httpx.Request("POST", "/", json=v2_payload(rows.iloc[:3])).content)
     assert shared_server.post(f"/v2/models/{MODEL}/infer", content=small, headers=headers).status_code == 200
+
+
+def test_binary_and_json_rows_land_alike_in_the_prediction_log(start_server, make_repo, rows, tmp_path):
+    """Binary string tensors decode to fixed-width unicode arrays; the log holds the same strings."""
+    import datetime as dt
+
+    from driftloop.predlog import read_log
+    from serving.testing import v2_binary_payload
+
+    client = start_server(make_repo(), log_dir=tmp_path / "log", flush_interval_s=60)
+    frame = rows.iloc[:6]
+    body, length = v2_binary_payload(frame)
+    headers = {"inference-header-content-length": str(length), "x-request-id": "bin"}
+    assert client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers).status_code == 200
+    assert client.post(f"/v2/models/{MODEL}/infer", json=v2_payload(frame), headers={"x-request-id": "json"}).status_code == 200
+    start_server.stop()  # flushes the log
+    now = dt.datetime.now(dt.UTC)
+    log = read_log(tmp_path / "log", MODEL, now - dt.timedelta(days=1), now + dt.timedelta(days=1))
+    by_id = {rid: part.sort_values("row") for rid, part in log.groupby("request_id")}
+    for column in ("carrier", "origin", "dest", "hour", "temp"):
+        np.testing.assert_array_equal(by_id["bin"][column].to_numpy(), by_id["json"][column].to_numpy())
+    assert list(by_id["bin"]["carrier"]) == list(frame["carrier"])
+    np.testing.assert_allclose(by_id["bin"]["score"], by_id["json"]["score"])

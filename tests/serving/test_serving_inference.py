@@ -112,3 +112,28 @@ def test_api_key(make_repo, start_server, rows):
     )
     ok = client.post(f"/v1/models/{MODEL}:predict", json=payload, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
+
+
+def test_the_data_plane_knows_nothing_of_http():
+    """serving.dataplane (and what it builds on) imports no web framework: routes translate HTTP to it."""
+    import ast
+    from pathlib import Path
+
+    import serving
+
+    root = Path(serving.__file__).parent
+    for module in ("dataplane", "validation", "wire", "stats", "batcher", "repository", "metrics"):
+        tree = ast.parse((root / f"{module}.py").read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        web = [n for n in names if n.split(".")[0] in {"fastapi", "starlette", "uvicorn", "httpx"} or n == "serving.http"]
+        assert not web, (module, web)
+
+
+def test_every_scoring_endpoint_is_on_the_fast_path(tmp_path):
+    from driftloop.protocol import SCORING_ENDPOINTS
+    from serving.app import create_app
+    from serving.config import ServeSettings
+
+    app = create_app(ServeSettings(repository=tmp_path))
+    assert sorted(r.path for r, _ in app.state.fast_routes) == sorted(SCORING_ENDPOINTS)

@@ -1,0 +1,145 @@
+"""Benchmark: CPU time per request through the whole server app, without sockets.
+
+Each request runs the full ASGI app in-process (middleware, fast path, body read, decoding,
+validation, batcher and its inference thread, statistics, response encoding); only the socket
+and uvicorn's HTTP parsing are left out. Time is process CPU time (`time.process_time`, every
+thread), not wall time, so a shared, loaded machine inflates it far less than req/s figures. Raw
+`session.run` at batch 1,000 is measured in the same rounds, interleaved, for the ratio.
+
+Formats: 1,000 rows as v2 binary tensors, v2 JSON, records; one row as v2 JSON and records.
+
+Run: .venv/bin/python bench/serve_cpu.py [--rounds 5]
+Writes bench/results/serve_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import orjson  # noqa: E402
+from serve_common import MODEL, figure, print_table, write_results  # noqa: E402
+
+from serving.app import create_app  # noqa: E402
+from serving.config import ServeSettings  # noqa: E402
+from serving.testing import (  # noqa: E402
+    build_test_package,
+    records_payload,
+    synthetic_rows,
+    v2_binary_payload,
+    v2_payload,
+)
+
+
+async def _call(app, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)  # pragma: no cover - never reached: the body is complete
+
+    status: list[int] = []
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    if status != [200]:
+        raise RuntimeError(f"{path}: status {status}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
+    opts = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="serve_cpu_"))
+    build_test_package(tmp / "repo" / MODEL / "1", model_name=MODEL)
+    app = create_app(ServeSettings(repository=tmp / "repo", max_queue_rows=100_000))
+    bulk = synthetic_rows(1000, seed=2)
+    one = synthetic_rows(1, seed=1)
+    binary, header_length = v2_binary_payload(bulk)
+    infer, predict = f"/v2/models/{MODEL}/infer", f"/v1/models/{MODEL}:predict"
+    cases = {  # name: (rows, path, body, headers, requests per round)
+        "v2 binary": (1000, infer, binary, [(b"inference-header-content-length", str(header_length).encode())], 20),
+        "v2 JSON": (1000, infer, orjson.dumps(v2_payload(bulk)), [], 20),
+        "records": (1000, predict, orjson.dumps(records_payload(bulk)), [], 10),
+        "v2 JSON, 1 row": (1, infer, orjson.dumps(v2_payload(one)), [], 300),
+        "records, 1 row": (1, predict, orjson.dumps(records_payload(one)), [], 300),
+    }
+
+    import onnxruntime as ort
+
+    from driftloop.schema import to_onnx_feeds
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(tmp / "repo" / MODEL / "1" / "model.onnx"), options)
+    feeds = to_onnx_feeds(bulk)
+
+    async def run() -> tuple[dict[str, list[float]], list[float]]:
+        per_request: dict[str, list[float]] = {k: [] for k in cases}
+        raw: list[float] = []
+        async with app.router.lifespan_context(app):
+            for _, path, body, headers, _ in cases.values():
+                await _call(app, path, body, headers)  # warm-up
+            for _ in range(opts.rounds):
+                for name, (_, path, body, headers, n) in cases.items():
+                    start = time.process_time()
+                    for _ in range(n):
+                        await _call(app, path, body, headers)
+                    per_request[name].append((time.process_time() - start) / n)
+                start = time.process_time()
+                for _ in range(20):
+                    session.run(None, feeds)
+                raw.append((time.process_time() - start) / 20)
+        return per_request, raw
+
+    per_request, raw = asyncio.run(run())
+    raw_s = statistics.median(raw)
+    points = [{"format": "raw session.run", "rows/req": 1000, "cpu ms/req": raw_s * 1e3, "rows/cpu-s": 1000 / raw_s}]
+    figures = []
+    for name, (rows, *_rest) in cases.items():
+        s = statistics.median(per_request[name])
+        points.append({"format": name, "rows/req": rows, "cpu ms/req": s * 1e3, "rows/cpu-s": rows / s})
+        if rows == 1000:
+            target = 0.5 if name == "v2 binary" else None
+            figures.append(figure(f"rows_per_cpu_s_{name.replace(' ', '_').lower()}", 1000 / s, "rows/cpu-s",
+                                  "raw session.run, batch 1000", 1000 / raw_s, target))  # fmt: skip
+    v2_one = statistics.median(per_request["v2 JSON, 1 row"])
+    rec_one = statistics.median(per_request["records, 1 row"])
+    figures.append(figure("cpu_per_request_v2_vs_records_1_row", v2_one * 1e6, "us", "records, 1 row",
+                          rec_one * 1e6, 1.1, higher_is_better=False))  # fmt: skip
+    print_table("serve_cpu", points, ["format", "rows/req", "cpu ms/req", "rows/cpu-s"])
+    path = write_results("serve_cpu", figures, points, "In-process ASGI calls; process CPU time; interleaved rounds.")
+    print()
+    for f in figures:
+        target = f" (target {f['target']}: {'met' if f['met'] else 'NOT met'})" if f["target"] else ""
+        print(f"{f['name']}: {f['value']:,.0f} {f['unit']} = {f['ratio']:.2f}x {f['baseline']}{target}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Wire-level decoding shared by the request paths: JSON that refuses duplicate keys, and the
+binary tensor extension's BYTES elements. No knowledge of signatures or limits beyond numbers.
+
+`check_duplicate_keys` is the fast exact check described in `serving.validation`; the BYTES
+decoders turn `[4-byte little-endian length][UTF-8]` elements into arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+
+class RequestError(Exception):
+    """A client error: `status` (400, 413, 415, 422) and a one-line message naming the field."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def loads(body: bytes) -> Any:
+    """Parse JSON with orjson.
+
+    Raises:
+        RequestError: 422 when the body is not JSON.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(422, f"invalid request body: not JSON ({exc})") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RequestError(400, f"body: duplicate key {key[:64]!r}; each key may appear once per object")
+            seen.add(key)
+    return out
+
+
+def loads_exact(body: bytes | memoryview) -> Any:
+    """Parse JSON with the standard library, refusing duplicate keys (small bodies: headers, fallbacks).
+
+    Raises:
+        RequestError: 400 naming a duplicate key; 422 when the body is not JSON.
+    """
+    try:
+        return json.loads(bytes(body), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(422, f"invalid request body: not JSON ({exc})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def count_keys(obj: Any) -> tuple[int, int]:
+    """(keys in every object, ':' characters inside every string) of a parsed JSON value."""
+    t = type(obj)
+    if t is str:
+        return 0, obj.count(":")
+    if t is dict:
+        keys, colons = len(obj), 0
+        for k, v in obj.items():
+            a, b = count_keys(v)
+            keys, colons = keys + a, colons + b + k.count(":")
+        return keys, colons
+    if t is list:
+        keys = colons = 0
+        for v in obj:
+            if type(v) in (dict, list, str):
+                a, b = count_keys(v)
+                keys, colons = keys + a, colons + b
+        return keys, colons
+    return 0, 0
+
+
+def check_duplicate_keys(body: bytes, keys: int, string_colons: int | Callable[[], int]) -> None:
+    """Refuse a JSON body with a duplicate key in any object, naming it.
+
+    Fast and exact: without a backslash in the body, every ':' is either a key separator or
+    inside a string, so `body.count(b":") == keys + string_colons` holds exactly when the parser
+    kept every key it read. Otherwise the standard library re-parses the body with a hook that
+    names the first duplicate (and finds none when the counts differed for another reason).
+
+    Args:
+        body: the raw JSON.
+        keys: the keys the parser kept, summed over every object.
+        string_colons: ':' characters inside every string (keys and values), or a function
+            computing them, called only when the body has more ':' than `keys` (strings with a
+            ':' are rare, so most requests never count them).
+
+    Raises:
+        RequestError: 400 naming the duplicate key.
+    """
+    if b"\\" not in body:
+        colons = body.count(b":")
+        if colons == keys:  # then no string holds a ':' and no key was dropped
+            return
+        if colons == keys + (string_colons if isinstance(string_colons, int) else string_colons()):
+            return
+    loads_exact(body)
+
+
+def fixed_width_ascii(buf: memoryview, n: int, max_string_length: int) -> np.ndarray | None:
+    """BYTES elements that are all ASCII, without NUL, and of one length (airport and carrier
+    codes), decoded in three numpy passes into a fixed-width unicode array (ONNX Runtime takes it
+    as a string tensor, and `np.concatenate` with object arrays gives object).
+
+    Returns None for anything else (mixed lengths, non-ASCII, NUL, a bad size), which
+    `bytes_elements` then decodes one element at a time with the same rules and messages.
+    """
+    if n == 0 or len(buf) < 4:
+        return None
+    width = int.from_bytes(buf[:4], "little")
+    if width == 0 or width > max_string_length or len(buf) != n * (4 + width):
+        return None
+    records = np.frombuffer(buf, dtype=np.dtype([("size", "<u4"), ("text", f"V{width}")]))
+    if (records["size"] != width).any():
+        return None
+    chars = np.ascontiguousarray(records["text"]).view(np.uint8)
+    if ((chars >= 0x80) | (chars == 0)).any():  # non-ASCII; NUL, which the S dtype would drop
+        return None
+    return chars.view(f"S{width}").astype(f"U{width}")
+
+
+def bytes_elements(field: str, buf: memoryview, n: int, max_string_length: int) -> np.ndarray:
+    """BYTES elements (4-byte little-endian length, then UTF-8) one at a time, naming the first bad one."""
+    out = np.empty(n, dtype=object)
+    raw = bytes(buf)
+    pos = 0
+    for i in range(n):
+        if pos + 4 > len(raw):
+            raise RequestError(400, f"{field}: binary data ends before element {i} of {n}")
+        size = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if pos + size > len(raw):
+            raise RequestError(400, f"{field}: element {i} runs past the end of its binary data")
+        try:
+            text = raw[pos : pos + size].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, f"{field}: row {i} is not UTF-8") from None
+        if len(text) > max_string_length:
+            raise RequestError(
+                400, f"{field}: row {i} is {len(text)} characters long; the limit is {max_string_length}"
+            )
+        out[i] = text
+        pos += size
+    if pos != len(raw):
+        raise RequestError(400, f"{field}: binary data holds {len(raw) - pos} bytes past its {n} elements")
+    return out
