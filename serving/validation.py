@@ -4,8 +4,9 @@ Two request shapes, both pydantic models validated straight from the raw bytes
 (`model_validate_json`, no `request.json()`):
   * Open Inference Protocol v2 `InferenceRequest`: named tensors `{name, shape, datatype, data}`,
     `data` flat (row-major) or nested, datatypes BYTES / FP32 / FP64 / INT64 (INT32 accepted for
-    integer columns, FP64 for FP32 columns). An integer column takes JSON integers only, so a
-    truncation never happens silently; a float column takes integers and floats.
+    integer columns, FP64 for FP32 columns). An integer column takes integral JSON numbers only
+    (7 or 7.0, as JSON Schema's `integer`), so a truncation never happens silently; a float
+    column takes integers and floats.
   * Records (`RecordsRequest`): `{"instances": [{column: value, ...}, ...]}`, one object per row.
 
 Every failure is a `RequestError` with an HTTP status and a message that names the field:
@@ -23,15 +24,37 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from driftloop.schema import OUTPUT, Signature, TensorSpec
 
 _INT64_MAX = np.iinfo(np.int64).max
 M = TypeVar("M", bound=BaseModel)
+
+MAX_REQUEST_ID = 128
+# A request id (the `x-request-id` header or a v2 body's `id`): 1..128 printable ASCII characters,
+# not starting or ending with a space (HTTP strips those from header values, so an id that has
+# them could not travel in the header unchanged). One regex, the same in ECMA-262 (the OpenAPI
+# document), the Rust regex crate (pydantic) and Python `re` (`serving.http.request_id_of`).
+REQUEST_ID_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+# A model or version folder name as the repository takes it: no "/", not starting with "."
+# (`serving.repository.ModelRepository._folder`).
+NAME_PATTERN = r"^[^/.][^/]*$"
+
+
+def _json_integer(value: Any) -> Any:
+    """An integral JSON number (7 or 7.0, as JSON Schema's `integer`) as an int; anything else as is."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# The request models are strict (no "5" -> 5, no true -> 1): what the OpenAPI document calls
+# invalid, the server refuses. Integers are the one exception, as JSON Schema has it: 7.0 is 7.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class RequestError(Exception):
@@ -54,10 +77,10 @@ class Limits:
 class RequestInput(BaseModel):
     """One named input tensor of a v2 request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(max_length=256)
-    shape: list[int] = Field(min_length=1, max_length=4)
+    shape: list[JsonInt] = Field(min_length=1, max_length=4)
     datatype: str = Field(max_length=16)
     data: list[Any]
     parameters: dict[str, Any] | None = None
@@ -66,7 +89,7 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     """A requested output of a v2 request (only `probability` exists)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(max_length=256)
     parameters: dict[str, Any] | None = None
@@ -75,9 +98,9 @@ class RequestOutput(BaseModel):
 class InferenceRequest(BaseModel):
     """The v2 `POST .../infer` body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str | None = Field(None, max_length=256)
+    id: str | None = Field(None, min_length=1, max_length=MAX_REQUEST_ID, pattern=REQUEST_ID_PATTERN)
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
@@ -86,23 +109,33 @@ class InferenceRequest(BaseModel):
 class RecordsRequest(BaseModel):
     """The records body `POST /v1/models/{name}:predict`: one JSON object per row."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     instances: list[dict[str, Any]] = Field(min_length=1)
+
+
+class LoadParameters(BaseModel):
+    """`parameters` of a load / unload body: the version folder (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    version: Annotated[str, StringConstraints(min_length=1, pattern=NAME_PATTERN)] | Annotated[
+        int, Field(ge=0), BeforeValidator(_json_integer)
+    ] | None = Field(None, description="version folder; default the latest on disk (load) or every version (unload)")
 
 
 class LoadRequest(BaseModel):
     """Body of `POST /v2/repository/models/{name}/load` (optional): which version to load."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    parameters: dict[str, Any] | None = None
+    parameters: LoadParameters | None = None
 
 
 class TrafficRequest(BaseModel):
     """Body of `POST /v2/repository/models/{name}/traffic`: {version: weight}, or null for "latest"."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     weights: dict[str, float] | None
 
@@ -110,7 +143,7 @@ class TrafficRequest(BaseModel):
 class IndexRequest(BaseModel):
     """Body of `POST /v2/repository/index` (optional)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     ready: bool = False
 
@@ -199,6 +232,9 @@ def column_array(field: str, spec: TensorSpec, values: list[Any], limits: Limits
         if arr is not None and arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
             raise RequestError(400, f"{field}: a value exceeds the INT64 range")
         if arr is None or arr.dtype.kind not in "iu":
+            whole = _integral(values)
+            if whole is not None:
+                return column_array(field, spec, whole, limits)
             raise RequestError(400, f"{field}: {_first_bad(values, int)}; expected integers (INT64)")
         return arr.astype(np.int64).reshape(-1, 1)
     # FP32 / FP64
@@ -236,6 +272,9 @@ def _small_column(field: str, spec: TensorSpec, values: list[Any]) -> np.ndarray
     if spec.datatype == "INT64":
         for x in values:
             if type(x) is not int or not -(2**63) <= x < 2**63:
+                whole = _integral(values)
+                if whole is not None:
+                    return _small_column(field, spec, whole)
                 raise RequestError(400, f"{field}: {_first_bad(values, int)}; expected integers (INT64)")
         return np.array(values, dtype=np.int64).reshape(-1, 1)
     limit = _FP32_MAX if spec.datatype == "FP32" else math.inf
@@ -269,6 +308,17 @@ def _small_column(field: str, spec: TensorSpec, values: list[Any]) -> np.ndarray
                 400, f"{field}: {_first_bad(values, float)}; expected numbers ({spec.datatype})"
             )
     return np.array(out, dtype=np.float32 if spec.datatype == "FP32" else np.float64).reshape(-1, 1)
+
+
+def _integral(values: list[Any]) -> list[Any] | None:
+    """`values` with every integral float (1315.0) as an int; None when there is none to convert.
+
+    JSON (RFC 8259) and JSON Schema's `integer` do not tell 1315.0 from 1315, so neither does an
+    integer column; a fraction (1315.5) is still refused, never truncated.
+    """
+    if not any(type(x) is float and x.is_integer() for x in values):
+        return None
+    return [int(x) if type(x) is float and x.is_integer() else x for x in values]
 
 
 def _first_bad(values: list[Any], want: type) -> str:
