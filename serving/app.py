@@ -31,7 +31,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,7 +41,7 @@ from serving.config import ServeSettings
 from serving.dataplane import DataPlane
 from serving.http import allowed_methods, error_response
 from serving.middleware import FastPath, Observe
-from serving.openapi import build_document
+from serving.openapi import app_document
 from serving.repository import ModelRepository
 from serving.routes import health, inference, metrics
 from serving.routes import repository as repository_routes
@@ -107,9 +106,8 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        generated = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        app.openapi_schema = build_document(
-            generated,
+        app.openapi_schema = app_document(
+            app,
             max_string_length=settings.max_string_length,
             api_keys=settings.api_key is not None,
             extensions=plane.server_metadata()["extensions"],

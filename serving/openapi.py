@@ -497,6 +497,23 @@ def _request_body(op: Operation, binary: bool) -> dict[str, Any]:
     return body
 
 
+def app_document(
+    app: Any,
+    *,
+    max_string_length: int,
+    api_keys: bool,
+    extensions: list[str],
+    models: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """`build_document` over FastAPI's generated document of `app` (what `/openapi.json` serves)."""
+    from fastapi.openapi.utils import get_openapi
+
+    generated = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    return build_document(
+        generated, max_string_length=max_string_length, api_keys=api_keys, extensions=extensions, models=models
+    )
+
+
 def build_document(
     generated: dict[str, Any],
     *,
