@@ -202,3 +202,23 @@ def test_load_of_a_package_not_on_disk_is_404(server):
     assert r.status_code == 404 and "no version" in r.json()["error"]
     r = httpx.post(f"{server}/v2/repository/models/{MODEL}/load", json={"parameters": {"version": 9}})
     assert r.status_code == 404
+
+
+def test_with_an_api_key_every_protected_operation_answers_401_as_declared(tmp_path):
+    """What schemathesis' `ignored_auth` check asks, on a server that has a key: no key, no answer."""
+    root = tmp_path / "repo"
+    build_test_package(root / MODEL / "1", model_name=MODEL)
+    app = create_app(ServeSettings(repository=root, api_key="s3cret", **SETTINGS))
+    with running_server(app) as base, httpx.Client(base_url=base) as client:
+        doc = client.get("/openapi.json", headers={"x-api-key": "s3cret"}).json()
+        validate_openapi(doc)
+        assert set(doc["components"]["securitySchemes"]) == {"ApiKeyHeader", "BearerAuth"}
+        for path, item in doc["paths"].items():
+            url = path.replace("{name}", MODEL).replace("{version}", "1")
+            for method, operation in item.items():
+                r = client.request(method.upper(), url, json={} if "requestBody" in operation else None)
+                if "security" in operation:
+                    assert r.status_code == 401 and "401" in operation["responses"], (method, path)
+                    assert "www-authenticate" in r.headers
+                else:
+                    assert path.startswith("/v2/health") and r.status_code == 200, (method, path, r.status_code)
