@@ -374,7 +374,6 @@ def _constrain_requests(components: dict[str, Any], max_string_length: int) -> N
     weights = components["TrafficRequest"]["properties"]["weights"]
     weights["anyOf"][0]["additionalProperties"] = {"type": "number", "minimum": 0}
     weights["anyOf"][0]["not"] = {"additionalProperties": {"maximum": 0}}  # some weight > 0
-    weights["description"] = "{version: weight >= 0} over loaded versions, at least one > 0; null: the latest takes 100%"
 
 
 # ---------------------------------------------------------------------------- the document
@@ -430,9 +429,7 @@ def _responses(op: Operation) -> dict[str, Any]:
     return out
 
 
-def _parameters(
-    op: Operation, generated: list[dict[str, Any]], binary: bool, examples: dict[str, list[str]]
-) -> list[dict[str, Any]]:
+def _parameters(op: Operation, generated: list[dict[str, Any]], examples: dict[str, list[str]]) -> list[dict[str, Any]]:
     params = []
     for p in generated:
         if p["in"] == "path":
@@ -452,24 +449,21 @@ def _parameters(
                 "schema": _request_id_schema(),
             }
         )
-        if binary and op.body is InferenceRequest:
-            params.append(
-                {
-                    "name": HEADER_LENGTH,
-                    "in": "header",
-                    "required": False,
-                    "description": "binary tensor extension: byte length of the JSON header that starts the body",
-                    "schema": {"type": "integer", "minimum": 0},
-                }
-            )
     return params
 
 
+# The framing is not something OpenAPI can state: the header that gives the JSON part's length
+# belongs to this media type only, and a parameter cannot be tied to a media type. So the header is
+# described here (and declared on the binary response), not listed as a request parameter, which a
+# client or a fuzzer would then send with JSON bodies too.
 _BINARY_DOC = (
-    "Binary tensor extension: the body is the JSON inference header (this operation's JSON body), "
-    f"then the raw tensors in input order; `{HEADER_LENGTH}` gives the header's byte length. A binary "
-    'input carries `"parameters": {"binary_data_size": <bytes>}` and no `data`. BYTES elements are a '
-    "4-byte little-endian length then the bytes; numeric tensors are raw little-endian, row-major."
+    f"Binary tensor extension (`{BINARY}`): the body is the JSON inference request (this operation's "
+    f"JSON body), then the raw tensors in input order; the request header `{HEADER_LENGTH}` gives the "
+    "JSON part's byte length (without it the whole body is the JSON request). A binary input carries "
+    '`"parameters": {"binary_data_size": <bytes>}` and no `data`. BYTES elements are a 4-byte '
+    "little-endian length then the bytes; numeric tensors are raw little-endian, row-major. With "
+    '`"parameters": {"binary_data_output": true}` (or `binary_data` on an output) the response is framed '
+    f"the same way, its JSON part's length in the response's `{HEADER_LENGTH}`."
 )
 
 
@@ -563,7 +557,7 @@ def build_document(
             if op is None:  # a new route nobody declared yet: the test of the contract fails on it
                 log.warning("OpenAPI: %s %s has no entry in serving.openapi.OPERATIONS", method.upper(), path)
                 op = _UNDECLARED
-            operation["parameters"] = _parameters(op, operation.get("parameters", []), binary, examples)
+            operation["parameters"] = _parameters(op, operation.get("parameters", []), examples)
             if not operation["parameters"]:
                 del operation["parameters"]
             operation.pop("requestBody", None)
@@ -572,6 +566,14 @@ def build_document(
                 if binary and op.body is InferenceRequest:
                     operation["description"] = (operation.get("description", "") + "\n\n" + _BINARY_DOC).strip()
             operation["responses"] = _responses(op)
+            if binary and op.body is InferenceRequest:
+                ok = operation["responses"]["200"]
+                ok["content"][BINARY] = {"schema": {"type": "string", "contentMediaType": BINARY}}
+                ok["headers"][HEADER_LENGTH] = {
+                    "description": "binary response: byte length of the JSON header that starts the body",
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    "required": False,
+                }
             if api_keys and op.protected:
                 operation["security"] = [{"ApiKeyHeader": []}, {"BearerAuth": []}]
     if api_keys:
