@@ -40,6 +40,7 @@ from driftloop.protocol import V1_PREDICT, V2_INFER, V2_VERSION_INFER
 from driftloop.schema import OUTPUT, TensorSpec, input_specs
 from serving.validation import (
     _ACCEPTED,
+    FP32_ROUNDS_TO_INF,
     MAX_REQUEST_ID,
     NAME_PATTERN,
     REQUEST_ID_PATTERN,
@@ -85,7 +86,6 @@ EXAMPLE_ROW: dict[str, Any] = {
     "pressure": 1012.0,
     "visib": 10.0,
 }
-_FP32_MAX = 3.4028234663852886e38  # float(np.finfo(np.float32).max)
 _INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
 
 
@@ -319,7 +319,7 @@ def record_schema(specs: list[TensorSpec], max_string_length: int) -> dict[str, 
     Every rule `serving.validation.records_feeds` applies is here: the columns and no others,
     the non-nullable ones required, strings of at most `max_string_length` characters (BYTES),
     integers in the int64 range (INT64: JSON integers only), numbers within the FP32 range
-    (FP32; a nullable column also takes null, and may be left out).
+    (FP32: finite once rounded to float32; a nullable column also takes null, and may be left out).
     """
     properties: dict[str, Any] = {}
     for spec in specs:
@@ -328,7 +328,7 @@ def record_schema(specs: list[TensorSpec], max_string_length: int) -> dict[str, 
         elif spec.datatype == "INT64":
             schema = {"type": "integer", **_INT64}
         elif spec.datatype == "FP32":
-            schema = {"type": "number", "minimum": -_FP32_MAX, "maximum": _FP32_MAX}
+            schema = {"type": "number", "exclusiveMinimum": -FP32_ROUNDS_TO_INF, "exclusiveMaximum": FP32_ROUNDS_TO_INF}
         else:  # FP64: any finite JSON number
             schema = {"type": "number"}
         if spec.nullable:

@@ -43,6 +43,10 @@ REQUEST_ID_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 # A model or version folder name as the repository takes it: no "/", not starting with "."
 # (`serving.repository.ModelRepository._folder`).
 NAME_PATTERN = r"^[^/.][^/]*$"
+# The smallest magnitude that rounds to infinity in float32 (round half to even; FP32's largest
+# value has an odd mantissa): below it a number is finite as FP32, as the large-batch path's
+# `astype(float32)` + `isfinite` has it, so the verdict does not depend on the batch size.
+FP32_ROUNDS_TO_INF = 2.0**128 - 2.0**103
 
 
 def _json_integer(value: Any) -> Any:
@@ -264,7 +268,6 @@ def column_array(field: str, spec: TensorSpec, values: list[Any], limits: Limits
 
 
 _SMALL = 16  # below this many rows, per-value Python checks beat numpy's per-call overhead
-_FP32_MAX = float(np.finfo(np.float32).max)
 
 
 def _small_column(field: str, spec: TensorSpec, values: list[Any]) -> np.ndarray:
@@ -277,7 +280,7 @@ def _small_column(field: str, spec: TensorSpec, values: list[Any]) -> np.ndarray
                     return _small_column(field, spec, whole)
                 raise RequestError(400, f"{field}: {_first_bad(values, int)}; expected integers (INT64)")
         return np.array(values, dtype=np.int64).reshape(-1, 1)
-    limit = _FP32_MAX if spec.datatype == "FP32" else math.inf
+    limit = FP32_ROUNDS_TO_INF if spec.datatype == "FP32" else math.inf
     out = []
     for i, x in enumerate(values):
         t = type(x)
@@ -291,7 +294,7 @@ def _small_column(field: str, spec: TensorSpec, values: list[Any]) -> np.ndarray
                     raise RequestError(
                         400, f"{field}: row {i} is NaN; the column is not nullable and must be finite"
                     )
-            elif not -limit <= f <= limit:
+            elif not -limit < f < limit:
                 raise RequestError(
                     400,
                     f"{field}: row {i} is {x!r} (not finite as {spec.datatype}); the column must be finite",
@@ -438,8 +441,8 @@ def _one_record(record: dict[str, Any], specs: list[TensorSpec], limits: Limits)
                     f = float(x)
                 except OverflowError:
                     return None
-                limit = _FP32_MAX if kind == "FP32" else math.inf
-                if not -limit <= f <= limit or math.isinf(f):  # NaN fails the range test too
+                limit = FP32_ROUNDS_TO_INF if kind == "FP32" else math.inf
+                if not -limit < f < limit:  # NaN fails the range test too
                     return None
             else:
                 return None

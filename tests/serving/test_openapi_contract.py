@@ -14,6 +14,7 @@ type, 405 `Allow`; and the document validates as OpenAPI 3.1.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from serving.app import create_app
 from serving.config import ServeSettings
 from serving.openapi import BINARY, BINARY_EXTENSION, HEADER_LENGTH, OPERATIONS, app_document
 from serving.testing import build_test_package, running_server
-from serving.validation import REQUEST_ID_PATTERN
+from serving.validation import FP32_ROUNDS_TO_INF, REQUEST_ID_PATTERN
 
 MODEL = "flight_delay"
 CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
@@ -257,3 +258,32 @@ def test_with_an_api_key_every_protected_operation_answers_401_as_declared(tmp_p
                     assert "www-authenticate" in r.headers
                 else:
                     assert path.startswith("/v2/health") and r.status_code == 200, (method, path, r.status_code)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("hour", 7.0),  # JSON Schema's integer: 7.0 is 7
+        ("hour", 7.5),
+        ("hour", True),
+        ("hour", "7"),
+        ("visib", math.nextafter(FP32_ROUNDS_TO_INF, 0)),  # rounds to FP32's largest value
+        ("visib", FP32_ROUNDS_TO_INF),  # rounds to infinity
+        ("visib", None),
+        ("distance", None),
+        ("carrier", "x" * SETTINGS["max_string_length"]),
+        ("carrier", "x" * (SETTINGS["max_string_length"] + 1)),
+    ],
+)
+def test_records_schema_and_server_agree_at_the_edges(document, server, column, value):
+    row = {"carrier": "UA", "origin": "EWR", "dest": "ORD", "hour": 7, "minute": 0, "day_of_week": 0,
+           "distance": 719, column: value}  # fmt: skip
+    record = document["components"]["schemas"]["Record"]
+    try:
+        jsonschema.validate(row, record)
+        valid = True
+    except jsonschema.ValidationError:
+        valid = False
+    r = httpx.post(f"{server}/v1/models/{MODEL}:predict", json={"instances": [row]})
+    assert (r.status_code == 200) == valid, (column, value, r.status_code, r.text)
+    assert r.status_code in (200, 400)
