@@ -288,6 +288,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v2/models/{name}/versions/{version}/ready"): Operation(ModelReadyBody, (404,), model_headers=True),
     ("get", "/v2/models/{name}/config"): Operation(ModelConfigBody, (404,)),
     ("get", "/v2/models/{name}/versions/{version}/config"): Operation(ModelConfigBody, (404,)),
+    ("get", "/v2/models/stats"): Operation(ModelStatsBody),
     ("get", "/v2/models/{name}/stats"): Operation(ModelStatsBody, (404,)),
     ("get", "/v2/models/{name}/versions/{version}/stats"): Operation(ModelStatsBody, (404,)),
     ("post", V2_INFER): Operation(InferenceResponse, _SCORING, InferenceRequest, model_headers=True, scoring=True),
@@ -327,6 +328,7 @@ def record_schema(specs: list[TensorSpec], max_string_length: int) -> dict[str, 
             schema: dict[str, Any] = {"type": "string", "maxLength": max_string_length}
         elif spec.datatype == "INT64":
             schema = {"type": "integer", **_INT64}
+            schema["description"] = "7 and 7.0 alike; written with a fraction part, only up to 2**53 in magnitude"
         elif spec.datatype == "FP32":
             schema = {"type": "number", "exclusiveMinimum": -FP32_ROUNDS_TO_INF, "exclusiveMaximum": FP32_ROUNDS_TO_INF}
         else:  # FP64: any finite JSON number

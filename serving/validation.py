@@ -51,7 +51,7 @@ FP32_ROUNDS_TO_INF = 2.0**128 - 2.0**103
 
 def _json_integer(value: Any) -> Any:
     """An integral JSON number (7 or 7.0, as JSON Schema's `integer`) as an int; anything else as is."""
-    if type(value) is float and value.is_integer():
+    if type(value) is float and value.is_integer() and abs(value) <= 2**53:
         return int(value)
     return value
 
@@ -317,11 +317,18 @@ def _integral(values: list[Any]) -> list[Any] | None:
     """`values` with every integral float (1315.0) as an int; None when there is none to convert.
 
     JSON (RFC 8259) and JSON Schema's `integer` do not tell 1315.0 from 1315, so neither does an
-    integer column; a fraction (1315.5) is still refused, never truncated.
+    integer column; a fraction (1315.5) is still refused, never truncated, and so is a float past
+    2**53.
     """
-    if not any(type(x) is float and x.is_integer() for x in values):
+    if not any(_whole(x) for x in values):
         return None
-    return [int(x) if type(x) is float and x.is_integer() else x for x in values]
+    return [int(x) if _whole(x) else x for x in values]
+
+
+def _whole(x: Any) -> bool:
+    # Up to 2**53 only: past it a float is not exactly the integer a client wrote (JSON parsers
+    # read an integer beyond 64 bits as the nearest float), so it is refused, not guessed.
+    return type(x) is float and x.is_integer() and abs(x) <= 2**53
 
 
 def _first_bad(values: list[Any], want: type) -> str:

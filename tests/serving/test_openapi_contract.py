@@ -147,7 +147,7 @@ def test_every_route_is_declared_and_every_error_has_the_error_body(document):
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
-def test_binary_extension_and_api_keys_are_declared_when_the_server_has_them(document):
+def test_binary_extension_and_api_keys_are_declared_when_the_server_has_them(document, server):
     app = create_app(ServeSettings(repository=Path("contract-repository-not-created"), **SETTINGS))
     doc = app_document(app, max_string_length=16, api_keys=True, extensions=[BINARY_EXTENSION])
     validate_openapi(doc)
@@ -158,7 +158,8 @@ def test_binary_extension_and_api_keys_are_declared_when_the_server_has_them(doc
     assert infer["security"] and "/v2/health/live" not in {
         p for p, item in doc["paths"].items() if any("security" in op for op in item.values())
     }
-    assert BINARY not in document["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]
+    advertised = BINARY_EXTENSION in httpx.get(f"{server}/v2").json()["extensions"]
+    assert (BINARY in document["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]) == advertised
 
 
 def test_binary_bodies_keep_the_contract(server):
@@ -265,6 +266,7 @@ def test_with_an_api_key_every_protected_operation_answers_401_as_declared(tmp_p
     [
         ("hour", 7.0),  # JSON Schema's integer: 7.0 is 7
         ("hour", 7.5),
+        ("distance", 2.0**53),  # the largest float taken as an integer
         ("hour", True),
         ("hour", "7"),
         ("visib", math.nextafter(FP32_ROUNDS_TO_INF, 0)),  # rounds to FP32's largest value
