@@ -361,7 +361,7 @@ def _constrain_requests(components: dict[str, Any], max_string_length: int) -> N
     tensor["shape"] = {
         "type": "array",
         "description": "[n] or [n, 1], n >= 1 rows (the row limit is a 413); every input has the same n",
-        "prefixItems": [{"type": "integer", "minimum": 1}],
+        "prefixItems": [{"type": "integer", "minimum": 1, "maximum": 2**53}],
         "items": {"const": 1},
         "minItems": 1,
         "maxItems": 2,

@@ -58,7 +58,9 @@ def _json_integer(value: Any) -> Any:
 
 # The request models are strict (no "5" -> 5, no true -> 1): what the OpenAPI document calls
 # invalid, the server refuses. Integers are the one exception, as JSON Schema has it: 7.0 is 7.
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+# A tensor dimension: at most 2**53, where JSON numbers stop being exact integers (the row limit,
+# far below it, is a 413 later).
+Dimension = Annotated[int, Field(le=2**53), BeforeValidator(_json_integer)]
 
 
 class RequestError(Exception):
@@ -84,7 +86,7 @@ class RequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(max_length=256)
-    shape: list[JsonInt] = Field(min_length=1, max_length=4)
+    shape: list[Dimension] = Field(min_length=1, max_length=4)
     datatype: str = Field(max_length=16)
     data: list[Any]
     parameters: dict[str, Any] | None = None
