@@ -469,7 +469,8 @@ _BINARY_DOC = (
 )
 
 
-def _examples(specs: list[TensorSpec]) -> dict[type[BaseModel], Any]:
+def example_bodies(specs: list[TensorSpec]) -> dict[type[BaseModel], Any]:
+    """One example body per request model, for the document (and the contract tests): `EXAMPLE_ROW`."""
     row = {s.name: EXAMPLE_ROW.get(s.name) for s in specs}
     v2 = {
         "id": "flight-0001",
@@ -489,7 +490,7 @@ def _examples(specs: list[TensorSpec]) -> dict[type[BaseModel], Any]:
 def _request_body(op: Operation, binary: bool) -> dict[str, Any]:
     assert op.body is not None
     content: dict[str, Any] = {
-        JSON: {"schema": _ref(op.body.__name__), "example": _examples(input_specs())[op.body]}
+        JSON: {"schema": _ref(op.body.__name__), "example": example_bodies(input_specs())[op.body]}
     }
     if binary and op.body is InferenceRequest:
         content[BINARY] = {"schema": {"type": "string", "contentMediaType": BINARY, "description": _BINARY_DOC}}

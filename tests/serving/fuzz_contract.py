@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from serving.config import ServeSettings
 from serving.testing import build_test_package, running_server
 
 CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
+HOOKS_FILE = Path(__file__).with_name("contract_hooks.py")
 PHASES = "examples,coverage,fuzzing,stateful"
 
 
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             ]  # fmt: skip
             if args.max_time:
                 command += ["--max-time", str(args.max_time)]
-            return subprocess.run(command, check=False).returncode
+            env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS_FILE)}
+            return subprocess.run(command, check=False, env=env).returncode
 
 
 if __name__ == "__main__":
