@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help setup lock repro test test-fast lint bench bench-peers serve clean
+.PHONY: help setup lock repro test test-fast lint fuzz bench bench-peers serve clean
 
 help:  ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test-fast: setup  ## the tests that start no server and run no dvc repro
 
 lint: setup  ## ruff
 	$(BIN)/python -m ruff check driftloop tasks flows serving commands tests bench
+
+fuzz: setup  ## schemathesis on a live server (artifacts/model, else a test package): all phases, every check, 300 examples per operation
+	$(BIN)/python tests/serving/fuzz_contract.py --max-examples 300
 
 bench: setup  ## every benchmark in bench/ (needs `make repro` first); results in bench/results/
 	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_cpu.py bench/serve_batching.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \

@@ -35,7 +35,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,14 +43,12 @@ from driftloop import __version__
 from driftloop.protocol import SCORING_ENDPOINTS
 from serving.config import ServeSettings
 from serving.dataplane import DataPlane
-from serving.http import error_response
+from serving.http import allowed_methods, error_response
 from serving.middleware import FastPath, Observe
+from serving.openapi import app_document
 from serving.repository import ModelRepository
 from serving.routes import health, inference, metrics
 from serving.routes import repository as repository_routes
-from serving.validation import IndexRequest, InferenceRequest, LoadRequest, RecordsRequest, TrafficRequest
-
-_SCHEMAS = (InferenceRequest, RecordsRequest, LoadRequest, TrafficRequest, IndexRequest)
 
 
 def create_app(settings: ServeSettings, *, repository: ModelRepository | None = None) -> FastAPI:
@@ -90,8 +87,15 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """404 / 405 and other routing errors in the same `{"error": ...}` shape as the rest."""
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        """404 / 405 and other routing errors in the same `{"error": ...}` shape as the rest.
+
+        A 405's `Allow` lists every method of every route on that path (Starlette's lists only
+        the first route's, while GET and POST of one path are two routes here).
+        """
+        headers = {k: v for k, v in (getattr(exc, "headers", None) or {}).items() if k.lower() != "allow"}
+        if exc.status_code == 405:
+            headers["allow"] = ", ".join(allowed_methods(app.router.routes, request.scope))
+        return error_response(exc.status_code, str(exc.detail), headers or None)
 
     scoring = inference.router(plane)
     for router in (health.router(plane), scoring, repository_routes.router(plane), metrics.router(plane)):
@@ -108,14 +112,14 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in _SCHEMAS:
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(js.pop("$defs", {}))
-            components[model.__name__] = js
-        app.openapi_schema = schema
-        return schema
+        app.openapi_schema = app_document(
+            app,
+            max_string_length=settings.max_string_length,
+            api_keys=settings.api_key is not None,
+            extensions=plane.server_metadata()["extensions"],
+            models=plane.repository.available(),
+        )
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -303,7 +303,7 @@ class DataPlane:
         try:
             mv = await asyncio.to_thread(self.repository.load, name, version)
         except LoadRefused as exc:
-            raise LoadRefused(self.redact(str(exc))) from None
+            raise type(exc)(self.redact(str(exc))) from None  # PackageMissing (404) stays itself
         return mv, {
             "name": mv.name,
             "version": mv.version,

@@ -8,28 +8,31 @@ from __future__ import annotations
 import functools
 import gzip
 import logging
+import re
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from driftloop.errors import DriftloopError
 from serving.batcher import BatcherClosed, QueueFull
 from serving.repository import ModelNotFound, ModelVersion
-from serving.validation import RequestError
+from serving.validation import MAX_REQUEST_ID, REQUEST_ID_PATTERN, RequestError
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 BINARY = "application/octet-stream"  # the binary tensor extension's type (KServe's client sends it)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-MAX_REQUEST_ID = 128
 GZIP_MIN_BYTES = 1024  # smaller responses are sent as they are: compressing them costs more than it saves
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the answer"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -187,14 +190,39 @@ def request_id_of(request: Request, fallback: str | None = None) -> str:
     """`x-request-id` header, else `fallback` (the v2 body's id), else a new uuid4 hex.
 
     Raises:
-        RequestError: 400 when the given id is longer than 128 characters or not printable.
+        RequestError: 400 when the header is present but is not 1..128 printable ASCII characters
+            without a leading or trailing space (`serving.validation.REQUEST_ID_PATTERN`, the
+            rule the OpenAPI document states).
     """
-    rid = request.headers.get("x-request-id") or fallback
+    rid = request.headers.get("x-request-id")
     if rid is None:
-        return uuid.uuid4().hex
-    if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
-        raise RequestError(400, f"x-request-id: must be 1..{MAX_REQUEST_ID} printable characters")
+        rid = fallback
+        if rid is None:
+            return uuid.uuid4().hex
+    if len(rid) > MAX_REQUEST_ID or _REQUEST_ID.match(rid) is None:
+        raise RequestError(
+            400,
+            f"x-request-id: must be 1..{MAX_REQUEST_ID} printable ASCII characters, "
+            "not starting or ending with a space",
+        )
     return rid
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """The methods some route answers on this request's path, sorted: a 405's `Allow`.
+
+    Asks each route with Starlette's public `matches` (which included routers implement too),
+    once per method, so every route of the path counts, not only the first one found.
+    """
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 def guarded(handler: Handler, retry_after_s: int, redact: Callable[[str], str] = str) -> Handler:

@@ -56,6 +56,10 @@ class LoadRefused(DriftloopError):
     """A version was not loaded: its package failed verification, ONNX Runtime or the warm-up."""
 
 
+class PackageMissing(LoadRefused, ModelNotFound):
+    """A load refused because no package folder exists for that name (and version): a 404, not a 400."""
+
+
 @dataclass(frozen=True, eq=False)
 class ModelVersion:
     """One loaded, warmed-up version: its session and its signature. Immutable once built."""
@@ -193,7 +197,7 @@ class ModelRepository:
         if version is None:
             versions = self.available().get(name)
             if not versions:
-                raise LoadRefused(f"model {name!r}: no version under {self.root / name}")
+                raise PackageMissing(f"model {name!r}: no version under {self.root / name}")
             version = versions[-1]
         version = str(version)
         try:
@@ -218,8 +222,12 @@ class ModelRepository:
 
     def _build(self, name: str, version: str) -> ModelVersion:
         folder = self._folder(name, version)
-        if not folder.is_dir():
-            raise LoadRefused(f"{folder}: no such package folder")
+        try:
+            present = folder.is_dir()
+        except OSError:  # e.g. a name longer than the file system allows
+            present = False
+        if not present:
+            raise PackageMissing(f"{folder}: no such package folder")
         try:
             signature = verify_package(folder)
         except PackageError as exc:

@@ -9,6 +9,9 @@ Three request shapes:
     header, then each tensor with `parameters.binary_data_size` as raw little-endian bytes in
     input order (BYTES: 4-byte little-endian length + UTF-8 bytes per element), decoded straight
     into numpy.
+
+The request models are strict (no "5" -> 5, no true -> 1): what the OpenAPI document calls invalid,
+the server refuses (`serving/openapi.py` is generated from these models).
   * Records (`RecordsRequest`): `{"instances": [{column: value, ...}, ...]}`, one object per row.
 
 One set of rules at every batch size, checked column by column (a set of the column's Python
@@ -38,10 +41,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from driftloop.schema import OUTPUT, Signature, TensorSpec
 from serving.wire import (
@@ -56,6 +59,34 @@ from serving.wire import (
 M = TypeVar("M", bound=BaseModel)
 _NONE = type(None)
 
+MAX_REQUEST_ID = 128
+# A request id (the `x-request-id` header or a v2 body's `id`): 1..128 printable ASCII characters,
+# not starting or ending with a space (HTTP strips those from header values, so an id that has
+# them could not travel in the header unchanged). One regex, the same in ECMA-262 (the OpenAPI
+# document), the Rust regex crate (pydantic) and Python `re` (`serving.http.request_id_of`).
+REQUEST_ID_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+# A model or version folder name as the repository takes it: no "/", not starting with "."
+# (`serving.repository.ModelRepository._folder`).
+NAME_PATTERN = r"^[^/.][^/]*$"
+# The smallest magnitude that rounds to infinity in float32 (round half to even; FP32's largest
+# value has an odd mantissa): below it a number is finite as FP32, as the large-batch path's
+# `astype(float32)` + `isfinite` has it, so the verdict does not depend on the batch size.
+FP32_ROUNDS_TO_INF = 2.0**128 - 2.0**103
+
+
+def _json_integer(value: Any) -> Any:
+    """An integral JSON number (7 or 7.0, as JSON Schema's `integer`) as an int; anything else as is."""
+    if type(value) is float and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
+
+
+# The request models are strict (no "5" -> 5, no true -> 1): what the OpenAPI document calls
+# invalid, the server refuses. Integers are the one exception, as JSON Schema has it: 7.0 is 7.
+# A tensor dimension: at most 2**53, where JSON numbers stop being exact integers (the row limit,
+# far below it, is a 413 later).
+Dimension = Annotated[int, Field(le=2**53), BeforeValidator(_json_integer)]
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -68,10 +99,10 @@ class Limits:
 class RequestInput(BaseModel):
     """One named input tensor of a v2 request (`data` absent when sent as binary)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(max_length=256)
-    shape: list[int] = Field(min_length=1, max_length=4)
+    shape: list[Dimension] = Field(min_length=1, max_length=4)
     datatype: str = Field(max_length=16)
     data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
@@ -80,7 +111,7 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     """A requested output of a v2 request (only `probability` exists)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(max_length=256)
     parameters: dict[str, Any] | None = None
@@ -93,9 +124,9 @@ class InferenceRequest(BaseModel):
     they must agree with the URL.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str | None = Field(None, max_length=256)
+    id: str | None = Field(None, min_length=1, max_length=MAX_REQUEST_ID, pattern=REQUEST_ID_PATTERN)
     model_name: str | None = Field(None, max_length=256)
     model_version: str | None = Field(None, max_length=64)
     parameters: dict[str, Any] | None = None
@@ -112,17 +143,27 @@ class InferenceRequest(BaseModel):
 class RecordsRequest(BaseModel):
     """The records body `POST /v1/models/{name}:predict`: one JSON object per row."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     instances: list[dict[str, Any]] = Field(min_length=1)
+
+
+class LoadParameters(BaseModel):
+    """`parameters` of a load / unload body: the version folder (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    version: Annotated[str, StringConstraints(min_length=1, pattern=NAME_PATTERN)] | Annotated[
+        int, Field(ge=0), BeforeValidator(_json_integer)
+    ] | None = Field(None, description="version folder; default the latest on disk (load) or every version (unload)")
 
 
 class LoadRequest(BaseModel):
     """Body of `POST /v2/repository/models/{name}/load` (optional): which version to load."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    parameters: dict[str, Any] | None = None
+    parameters: LoadParameters | None = None
 
 
 class TrafficRequest(BaseModel):
@@ -133,7 +174,7 @@ class TrafficRequest(BaseModel):
     latest loaded version takes 100%".
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     weights: dict[str, float] | None = Field(
         description="percent of traffic per version, summing to 100; null = the latest loaded version takes all"
@@ -143,7 +184,7 @@ class TrafficRequest(BaseModel):
 class IndexRequest(BaseModel):
     """Body of `POST /v2/repository/index` (optional)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     ready: bool = False
 
@@ -285,6 +326,9 @@ def column_array(
         arr[:] = values
         return arr.reshape(-1, 1)
     if kind == "INT64":
+        if float in types:  # JSON and JSON Schema's `integer` do not tell 7.0 from 7 (up to 2**53)
+            values = [_json_integer(v) for v in values]
+            types = set(map(type, values))
         if not types <= {int}:
             i, x = _first(values, lambda v: type(v) is int)
             raise RequestError(400, f"{field}: row {i} is {_what(x)}; expected integers ({declared})")
@@ -572,7 +616,7 @@ def _one_row_v2(
 # ---------------------------------------------------------------------------- records
 _MISSING = object()
 # The smallest float64 that float32 rounds to infinity: its max plus half an ulp (2**104 / 2).
-_FP32_OVERFLOW = float(np.finfo(np.float32).max) + 2.0**103
+_FP32_OVERFLOW = FP32_ROUNDS_TO_INF
 
 
 def _one_record(record: dict[str, Any], specs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray] | None:

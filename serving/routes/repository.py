@@ -54,7 +54,7 @@ def router(plane: DataPlane) -> APIRouter:
 
     async def load(request: Request, name: str) -> Response:
         body = await optional(LoadRequest, request)
-        version = (body.parameters or {}).get("version")
+        version = body.parameters.version if body.parameters else None
         mv, result = await plane.load(name, None if version is None else str(version))
         return json_response(result, headers=model_headers(mv))
 
@@ -70,7 +70,7 @@ def router(plane: DataPlane) -> APIRouter:
 
     async def unload(request: Request, name: str) -> Response:
         body = await optional(LoadRequest, request)
-        version = (body.parameters or {}).get("version")
+        version = body.parameters.version if body.parameters else None
         return json_response(plane.unload(name, None if version is None else str(version)))
 
     r.post(

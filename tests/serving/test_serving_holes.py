@@ -252,7 +252,7 @@ def test_errors_name_model_and_version_not_server_paths(start_server, make_repo,
     ):
         assert absolute not in r.text and str(root) not in r.text and "/tmp" not in r.text, r.text
     r = client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"version": "9"}})
-    assert r.status_code == 400 and f"{MODEL}/9" in r.json()["error"]
+    assert r.status_code == 404 and f"{MODEL}/9" in r.json()["error"]  # no such package folder: not found
     assert np.isfinite(client.get(f"/v2/models/{MODEL}/stats").json()["model_stats"][0]["inference_count"])
 
 
