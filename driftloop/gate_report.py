@@ -64,17 +64,17 @@ class GateReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     verdict: Literal["pass", "reject"]
-    chosen: str | None
+    chosen: str | None = None  # defaults: a model card's `gate` block from before this model had no `chosen`
     chosen_metrics: dict[str, float] | None = None
-    rules: list[GateCheck]
+    rules: list[GateCheck] = []
     candidates: dict[str, CandidateVerdict] = {}
     ranking: list[str] = []
     champion: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
-        """True when the gate passed and chose a candidate."""
-        return self.verdict == "pass" and self.chosen is not None
+        """True when the verdict is "pass" (the gate then always names `chosen`)."""
+        return self.verdict == "pass"
 
     def failed_lines(self) -> list[str]:
         """`"candidate: rule: reason"` for every failed rule, in report order."""

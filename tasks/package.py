@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> None:
         pkg = load_section(args.params, "package", PackageParams)
         gate = GateReport.read(args.gate)
-        if not gate.passed:
+        if not gate.passed or gate.chosen is None:
             write_rejection(args.out, gate, args.gate)
             raise GateRejected(
                 f"no candidate passed every rule (report: {args.gate}); {args.out} holds the rejection card, "

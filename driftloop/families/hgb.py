@@ -161,17 +161,24 @@ class HGBFamily:
     def fit(self, train, valid, params: HGBParams, seed: int):
         """Fit; curves = validation log loss / ROC AUC per boosting iteration (every 10th and the last)."""
         from sklearn.metrics import log_loss, roc_auc_score
+        from threadpoolctl import threadpool_limits
 
         from driftloop.schema import FEATURES, LABEL
 
-        pipe = make_hgb(params, seed).fit(train[list(FEATURES)], train[LABEL].to_numpy())
-        curves = []
-        xv = pipe.named_steps["encode"].transform(valid[list(FEATURES)])
-        for i, proba in enumerate(pipe.named_steps["model"].staged_predict_proba(xv), 1):
-            if i % 10 == 0 or i == params.max_iter:
-                p = proba[:, 1]
-                curves.append({"iteration": i, "valid_log_loss": log_loss(valid[LABEL], p, labels=[0, 1]),
-                               "valid_roc_auc": roc_auc_score(valid[LABEL], p)})  # fmt: skip
+        pipe = make_hgb(params, seed)
+        # One OpenMP thread, like every stage (the budget of `dvc repro` was measured so): with two,
+        # this stage took 3x the wall time on the shared 2-core box (threads spin at barriers).
+        # Before the family plugins, `torch.set_num_threads(1)` did this by accident: torch loads
+        # its libgomp globally, and scikit-learn's OpenMP calls bound to it.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            pipe.fit(train[list(FEATURES)], train[LABEL].to_numpy())
+            curves = []
+            xv = pipe.named_steps["encode"].transform(valid[list(FEATURES)])
+            for i, proba in enumerate(pipe.named_steps["model"].staged_predict_proba(xv), 1):
+                if i % 10 == 0 or i == params.max_iter:
+                    p = proba[:, 1]
+                    curves.append({"iteration": i, "valid_log_loss": log_loss(valid[LABEL], p, labels=[0, 1]),
+                                   "valid_roc_auc": roc_auc_score(valid[LABEL], p)})  # fmt: skip
         return pipe, curves
 
     def save(self, fitted, folder: Path) -> None:
