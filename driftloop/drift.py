@@ -140,6 +140,10 @@ def reference_times(reference: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(reference["time_hour"], utc=True)
 
 
+_NULL_CACHE: dict[tuple, dict[str, float]] = {}
+_NULL_CACHE_SIZE = 32
+
+
 def null_thresholds(
     reference: pd.DataFrame,
     columns: Sequence[str],
@@ -162,8 +166,25 @@ def null_thresholds(
         margin: multiplier of the largest block distance (policy.null_margin).
 
     Returns:
-        {column: threshold}; a column without any computable block gets `floor`.
+        {column: threshold}; a column without any computable block gets `floor`. Results are
+        cached per (reference content, columns, span to the hour, floor, margin): a scheduled check
+        recomputes against the same reference every run.
     """
+    span = pd.Timedelta(hours=max(1, round(span / pd.Timedelta(hours=1))))
+    key = (int(pd.util.hash_pandas_object(reference[[*columns, "time_hour"]], index=False).sum()),
+           tuple(columns), span, floor, margin)  # fmt: skip
+    if key in _NULL_CACHE:
+        return dict(_NULL_CACHE[key])
+    out = _null_thresholds(reference, columns, span, floor, margin)
+    if len(_NULL_CACHE) >= _NULL_CACHE_SIZE:
+        _NULL_CACHE.pop(next(iter(_NULL_CACHE)))
+    _NULL_CACHE[key] = out
+    return dict(out)
+
+
+def _null_thresholds(
+    reference: pd.DataFrame, columns: Sequence[str], span: pd.Timedelta, floor: float, margin: float
+) -> dict[str, float]:
     times = reference_times(reference)
     first, last = times.min(), times.max()
     step = max(span / 2, (last - first) / MAX_BLOCKS, pd.Timedelta(hours=1))

@@ -182,6 +182,8 @@ def measure_drift(
         listed = ", ".join(f"{v} ({n} rows)" for v, n in versions.items())
         return DriftSummary(status="skipped", reason=f"window mixes versions {listed} and the reference's version "
                             "is unknown: pass model_version", other_versions=versions, **base)  # fmt: skip
+    if model_version is None and len(versions) == 1:
+        model_version = base["model_version"] = str(next(iter(versions)))
     if model_version is not None and versions:
         current = current[current["model_version"].astype(str) == model_version]
         versions.pop(model_version, None)

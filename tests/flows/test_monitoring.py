@@ -119,7 +119,9 @@ def test_reference_auc_is_held_out_and_lower_than_on_training_rows(world):
     on_train = auc_delong(train["label"].to_numpy(), train["score"].to_numpy()).auc
     assert stats.held_out_rows == int(ref["split"].isin(["valid", "test"]).sum()) > 5000
     assert stats.roc_auc < on_train - 0.02, (stats.roc_auc, on_train)  # training rows flatter the model
-    assert 0 < stats.roc_auc_se < 0.01
+    hold = ref[ref["split"] != "train"]
+    iid = auc_delong(hold["label"].to_numpy(), hold["score"].to_numpy())
+    assert stats.roc_auc == pytest.approx(iid.auc) and 1.5 * iid.se < stats.roc_auc_se < 0.03  # clustered by day
     # the time-uniform sample: each split at the same fraction of its rows
     shares = ref["split"].value_counts(normalize=True)
     assert shares["train"] > 0.6 and abs(shares["valid"] - shares["test"]) < 0.03
@@ -157,7 +159,7 @@ def test_every_fortnight_of_the_window_is_quiet_and_july_fires_within_a_week(wor
         alarms.append(judge(world, days(world, first, 14)).verdict == "drift")
     assert sum(alarms) == 0, alarms
     for month in ("2013-07-01", "2013-08-01"):
-        fired = [n for n in (1, 2, 4, 7) if judge(world, days(world, month, n)).verdict == "drift"]
+        fired = [n for n in (2, 7) if judge(world, days(world, month, n)).verdict == "drift"]
         assert fired and fired[0] <= 7, (month, fired)
 
 
