@@ -365,6 +365,11 @@ def drift_check_flow(
         return str(p if Path(p).is_absolute() else rootp / p)
 
     now = dt.datetime.now(dt.UTC)
+    folder = run_folder(at_root(monitor.reports_dir), now, _run_id())
+    folder.mkdir(parents=True, exist_ok=True)
+    latest = Path(at_root(monitor.reports_dir)) / "latest.json"
+    # Until this run writes its verdict, the newest summary is "running", never an older "no drift".
+    write_json(latest, {"run_dir": str(folder), "verdict": "running", "retrain": False, "at": now.isoformat()})
     end = to_utc(window_end or now).to_pydatetime()
     start = end - dt.timedelta(hours=window_hours or monitor.window_hours)
     frame, unknown, note = read_window_task(at_root(monitor.log_dir), model, start, end)
@@ -380,8 +385,6 @@ def drift_check_flow(
     )
     if note:
         logger.warning("%s", note)
-    folder = run_folder(at_root(monitor.reports_dir), now, _run_id())
-    folder.mkdir(parents=True, exist_ok=True)
     html, report_note = None, ""
     if reference is not None:
         report_note = render_report(frame, reference, summary, folder / "drift_report.html", monitor.max_rows, monitor.seed)
@@ -411,7 +414,7 @@ def drift_check_flow(
     )  # fmt: skip
     write_json(folder / "drift_summary.json", result.model_dump(mode="json"))
     write_text(folder / "summary.md", summary_markdown(result))
-    write_json(Path(at_root(monitor.reports_dir)) / "latest.json",
+    write_json(latest,
                {"run_dir": str(folder), "verdict": decision.verdict, "retrain": decision.retrain, "at": now.isoformat()})  # fmt: skip
     create_markdown_artifact(key=f"drift-check-{_artifact_key(model)}", markdown=summary_markdown(result),
                              description=f"drift check of {model}")  # fmt: skip

@@ -322,3 +322,18 @@ def test_load_window_ignores_malformed_labels(tmp_path, world):
     pd.DataFrame({"request_id": ["x"]}).to_csv(tmp_path / MODEL / "labels" / "bad.csv", index=False)
     frame, unknown, note = load_window(tmp_path, MODEL, END - dt.timedelta(hours=2), END)
     assert len(frame) == 100 and frame["label"].isna().all() and "labels ignored" in note
+
+
+def test_a_failed_check_replaces_the_newest_no_drift(tmp_path, world, prefect_harness):
+    root = make_root(tmp_path, world["reference"])
+    feed(root, days(world, "2013-03-08", 14).sample(n=4000, random_state=4))
+    quiet = drift_check_flow(root=str(root), window_end=END)
+    assert quiet.decision.verdict == "no drift"
+    broken = world["reference"].drop(columns=["time_hour"])  # the detectors cannot calibrate: they raise
+    broken.to_parquet(root / "pkg" / "reference.parquet", index=False)
+    failed = drift_check_flow(root=str(root), window_end=END)
+    assert failed.summary.status == "failed" and "time_hour" in failed.summary.reason
+    assert failed.decision.verdict == "skipped" and failed.decision.reasons[0].startswith("not computed")
+    latest = json.loads((root / "reports" / "latest.json").read_text())
+    assert latest["run_dir"] == failed.run_dir and latest["verdict"] == "skipped"
+    assert "no drift" not in Path(failed.run_dir, "summary.md").read_text()
