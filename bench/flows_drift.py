@@ -174,7 +174,7 @@ def main() -> None:
     value, core_v = statistics.median(flow_s), statistics.median(core)
     figures = [
         figure("drift_check_flow_100k_rows", value, "s", "target 5 s", TARGET_S, 1.0, higher_is_better=False),
-        figure("read_window_and_evidently_100k_rows", core_v, "s", "target 5 s", TARGET_S, 1.0, higher_is_better=False),
+        figure("read_window_and_detectors_100k_rows", core_v, "s", "target 5 s", TARGET_S, 1.0, higher_is_better=False),
     ]
     print(f"rows {result.summary.rows}, compared {result.summary.rows_compared}, verdict {result.decision.verdict}, "
           f"drift share {result.summary.drift_share}, retrain {result.decision.retrain}")

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 DRIFT_EVENT = "driftloop.drift.detected"
 """Name of the event the drift check emits when the policy says retrain."""
 
+REPORT_ROWS = 5000
+"""Rows of the window (and of the reference) shown in the HTML report. It is for people and never
+decides; Evidently's cost grows with rows (20k rows: 2.7 s; 5k: under 1 s here)."""
+
 
 def model_resource_id(model_name: str) -> str:
     """The Prefect resource id of a model: `driftloop.model.<name>` (the trigger matches on it)."""
@@ -216,8 +220,9 @@ def render_report(current: pd.DataFrame, reference: pd.DataFrame, summary: Drift
                   max_rows: int, seed: int) -> str:  # fmt: skip
     """Write Evidently's data drift HTML report for people (it never decides); returns a note, "" when written.
 
-    Columns the detectors could not compute (e.g. all-null in the window) are left out, since
-    Evidently 0.7 raises on them; anything else Evidently raises is returned as the note.
+    Both sides are sampled (seeded) to `max_rows`. Columns the detectors could not compute (e.g.
+    all-null in the window) are left out, since Evidently 0.7 raises on them; anything else
+    Evidently raises is returned as the note.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -231,7 +236,7 @@ def render_report(current: pd.DataFrame, reference: pd.DataFrame, summary: Drift
     if summary.model_version is not None and "model_version" in current:
         current = current[current["model_version"].astype(str) == summary.model_version]
     cur = _typed(current.sample(n=max_rows, random_state=seed) if len(current) > max_rows else current)
-    ref = _typed(reference)
+    ref = _typed(reference.sample(n=max_rows, random_state=seed) if len(reference) > max_rows else reference)
     numeric = [c for c in (*INTEGER, *FLOAT, SCORE) if c not in skip]
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=[c for c in CATEGORICAL if c not in skip])
     try:
@@ -387,7 +392,7 @@ def drift_check_flow(
         logger.warning("%s", note)
     html, report_note = None, ""
     if reference is not None:
-        report_note = render_report(frame, reference, summary, folder / "drift_report.html", monitor.max_rows, monitor.seed)
+        report_note = render_report(frame, reference, summary, folder / "drift_report.html", REPORT_ROWS, monitor.seed)
         html = None if report_note else str(folder / "drift_report.html")
     payload = {
         "as_of": (as_of or (end - dt.timedelta(microseconds=1)).date()).isoformat(),
