@@ -184,9 +184,7 @@ class PackageParams(Section):
 class MonitorParams(Section):
     """`monitor`: which prediction-log window the scheduled drift check reads, and how much of it.
 
-    Thresholds follow Evidently 0.7's defaults (measured here, see REFERENCE.md): above 1,000 rows
-    it uses normed Wasserstein (numeric) and Jensen-Shannon (categorical) distances, a column
-    drifts at a distance >= 0.1.
+    Every threshold of the check lives in `policy` (one place); this section says only what to read.
     """
 
     log_dir: str = Field(LOG_DIR, description="prediction log root (`driftloop serve --log-dir`)")
@@ -194,32 +192,40 @@ class MonitorParams(Section):
         CHAMPION_DIR,
         description="the prod package whose reference.parquet is compared (release.champion_dir: the release plane copies the promoted version there)",
     )
-    reports_dir: str = Field("reports/drift", description="where the HTML report and JSON summary go")
+    repository: str = Field(
+        "model_repository", description="the server's model repository: finds the version the package is (by lineage id)"
+    )
+    reports_dir: str = Field("reports/drift", description="one folder per check: HTML report and JSON summary")
     state_file: str = Field("reports/drift/policy_state.json", description="past retrains (the policy's memory)")
-    window_hours: float = Field(24.0, gt=0, description="length of the log window checked, hours (ts of the log)")
+    window_hours: float = Field(336.0, gt=0, description="length of the log window checked, hours (ts of the log): 14 days")
     max_rows: int = Field(20_000, ge=100, description="larger windows are sampled to this many rows (cost grows with rows)")
-    column_threshold: float = Field(0.1, gt=0, description="per-column drift distance threshold (Evidently default)")
-    score_threshold: float = Field(0.1, gt=0, description="normed Wasserstein distance of `score` that counts as score drift")
-    min_labelled_rows: int = Field(200, ge=10, description="labelled rows (both classes) needed to score ROC AUC")
     seed: int = 0
 
 
 class PolicyParams(Section):
-    """`policy`: when a drift check turns into a retrain.
+    """`policy`: every threshold of the drift check, and when a drift turns into a retrain.
 
-    A retrain needs: at least `min_rows` logged rows; drift (share of drifted feature columns >=
-    `drift_share`, or the score drifted, or ROC AUC fell by more than `max_auc_drop` where labels
-    exist); no retrain in the last `cooldown_hours`; fewer than `max_retrains_per_day` in the last
-    24 h. The defaults: 0.5 is Evidently's dataset-drift share; 1,000 rows is where Evidently
-    switches to distance-based tests; 0.02 AUC is twice the gate's `max_auc_drop_vs_champion`.
+    Evidence first: no verdict on fewer than `min_rows` rows of the prod version or a window
+    shorter than `min_span_hours`. Drift: a share >= `drift_share` of feature columns past their
+    thresholds (each column's threshold: max(`column_threshold`, `null_margin` x the largest
+    distance that same-span blocks of the reference show against the whole reference)), or the
+    score past its threshold (`score_drift` true), or ROC AUC below the held-out reference's by
+    more than `max_auc_drop` at one-sided confidence Phi(`auc_z`) on `min_labelled_rows` labels.
+    A retrain: drift, no retrain in the last `cooldown_hours`, fewer than `max_retrains_per_day`
+    in the last 24 h. The defaults were tuned on every fortnight of 2013 (docs/orchestration.md).
     """
 
-    drift_share: float = Field(0.5, gt=0, le=1, description="share of drifted feature columns that means drift")
+    min_rows: int = Field(1000, ge=1, description="rows of the judged version needed for a verdict")
+    min_span_hours: float = Field(24.0, ge=0, description="time span of the window needed for a verdict, hours")
+    column_threshold: float = Field(0.1, gt=0, description="smallest per-column distance that is drift (Evidently's default)")
+    null_margin: float = Field(1.5, gt=0, description="x the largest same-span block distance of the reference")
+    drift_share: float = Field(0.1, gt=0, le=1, description="share of drifted feature columns that means drift (0.1: 2 of 16)")
     score_drift: bool = Field(True, description="a drifted score alone is drift")
-    min_rows: int = Field(1000, ge=1, description="fewer logged rows: skipped, never a retrain")
+    min_labelled_rows: int = Field(500, ge=10, description="labelled rows needed for the ROC AUC rule")
+    max_auc_drop: float | None = Field(0.02, ge=0, description="AUC drop that matters (held-out reference - window); null = off")
+    auc_z: float = Field(1.645, ge=0, description="one-sided normal quantile of the AUC drop's confidence bound")
     cooldown_hours: float = Field(24.0, ge=0, description="no retrain within this many hours of the last one")
     max_retrains_per_day: int = Field(1, ge=0, description="retrains allowed in any 24 h (0 = never retrain)")
-    max_auc_drop: float | None = Field(0.02, ge=0, description="reference AUC - current AUC that means drift; null = off")
     retrain_window_months: int = Field(3, ge=1, le=24, description="`data.window_months` of the retraining snapshot")
 
 

@@ -5,7 +5,7 @@ Layout of a package folder (the `artifacts/model/` contract, also one `<repo>/<m
     signature.json     `driftloop.schema.Signature`: inputs (name, datatype, shape, nullable), outputs
     model_card.json    lineage: git commit, data hash, params, library versions, metrics, gate verdict
     model_card.md      the same for people
-    reference.parquet  a sample of training inputs with their `score`, for drift checks
+    reference.parquet  a time-uniform sample of the window (`split` train/valid/test) with `score`, for drift checks
     SHA256SUMS         `sha256sum` format ("<hex>  <name>") over every other file
 """
 

@@ -1,11 +1,12 @@
 """Deployments of the flows, kept apart from the flow code.
 
-Three deployments:
-    drift-check/scheduled            the drift check on a cron schedule (default hourly)
-    training/retrain-on-drift        the training flow, started by a `DeploymentEventTrigger` on
+Three deployments per model, each named after it (`deployment_names`), so deploying a second
+model adds its own and never replaces the first one's schedule or trigger:
+    drift-check/scheduled-<model>    the drift check on a cron schedule (default hourly)
+    training/retrain-<model>         the training flow, started by a `DeploymentEventTrigger` on
                                      `driftloop.drift.detected` for this model; the event's
                                      payload (as_of, window_months) becomes its parameters
-    training/manual                  the training flow for runs by hand (`prefect deployment run`)
+    training/manual-<model>          the training flow for runs by hand (`prefect deployment run`)
 
 Two ways to run them, no Docker either way:
     python -m flows.deployments serve                  one long-running process schedules and runs all three
@@ -30,8 +31,17 @@ from flows.training import training_flow
 log = logging.getLogger(__name__)
 
 DEFAULT_CRON = "0 * * * *"
-"""The drift check runs hourly by default: the log window (`monitor.window_hours`, 24 h) slides
+"""The drift check runs hourly by default: the log window (`monitor.window_hours`, 14 days) slides
 by an hour, and the policy's cooldown keeps retrains rare however often it runs."""
+
+
+def deployment_names(model_name: str) -> dict[str, str]:
+    """The deployment names of one model: {"drift": ..., "retrain": ..., "manual": ...}.
+
+    Prefect keys a deployment by (flow name, deployment name); one name per model keeps two
+    models' deployments (and the retrain trigger attached to each) apart.
+    """
+    return {"drift": f"scheduled-{model_name}", "retrain": f"retrain-{model_name}", "manual": f"manual-{model_name}"}
 
 
 def retrain_trigger(model_name: str, root: str) -> DeploymentEventTrigger:
@@ -71,17 +81,18 @@ def build_deployments(root: str, model_name: str = "flight-delay", cron: str = D
     Returns:
         [drift check (scheduled), retraining (event-triggered), training (manual)].
     """
+    names = deployment_names(model_name)
     return [
         drift_check_flow.to_deployment(
-            name="scheduled", cron=cron, parameters={"root": root, "model_name": model_name},
+            name=names["drift"], cron=cron, parameters={"root": root, "model_name": model_name},
             description="Drift check of the last monitor.window_hours of the prediction log.",
         ),
         training_flow.to_deployment(
-            name="retrain-on-drift", triggers=[retrain_trigger(model_name, root)], parameters={"root": root},
+            name=names["retrain"], triggers=[retrain_trigger(model_name, root)], parameters={"root": root},
             description="Training on the window that ended with the drift; registers and releases on a gate pass.",
         ),
         training_flow.to_deployment(
-            name="manual", parameters={"root": root}, description="Training on params.yaml's window, by hand."
+            name=names["manual"], parameters={"root": root}, description="Training on params.yaml's window, by hand."
         ),
     ]  # fmt: skip
 
@@ -103,10 +114,11 @@ def deploy_to_pool(root: str, pool: str, model_name: str = "flight-delay", cron:
     drift = prefect_flow.from_source(source=root, entrypoint="flows/monitoring.py:drift_check_flow")
     train = prefect_flow.from_source(source=root, entrypoint="flows/training.py:training_flow")
     common = {"work_pool_name": pool, "build": False, "push": False}
+    names = deployment_names(model_name)
     return [
-        str(drift.deploy(name="scheduled", cron=cron, parameters={"root": root, "model_name": model_name}, **common)),
-        str(train.deploy(name="retrain-on-drift", triggers=[retrain_trigger(model_name, root)], parameters={"root": root}, **common)),
-        str(train.deploy(name="manual", parameters={"root": root}, **common)),
+        str(drift.deploy(name=names["drift"], cron=cron, parameters={"root": root, "model_name": model_name}, **common)),
+        str(train.deploy(name=names["retrain"], triggers=[retrain_trigger(model_name, root)], parameters={"root": root}, **common)),
+        str(train.deploy(name=names["manual"], parameters={"root": root}, **common)),
     ]
 
 

@@ -7,8 +7,10 @@ package is gone, `verify_package` and so `register` refuse the folder), and sinc
 has no lock entry, `dvc status` reports it as not built.
 
 Files (see `driftloop.package` for the contract): `model.onnx`, `signature.json`,
-`model_card.json`, `model_card.md`, `reference.parquet` (`reference_rows` training rows: the raw
-columns, `label` and the package's own `score`), `SHA256SUMS`. The lineage id is the first 16 hex
+`model_card.json`, `model_card.md`, `reference.parquet` (a time-uniform sample of `reference_rows`
+rows of the whole window, every split at the same fraction: the raw columns, `label`, `time_hour`,
+`split` and the package's own `score`; see driftloop/drift.py; the card's `reference` holds its
+held-out rows' ROC AUC and DeLong SE, the drift check's honest reference), `SHA256SUMS`. The lineage id is the first 16 hex
 of sha256(model sha256, data sha256s, params): the same inputs give the same id.
 """
 
@@ -26,13 +28,14 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import PackageParams, load_section, read_params_file
+from driftloop.drift import build_reference, reference_stats
 from driftloop.environment import lockfile_sha256
 from driftloop.errors import GateRejected
 from driftloop.gate_report import GateReport
 from driftloop.io import atomic_path, read_json, sha256_file
 from driftloop.onnx_graph import run_graph
 from driftloop.package import REJECTED, write_sha256sums
-from driftloop.schema import FEATURES, LABEL, Signature, input_specs, output_specs, to_onnx_feeds
+from driftloop.schema import LABEL, Signature, input_specs, output_specs, to_onnx_feeds
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -110,7 +113,7 @@ def render_card_md(card: dict) -> str:
 
 def build_package(
     out: Path, *, model_path: Path, candidate: str, candidates: dict, gate: GateReport, evaluation: dict,
-    manifest: dict, params: dict, pkg: PackageParams, train: pd.DataFrame, repo_root: Path,
+    manifest: dict, params: dict, pkg: PackageParams, splits: dict[str, pd.DataFrame], repo_root: Path,
 ) -> str:  # fmt: skip
     """Write the package folder atomically; returns its lineage id.
 
@@ -122,8 +125,7 @@ def build_package(
     model_sha = sha256_file(model_path)
     lid = lineage_id(model_sha, manifest["sha256"], params)
     signature = Signature(model_name=pkg.model_name, lineage_id=lid, inputs=input_specs(), outputs=output_specs())
-    sample = train.sample(n=min(pkg.reference_rows, len(train)), random_state=0).sort_values("time_hour", kind="stable")
-    reference = sample[[*FEATURES, LABEL, "time_hour"]].reset_index(drop=True)
+    reference = build_reference(splits, pkg.reference_rows, seed=0)
     reference["score"] = run_graph(model_path.read_bytes(), to_onnx_feeds(reference)).astype(np.float32)
     card = {
         "model_name": pkg.model_name,
@@ -147,6 +149,7 @@ def build_package(
         "gate": gate.model_dump(mode="json", include={"verdict", "chosen", "rules"}),
         "signature": signature.model_dump(),
         "model_sha256": model_sha,
+        "reference": reference_stats(reference).model_dump(),  # held-out ROC AUC of the drift check
     }
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         lid = build_package(
             args.out, model_path=args.candidates / candidates[chosen]["file"], candidate=chosen, candidates=candidates,
             gate=gate, evaluation=read_json(args.evaluation), manifest=read_json(args.snapshot / "manifest.json"),
-            params=read_params_file(args.params), pkg=pkg, train=pd.read_parquet(args.features / "train.parquet"),
+            params=read_params_file(args.params), pkg=pkg,
+            splits={n: pd.read_parquet(args.features / f"{n}.parquet") for n in ("train", "valid", "test")},
             repo_root=Path.cwd(),
         )  # fmt: skip
         log.info("package: %s (%s) -> %s", chosen, lid, args.out)

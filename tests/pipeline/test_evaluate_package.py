@@ -63,7 +63,7 @@ def package(tmp_path, exported, splits, params):
     evaluation = {"models": {"mlp_fp32": {"slices": {"origin": {"EWR": {"rows": 900, "roc_auc": 0.7, "flag": None}}},
                                            "batch_invariance": 0.0}}, "champion": None}  # fmt: skip
     kwargs = dict(model_path=model_path, candidate="mlp_fp32", candidates=cands, gate=gate, evaluation=evaluation, manifest=manifest,
-                  params=params, pkg=PackageParams(reference_rows=300), train=splits["train"], repo_root=tmp_path)  # fmt: skip
+                  params=params, pkg=PackageParams(reference_rows=300), splits=splits, repo_root=tmp_path)  # fmt: skip
     lid = build_package(out, **kwargs)
     return out, lid, kwargs
 
@@ -74,9 +74,11 @@ def test_package_is_complete_and_verifies(package, exported):
     assert signature.lineage_id == lid and len(lid) == 16
     assert sorted(p.name for p in out.iterdir()) == sorted([*PACKAGE_FILES, "SHA256SUMS"])
     ref = pd.read_parquet(out / "reference.parquet")
-    assert len(ref) == 300 and {*FEATURES, "score", "label"} <= set(ref.columns)
+    assert len(ref) == 300 and {*FEATURES, "score", "label", "split"} <= set(ref.columns)
+    assert set(ref["split"]) == {"train", "valid", "test"}  # held-out rows for the drift check's ROC AUC
     np.testing.assert_allclose(ref["score"], run_graph(exported["mlp"], to_onnx_feeds(ref)), atol=1e-7)
     card = json.loads((out / "model_card.json").read_text())
+    assert card["reference"]["held_out_rows"] == int(ref["split"].isin(["valid", "test"]).sum())
     assert card["gate"]["verdict"] == "pass" and card["params"]["data"]["window_months"] == 1
     assert card["slices"]["origin"]["EWR"]["roc_auc"] == 0.7 and card["batch_invariance"] == 0.0
     assert {"onnxruntime", "torch", "scikit-learn"} <= set(card["libraries"])
