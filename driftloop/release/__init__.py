@@ -5,7 +5,6 @@ Modules, each with one job:
     lock          `ReleaseLock`: one release or rollback at a time
     registration  `register_package`: verify, push, tag the producing commit
     install       put a registered version into the model repository; the servability check
-    stats         DeLong's paired AUC test, PSI
     analysis      canary rules (requests, errors, service time, PSI, paired ROC AUC) and the waiting loop
     plane         `open_plane`, `release_version`, `rollback_release`, history
     cli           `driftloop register | release | rollback | history`
@@ -35,7 +34,7 @@ from driftloop.release.plane import (
     version_table,
 )
 from driftloop.release.registration import PackageRegistry, Registered, register_package
-from driftloop.release.stats import PairedAUC, delong, psi, psi_noise
+from driftloop.stats import PairedAUC, delong, psi, psi_noise
 
 __all__ = [
     "Analysis",

@@ -10,7 +10,7 @@ The analysis reads (see docs/release.md):
 
 Quality is judged on the same rows (paired): the canary's labelled rows are scored by stable too
 (offline, from stable's package in the model repository: `stable_scorer`), and the two ROC AUCs are
-compared with DeLong's test for correlated ROC curves (`driftloop.release.stats.delong`). Latency is
+compared with DeLong's test for correlated ROC curves (`driftloop.stats.delong`). Latency is
 judged on service time per version, so the canary's queueing does not inflate stable's figures.
 """
 
@@ -31,7 +31,7 @@ from driftloop.config import ReleaseParams
 from driftloop.model_repository import registry_name
 from driftloop.predlog import read_log_with_labels
 from driftloop.release.client import ServerClient
-from driftloop.release.stats import delong, one_sided_critical, psi, psi_noise
+from driftloop.stats import delong, one_sided_critical, psi, psi_noise
 
 log = logging.getLogger(__name__)
 

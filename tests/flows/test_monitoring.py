@@ -23,13 +23,13 @@ from driftloop.drift import (
     ColumnReference,
     Thresholds,
     assess,
-    auc_delong,
     build_reference,
     reference_stats,
     verdict,
 )
 from driftloop.predlog import write_labels
 from driftloop.schema import CATEGORICAL, FEATURES
+from driftloop.stats import auc_delong
 from flows.monitoring import drift_check_flow, load_window, measure_drift
 from flows.policy import read_state
 from flows.replay import labels_for, log_frame, write_log

