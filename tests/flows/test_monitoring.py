@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from driftloop.config import FeaturesParams, HGBParams, PolicyParams, TrainParams
+from driftloop.config import FeaturesParams, HGBParams, PolicyParams
 from driftloop.drift import (
     ColumnReference,
     Thresholds,
@@ -44,13 +44,13 @@ NY = "America/New_York"
 def world(flights_weather):
     """A model built as the pipeline builds it (window Jan-Mar 2013, 14 + 14 held-out days), its
     package reference, and every labelled flight of 2013 scored by it."""
+    from driftloop.families.hgb import make_hgb
     from tasks.features import build_features
-    from tasks.train import make_hgb
 
     flights, weather = flights_weather
     first = flights[flights["month"] <= 3]
     splits, _ = build_features(first, weather[weather["month"] <= 3], FeaturesParams())
-    model = make_hgb(TrainParams(hgb=HGBParams(max_iter=60))).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
+    model = make_hgb(HGBParams(max_iter=60), seed=42).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
     reference = build_reference(splits, 20_000, seed=0)
     reference["score"] = model.predict_proba(reference[list(FEATURES)])[:, 1].astype(np.float32)
     year, _ = build_features(flights, weather, FeaturesParams(test_days=1, valid_days=1))
