@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+SNAPSHOT_DIR = "data/snapshot"  # the dataset snapshot (snapshot stage); a rebuild pulls it, never remakes it
 PACKAGE_DIR = "artifacts/model"  # the build plane's package (dvc.yaml `artifacts:` path)
 CHAMPION_DIR = "champion/package"  # copy of the prod package; the evaluate stage scores it
 LOG_DIR = "logs/predictions"  # the server's prediction log

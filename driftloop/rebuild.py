@@ -46,6 +46,7 @@ import yaml
 from driftloop.checks import Check
 from driftloop.errors import DriftloopError
 from driftloop.io import read_json, sha256_file, write_json
+from driftloop.paths import SNAPSHOT_DIR
 from driftloop.registry import GtoRegistry
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,26 @@ def _under(path: str, roots: set[str]) -> str | None:
 
 
 def stage_order(stages: dict[str, dict]) -> tuple[list[str], list[str]]:
-    """(every stage in dependency order, the source stages that read no other stage's output)."""
+    """(every stage in dependency order, the stages whose outputs a rebuild pulls instead of rerunning).
+
+    Pulled: the stage that writes the dataset snapshot (`SNAPSHOT_DIR`) and every stage upstream of
+    it (e.g. the params check), so the rebuild trains on the registered snapshot, not on a new read of
+    the source. Without a snapshot stage: the source stages, which read no other stage's output.
+    """
     producer = {o: name for name, st in stages.items() for o in st["outs"]}
     graph: dict[str, set[str]] = {}
     for name, st in stages.items():
         graph[name] = {producer[r] for d in st["deps"] if (r := _under(d, set(producer))) and producer[r] != name}
     order = list(graphlib.TopologicalSorter(graph).static_order())
-    return order, [n for n in order if not graph[n]]
+    snapshot = producer.get(SNAPSHOT_DIR)
+    if snapshot is None:
+        return order, [n for n in order if not graph[n]]
+    upstream, todo = {snapshot}, [snapshot]
+    while todo:
+        for parent in graph[todo.pop()] - upstream:
+            upstream.add(parent)
+            todo.append(parent)
+    return order, [n for n in order if n in upstream]
 
 
 # ------------------------------------------------------------------------------------ comparisons

@@ -14,6 +14,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+# `import dvc` attaches DVC's log handlers to sys.stdout/sys.stderr as they are at that moment. Import
+# it here, under pytest's session-wide capture, so a test that first imports DVC inside typer's
+# CliRunner (whose streams close after the call) does not leave DVC writing to closed files in every
+# later test ("I/O operation on closed file" from `dvc repro` in the flows tests).
+import dvc  # noqa: E402, F401
+
 
 def small_params(params: dict | None = None) -> dict:
     """The one test-params shrinker: `params` (default: the repo's params.yaml) with a one-month

@@ -67,7 +67,7 @@ def test_rebuild_reproduces_the_registered_version_from_an_empty_cache(rebuilt, 
     assert report["reproduced"] and report["how"] in ("bit-identical", "within tolerance")
     assert report["commit"] == _run(["git", "rev-list", "-n1", "flight-delay@v0.0.1"], project).strip()
     print(json.dumps(report, indent=1))  # shown when an assertion below fails
-    assert report["pulled"] == ["snapshot"]
+    assert report["pulled"] == ["params", "snapshot"]
     assert report["ran"] == ["validate", "features", "train", "export", "optimize", "evaluate", "gate", "package"]
     checks = report["checks"]
     lineage = [c for c in checks if c["name"] == "lineage"]

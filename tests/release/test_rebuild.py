@@ -29,6 +29,18 @@ def test_stage_order_follows_data_and_finds_the_source_stages():
     assert order.index("snapshot") < order.index("features") < order.index("train") < order.index("gate")
 
 
+def test_the_snapshot_and_everything_upstream_of_it_is_pulled():
+    """A params check ahead of the snapshot is pulled with it; without a snapshot stage, the sources are."""
+    lock = {"params": {"deps": {"params.yaml": "p"}, "outs": {"reports/params.json": "q"}, "params": {}},
+            **LOCK, "snapshot": {**LOCK["snapshot"], "deps": {"tasks/snapshot.py": "a", "reports/params.json": "q"}}}  # fmt: skip
+    order, pulled = stage_order(lock)
+    assert pulled == ["params", "snapshot"] and order[:2] == pulled
+    renamed = {("cut" if k == "snapshot" else k): v for k, v in LOCK.items()}
+    renamed["cut"] = {**LOCK["snapshot"], "outs": {"data/cut": "s.dir"}}
+    renamed["features"] = {**LOCK["features"], "deps": {"data/cut": "s.dir"}}
+    assert stage_order(renamed)[1] == ["cut"]  # no snapshot stage: the stages that read no other stage's output
+
+
 def test_lineage_counts_inputs_no_stage_produces_and_params():
     same = compare_lineage(LOCK, LOCK)
     assert all(c.passed for c in same)
