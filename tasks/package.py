@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from driftloop.checks import Check, markdown_table
 from driftloop.config import PackageParams, load_section, read_params_file
 from driftloop.drift import build_reference, reference_stats
 from driftloop.environment import lockfile_sha256
@@ -57,6 +58,25 @@ def library_versions() -> dict[str, str | None]:
 def lineage_id(model_sha: str, data_sha: dict, params: dict) -> str:
     blob = json.dumps({"model": model_sha, "data": data_sha, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+REPRODUCIBILITY = {
+    "bit_identical_on_one_machine": (
+        "the snapshot, the features, the fitted models and every FP32 graph: seeds fixed, MLP training on one "
+        "thread with torch's deterministic algorithms, export with fixed graph names "
+        "(tests/pipeline/test_models.py trains and exports in two processes and compares sha256)"
+    ),
+    "not_bit_identical": (
+        "measured speed (p50/p99 latency, rows/s) and so the gate's latency rule and its choice among passing "
+        "candidates; INT8 graph bytes may differ with equal scores; across machines, float kernels chosen by "
+        "CPU instruction set (torch, ONNX Runtime) can change the last bits of training"
+    ),
+    "how_a_rebuild_is_judged": (
+        "`driftloop rebuild VERSION`: lineage inputs equal, then every file's sha256 equal, else the registered "
+        "candidate's rebuilt graph scores the reference sample within 1e-6"
+    ),
+}
+"""What the card states about rebuilding this package (issue 12), measured on one 2-core machine."""
 
 
 def _fmt(value: float | None) -> str:
@@ -94,10 +114,10 @@ def render_card_md(card: dict) -> str:
           for col in ("origin", "carrier") for value, st in sorted(card["slices"].get(col, {}).items())],
         "",
         f"## Gate: {card['gate']['verdict']}",
-        "| rule | value | threshold | passed | reason |",
-        "|---|---|---|---|---|",
-        *[f"| {r['name']} | {_fmt(r['value'])} | {_fmt(r['threshold'])} | {r['passed']} | {r['reason']} |"
-          for r in card["gate"]["rules"]],
+        markdown_table([Check.model_validate(r) for r in card["gate"]["rules"]]),
+        "",
+        "## Reproducibility",
+        *[f"- {k.replace('_', ' ')}: {v}" for k, v in card["reproducibility"].items()],
         "",
         "## Inputs",
         "| name | datatype | nullable |",
@@ -137,6 +157,7 @@ def build_package(
         # which the package cannot contain; HEAD at build time would be a different commit.
         "git": {"commit": None, "commit_from": "registry: the commit the version tag points at (gto show)"},
         "environment": lockfile_sha256(repo_root),
+        "reproducibility": REPRODUCIBILITY,
         "data": manifest,
         "params": params,
         "libraries": library_versions(),

@@ -82,8 +82,23 @@ def test_package_is_complete_and_verifies(package, exported):
     assert card["gate"]["verdict"] == "pass" and card["params"]["data"]["window_months"] == 1
     assert card["slices"]["origin"]["EWR"]["roc_auc"] == 0.7 and card["batch_invariance"] == 0.0
     assert {"onnxruntime", "torch", "scikit-learn"} <= set(card["libraries"])
-    assert "## Gate: pass" in (out / "model_card.md").read_text()
+    md = (out / "model_card.md").read_text()
+    assert "## Gate: pass" in md
+    assert set(card["reproducibility"]) == {"bit_identical_on_one_machine", "not_bit_identical", "how_a_rebuild_is_judged"}
+    assert "## Reproducibility" in md and "not bit identical" in md
     assert [s.name for s in signature.inputs] == list(FEATURES)
+
+
+def test_card_gate_table_escapes_pipes_in_reasons():
+    """A reason such as "max |diff|" must stay in its cell: every row has the header's cell count."""
+    from tasks.package import render_card_md
+
+    card = json.loads(json.dumps(CARD_FOR_RENDER))
+    md = render_card_md(card)
+    table = md.split("## Gate: pass\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert "max \\|diff\\|" in table[2]
+    cells = {row.replace("\\|", "").count("|") for row in table}
+    assert cells == {table[0].count("|")}
 
 
 def test_same_inputs_same_lineage_id(package, tmp_path):
@@ -151,3 +166,16 @@ def test_external_data_outside_the_package_is_refused(package, tmp_path):
     write_sha256sums(out)  # consistent sums: only the location check can catch it
     with pytest.raises(PackageError, match="outside the package folder"):
         verify_package(out)
+
+
+CARD_FOR_RENDER = {
+    "model_name": "m", "lineage_id": "0" * 16, "label": {"threshold_min": 15}, "candidate": "hgb_fp32", "how": "x",
+    "built_at": "2026-11-30T00:00:00+00:00", "environment": {"lockfile": "requirements.lock", "lockfile_sha256": "0"},
+    "data": {"source": "s", "window": {"start": "a", "end": "b"}, "rows": {"flights": 1},
+             "sha256": {"flights.parquet": "0"}},
+    "metrics": {k: 0.5 for k in ("roc_auc", "pr_auc", "log_loss", "brier", "ece")}, "slices": {},
+    "gate": {"verdict": "pass", "rules": [{"name": "max_parity_error", "value": 3e-7, "threshold": 1e-4, "passed": True,
+                                           "reason": "hgb ONNX vs native max |diff| 3e-07 <= 0.0001"}]},
+    "reproducibility": {"bit_identical_on_one_machine": "a", "not_bit_identical": "b", "how_a_rebuild_is_judged": "c"},
+    "signature": {"inputs": []}, "libraries": {},
+}  # fmt: skip
