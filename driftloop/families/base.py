@@ -115,3 +115,28 @@ class Family(Protocol):
     def review(self, table: dict[str, dict]) -> list[str]:
         """After measuring: drop this family's candidates that do not pay (edit `table`); returns notes."""
         ...
+
+
+class SklearnPersistence:
+    """`save` / `load` / `predict` of a family whose fitted model is one scikit-learn pipeline over the
+    raw `FEATURES` frame (joblib stays in models/native: serving only ever sees ONNX graphs).
+
+    The family class sets `name`; mixing this in is the whole of its persistence.
+    """
+
+    name: str
+
+    def save(self, fitted: Any, folder: Path) -> None:
+        import joblib
+
+        joblib.dump(fitted, folder / f"{self.name}.joblib")
+
+    def load(self, folder: Path) -> Any:
+        import joblib
+
+        return joblib.load(folder / f"{self.name}.joblib")
+
+    def predict(self, fitted: Any, frame: pd.DataFrame) -> np.ndarray:
+        from driftloop.schema import FEATURES
+
+        return fitted.predict_proba(frame[list(FEATURES)])[:, 1]

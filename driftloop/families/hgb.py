@@ -19,13 +19,12 @@ float32 `x`: `x <= t  <=>  x <= w` (if `x <= t` then `x` is a float32 below `t`,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from driftloop.families.base import Candidate, CandidateContext, FamilyParams
+from driftloop.families.base import Candidate, CandidateContext, FamilyParams, SklearnPersistence
 
 NAME = "hgb"
 
@@ -154,7 +153,7 @@ def threshold_rows(pipeline, base) -> Any:
     return pd.DataFrame(arrays).astype(base.dtypes.to_dict())
 
 
-class HGBFamily:
+class HGBFamily(SklearnPersistence):
     name = NAME
     params_model = HGBParams
 
@@ -180,21 +179,6 @@ class HGBFamily:
                     curves.append({"iteration": i, "valid_log_loss": log_loss(valid[LABEL], p, labels=[0, 1]),
                                    "valid_roc_auc": roc_auc_score(valid[LABEL], p)})  # fmt: skip
         return pipe, curves
-
-    def save(self, fitted, folder: Path) -> None:
-        import joblib
-
-        joblib.dump(fitted, folder / f"{NAME}.joblib")
-
-    def load(self, folder: Path):
-        import joblib
-
-        return joblib.load(folder / f"{NAME}.joblib")
-
-    def predict(self, fitted, frame) -> np.ndarray:
-        from driftloop.schema import FEATURES
-
-        return fitted.predict_proba(frame[list(FEATURES)])[:, 1]
 
     def to_onnx(self, fitted, opset: int) -> dict:
         """One graph (`probability` FP32 `[n, 1]`), thresholds made exact (module docstring)."""

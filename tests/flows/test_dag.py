@@ -109,11 +109,12 @@ def test_commit_to_branch_leaves_head_index_and_worktree_alone(tmp_path):
 
 def test_git_outputs_are_the_outputs_dvc_does_not_cache(tmp_path):
     import subprocess
+    import sys
 
     from flows.gitrecord import git_outputs
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)  # this venv's DVC, PATH or not
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  s:\n    cmd: 'true'\n    outs:\n      - models\n      - reports/plots:\n          cache: false\n"
         "    metrics:\n      - reports/m.json:\n          cache: false\n    plots:\n      - reports/p.csv\n"

@@ -128,6 +128,21 @@ class Project:
 
         return open_plane(self.root, server_url=url)
 
+    def register(self, plane, kind: str) -> str:
+        """Build the `kind` package, commit it and register it; returns its registry version."""
+        from driftloop.release import register_package
+
+        self.build(kind)
+        return register_package(plane.registry, plane.package_dir).version
+
+    def v1_in_prod(self, plane) -> str:
+        """The one "v1 in prod" setup every release test starts from: v1 built, registered, released."""
+        from driftloop.release import release_version
+
+        v1 = self.register(plane, "v1")
+        release_version(plane, v1)
+        return v1
+
 
 @pytest.fixture
 def project(tmp_path, packages) -> Project:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from commands.main import app
 from driftloop.registry import holder
-from driftloop.release import ReleaseLock, ReleaseLocked, register_package, release_version
+from driftloop.release import ReleaseLock, ReleaseLocked, release_version
 from tests.release.conftest import folder_of, wait_for
 
 MODEL = "flight_delay"
@@ -38,11 +38,8 @@ def state(project, url: str | None) -> tuple:
 def live(project, server):
     """v1 registered and released (prod), v2 registered."""
     plane = project.plane(server)
-    project.build("v1")
-    v1 = register_package(plane.registry, plane.package_dir).version
-    release_version(plane, v1)
-    project.build("v2")
-    v2 = register_package(plane.registry, plane.package_dir).version
+    v1 = project.v1_in_prod(plane)
+    v2 = project.register(plane, "v2")
     return plane, v1, v2
 
 

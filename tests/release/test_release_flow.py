@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from commands.main import app
 from driftloop.registry import holder
-from driftloop.release import ReleaseError, register_package, release_version, rollback_release
+from driftloop.release import ReleaseError, release_version, rollback_release
 from tests.release.conftest import (
     folder_of,
     logged_rows,
@@ -84,16 +84,14 @@ def test_register_refuses_bad_packages_and_changes_nothing(project):
 
 def test_first_release_canary_promotion_history_and_rollback(project, server, traffic):
     plane = project.plane(server)
-    project.build("v1")
-    v1 = register_package(plane.registry, plane.package_dir).version
+    v1 = project.register(plane, "v1")
     result = cli(project, "release", v1, url=server)
     assert result.exit_code == 0, result.output
     assert "first release" in result.output
     assert served_traffic(server) == {v1: 100.0}
     assert (project.root / "champion" / "package" / "model.onnx").is_file()
 
-    project.build("v2")
-    v2 = register_package(plane.registry, plane.package_dir).version
+    v2 = project.register(plane, "v2")
     next_registry_second()  # registry times have 1 s resolution
     before = dt.datetime.now(dt.UTC)
     next_registry_second()
@@ -138,11 +136,8 @@ def version_key(version: str) -> tuple[int, ...]:
 @pytest.mark.parametrize("strategy", ["canary", "blue-green"])
 def test_inverted_candidate_is_rolled_back_without_failed_requests(project, server, traffic, strategy):
     plane = project.plane(server)
-    project.build("v1")
-    v1 = register_package(plane.registry, plane.package_dir).version
-    release_version(plane, v1)
-    project.build("inverted")
-    bad = register_package(plane.registry, plane.package_dir).version
+    v1 = project.v1_in_prod(plane)
+    bad = project.register(plane, "inverted")
     with traffic(server) as loop:
         # stable's rows in the log: the blue-green baseline (stable takes no traffic in the window)
         wait_for(lambda: logged_rows(Path(plane.params.log_dir), v1) >= 50, what="stable rows in the log")
@@ -158,19 +153,15 @@ def test_inverted_candidate_is_rolled_back_without_failed_requests(project, serv
     assert not folder_of(plane.repository, bad).exists()
     assert folder_of(plane.repository, v1).is_dir()
     # the next registration bumps past the rolled-back version (GTO alone would reuse its number)
-    project.build("v2")
-    nxt = register_package(plane.registry, plane.package_dir).version
+    nxt = project.register(plane, "v2")
     assert version_key(nxt) > version_key(bad) > version_key(v1)
 
 
 @pytest.mark.slow
 def test_slow_candidate_is_rolled_back_on_latency(project, server, traffic):
     plane = project.plane(server)
-    project.build("v1")
-    v1 = register_package(plane.registry, plane.package_dir).version
-    release_version(plane, v1)
-    project.build("slow")
-    slow = register_package(plane.registry, plane.package_dir).version
+    v1 = project.v1_in_prod(plane)
+    slow = project.register(plane, "slow")
     # service time is the version's own cost (no queueing), so a tight slack does not flap: the
     # slow graph is >= 2.1 ms a row on any CPU, v1's ~10^4 times cheaper (see conftest.packages)
     plane = dataclasses.replace(plane, params=plane.params.model_copy(update={"latency_slack_ms": 0.5}))
@@ -201,11 +192,8 @@ def test_canary_waits_for_labels_and_is_judged_on_roc_auc(project, server, nycfl
 
     plane = project.plane(server)
     plane = dataclasses.replace(plane, params=plane.params.model_copy(update={"label_wait_s": 30.0, "min_labelled_rows": 100}))
-    project.build("v1")
-    v1 = register_package(plane.registry, plane.package_dir).version
-    release_version(plane, v1)
-    project.build("v2")  # same ranking as v1, other scale: a large score PSI, the same ROC AUC
-    v2 = register_package(plane.registry, plane.package_dir).version
+    project.v1_in_prod(plane)
+    v2 = project.register(plane, "v2")  # same ranking as v1, other scale: a large score PSI, the same ROC AUC
     flights, weather = nycflights13
     rows = flight_rows(flights, weather, [7]).sample(n=2500, random_state=0).sort_values("time_hour")
     feed = threading.Thread(

@@ -31,7 +31,7 @@ from driftloop.model_repository import (
     write_state,
 )
 from driftloop.registry import holder
-from driftloop.release import ReleaseError, ReleaseLock, open_plane, register_package, release_version
+from driftloop.release import ReleaseError, ReleaseLock, open_plane, release_version
 from serving.repository import ModelRepository
 from serving.testing import build_test_package
 from tests.release.conftest import MODEL, TrafficLoop, folder_of, ready_versions, served_traffic, wait_for
@@ -152,11 +152,8 @@ def live_process(project):
     server = ServerProcess(project.tmp / "model_repository", project.tmp / "logs").start()
     try:
         plane = project.plane(server.url)
-        project.build("v1")
-        v1 = register_package(plane.registry, plane.package_dir).version
-        release_version(plane, v1)
-        project.build("v2")
-        v2 = register_package(plane.registry, plane.package_dir).version
+        v1 = project.v1_in_prod(plane)
+        v2 = project.register(plane, "v2")
         yield server, plane, v1, v2
     finally:
         server.stop(signal.SIGKILL)
@@ -244,8 +241,7 @@ def test_older_version_promoted_then_sigterm_restart_serves_it(project, live_pro
 def test_an_existing_folder_of_another_package_is_replaced(project, server):
     """A folder of the same version number that holds another lineage never serves as that version."""
     plane = project.plane(server)
-    project.build("v1")
-    v1 = register_package(plane.registry, plane.package_dir).version
+    v1 = project.register(plane, "v1")
     impostor = folder_of(plane.repository, v1)
     shutil.copytree(project.packages / "inverted", impostor)
     release_version(plane, v1)
@@ -274,17 +270,14 @@ def test_a_repository_from_before_integer_folders_migrates_on_the_next_release(p
     settings = ServeSettings(repository=repo, log_dir=project.tmp / "logs", flush_interval_s=0.2)
     with running_server(create_app(settings)) as url:
         plane = project.plane(url)
-        project.build("v1")
-        v1 = register_package(plane.registry, plane.package_dir).version
-        release_version(plane, v1)
+        v1 = project.v1_in_prod(plane)
     folder_of(repo, v1).rename(repo / MODEL / v1)  # the old layout: <model>/v0.0.1/, no state
     for name in ("config.pbtxt", "traffic.json"):
         (repo / MODEL / name).unlink()
     with running_server(create_app(settings)) as url:
         assert served_traffic(url) == {v1: 100.0}  # legacy folder, served as "v0.0.1"
         plane = project.plane(url)
-        project.build("v2")
-        v2 = register_package(plane.registry, plane.package_dir).version
+        v2 = project.register(plane, "v2")
         with TrafficLoop(url) as loop:
             outcome = release_version(plane, v2, keep_previous_s=0)
         assert outcome.decision == "promoted", outcome.reasons
