@@ -38,6 +38,19 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([sys.executable, "-m", "dvc", *args], cwd, check)
 
 
+def copy_project_files(dest: Path) -> Path:
+    """The project's files as git sees them (tracked and untracked, not ignored) into `dest`, without
+    tests, benchmarks, reports or dvc.lock: a project that has never been built."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    for rel in files:
+        if rel.startswith(("tests/", "bench/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
 @dataclass(frozen=True)
 class Built:
     """The built project (never changed after the build) and its `dvc repro`'s result."""
@@ -49,14 +62,7 @@ class Built:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Built:
     """A temp copy of the project's files (as git sees them), one commit, small params, `dvc repro` run once."""
-    dest = tmp_path_factory.mktemp("built") / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
-    for rel in files:
-        if rel.startswith(("tests/", "bench/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
+    dest = copy_project_files(tmp_path_factory.mktemp("built") / "project")
     (dest / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], dest)
     run(["git", "add", "-A"], dest)

@@ -7,7 +7,6 @@ nycflights13 tables (2013-01-15..2013-02-14). The tests run in file order on one
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 
 from driftloop.io import read_json
 from tests.conftest import ROOT, small_params
-from tests.e2e.conftest import dvc, run
+from tests.e2e.conftest import copy_project_files, dvc, run
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +49,7 @@ def source(nycflights13) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, source) -> Path:
-    dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
-    for rel in files:
-        if rel.startswith(("tests/", "bench/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
+    dest = copy_project_files(tmp_path_factory.mktemp("repo"))
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: spec["stages"][s] for s in STAGES}}, sort_keys=False))
     params = small_params()
