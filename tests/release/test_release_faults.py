@@ -111,13 +111,13 @@ def test_a_lock_file_naming_a_live_unrelated_pid_does_not_block(tmp_path):
 
 
 HOLDER = """
-import os, sys, time
+import os, signal, sys
 from pathlib import Path
 from driftloop.release.lock import ReleaseLock
 Path(sys.argv[2]).write_text(str(os.getpid()))
 with ReleaseLock(sys.argv[1]):
     Path(sys.argv[3]).write_text("held")
-    time.sleep(600)
+    signal.pause()  # hold the lock until the test kills this process
 """
 
 
