@@ -62,13 +62,13 @@ def lineage_id(model_sha: str, data_sha: dict, params: dict) -> str:
 
 REPRODUCIBILITY = {
     "bit_identical_on_one_machine": (
-        "the snapshot, the features, the fitted models and every FP32 graph: seeds fixed, MLP training on one "
-        "thread with torch's deterministic algorithms, export with fixed graph names "
-        "(tests/pipeline/test_models.py trains and exports in two processes and compares sha256)"
+        "the snapshot, the features, the fitted models (models/native: seeds fixed, MLP training on one thread "
+        "with torch's deterministic algorithms) and the tree graph; measured in two fresh clones"
     ),
     "not_bit_identical": (
         "measured speed (p50/p99 latency, rows/s) and so the gate's latency rule and its choice among passing "
-        "candidates; INT8 graph bytes may differ with equal scores; across machines, float kernels chosen by "
+        "candidates; the MLP's ONNX bytes (torch's dynamo export differs between processes with identical "
+        "weights) and so its INT8 and pruned graphs; across machines, float kernels chosen by "
         "CPU instruction set (torch, ONNX Runtime) can change the last bits of training"
     ),
     "how_a_rebuild_is_judged": (
