@@ -66,7 +66,7 @@ def test_single_row(shared_server, rows):
     assert np.float32(r.json()["predictions"][0]) == _expected(shared_server, one)[0]
 
 
-def test_metadata_health_openapi_metrics(shared_server):
+def test_metadata_health_openapi_metrics(shared_server, rows):
     assert shared_server.get("/v2/health/live").json() == {"live": True}
     assert shared_server.get("/v2/health/ready").status_code == 200
     meta = shared_server.get(f"/v2/models/{MODEL}").json()
@@ -80,6 +80,8 @@ def test_metadata_health_openapi_metrics(shared_server):
     spec = shared_server.get("/openapi.json").json()
     assert "/v2/models/{name}/infer" in spec["paths"] and "/v1/models/{name}:predict" in spec["paths"]
     assert "InferenceRequest" in spec["components"]["schemas"]
+    # its own scoring request: the metrics below must not depend on which tests ran first (pytest -n)
+    assert shared_server.post(f"/v2/models/{MODEL}/infer", json=v2_payload(rows.iloc[:2])).status_code == 200
     text = shared_server.get("/metrics").text
     for name in (
         "driftloop_requests_total",
