@@ -39,6 +39,7 @@ Every failure is a `RequestError` with an HTTP status and a message that names t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Annotated, Any, TypeVar
@@ -478,13 +479,101 @@ def parse_v2(body: bytes, header_length: str | None) -> tuple[InferenceRequest, 
         header = body[:size]
         obj = loads(header)
         tail = memoryview(body)[size:]
-    try:
-        request = InferenceRequest.model_validate(obj)
-    except ValidationError as exc:
-        raise _pydantic_error(exc) from None
+    request = _plain_v2(obj)
+    if request is None:
+        try:
+            request = InferenceRequest.model_validate(obj)
+        except ValidationError as exc:
+            raise _pydantic_error(exc) from None
     if tail is not None:  # a JSON `data` of BYTES in the header makes the counts differ: exact path
         check_duplicate_keys(header, *_v2_keys(obj))
     return request, obj, tail
+
+
+class _PlainTensor:
+    """A tensor or output of a request `_plain_v2` vouched for: the attributes of `RequestInput`."""
+
+    __slots__ = ("name", "shape", "datatype", "data", "parameters")
+
+    def __init__(self, t: dict[str, Any]) -> None:
+        self.name = t["name"]
+        self.shape = t.get("shape")
+        self.datatype = t.get("datatype")
+        self.data = t.get("data")
+        self.parameters = t.get("parameters")
+
+
+class _PlainRequest:
+    """A v2 request `_plain_v2` vouched for: the attributes `InferenceRequest` has, read from the dict."""
+
+    __slots__ = ("id", "model_name", "model_version", "parameters", "inputs", "outputs")
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.id = obj.get("id")
+        self.model_name = obj.get("model_name")
+        self.model_version = obj.get("model_version")
+        self.parameters = obj.get("parameters")
+        self.inputs = [_PlainTensor(t) for t in obj["inputs"]]
+        outputs = obj.get("outputs")
+        self.outputs = None if outputs is None else [_PlainTensor(o) for o in outputs]
+
+    binary_output = InferenceRequest.binary_output
+
+
+_REQUEST_KEYS = frozenset(("id", "model_name", "model_version", "parameters", "inputs", "outputs"))
+_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data", "parameters"))
+_OUTPUT_KEYS = frozenset(("name", "parameters"))
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+def _plain_v2(obj: Any) -> _PlainRequest | None:
+    """The request without pydantic when `obj` is plainly one `InferenceRequest` accepts, else None.
+
+    A conservative subset of the model's rules, checked with `type(...) is` (strict: no bool for
+    int, no int subclass): every key known and not null, strings within their lengths, the id
+    matching `REQUEST_ID_PATTERN`, shapes of 1..4 ints <= 2**53, `data` a list, `parameters`
+    objects. Anything else (7.0 in a shape, a null field, a wrong type) returns None and goes
+    through `InferenceRequest`, whose error names the field. Validating 16 tensors with pydantic
+    cost about 45 us, a sixth of a single-row request; this walk costs a few.
+    """
+    if type(obj) is not dict or not obj.keys() <= _REQUEST_KEYS:
+        return None
+    inputs = obj.get("inputs")
+    if type(inputs) is not list or not inputs:
+        return None
+    for key in ("id", "model_name", "model_version"):
+        value = obj.get(key, "")
+        if type(value) is not str:
+            return None
+    if "id" in obj and not (len(obj["id"]) <= MAX_REQUEST_ID and _REQUEST_ID.match(obj["id"])):
+        return None
+    if len(obj.get("model_name", "")) > 256 or len(obj.get("model_version", "")) > 64:
+        return None
+    if "parameters" in obj and type(obj["parameters"]) is not dict:
+        return None
+    for t in inputs:
+        if type(t) is not dict or not t.keys() <= _TENSOR_KEYS:
+            return None
+        name, shape, datatype = t.get("name"), t.get("shape"), t.get("datatype")
+        if type(name) is not str or len(name) > 256 or type(datatype) is not str or len(datatype) > 16:
+            return None
+        if type(shape) is not list or not 1 <= len(shape) <= 4:
+            return None
+        for d in shape:
+            if type(d) is not int or d > 2**53:
+                return None
+        if ("data" in t and type(t["data"]) is not list) or ("parameters" in t and type(t["parameters"]) is not dict):
+            return None
+    if "outputs" in obj:
+        outputs = obj["outputs"]
+        if type(outputs) is not list:
+            return None
+        for o in outputs:
+            if type(o) is not dict or not o.keys() <= _OUTPUT_KEYS or type(o.get("name")) is not str:
+                return None
+            if len(o["name"]) > 256 or ("parameters" in o and type(o["parameters"]) is not dict):
+                return None
+    return _PlainRequest(obj)
 
 
 def v2_feeds(
@@ -520,7 +609,8 @@ def v2_feeds(
     extra = [n for n in names if n not in specs]
     if extra:
         raise RequestError(400, f"inputs: unknown input(s) {', '.join(extra[:5])}; the model takes {', '.join(specs)}")
-    missing = [n for n in specs if n not in set(names)]
+    given = set(names)
+    missing = [n for n in specs if n not in given]
     if missing:
         raise RequestError(400, f"inputs: missing input(s) {', '.join(missing)}")
     if request.outputs:
