@@ -222,7 +222,7 @@ def test_nulls_become_nan_only_in_nullable_columns(rows):
     drop=st.sampled_from([None, "carrier", "temp", "hour"]),
 )
 def test_single_record_fast_path_agrees_with_the_general_path(changes, drop):
-    """One record goes through `_one_record`; two copies of it through the general checks: same verdict, same values."""
+    """One record goes through `one_record`; two copies of it through the general checks: same verdict, same values."""
     from driftloop.schema import Signature, input_specs, output_specs
     from serving.validation import Limits, RecordsRequest, RequestError, records_feeds
 
