@@ -85,11 +85,13 @@ def column_array(
     """
     kind = spec.datatype
     declared = declared or kind
-    types = set(map(type, values))
+    n = len(values)
     if kind == "BYTES":
-        if not types <= {str}:
+        try:  # every value a string: `str.join` checks that in C, about 4x faster than a set of types
+            "".join(values)  # (JSON strings are exact `str`; no subclass comes out of a parser)
+        except TypeError:
             i, x = _first(values, lambda v: type(v) is str)
-            raise RequestError(400, f"{field}: row {i} is {_what(x).split(' ')[0]}; expected a string (BYTES)")
+            raise RequestError(400, f"{field}: row {i} is {_what(x).split(' ')[0]}; expected a string (BYTES)") from None
         if values and max(map(len, values)) > limits.max_string_length:
             i, x = _first(values, lambda v: len(v) <= limits.max_string_length)
             raise RequestError(
@@ -98,6 +100,7 @@ def column_array(
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
         return arr.reshape(-1, 1)
+    types = set(map(type, values))
     if kind == "INT64":
         if float in types:  # JSON and JSON Schema's `integer` do not tell 7.0 from 7 (up to 2**53)
             values = [_json_integer(v) for v in values]
@@ -107,7 +110,9 @@ def column_array(
             raise RequestError(400, f"{field}: row {i} is {_what(x)}; expected integers ({declared})")
         lo, hi = _INT_RANGE[declared]
         try:
-            arr = np.array(values, dtype=np.int64)  # OverflowError outside INT64: no range check needed
+            # OverflowError outside INT64: no range check needed. `fromiter` skips `np.array`'s
+            # search for nested sequences (the types are known to be ints).
+            arr = np.fromiter(values, dtype=np.int64, count=n)
         except OverflowError:
             arr = None
         if arr is None or (declared != "INT64" and (arr.min() < lo or arr.max() > hi)):
@@ -125,15 +130,15 @@ def column_array(
     dtype = _FLOAT_DTYPE[kind]
     with np.errstate(over="ignore", invalid="ignore"):
         if int in types:  # ints convert through float64, as JSON numbers are doubles
-            try:
-                wide = np.array(values, dtype=np.float64)  # None -> NaN; JSON itself has no NaN or Infinity
+            try:  # None -> NaN; JSON itself has no NaN or Infinity
+                wide = np.array(values, dtype=np.float64) if _NONE in types else np.fromiter(values, np.float64, n)
             except OverflowError:  # an integer beyond float64
                 wide = np.array(
                     [math.inf if type(v) is int and abs(v) > 2**1023 else v for v in values], dtype=np.float64
                 )
             out = wide.astype(dtype, copy=False)
         else:  # floats (and nulls) only: one conversion, the same rounding as float64 then `dtype`
-            out = np.array(values, dtype=dtype)
+            out = np.array(values, dtype=dtype) if _NONE in types else np.fromiter(values, dtype, n)
         checked = out
         if declared == "FP32" and kind != "FP32":  # the declared datatype's range applies too
             checked = out.astype(np.float32)
