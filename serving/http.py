@@ -200,7 +200,7 @@ def request_id_of(request: Request, fallback: str | None = None) -> str:
         rid = fallback
         if rid is None:
             return os.urandom(16).hex()  # as `uuid.uuid4().hex` long, without building a UUID object
-    if len(rid) > MAX_REQUEST_ID or _REQUEST_ID.match(rid) is None:
+    if len(rid) > MAX_REQUEST_ID or _REQUEST_ID.fullmatch(rid) is None:
         raise RequestError(
             400,
             f"x-request-id: must be 1..{MAX_REQUEST_ID} printable ASCII characters, "

@@ -166,7 +166,7 @@ def _plain_v2(obj: Any) -> _PlainRequest | None:
         value = obj.get(key, "")
         if type(value) is not str:
             return None
-    if "id" in obj and not (len(obj["id"]) <= MAX_REQUEST_ID and _REQUEST_ID.match(obj["id"])):
+    if "id" in obj and not (len(obj["id"]) <= MAX_REQUEST_ID and _REQUEST_ID.fullmatch(obj["id"])):
         return None
     if len(obj.get("model_name", "")) > 256 or len(obj.get("model_version", "")) > 64:
         return None

@@ -300,3 +300,7 @@ def test_plain_v2_request_is_taken_for_a_plain_body_and_not_for_a_cast():
     cast = copy.deepcopy(_BASE_V2)
     cast["inputs"][0]["shape"] = [2.0, 1]  # pydantic reads 2.0 as 2; the fast path leaves it to pydantic
     assert _plain_v2(cast) is None and InferenceRequest.model_validate(cast).inputs[0].shape == [2, 1]
+    newline = {**copy.deepcopy(_BASE_V2), "id": "r-1\n"}  # Python's `$` matches before a final newline
+    assert _plain_v2(newline) is None
+    with pytest.raises(ValueError):
+        InferenceRequest.model_validate(newline)
