@@ -115,7 +115,7 @@ def column_array(
             arr = np.fromiter(values, dtype=np.int64, count=n)
         except OverflowError:
             arr = None
-        if arr is None or (declared != "INT64" and (arr.min() < lo or arr.max() > hi)):
+        if arr is None or (declared != "INT64" and arr.size and (arr.min() < lo or arr.max() > hi)):
             lo, hi = max(lo, _INT64_MIN), min(hi, _INT64_MAX)
             i, x = _first(values, lambda v: lo <= v <= hi)
             raise RequestError(400, f"{field}: row {i} is {x!r}, out of the range of {declared} and {kind}")
