@@ -185,7 +185,12 @@ def _utc(ts: dt.datetime) -> dt.datetime:
 
 def _per_block(values: list, index: pa.Array, type_: pa.DataType) -> pa.Array:
     """One value per block, repeated over the block's rows (an Arrow `take`, no Python per row)."""
-    return pa.array(values, type=type_).take(index)
+    return pa.array(values, type=type_, from_pandas=True).take(index)
+
+
+def _array(values: np.ndarray, type_: pa.DataType | None = None) -> pa.Array:
+    """An Arrow array of `values` with NaN and None stored as null, as `Table.from_pandas` wrote them."""
+    return pa.array(values, type=type_, from_pandas=True)
 
 
 def _table(blocks: list[_Block]) -> pa.Table:
@@ -215,11 +220,11 @@ def _table(blocks: list[_Block]) -> pa.Table:
         ]
         if len({p.dtype.kind for p in parts}) > 1:  # BYTES as str and as unicode; a column some blocks lack
             column = np.concatenate([p.astype(object) for p in parts])
-            columns[name] = pa.array(column)  # inferred, None -> null
+            columns[name] = _array(column)  # inferred, None -> null
             continue
         column = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        columns[name] = pa.array(column, type=pa.string() if column.dtype.kind in "OU" else None)
-    columns["score"] = pa.array(np.concatenate([b.scores.reshape(-1) for b in blocks]).astype(np.float32))
+        columns[name] = _array(column, pa.string() if column.dtype.kind in "OU" else None)
+    columns["score"] = _array(np.concatenate([b.scores.reshape(-1) for b in blocks]).astype(np.float32))
     columns["latency_ms"] = _per_block([b.latency_ms for b in blocks], index, pa.float32())
     columns["service_ms"] = _per_block([b.service_ms for b in blocks], index, pa.float32())
     return pa.table(columns)

@@ -198,6 +198,7 @@ def test_binary_and_json_requests_log_the_same_columns_in_one_file(tmp_path):
 
     plog = PredictionLog(tmp_path, flush_interval_s=60)
     json_feeds = _feeds(3, seed=1)
+    json_feeds["temp"][:, 0] = [np.nan, 1.5, np.nan]  # null in the request
     binary_feeds = {k: (v.astype("U3") if v.dtype == object else v) for k, v in _feeds(2, seed=2).items()}
     at = dt.datetime(2013, 3, 1, 12, tzinfo=dt.UTC)
     for rid, feeds in (("j", json_feeds), ("b", binary_feeds)):
@@ -209,6 +210,8 @@ def test_binary_and_json_requests_log_the_same_columns_in_one_file(tmp_path):
     schema = pq.read_schema(path)
     assert schema.field("carrier").type == pa.string() and schema.field("hour").type == pa.int64()
     assert schema.field("temp").type == pa.float32() and schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    temp = pq.read_table(path)["temp"]  # NaN is stored as null, as pandas' writer stored it
+    assert temp.null_count == 2 + int(np.isnan(binary_feeds["temp"]).sum()) and not temp.is_nan().to_pylist().count(True)
     frame = read_log(tmp_path, MODEL, *WIDE)
     # read_log sorts by (ts, request_id, row): "b" before "j" at the same time
     assert list(frame["request_id"]) == ["b"] * 2 + ["j"] * 3 and list(frame["row"]) == [0, 1, 0, 1, 2]
