@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import gzip
 import logging
+import os
 import re
-import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -136,7 +136,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"body: more than {limit} bytes; the limit is {limit}")
-        chunks.append(chunk)
+        if chunk:  # Starlette ends the stream with b"": without it a one-chunk body is not copied
+            chunks.append(chunk)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if encoding is None or encoding == b"identity":
         return body
@@ -187,7 +188,7 @@ def encode_response(
 
 
 def request_id_of(request: Request, fallback: str | None = None) -> str:
-    """`x-request-id` header, else `fallback` (the v2 body's id), else a new uuid4 hex.
+    """`x-request-id` header, else `fallback` (the v2 body's id), else 32 random hex digits.
 
     Raises:
         RequestError: 400 when the header is present but is not 1..128 printable ASCII characters
@@ -198,8 +199,8 @@ def request_id_of(request: Request, fallback: str | None = None) -> str:
     if rid is None:
         rid = fallback
         if rid is None:
-            return uuid.uuid4().hex
-    if len(rid) > MAX_REQUEST_ID or _REQUEST_ID.match(rid) is None:
+            return os.urandom(16).hex()  # as `uuid.uuid4().hex` long, without building a UUID object
+    if len(rid) > MAX_REQUEST_ID or _REQUEST_ID.fullmatch(rid) is None:
         raise RequestError(
             400,
             f"x-request-id: must be 1..{MAX_REQUEST_ID} printable ASCII characters, "

@@ -84,6 +84,20 @@ def count_keys(obj: Any) -> tuple[int, int]:
     return 0, 0
 
 
+_SIMD_COUNT_FROM = 4096  # bytes; below it `bytes.count` is as fast as numpy's set-up
+
+
+def count_byte(body: bytes | memoryview, byte: bytes) -> int:
+    """How many times the single byte `byte` occurs in `body` (exact).
+
+    `bytes.count` compares byte by byte (about 44 us for a 160 kB body here); numpy's vectorised
+    comparison counts the same bytes in about 10 us, so large bodies take that path.
+    """
+    if len(body) < _SIMD_COUNT_FROM:
+        return bytes(body).count(byte)
+    return int(np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == byte[0]))
+
+
 def check_duplicate_keys(body: bytes, keys: int, string_colons: int | Callable[[], int]) -> None:
     """Refuse a JSON body with a duplicate key in any object, naming it.
 
@@ -103,7 +117,7 @@ def check_duplicate_keys(body: bytes, keys: int, string_colons: int | Callable[[
         RequestError: 400 naming the duplicate key.
     """
     if b"\\" not in body:
-        colons = body.count(b":")
+        colons = count_byte(body, b":")
         if colons == keys:  # then no string holds a ':' and no key was dropped
             return
         if colons == keys + (string_colons if isinstance(string_colons, int) else string_colons()):
@@ -130,7 +144,9 @@ def fixed_width_ascii(buf: memoryview, n: int, max_string_length: int) -> np.nda
     chars = np.ascontiguousarray(records["text"]).view(np.uint8)
     if ((chars >= 0x80) | (chars == 0)).any():  # non-ASCII; NUL, which the S dtype would drop
         return None
-    return chars.view(f"S{width}").astype(f"U{width}")
+    # ASCII code points are the bytes themselves: widen each byte to a UCS-4 code unit (numpy's
+    # `U` layout) instead of `astype(U)`, which decodes element by element (57 us vs 1 us a column).
+    return chars.astype(np.uint32).view(f"U{width}").reshape(n)
 
 
 def bytes_elements(field: str, buf: memoryview, n: int, max_string_length: int) -> np.ndarray:

@@ -188,3 +188,33 @@ def test_sigterm_flushes_the_log(make_repo, tmp_path):
             proc.kill()
     log = read_log(logdir, MODEL, *WIDE)
     assert sorted(log["request_id"].unique()) == sorted(ids) and len(log) == 40
+
+
+def test_binary_and_json_requests_log_the_same_columns_in_one_file(tmp_path):
+    """A binary request's BYTES feeds are a unicode array, a JSON request's str objects; one flush
+    writes both as one string column, with the documented types (the Arrow-direct writer)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    plog = PredictionLog(tmp_path, flush_interval_s=60)
+    json_feeds = _feeds(3, seed=1)
+    json_feeds["temp"][:, 0] = [np.nan, 1.5, np.nan]  # null in the request
+    binary_feeds = {k: (v.astype("U3") if v.dtype == object else v) for k, v in _feeds(2, seed=2).items()}
+    at = dt.datetime(2013, 3, 1, 12, tzinfo=dt.UTC)
+    for rid, feeds in (("j", json_feeds), ("b", binary_feeds)):
+        n = len(feeds["carrier"])
+        plog.append(model=MODEL, version="1", request_id=rid, feeds=feeds, scores=np.full((n, 1), 0.5, np.float32),
+                    latency_ms=1.0, service_ms=0.25, ts=at)  # fmt: skip
+    assert plog.flush() == 5
+    (path,) = (tmp_path / MODEL / "date=2013-03-01").glob("part-*.parquet")
+    schema = pq.read_schema(path)
+    assert schema.field("carrier").type == pa.string() and schema.field("hour").type == pa.int64()
+    assert schema.field("temp").type == pa.float32() and schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    temp = pq.read_table(path)["temp"]  # NaN is stored as null, as pandas' writer stored it
+    assert temp.null_count == 2 + int(np.isnan(binary_feeds["temp"]).sum()) and not temp.is_nan().to_pylist().count(True)
+    frame = read_log(tmp_path, MODEL, *WIDE)
+    # read_log sorts by (ts, request_id, row): "b" before "j" at the same time
+    assert list(frame["request_id"]) == ["b"] * 2 + ["j"] * 3 and list(frame["row"]) == [0, 1, 0, 1, 2]
+    expected = np.concatenate([binary_feeds["carrier"][:, 0].astype(object), json_feeds["carrier"][:, 0]])
+    assert list(frame["carrier"]) == list(expected)
+    assert (frame["service_ms"] == 0.25).all() and (frame["ts"] == pd.Timestamp(at)).all()

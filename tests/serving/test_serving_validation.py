@@ -222,7 +222,7 @@ def test_nulls_become_nan_only_in_nullable_columns(rows):
     drop=st.sampled_from([None, "carrier", "temp", "hour"]),
 )
 def test_single_record_fast_path_agrees_with_the_general_path(changes, drop):
-    """One record goes through `_one_record`; two copies of it through the general checks: same verdict, same values."""
+    """One record goes through `one_record`; two copies of it through the general checks: same verdict, same values."""
     from driftloop.schema import Signature, input_specs, output_specs
     from serving.validation import Limits, RecordsRequest, RequestError, records_feeds
 
@@ -245,3 +245,62 @@ def test_single_record_fast_path_agrees_with_the_general_path(changes, drop):
     for name, arr in single.items():
         assert arr.dtype == general[name].dtype and arr.shape == (1, 1)
         np.testing.assert_array_equal(arr, general[name][:1])
+
+
+_BASE_V2 = {
+    "id": "r-1",
+    "parameters": {"binary_data_output": False},
+    "inputs": [{"name": "hour", "shape": [2, 1], "datatype": "INT64", "data": [7, 8]},
+               {"name": "carrier", "shape": [2], "datatype": "BYTES", "data": ["UA", "AA"]}],
+    "outputs": [{"name": "probability", "parameters": {"binary_data": True}}],
+}  # fmt: skip
+_PATHS = [(), ("inputs", 0), ("inputs", 1), ("outputs", 0), ("inputs", 0, "shape"), ("parameters",)]
+_KEYS = ["id", "model_name", "model_version", "parameters", "inputs", "outputs", "name", "shape", "datatype", "data",
+         "extra", 0, 1]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(path=st.sampled_from(_PATHS), key=st.sampled_from(_KEYS), value=_json_values | st.just(2**53 + 1),
+       delete=st.booleans())  # fmt: skip
+def test_plain_v2_request_agrees_with_the_request_model(path, key, value, delete):
+    """`_plain_v2` skips pydantic only for bodies `InferenceRequest` accepts, and reads them the same."""
+    from serving.validation import _plain_v2
+
+    obj = copy.deepcopy(_BASE_V2)
+    target = obj
+    for step in path:
+        target = target[step]
+    if isinstance(target, list):
+        key = key if isinstance(key, int) else 0
+        if delete:
+            del target[key]
+        else:
+            target[key] = value
+    elif not isinstance(key, int):
+        if delete:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    plain = _plain_v2(obj)
+    if plain is None:
+        return  # pydantic decides, as before
+    model = InferenceRequest.model_validate(obj)  # raises if the fast path vouched for a bad body
+    for field in ("id", "model_name", "model_version", "parameters"):
+        assert getattr(plain, field) == getattr(model, field)
+    assert plain.binary_output() == model.binary_output()
+    for a, b in zip(plain.inputs, model.inputs, strict=True):
+        assert (a.name, a.shape, a.datatype, a.data, a.parameters) == (b.name, b.shape, b.datatype, b.data, b.parameters)
+    assert [(o.name, o.parameters) for o in plain.outputs or []] == [(o.name, o.parameters) for o in model.outputs or []]
+
+
+def test_plain_v2_request_is_taken_for_a_plain_body_and_not_for_a_cast():
+    from serving.validation import _plain_v2
+
+    assert _plain_v2(copy.deepcopy(_BASE_V2)) is not None
+    cast = copy.deepcopy(_BASE_V2)
+    cast["inputs"][0]["shape"] = [2.0, 1]  # pydantic reads 2.0 as 2; the fast path leaves it to pydantic
+    assert _plain_v2(cast) is None and InferenceRequest.model_validate(cast).inputs[0].shape == [2, 1]
+    newline = {**copy.deepcopy(_BASE_V2), "id": "r-1\n"}  # Python's `$` matches before a final newline
+    assert _plain_v2(newline) is None
+    with pytest.raises(ValueError):
+        InferenceRequest.model_validate(newline)
