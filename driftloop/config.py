@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from driftloop.dataset import Dataset
 from driftloop.errors import ParamsError
 from driftloop.paths import CHAMPION_DIR, LOG_DIR, PACKAGE_DIR
 
@@ -267,8 +270,9 @@ class ReleaseParams(Section):
     http_timeout_s: float = Field(30.0, gt=0)
 
 
-SECTIONS: dict[str, type[Section]] = {
+SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataParams,
+    "dataset": Dataset,
     "validate": ValidateParams,
     "features": FeaturesParams,
     "train": TrainParams,
@@ -282,7 +286,24 @@ SECTIONS: dict[str, type[Section]] = {
     "release": ReleaseParams,
 }
 
-S = TypeVar("S", bound=Section)
+S = TypeVar("S", bound=BaseModel)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error (PyYAML
+    keeps the last one silently: a second `temp:` under `dataset.features` would vanish)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -290,7 +311,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix the syntax") from None
     if not isinstance(raw, dict):
@@ -339,7 +360,7 @@ def params_errors(raw: dict[str, Any], *, require_all: bool = True) -> list[str]
     return lines
 
 
-def check_params(path: str | Path) -> dict[str, Section]:
+def check_params(path: str | Path) -> dict[str, BaseModel]:
     """Load and check the whole `params.yaml`: every section, every key.
 
     Returns:
@@ -372,12 +393,23 @@ def load_section(path: str | Path, name: str, model: type[S]) -> S:
     return parse_section(name, raw.get(name), model, where=str(path))
 
 
-def _field_names(model: type[Section], loc: tuple) -> list[str]:
-    """The field names of the (sub)model at `loc` (a pydantic error location, minus the bad key)."""
-    for part in loc:
-        field = model.model_fields.get(str(part))
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (sub)model at `loc` (a pydantic error location, minus the bad key).
+
+    Goes through nested models and through `dict[str, Model]` fields (e.g. `dataset.features.<name>`).
+    """
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         sub = field.annotation if field else None
-        if not (isinstance(sub, type) and issubclass(sub, Section)):
+        args = typing.get_args(sub)
+        if typing.get_origin(sub) is dict and args and parts:
+            sub = args[1]
+            parts.pop(0)  # the mapping's key
+        args = [a for a in typing.get_args(sub) if a is not type(None)]
+        if typing.get_origin(sub) in (typing.Union, types.UnionType) and len(args) == 1:
+            sub = args[0]  # Optional[Model]
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             return []
         model = sub
     return list(model.model_fields)
@@ -392,10 +424,13 @@ def parse_section(name: str, raw: Any, model: type[S], where: str = "params.yaml
     try:
         return model.model_validate(raw if raw is not None else {})
     except ValidationError:
+        if raw is None:
+            hint = " (`driftloop init` writes one from a table)" if name == "dataset" else ""
+            raise ParamsError(f"{where}: {name}: missing section; add it{hint}") from None
         raise ParamsError(f"{where}: " + "; ".join(_section_errors(name, raw, model))) from None
 
 
-def _section_errors(name: str, raw: Any, model: type[Section]) -> list[str]:
+def _section_errors(name: str, raw: Any, model: type[BaseModel]) -> list[str]:
     """One message per bad key of a section (empty when it is valid)."""
     try:
         model.model_validate(raw if raw is not None else {})

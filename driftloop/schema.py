@@ -133,6 +133,46 @@ def coerce_features(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def coerce_to_specs(frame: pd.DataFrame, specs: list[TensorSpec]) -> pd.DataFrame:
+    """Return the columns of `specs`, in their order, typed as the graphs expect.
+
+    BYTES -> object (str), INT64 -> int64, FP32 -> float32, FP64 -> float64. Only a nullable spec
+    may hold nulls (NaN in a float column).
+
+    Raises:
+        DataError: a column is missing, a non-nullable column holds nulls, or a value cannot be cast.
+    """
+    require_columns(frame, [s.name for s in specs], "features")
+    out = pd.DataFrame(index=frame.index)
+    for spec in specs:
+        col, kind = spec.name, spec.datatype
+        try:
+            if not spec.nullable and frame[col].isna().any():
+                what = {"BYTES": "string", "INT64": "integer"}.get(kind, "numeric")
+                raise ValueError(f"null values in a non-nullable {what} column")
+            if kind == "BYTES":
+                out[col] = frame[col].astype(str).astype(object)
+            elif kind == "INT64":
+                out[col] = frame[col].astype(np.int64)
+            elif kind in ("FP32", "FP64"):
+                out[col] = pd.to_numeric(frame[col]).astype(NUMPY_DTYPE[kind])
+            else:
+                raise ValueError(f"datatype {kind} is not a model input type")
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"column {col!r} (expected {kind}): {exc}; fix the source data") from None
+    return out
+
+
+def feeds_for(frame: pd.DataFrame, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Feeds for an ONNX Runtime session: one `[n, 1]` array per spec, typed per its datatype.
+
+    Raises:
+        DataError: as `coerce_to_specs`.
+    """
+    frame = coerce_to_specs(frame, specs)
+    return {s.name: frame[s.name].to_numpy().reshape(-1, 1).astype(NUMPY_DTYPE[s.datatype]) for s in specs}
+
+
 def to_onnx_feeds(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Feeds for an ONNX Runtime session: one `[n, 1]` array per raw column, typed per `schema`."""
     frame = coerce_features(frame)
