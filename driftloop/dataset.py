@@ -216,7 +216,7 @@ class LabelSpec(_Model):
     """The label: `rule` is `COLUMN OP VALUE` on the main table; true = 1.
 
     Attributes:
-        rule: OP in >= > <= < == != ; VALUE a number or a quoted string, e.g. `arr_delay >= 15`.
+        rule: OP in >= > <= < == != ; VALUE a number or a quoted string, e.g. `delay >= 15`.
         max_unknown_fraction: share of rows whose COLUMN is null (no label: dropped and counted)
             the validation allows, 0..1.
     """
@@ -250,7 +250,7 @@ def _parse_rule(rule: str) -> tuple[str, str, float | str]:
     """`COLUMN OP VALUE` -> (column, op, value); raises ValueError naming the expected form."""
     m = _RULE.match(rule)
     if not m:
-        raise ValueError(f"cannot parse {rule!r}; write COLUMN OP VALUE, OP one of >= > <= < == != (e.g. arr_delay >= 15)")
+        raise ValueError(f"cannot parse {rule!r}; write COLUMN OP VALUE, OP one of >= > <= < == != (e.g. delay >= 15)")
     column, op, raw = m.groups()
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
         return column, op, raw[1:-1]
@@ -421,9 +421,21 @@ class Dataset(_Model):
         cols += [n for n, f in self.features.items() if (f.table or self.main_table) == table and f.derive is None]
         if table == self.main_table:
             cols += [self.time.column, *(self.time.local_date or []), self.label.column]
-            cols += [f for f in _format_fields(self.row_id or "") if f != "date"]
+            cols += [f for f in self.row_id_fields() if f != "date"]
             cols += [c for j in self.joins.values() for c in j.on]
         return list(dict.fromkeys(cols))
+
+    @property
+    def row_id_template(self) -> str | None:
+        """`row_id`, else `{date}/{k1}/{k2}...` over the main table's key; None when neither is declared."""
+        if self.row_id is not None:
+            return self.row_id
+        key = self.tables[self.main_table].key
+        return "{date}/" + "/".join(f"{{{k}}}" for k in key) if key else None
+
+    def row_id_fields(self) -> list[str]:
+        """The fields of the row id template (`date` and main-table columns); empty without one."""
+        return _format_fields(self.row_id_template or "")
 
     # ---- frames ---------------------------------------------------------------------------
 
@@ -504,12 +516,9 @@ class Dataset(_Model):
         Raises:
             DataError: no `row_id` is declared and the main table has no `key` to build one from.
         """
-        template = self.row_id
+        template = self.row_id_template
         if template is None:
-            key = self.tables[self.main_table].key
-            if not key:
-                raise DataError("dataset.row_id: not set and the main table has no key; declare row_id, e.g. \"{date}/{id}\"")
-            template = "{date}/" + "/".join(f"{{{k}}}" for k in key)
+            raise DataError("dataset.row_id: not set and the main table has no key; declare row_id, e.g. \"{date}/{id}\"")
         out = pd.Series("", index=frame.index, dtype=object)
         for literal, field, _, _ in string.Formatter().parse(template):
             if literal:
