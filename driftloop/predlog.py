@@ -147,11 +147,11 @@ def read_labels(log_dir: str | os.PathLike[str], model: str) -> pd.DataFrame:
 
 def write_labels(
     log_dir: str | os.PathLike[str], model: str, labels: pd.DataFrame, name: str | None = None
-) -> Path:
+) -> Path | str:
     """Write a label file in the documented format (atomically); for tests and label feeders.
 
     Args:
-        log_dir: the log root.
+        log_dir: the log root: a folder, or a URL (`s3://bucket/prefix`: one object, written by fsspec).
         model: model name.
         labels: columns `request_id`, `label`, `observed_at`, optionally `row`.
         name: file name stem; default a UTC timestamp.
@@ -160,6 +160,12 @@ def write_labels(
         The file's path.
     """
     stem = name or dt.datetime.now(dt.UTC).strftime("labels-%Y%m%dT%H%M%S%f")
+    if "://" in str(log_dir):
+        fs, root = log_filesystem(log_dir)
+        key = f"{root.rstrip('/')}/{model}/labels/{stem}.parquet"
+        with fs.open(key, "wb") as fh:
+            labels.to_parquet(fh, index=False)
+        return f"{str(log_dir).rstrip('/')}/{model}/labels/{stem}.parquet"
     path = Path(log_dir) / model / "labels" / f"{stem}.parquet"
     write_parquet(path, labels)
     return path
@@ -460,6 +466,7 @@ def sample_window(
         filesystem, root = log_filesystem(log_dir)
     else:
         root = str(log_dir)
+    filesystem.invalidate_cache()  # s3fs caches listings per instance: a long-lived process must see new files
     try:
         labels, note = _LabelIndex.read(filesystem, root, model), ""
     except (ValueError, OSError) as exc:

@@ -380,7 +380,7 @@ def drift_check_flow(
     model = model_name or parse_section("package", raw.get("package"), PackageParams).model_name
 
     def at_root(p: str) -> str:
-        return str(p if Path(p).is_absolute() else rootp / p)
+        return str(p if "://" in p or Path(p).is_absolute() else rootp / p)  # URLs (s3://...) as they are
 
     now = dt.datetime.now(dt.UTC)
     folder = run_folder(at_root(monitor.reports_dir), now, _run_id())

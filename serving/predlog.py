@@ -50,7 +50,10 @@ class PredictionLog:
         max_rows_per_file: int = 100_000,
         on_pending=None,
     ) -> None:
-        self.log_dir = Path(log_dir)
+        # A URL (s3://bucket/prefix, any fsspec protocol) writes through fsspec: an object store's
+        # PUT is atomic, so readers never see half a file there either.
+        self.log_url = str(log_dir) if "://" in str(log_dir) else None
+        self.log_dir = Path(log_dir) if self.log_url is None else None
         self.flush_interval_s = flush_interval_s
         self.max_rows_per_file = max_rows_per_file
         self._on_pending = on_pending
@@ -164,17 +167,31 @@ class PredictionLog:
             frame = _frame(group)
             dates = frame["ts"].dt.strftime("%Y-%m-%d")
             for date, part in frame.groupby(dates, sort=True):
-                folder = self.log_dir / model / f"date={date}"
-                folder.mkdir(parents=True, exist_ok=True)
                 self._seq += 1
                 stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-                target = folder / f"part-{stamp}-{self._seq:06d}.parquet"
-                tmp = folder / f".{target.name}.tmp"
+                name = f"part-{stamp}-{self._seq:06d}.parquet"
                 table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
+                if self.log_url is not None:
+                    self._put(f"{model}/date={date}/{name}", table)
+                    total += len(part)
+                    continue
+                folder = self.log_dir / model / f"date={date}"
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / name
+                tmp = folder / f".{target.name}.tmp"
                 pq.write_table(table, tmp)
                 os.replace(tmp, target)
                 total += len(part)
         return total
+
+
+    def _put(self, key: str, table: pa.Table) -> None:
+        """Write one part file under the log URL (one object, visible once complete)."""
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.log_url)
+        with fs.open(f"{root.rstrip('/')}/{key}", "wb") as fh:
+            pq.write_table(table, fh)
 
 
 def _frame(blocks: list[_Block]) -> pd.DataFrame:
