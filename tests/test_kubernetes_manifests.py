@@ -6,7 +6,8 @@ Kubernetes JSON schemas: every document is checked in strict mode (an unknown fi
 against Kubernetes 1.32. The Prefect work pool's base job template is rendered with its variables'
 defaults and its Job checked the same way. Then what the schemas cannot know: the probes hit the
 server's real health routes, the container args are options of `driftloop serve`, the autoscaler
-targets the Deployment on a metric the server exports (not CPU).
+targets the Deployment on a metric the server exports (not CPU). KServe's `InferenceService` is a
+custom resource with no core schema: its fields are checked against KServe's Python SDK models.
 """
 
 from __future__ import annotations
@@ -36,9 +37,50 @@ def validate(doc: dict) -> None:
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("name,doc", documents(), ids=[n for n, _ in documents()])
+CRDS = {"serving.kserve.io/v1beta1": "kserve"}
+"""Custom resources, checked against their SDK's models (`sdk_check`) instead of the core schemas."""
+
+
+@pytest.mark.parametrize("name,doc", [d for d in documents() if d[1]["apiVersion"] not in CRDS],
+                         ids=[n for n, d in documents() if d["apiVersion"] not in CRDS])  # fmt: skip
 def test_every_manifest_is_valid_kubernetes(name, doc):
     validate(doc)
+
+
+def sdk_check(value: object, type_name: str, where: str = "") -> list[str]:
+    """Errors of `value` against an OpenAPI-generated SDK model (kserve's, kubernetes.client's):
+    every key must be one of the model's fields (strict), recursively; primitives by type."""
+    import kserve
+    import kubernetes.client
+
+    primitives = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
+    if type_name in primitives:
+        ok = isinstance(value, primitives[type_name]) and not (type_name == "int" and isinstance(value, bool))
+        return [] if ok else [f"{where}: {value!r} is not {type_name}"]
+    if type_name.lower().startswith("list["):  # list[X] and List[X], both spellings occur
+        return [e for i, v in enumerate(value) for e in sdk_check(v, type_name[5:-1], f"{where}[{i}]")]
+    if type_name.lower().startswith(("dict(", "dict[")):  # dict(str, X) and Dict[str, X]
+        inner = type_name[5:-1].split(",", 1)[1].strip()
+        return [e for k, v in value.items() for e in sdk_check(v, inner, f"{where}.{k}")]
+    model = getattr(kserve, type_name, None) or getattr(kubernetes.client, type_name)
+    if not isinstance(value, dict):
+        return [f"{where}: expected an object ({type_name})"]
+    fields = {json_name: attr for attr, json_name in model.attribute_map.items()}
+    errors = [f"{where}.{k}: not a field of {type_name}" for k in value if k not in fields]
+    for k, v in value.items():
+        if k in fields:
+            errors += sdk_check(v, model.openapi_types[fields[k]], f"{where}.{k}")
+    return errors
+
+
+def test_inference_service_fields_exist_in_kserves_sdk():
+    isvc = next(d for _, d in documents() if d["kind"] == "InferenceService")
+    assert sdk_check(isvc, "V1beta1InferenceService") == []
+    broken = json.loads(json.dumps(isvc))
+    broken["spec"]["predictor"]["minReplica"] = 2
+    assert sdk_check(broken, "V1beta1InferenceService") == [".spec.predictor.minReplica: not a field of V1beta1PredictorSpec"]
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 
 def test_an_unknown_field_fails_validation():
