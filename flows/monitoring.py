@@ -1,8 +1,10 @@
 """The drift check: a window of the prediction log against the prod package's reference sample.
 
 Pieces, each testable alone (the Prefect flow only wires them):
-- `load_window`: the log window (driftloop/predlog.py's reader) with the labels that have arrived,
-  joined by (request_id, row).
+- `driftloop.predlog.sample_window`: the log window in bounded memory (only the reference's
+  columns and the window's row groups; a seeded sample drawn while reading; counts over every row)
+  with the labels that have arrived, joined by (request_id, row). `load_window` is the reader it
+  replaced (the whole window in pandas), kept as the reference the tests and benchmark compare with.
 - `reference_version`: which logged version the package is (by lineage id in the model
   repository); the check judges that version on the rows it answered, and only those.
 - `measure_drift`: the detectors of driftloop/drift.py (each returns `Check`s, every threshold

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(flights_weather, tmp_path_factory):
-    """A root with params.yaml (hgb max_iter 20) and January 2013's train/valid splits."""
+    """A root with params.yaml (hgb max_iter 10) and January 2013's train/valid splits."""
     from tasks.features import build_features
 
     flights, weather = flights_weather
@@ -38,7 +38,7 @@ def project(flights_weather, tmp_path_factory):
     for name in ("train", "valid"):
         splits[name].to_parquet(root / "data" / "features" / f"{name}.parquet", index=False)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["hgb"]["max_iter"] = 20
+    params["train"]["hgb"]["max_iter"] = 10
     (root / "params.yaml").write_text("# sweep test\n" + yaml.safe_dump(params, sort_keys=False))
     return root
 
@@ -57,7 +57,7 @@ def test_sweep_on_two_worker_processes_survives_a_killed_worker(project, prefect
 
     from driftloop.config import TrainParams, load_section
 
-    trials, seed = 6, 0
+    trials, seed = 4, 0
     params = load_section(project / "params.yaml", "train", TrainParams)
     base = params.hgb.model_dump()
     configs = sample_configs("hgb", trials, seed)
