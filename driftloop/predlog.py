@@ -293,7 +293,7 @@ def _label_chunks(fh, parquet: bool, path: str, chunk_rows: int = 65_536):
 
 
 class _LabelIndex:
-    """The labels of one model reduced to sorted key hashes (20 bytes a label; no strings kept)."""
+    """The labels of one model reduced to sorted key hashes (24 bytes a label: key, label, observed_at; no strings kept)."""
 
     def __init__(self, keys: np.ndarray, labels: np.ndarray, observed_ns: np.ndarray) -> None:
         self.keys, self.labels, self.observed_ns = keys, labels, observed_ns
@@ -429,7 +429,7 @@ def sample_window(
     model_version: str | None = None,
     max_rows: int = 20_000,
     seed: int = 0,
-    batch_rows: int = 65_536,
+    batch_rows: int = 16_384,
     filesystem=None,
 ) -> WindowSample:
     """Read a window of the log in bounded memory: only the needed columns and row groups, sampled while read.
@@ -440,7 +440,7 @@ def sample_window(
     is a bottom-k sample: each row's priority is a seeded hash of its (request_id, row), and the
     `max_rows` rows with the lowest priorities are kept (a uniform sample without replacement
     that does not depend on file or batch order). Memory: O(max_rows + batch_rows) rows of the
-    log, plus 20 bytes per label row (labels are kept as key hashes, `_LabelIndex`).
+    log, plus 24 bytes per label row (labels are kept as key hashes, `_LabelIndex`).
 
     Args:
         log_dir: the log root: a local path or an fsspec URL such as `s3://bucket/prefix`.
