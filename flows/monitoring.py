@@ -1,8 +1,10 @@
 """The drift check: a window of the prediction log against the prod package's reference sample.
 
 Pieces, each testable alone (the Prefect flow only wires them):
-- `load_window`: the log window (driftloop/predlog.py's reader) with the labels that have arrived,
-  joined by (request_id, row).
+- `driftloop.predlog.sample_window`: the log window in bounded memory (only the reference's
+  columns and the window's row groups; a seeded sample drawn while reading; counts over every row)
+  with the labels that have arrived, joined by (request_id, row). `load_window` is the reader it
+  replaced (the whole window in pandas), kept as the reference the tests and benchmark compare with.
 - `reference_version`: which logged version the package is (by lineage id in the model
   repository); the check judges that version on the rows it answered, and only those.
 - `measure_drift`: the detectors of driftloop/drift.py (each returns `Check`s, every threshold
@@ -34,7 +36,7 @@ from driftloop.checks import markdown_table
 from driftloop.config import MonitorParams, PackageParams, PolicyParams, parse_section, read_params_file
 from driftloop.dataset import Dataset as DatasetDeclaration  # evidently has a `Dataset` too
 from driftloop.drift import SCORE, Thresholds, assess, reference_stats
-from driftloop.predlog import to_utc
+from driftloop.predlog import WindowSample, sample_window, to_utc
 from driftloop.schema import Signature, TensorSpec
 from flows.policy import Decision, DriftSummary, decide, decide_and_record, read_state
 
@@ -158,6 +160,7 @@ def measure_drift(
     model_version: str | None = None,
     inputs: Sequence[TensorSpec],
     time_column: str,
+    window: WindowSample | None = None,
 ) -> DriftSummary:
     """Judge one version's window against the package's reference with the drift detectors.
 
@@ -173,6 +176,9 @@ def measure_drift(
         data_span_hours: the time span the rows stand for; None = measured on `ts` (a replay that
             sends weeks of flights in minutes passes their real span).
         model_version: judge only this version's rows; None = the window must hold one version.
+        window: the counts of a window read by `driftloop.predlog.sample_window`, whose `frame`
+            is `current` (already sampled): rows, versions, span and labelled rows come from it
+            (they cover every row of the window), and `current` is not sampled again.
 
     Returns:
         The summary: "skipped" when there is nothing to judge, "failed" (with the error) when a
@@ -187,7 +193,12 @@ def measure_drift(
         missing = [c for c in (*(s.name for s in inputs), SCORE) if c not in frame.columns]
         if missing:
             return DriftSummary(status="skipped", reason=f"{name} lacks column(s) {', '.join(missing)}", **base)
-    versions = current["model_version"].astype(str).value_counts().to_dict() if "model_version" in current else {}
+    if window is not None:
+        versions = dict(window.versions)
+    elif "model_version" in current:
+        versions = current["model_version"].astype(str).value_counts().to_dict()
+    else:
+        versions = {}
     if model_version is None and len(versions) > 1:
         listed = ", ".join(f"{v} ({n} rows)" for v, n in versions.items())
         return DriftSummary(status="skipped", reason=f"window mixes versions {listed} and the reference's version "
@@ -200,10 +211,14 @@ def measure_drift(
     base["other_versions"] = {str(k): int(v) for k, v in versions.items()}
     if current.empty:
         return DriftSummary(status="skipped", reason=f"no rows of version {model_version} in the window", **base)
-    span = span_hours(current) if data_span_hours is None else data_span_hours
     labels = current["label"] if "label" in current.columns else pd.Series(np.nan, index=current.index)
-    sample = current.sample(n=max_rows, random_state=seed) if len(current) > max_rows else current
-    base.update(rows=len(current), rows_compared=len(sample), span_hours=span, labelled_rows=int(labels.notna().sum()))
+    if window is not None:  # `current` is the sample; the counts cover the whole window
+        sample, rows, labelled, measured_span = current, window.rows, window.labelled_rows, window.span_hours
+    else:
+        sample = current.sample(n=max_rows, random_state=seed) if len(current) > max_rows else current
+        rows, labelled, measured_span = len(current), int(labels.notna().sum()), span_hours(current)
+    span = measured_span if data_span_hours is None else data_span_hours
+    base.update(rows=rows, rows_compared=len(sample), span_hours=span, labelled_rows=labelled)
     try:
         stats = reference_stats(reference, time_column)
         checks = assess(sample, reference, stats, span, Thresholds.from_policy(policy), inputs=inputs, time_column=time_column)
@@ -298,9 +313,9 @@ def summary_markdown(result: DriftCheckResult) -> str:
 
 
 @task(name="read-window")
-def read_window_task(log_dir: str, model: str, start: dt.datetime, end: dt.datetime) -> tuple[pd.DataFrame, int, str]:
-    """Prefect wrapper of `load_window` (same Args/Returns)."""
-    return load_window(log_dir, model, start, end)
+def read_window_task(log_dir: str, model: str, start: dt.datetime, end: dt.datetime, **kw: Any) -> WindowSample:
+    """Prefect wrapper of `driftloop.predlog.sample_window` (same Args/Returns)."""
+    return sample_window(log_dir, model, start, end, **kw)
 
 
 @task(name="read-reference")
@@ -386,7 +401,7 @@ def drift_check_flow(
     dataset = parse_section("dataset", raw.get("dataset"), DatasetDeclaration)
 
     def at_root(p: str) -> str:
-        return str(p if Path(p).is_absolute() else rootp / p)
+        return str(p if "://" in p or Path(p).is_absolute() else rootp / p)  # URLs (s3://...) as they are
 
     now = dt.datetime.now(dt.UTC)
     folder = run_folder(at_root(monitor.reports_dir), now, _run_id())
@@ -396,16 +411,21 @@ def drift_check_flow(
     write_json(latest, {"run_dir": str(folder), "verdict": "running", "retrain": False, "at": now.isoformat()})
     end = to_utc(window_end or now).to_pydatetime()
     start = end - dt.timedelta(hours=window_hours or monitor.window_hours)
-    frame, unknown, note = read_window_task(at_root(monitor.log_dir), model, start, end)
     reference, why = read_reference_task(at_root(monitor.package_dir))
     inputs = package_inputs(at_root(monitor.package_dir), dataset.input_specs())
     version = model_version or reference_version(at_root(monitor.repository), model, at_root(monitor.package_dir))
+    # Only the columns the reference has (the model's inputs, score, label) are read from the log,
+    # and the window is sampled while it is read: memory does not grow with the window's rows.
+    window = read_window_task(at_root(monitor.log_dir), model, start, end,
+                              columns=[] if reference is None else list(reference.columns),
+                              model_version=version, max_rows=monitor.max_rows, seed=monitor.seed)  # fmt: skip
+    frame, unknown, note = window.frame, window.unknown_labels, window.note
     if reference is None:
-        summary = DriftSummary(status="skipped", reason=why, rows=len(frame), model_version=version)
+        summary = DriftSummary(status="skipped", reason=why, rows=window.rows, model_version=version)
     else:
         summary = measure_drift_task(frame, reference, policy, max_rows=monitor.max_rows, seed=monitor.seed,
                                      data_span_hours=data_span_hours, model_version=version, inputs=inputs,
-                                     time_column=dataset.time.column)  # fmt: skip
+                                     time_column=dataset.time.column, window=window)  # fmt: skip
     summary = summary.model_copy(
         update={"unknown_label_ids": unknown, "window_start": start.isoformat(), "window_end": end.isoformat()}
     )

@@ -232,7 +232,7 @@ def replay(
             if (i // batch) % 50 == 0:
                 log.info("replay: %d/%d rows sent", sent, len(rows))
     flush_labels()
-    labels_dir = str(Path(log_dir) / model / "labels") if log_dir is not None and chunks else None
+    labels_dir = f"{str(log_dir).rstrip('/')}/{model}/labels" if log_dir is not None and chunks else None
     return {"rows": sent, "requests": -(-sent // batch), "versions": versions, "labels": labels_dir}
 
 

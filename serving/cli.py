@@ -35,7 +35,9 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="request body limit in bytes (413 past it)")] = 1 << 20,
     max_rows: Annotated[int, typer.Option(help="rows per request (413 past it)")] = 10_000,
     max_string_length: Annotated[int, typer.Option(help="characters per string value")] = 64,
-    log_dir: Annotated[Path | None, typer.Option(help="prediction log folder; default: no log")] = None,
+    log_dir: Annotated[
+        str | None, typer.Option(help="prediction log folder or URL (s3://bucket/prefix); default: no log")
+    ] = None,
     flush_interval_s: Annotated[float, typer.Option(help="prediction log flush interval, s")] = 2.0,
     max_rows_per_file: Annotated[int, typer.Option(help="prediction log rows per file")] = 100_000,
     ssl_certfile: Annotated[

@@ -38,7 +38,9 @@ class ServeSettings(BaseSettings):
     max_rows: int = Field(10_000, ge=1, description="rows per request (413 past it)")
     max_string_length: int = Field(64, ge=1, description="characters per BYTES value")
     # Prediction log; None disables it.
-    log_dir: Path | None = Field(None, description="prediction log root: <log_dir>/<model>/date=YYYY-MM-DD/")
+    log_dir: Path | str | None = Field(
+        None, description="prediction log root: <log_dir>/<model>/date=YYYY-MM-DD/; a folder or a URL (s3://bucket/prefix)"
+    )
     flush_interval_s: float = Field(2.0, gt=0, description="the most a kill -9 can lose, in seconds of rows")
     max_rows_per_file: int = Field(
         100_000, ge=1, description="a log file is written at latest at this many rows"

@@ -49,7 +49,10 @@ class PredictionLog:
         max_rows_per_file: int = 100_000,
         on_pending=None,
     ) -> None:
-        self.log_dir = Path(log_dir)
+        # A URL (s3://bucket/prefix, any fsspec protocol) writes through fsspec: an object store's
+        # PUT is atomic, so readers never see half a file there either.
+        self.log_url = str(log_dir) if "://" in str(log_dir) else None
+        self.log_dir = Path(log_dir) if self.log_url is None else None
         self.flush_interval_s = flush_interval_s
         self.max_rows_per_file = max_rows_per_file
         self._on_pending = on_pending
@@ -163,16 +166,29 @@ class PredictionLog:
         total = 0
         for (model, date), group in sorted(groups.items()):
             table = _table(group)
-            folder = self.log_dir / model / f"date={date}"
-            folder.mkdir(parents=True, exist_ok=True)
             self._seq += 1
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-            target = folder / f"part-{stamp}-{self._seq:06d}.parquet"
+            name = f"part-{stamp}-{self._seq:06d}.parquet"
+            if self.log_url is not None:
+                self._put(f"{model}/date={date}/{name}", table)
+                total += table.num_rows
+                continue
+            folder = self.log_dir / model / f"date={date}"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / name
             tmp = folder / f".{target.name}.tmp"
             pq.write_table(table, tmp)
             os.replace(tmp, target)
             total += table.num_rows
         return total
+
+    def _put(self, key: str, table: pa.Table) -> None:
+        """Write one part file under the log URL (one object, visible once complete)."""
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.log_url)
+        with fs.open(f"{root.rstrip('/')}/{key}", "wb") as fh:
+            pq.write_table(table, fh)
 
 
 _TS = pa.timestamp("us", tz="UTC")

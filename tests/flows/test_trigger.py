@@ -42,6 +42,16 @@ def _poll(condition, timeout_s: float, interval_s: float = 0.5):
 
 
 def test_drift_event_creates_a_retraining_run_with_mapped_parameters(prefect_harness, tmp_path):
+    check_drift_event_starts_retraining(tmp_path)
+
+
+def check_drift_event_starts_retraining(tmp_path) -> list:
+    """Apply two models' retraining deployments, emit a drift event for one, assert only its run
+    starts with the mapped parameters; against whatever Prefect API the settings point at.
+
+    Returns:
+        The flow runs the trigger created (tests/flows/test_postgres.py looks them up in the database).
+    """
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.events import emit_event
@@ -80,3 +90,4 @@ def test_drift_event_creates_a_retraining_run_with_mapped_parameters(prefect_har
     # The flow's typed signature validates the templated strings into a date and an int.
     validated = training_flow.validate_parameters(params)
     assert validated["as_of"] == dt.date(2013, 8, 31) and validated["window_months"] == 3
+    return runs

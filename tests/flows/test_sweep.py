@@ -1,0 +1,96 @@
+"""The hyperparameter sweep on a real Dask cluster: 2 worker processes, one of them killed mid-sweep.
+
+The reference is the same trials run one after another in this process, without Dask or Prefect
+(`flows.sweep.run_trial`). On a `distributed.LocalCluster` of 2 worker processes, through
+prefect-dask's `DaskTaskRunner` and a Prefect test server, the sweep must give the very same AUC
+for every trial and the same best, even though a watcher SIGKILLs the worker process that is
+running a trial as soon as one is (Dask runs that trial again on a live worker). The best
+configuration lands in params.yaml's `train.hgb`, comments kept.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from driftloop.config import FeaturesParams
+from flows.sweep import best_of, run_trial, sample_configs, sweep_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(flights_weather, tmp_path_factory):
+    """A root with params.yaml (hgb max_iter 10) and January 2013's train/valid splits."""
+    from tasks.features import build_features
+
+    flights, weather = flights_weather
+    root = tmp_path_factory.mktemp("sweep")
+    splits, _ = build_features(flights[flights["month"] == 1], weather[weather["month"] == 1], FeaturesParams())
+    (root / "data" / "features").mkdir(parents=True)
+    for name in ("train", "valid"):
+        splits[name].to_parquet(root / "data" / "features" / f"{name}.parquet", index=False)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["hgb"]["max_iter"] = 10
+    (root / "params.yaml").write_text("# sweep test\n" + yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def test_configs_are_seeded_and_in_range():
+    a, b = sample_configs("hgb", 8, seed=1), sample_configs("hgb", 8, seed=1)
+    assert a == b and a != sample_configs("hgb", 8, seed=2)
+    assert all(0.03 <= c["learning_rate"] <= 0.3 and c["max_leaf_nodes"] in (15, 31, 63) for c in a)
+    with pytest.raises(ValueError, match="no search space"):
+        sample_configs("nope", 1, 0)
+
+
+def test_sweep_on_two_worker_processes_survives_a_killed_worker(project, prefect_harness, monkeypatch):
+    from distributed import Client, LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    from driftloop.config import TrainParams, load_section
+
+    trials, seed = 4, 0
+    params = load_section(project / "params.yaml", "train", TrainParams)
+    base = params.hgb.model_dump()
+    configs = sample_configs("hgb", trials, seed)
+    features = str(project / "data" / "features")
+    expected = [run_trial(features, "hgb", base, c, params.seed) for c in configs]
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    killed: list[int] = []
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        pids = client.run(os.getpid)  # {worker address: pid}
+        stop = threading.Event()
+
+        def kill_a_busy_worker() -> None:
+            deadline = time.monotonic() + 120
+            while not stop.is_set() and time.monotonic() < deadline:
+                busy = [addr for addr, keys in client.processing().items() if keys]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(pids[busy[0]])
+                    return
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=kill_a_busy_worker, daemon=True)
+        watcher.start()
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
+        result = sweep_flow.with_options(task_runner=runner)(root=str(project), trials=trials, seed=seed)
+        stop.set()
+        watcher.join()
+    assert killed, "no worker was killed: the sweep did not run on the cluster"
+    assert [t.valid_roc_auc for t in result.trials] == expected  # identical, trial by trial
+    assert [t.config for t in result.trials] == configs
+    assert result.best == best_of(result.trials) and result.best.valid_roc_auc == max(expected)
+    text = (project / "params.yaml").read_text()
+    written = yaml.safe_load(text)["train"]["hgb"]
+    assert text.startswith("# sweep test") and all(written[k] == v for k, v in result.best.config.items())
