@@ -197,6 +197,10 @@ class MonitorParams(Section):
     )
     reports_dir: str = Field("reports/drift", description="one folder per check: HTML report and JSON summary")
     state_file: str = Field("reports/drift/policy_state.json", description="past retrains (the policy's memory)")
+    metrics_dir: str = Field(
+        "reports/drift/metrics",
+        description="the check's Prometheus gauges, one `drift_<model>.prom` per model (serve --metrics-textfile-dir)",
+    )
     window_hours: float = Field(336.0, gt=0, description="length of the log window checked, hours (ts of the log): 14 days")
     max_rows: int = Field(20_000, ge=100, description="larger windows are sampled to this many rows (cost grows with rows)")
     seed: int = 0

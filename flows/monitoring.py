@@ -9,9 +9,27 @@ Pieces, each testable alone (the Prefect flow only wires them):
   from `policy`); anything they raise makes a "failed" summary, never a crash and never "no drift".
 - `render_report`: Evidently 0.7's `DataDriftPreset` HTML for people (it never decides).
 - `flows.policy.decide_and_record`: read-decide-write of the policy state under a kernel lock.
+- `write_drift_metrics`: the check's figures as Prometheus gauges in a textfile (below).
 - `drift_check_flow`: writes `drift_report.html` and `drift_summary.json` into a folder of its
   own under `monitor.reports_dir` (`<UTC time>-<run id>`), points `latest.json` at it, publishes
   an artifact linking both and, when the policy says so, emits `driftloop.drift.detected`.
+
+Prometheus: each check replaces `<monitor.metrics_dir>/drift_<model>.prom` (text format, written to
+a temp file then renamed, node_exporter's textfile-collector convention), which the model server
+re-exposes on `/metrics` when started with `--metrics-textfile-dir <monitor.metrics_dir>` (or
+node_exporter serves with `--collector.textfile.directory`). Gauges (labels `model`, and `version`
+= the judged version):
+    driftloop_drift_check_timestamp_seconds{model}    unix time of the check
+    driftloop_drift_check_ok{model}                   1 when the detectors ran ("checked"), else 0
+    driftloop_drift_detected{model, version}          1 when the verdict is "drift"
+    driftloop_drift_retrain_requested{model}          1 when the policy asked for a retrain
+    driftloop_drift_window_rows{model, version}       rows of the judged version in the window
+    driftloop_drift_share{model, version}             share of drifted feature columns, [0, 1]
+    driftloop_drift_share_threshold{model}            policy.drift_share
+    driftloop_roc_auc_drop_bound{model, version}      lower confidence bound of the ROC AUC drop vs held-out
+    driftloop_roc_auc_drop_threshold{model}           policy.max_auc_drop
+A figure that was not computed (too few rows, labels not arrived) is left out, never written as 0.
+The alert rules reading them are in `deploy/prometheus/alerts.yml`.
 """
 
 from __future__ import annotations
@@ -421,12 +439,67 @@ def drift_check_flow(
     write_text(folder / "summary.md", summary_markdown(result))
     write_json(latest,
                {"run_dir": str(folder), "verdict": decision.verdict, "retrain": decision.retrain, "at": now.isoformat()})  # fmt: skip
+    write_drift_metrics(at_root(monitor.metrics_dir), model, summary, decision, policy, now)
     create_markdown_artifact(key=f"drift-check-{_artifact_key(model)}", markdown=summary_markdown(result),
                              description=f"drift check of {model}")  # fmt: skip
     if emitted:
         logger.info("drift: retrain requested for %s, as_of %s", model, payload["as_of"])
     logger.info("drift check: %s; %s", decision.verdict, "; ".join(decision.reasons))
     return result
+
+
+def write_drift_metrics(
+    folder: str | os.PathLike[str],
+    model: str,
+    summary: DriftSummary,
+    decision: Decision,
+    policy: PolicyParams,
+    now: dt.datetime,
+) -> Path:
+    """Replace `<folder>/drift_<model>.prom` with this check's gauges (see the module docstring).
+
+    Args:
+        folder: the textfile folder (`monitor.metrics_dir`); created if missing.
+        model: the model's name (label `model`).
+        summary: the check's measurements.
+        decision: the policy's decision.
+        policy: the thresholds written beside the figures (so alert rules compare with the policy's own).
+        now: the check's time (timezone-aware).
+
+    Returns:
+        The file's path. Written atomically (`prometheus_client.write_to_textfile`: temp file, rename).
+    """
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    version = summary.model_version or ""
+
+    def gauge(name: str, doc: str, value: float | None, **labels: str) -> None:
+        if value is None:
+            return
+        g = Gauge(name, doc, list(labels), registry=registry)
+        (g.labels(**labels) if labels else g).set(float(value))
+
+    by_name = {c.name: c for c in summary.checks if c.name != "column_drift"}
+    share, auc = by_name.get("drift_share"), by_name.get("auc_drop")
+    gauge("driftloop_drift_check_timestamp_seconds", "unix time of the last drift check", now.timestamp(), model=model)
+    gauge("driftloop_drift_check_ok", "1 when the drift detectors ran", float(summary.status == "checked"), model=model)
+    gauge("driftloop_drift_detected", "1 when the last check's verdict is drift", float(decision.verdict == "drift"),
+          model=model, version=version)  # fmt: skip
+    gauge("driftloop_drift_retrain_requested", "1 when the policy asked for a retrain", float(decision.retrain),
+          model=model)  # fmt: skip
+    gauge("driftloop_drift_window_rows", "rows of the judged version in the window", float(summary.rows),
+          model=model, version=version)  # fmt: skip
+    gauge("driftloop_drift_share", "share of drifted feature columns", share.value if share else None,
+          model=model, version=version)  # fmt: skip
+    gauge("driftloop_drift_share_threshold", "policy.drift_share", policy.drift_share, model=model)
+    gauge("driftloop_roc_auc_drop_bound", "lower confidence bound of the ROC AUC drop vs the held-out reference",
+          auc.value if auc else None, model=model, version=version)  # fmt: skip
+    gauge("driftloop_roc_auc_drop_threshold", "policy.max_auc_drop", policy.max_auc_drop, model=model)
+    path = Path(folder) / f"drift_{_artifact_key(model)}.prom"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+    return path
 
 
 def _artifact_key(name: str) -> str:

@@ -25,7 +25,7 @@ from serving.batcher import MicroBatcher
 from serving.config import ServeSettings
 from serving.metrics import ServerMetrics
 from serving.predlog import PredictionLog
-from serving.repository import LoadRefused, ModelRepository, ModelVersion
+from serving.repository import LoadRefused, ModelNotFound, ModelRepository, ModelVersion
 from serving.stats import InferenceStats
 from serving.validation import Limits, RequestError
 
@@ -68,7 +68,8 @@ class DataPlane:
 
     def __init__(self, settings: ServeSettings, repository: ModelRepository | None = None) -> None:
         self.settings = settings
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(settings.metrics_textfile_dir)
+        self.metrics.queue_capacity.set(settings.max_queue_rows)
         if repository is None:
             repository = ModelRepository(
                 settings.repository,
@@ -99,6 +100,7 @@ class DataPlane:
 
     def _on_batch(self, mv: ModelVersion, rows: int, run_s: float) -> None:
         self.metrics.batch_rows.labels(mv.name, mv.version).observe(rows)
+        self.metrics.inference.labels(mv.name, mv.version).observe(run_s)
         self.stats.batch(mv.name, mv.version, rows, run_s)
 
     def redact(self, message: str) -> str:
@@ -109,7 +111,14 @@ class DataPlane:
         return message
 
     def _on_change(self) -> None:
-        self.metrics.set_loaded({name: len(vs) for name, vs in self.repository.loaded().items()})
+        loaded = self.repository.loaded()
+        traffic = {}
+        for name in loaded:
+            try:
+                traffic[name] = self.repository.traffic(name)
+            except ModelNotFound:  # unloaded meanwhile; the next change sets it
+                continue
+        self.metrics.set_loaded({name: len(vs) for name, vs in loaded.items()}, traffic)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
