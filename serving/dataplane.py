@@ -97,10 +97,10 @@ class DataPlane:
             else None
         )
         self.limits = Limits(max_rows=settings.max_rows, max_string_length=settings.max_string_length)
+        self._cpu_start = time.process_time()
 
-    def _on_batch(self, mv: ModelVersion, rows: int, run_s: float) -> None:
-        self.metrics.batch_rows.labels(mv.name, mv.version).observe(rows)
-        self.metrics.inference.labels(mv.name, mv.version).observe(run_s)
+    def _on_batch(self, mv: ModelVersion, rows: int, run_s: float, cpu_s: float) -> None:
+        self.metrics.record_batch(mv.name, mv.version, rows, run_s, cpu_s)
         self.stats.batch(mv.name, mv.version, rows, run_s)
 
     def redact(self, message: str) -> str:
@@ -133,6 +133,7 @@ class DataPlane:
         # of the collector's generations, so a full collection no longer walks it on a request's time.
         gc.collect()
         gc.freeze()
+        self._cpu_start = time.process_time()  # cost: CPU from here on is serving (loading and warm-up are not)
         log.info("serving %s", {n: [mv.version for mv in vs] for n, vs in self.repository.loaded().items()})
 
     async def stop(self) -> None:
@@ -309,8 +310,15 @@ class DataPlane:
         Raises:
             LoadRefused: with the repository path cut from the message (it names model/version).
         """
+        def timed_load() -> ModelVersion:  # loading and warm-up are not serving: kept out of the cost
+            c0 = time.thread_time()
+            try:
+                return self.repository.load(name, version)
+            finally:
+                self._cpu_start += time.thread_time() - c0
+
         try:
-            mv = await asyncio.to_thread(self.repository.load, name, version)
+            mv = await asyncio.to_thread(timed_load)
         except LoadRefused as exc:
             raise type(exc)(self.redact(str(exc))) from None  # PackageMissing (404) stays itself
         return mv, {
@@ -367,4 +375,5 @@ class DataPlane:
         self.metrics.queue_rows.set(self.batcher.queued_rows)
         if self.predlog is not None:
             self.metrics.log_pending.set(self.predlog.pending_rows)
+        self.metrics.set_cost(time.process_time() - self._cpu_start)
         return self.metrics.exposition()

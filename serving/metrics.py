@@ -11,6 +11,22 @@ Names (all prefixed `driftloop_`):
     queue_capacity_rows                           gauge     `max_queue_rows`: the queue's bound (429 past it)
     traffic_percent{model, version}               gauge     effective traffic split, percent (0 = loaded, no traffic)
     inference_seconds{model, version}             histogram seconds inside session.run per batch (service time)
+    predictions_total{model, version}             counter   rows scored
+    inference_cpu_seconds_total{model, version}   counter   CPU seconds of the inference thread inside session.run
+    cpu_seconds_per_1k_predictions{model, version, part}
+                                                  gauge     CPU seconds per 1,000 predictions since start (below)
+    process_cpu_seconds_total, process_*          the standard process collector (Linux /proc)
+
+Cost (`cpu_seconds_per_1k_predictions`): `part="inference"` is 1000 x the version's inference CPU /
+its predictions, where inference CPU is `time.thread_time()` around `session.run` on the inference
+thread: the version's own cost, exact with `intra_op_threads` 1 (the default; ONNX Runtime then
+computes on the calling thread). `part="total"` adds an equal share per prediction of everything
+else the process spent since it started serving (process CPU - all inference CPU: HTTP, parsing,
+validation, encoding, the prediction log; and ONNX Runtime's pool threads when `intra_op_threads`
+is not 1), so the totals of all versions add up to the process's CPU. Parsing and encoding cost the
+same per row whichever version answers, hence shared rather than timed per request (a request's
+coroutine interleaves with others on the event loop, so its own CPU cannot be read off a clock).
+Over a window: `1000 * rate(driftloop_inference_cpu_seconds_total[5m]) / rate(driftloop_predictions_total[5m])`.
 
 Plus, when the server is given `metrics_textfile_dir`, every `*.prom` file there (Prometheus text
 format, node_exporter's textfile-collector convention) is re-exposed at each scrape: that is how the
@@ -25,7 +41,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -121,6 +137,23 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.predictions = Counter(
+            "driftloop_predictions", "rows scored", ["model", "version"], registry=r
+        )
+        self.inference_cpu = Counter(
+            "driftloop_inference_cpu_seconds",
+            "CPU seconds of the inference thread inside session.run",
+            ["model", "version"],
+            registry=r,
+        )
+        self.cost = Gauge(
+            "driftloop_cpu_seconds_per_1k_predictions",
+            "CPU seconds per 1,000 predictions since start; part=inference (own session.run) or total",
+            ["model", "version", "part"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        self._totals: dict[tuple[str, str], list[float]] = {}  # (model, version) -> [rows, inference CPU s]
         if textfile_dir is not None:
             r.register(TextfileCollector(textfile_dir))
         self._known_models: set[str] = set()
@@ -142,6 +175,38 @@ class ServerMetrics:
         for key, pct in now.items():
             self.traffic.labels(*key).set(pct)
         self._known_versions |= set(now)
+
+    def record_batch(self, model: str, version: str, rows: int, run_s: float, cpu_s: float) -> None:
+        """One batch of `rows` rows: `run_s` wall seconds and `cpu_s` inference-thread CPU seconds in session.run."""
+        self.batch_rows.labels(model, version).observe(rows)
+        self.inference.labels(model, version).observe(run_s)
+        self.predictions.labels(model, version).inc(rows)
+        self.inference_cpu.labels(model, version).inc(cpu_s)
+        totals = self._totals.setdefault((model, version), [0.0, 0.0])
+        totals[0] += rows
+        totals[1] += cpu_s
+
+    def set_cost(self, process_cpu_s: float) -> dict[tuple[str, str], tuple[float, float]]:
+        """Refresh `cpu_seconds_per_1k_predictions` (see the module docstring).
+
+        Args:
+            process_cpu_s: the process's CPU seconds since it started serving (`time.process_time()` delta).
+
+        Returns:
+            {(model, version): (inference, total) CPU seconds per 1,000 predictions}, versions with predictions.
+        """
+        rows = sum(t[0] for t in self._totals.values())
+        if not rows:
+            return {}
+        shared = max(0.0, process_cpu_s - sum(t[1] for t in self._totals.values())) / rows
+        out = {}
+        for (model, version), (n, cpu) in self._totals.items():
+            if n:
+                own = 1000.0 * cpu / n
+                out[(model, version)] = (own, own + 1000.0 * shared)
+                self.cost.labels(model, version, "inference").set(own)
+                self.cost.labels(model, version, "total").set(own + 1000.0 * shared)
+        return out
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

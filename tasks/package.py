@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop.checks import Check, markdown_table
-from driftloop.config import PackageParams, load_section, read_params_file
+from driftloop.config import CostParams, PackageParams, load_section, read_params_file
 from driftloop.drift import build_reference, reference_stats
 from driftloop.environment import lockfile_sha256
 from driftloop.errors import GateRejected
@@ -83,6 +83,31 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def prediction_cost(speed: dict, cost: CostParams) -> dict:
+    """CPU seconds and money per million predictions, from the optimize stage's benchmark of the graph.
+
+    The benchmark runs ONNX Runtime on one thread (tasks/optimize.py), where wall time is CPU time
+    when the core is not shared (else wall time overstates it): a single-row request costs its p50
+    latency, a row in a full micro-batch 1 / rows_per_s. Inference only: HTTP, parsing and encoding
+    are the server's and measured there (`driftloop_cpu_seconds_per_1k_predictions`, serving/metrics.py).
+
+    Args:
+        speed: `p50_ms` (batch 1, ms) and `rows_per_s` (at the optimize stage's `throughput_batch`).
+        cost: the price of a CPU core-hour.
+
+    Returns:
+        {"cpu_hour", "currency", "cpu_s_per_million": {"batch_1", "batched"}, "per_million": {"batch_1", "batched"}}.
+    """
+    cpu_s = {"batch_1": speed["p50_ms"] * 1000.0, "batched": 1e6 / speed["rows_per_s"]}
+    return {
+        "cpu_hour": cost.cpu_hour,
+        "currency": cost.currency,
+        "cpu_s_per_million": cpu_s,
+        "per_million": {k: v / 3600.0 * cost.cpu_hour for k, v in cpu_s.items()},
+        "source": "optimize stage benchmark, one ONNX Runtime thread (inference only)",
+    }
+
+
 def render_card_md(card: dict) -> str:
     """The model card for people (Mitchell et al. 2019, "Model Cards for Model Reporting", abridged)."""
     m = card["metrics"]
@@ -112,6 +137,7 @@ def render_card_md(card: dict) -> str:
         "|---|---|---|",
         *[f"| {col}={value} | {st['rows']} | {_fmt(st['roc_auc']) if st['roc_auc'] is not None else st['flag']} |"
           for col in ("origin", "carrier") for value, st in sorted(card["slices"].get(col, {}).items())],
+        *_cost_lines(card.get("cost")),
         "",
         f"## Gate: {card['gate']['verdict']}",
         markdown_table([Check.model_validate(r) for r in card["gate"]["rules"]]),
@@ -167,6 +193,7 @@ def build_package(
         "batch_invariance": evaluation["models"][candidate]["batch_invariance"],
         "champion": evaluation.get("champion"),
         "speed": {k: candidates[candidate][k] for k in ("p50_ms", "p99_ms", "rows_per_s", "size_bytes")},
+        "cost": prediction_cost(candidates[candidate], CostParams.model_validate(params.get("cost") or {})),
         "gate": gate.model_dump(mode="json", include={"verdict", "chosen", "rules"}),
         "signature": signature.model_dump(),
         "model_sha256": model_sha,
@@ -199,6 +226,24 @@ def write_rejection(out: Path, gate: GateReport, gate_path: Path) -> None:
         (tmp / REJECTED).write_text("the gate rejected every candidate; see model_card.md\n")
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         (tmp / "model_card.md").write_text("\n".join(lines))
+
+
+def _cost_lines(cost: dict | None) -> list[str]:
+    if not cost:
+        return []
+    c, cur = cost["cpu_s_per_million"], cost["currency"]
+    money = cost["per_million"]
+    return [
+        "",
+        f"## Cost per million predictions (at {cost['cpu_hour']:g} {cur} per CPU-hour: params `cost.cpu_hour`)",
+        "| requests | CPU seconds | cost |",
+        "|---|---|---|",
+        f"| one row each (p50 at batch 1) | {c['batch_1']:,.1f} | {money['batch_1']:.4f} {cur} |",
+        f"| full micro-batches | {c['batched']:,.1f} | {money['batched']:.4f} {cur} |",
+        "",
+        f"Measured by the {cost['source']}; the server measures its whole cost per version on `/metrics`"
+        " (`driftloop_cpu_seconds_per_1k_predictions`).",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,7 +69,7 @@ def package(tmp_path, exported, splits, params):
 
 
 def test_package_is_complete_and_verifies(package, exported):
-    out, lid, _ = package
+    out, lid, kwargs = package
     signature = verify_package(out)
     assert signature.lineage_id == lid and len(lid) == 16
     assert sorted(p.name for p in out.iterdir()) == sorted([*PACKAGE_FILES, "SHA256SUMS"])
@@ -87,6 +87,11 @@ def test_package_is_complete_and_verifies(package, exported):
     assert set(card["reproducibility"]) == {"bit_identical_on_one_machine", "not_bit_identical", "how_a_rebuild_is_judged"}
     assert "## Reproducibility" in md and "not bit identical" in md
     assert [s.name for s in signature.inputs] == list(FEATURES)
+    # cost per million predictions at params cost.cpu_hour, from the benchmark's p50 (0.03 ms) and rows/s (1e6)
+    price = kwargs["params"]["cost"]["cpu_hour"]
+    assert card["cost"]["cpu_s_per_million"] == pytest.approx({"batch_1": 30.0, "batched": 1.0})
+    assert card["cost"]["per_million"]["batch_1"] == pytest.approx(30.0 / 3600 * price)
+    assert "## Cost per million predictions" in md and f"{30.0 / 3600 * price:.4f}" in md
 
 
 def test_card_gate_table_escapes_pipes_in_reasons():
