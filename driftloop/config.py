@@ -177,6 +177,13 @@ class GatesParams(Section):
         return self
 
 
+class RetentionParams(Section):
+    """`retention`: what `driftloop gc` keeps (driftloop/lifecycle.py)."""
+
+    log_days: int = Field(90, ge=1, description="prediction-log days kept (older ones are deleted, labels joined first)")
+    keep_runs: int = Field(10, ge=1, description="`dvc gc` keeps the last this many commits besides every git tag")
+
+
 class CostParams(Section):
     """`cost`: the price of compute the model card and reports turn CPU seconds into."""
 
@@ -298,6 +305,7 @@ SECTIONS: dict[str, type[Section]] = {
     "monitor": MonitorParams,
     "policy": PolicyParams,
     "release": ReleaseParams,
+    "retention": RetentionParams,
 }
 
 S = TypeVar("S", bound=Section)
