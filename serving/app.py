@@ -51,20 +51,24 @@ from serving.routes import health, inference, metrics
 from serving.routes import repository as repository_routes
 
 
-def create_app(settings: ServeSettings, *, repository: ModelRepository | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings, *, repository: ModelRepository | None = None, span_exporter: Any = None
+) -> FastAPI:
     """Build the server: one `DataPlane`, the route modules over it, and two ASGI middlewares.
 
     Args:
         settings: the server's settings.
         repository: an existing registry (tests, the release plane); default one over
             `settings.repository`. Models in `settings.models` (or all on disk) load at start-up.
+        span_exporter: an OpenTelemetry `SpanExporter` spans go to synchronously (turns tracing on;
+            tests pass `InMemorySpanExporter`); else `settings.tracing` and the `OTEL_*` variables decide.
 
     Returns:
         The FastAPI app; its lifespan starts the batcher and the prediction log, loads the
         models, and on shutdown drains the queue and flushes the log. `app.state.driftloop` is
         the data plane.
     """
-    plane = DataPlane(settings, repository)
+    plane = DataPlane(settings, repository, span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

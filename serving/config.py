@@ -47,6 +47,9 @@ class ServeSettings(BaseSettings):
         None,
         description="re-expose every *.prom file of this folder on /metrics (the drift check's gauges: monitor.metrics_dir)",
     )
+    tracing: bool = Field(
+        False, description="OpenTelemetry spans per request, configured by OTEL_* variables (serving/tracing.py)"
+    )
     # Security.
     api_key: str | None = Field(
         None, description="admin key: if set, every endpoint but health needs it (or the score key)"

@@ -16,6 +16,7 @@ import gc
 import logging
 import math
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,10 @@ def observe_scores(metrics: ServerMetrics, mv: ModelVersion, scores: np.ndarray)
             child.observe(float(v))
 
 
+_PHASES: ContextVar[dict[str, Any] | None] = ContextVar("driftloop_phases", default=None)
+"""Per request (the handler's task), with tracing on: perf_counter readings the phase spans need."""
+
+
 class DataPlane:
     """Everything a route handler needs, created once per app.
 
@@ -66,8 +71,16 @@ class DataPlane:
             `settings.repository`.
     """
 
-    def __init__(self, settings: ServeSettings, repository: ModelRepository | None = None) -> None:
+    def __init__(
+        self, settings: ServeSettings, repository: ModelRepository | None = None, span_exporter: Any = None
+    ) -> None:
         self.settings = settings
+        self.tracing = None
+        if settings.tracing or span_exporter is not None:  # off by default: serving/tracing.py
+            from serving.tracing import Tracing
+
+            self.tracing = Tracing(span_exporter)
+        self.tracer = None if self.tracing is None else self.tracing.tracer
         self.metrics = ServerMetrics(settings.metrics_textfile_dir)
         self.metrics.queue_capacity.set(settings.max_queue_rows)
         if repository is None:
@@ -142,6 +155,8 @@ class DataPlane:
         await self.batcher.stop()
         if self.predlog is not None:
             await asyncio.to_thread(self.predlog.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.provider.shutdown)  # flushes the batch exporter
         log.info("server stopped")
 
     # ------------------------------------------------------------------ health & metadata
@@ -239,6 +254,8 @@ class DataPlane:
     # ------------------------------------------------------------------ scoring
     def route(self, name: str, request_id: str, version: str | None = None) -> ModelVersion:
         """The version that answers this request (sticky per request id under a traffic split)."""
+        if self.tracing is not None and self.tracing.sampled():  # routed right after decoding: parse ends here
+            _PHASES.set({"parsed": time.perf_counter()})
         return self.repository.route(name, request_id, version)
 
     async def score(
@@ -258,6 +275,8 @@ class DataPlane:
             `scored`).
         """
         queued = time.perf_counter()
+        if self.tracer is not None and (phases := _PHASES.get()) is not None:
+            phases["request_id"] = request_id
         timing: dict[str, float] = {}
         try:
             scores = await self.batcher.submit(mv, feeds, rows, timing)
@@ -266,6 +285,7 @@ class DataPlane:
             raise
         observe_scores(self.metrics, mv, scores)
         if self.predlog is not None:
+            log_start = time.perf_counter()
             self.predlog.append(
                 model=mv.name,
                 version=mv.version,
@@ -275,6 +295,9 @@ class DataPlane:
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 service_ms=timing.get("run_s", float("nan")) * 1000.0,
             )
+            phases = _PHASES.get() if self.tracer is not None else None
+            if phases is not None:
+                phases.update(log_start=log_start, log_end=time.perf_counter(), request_id=request_id)
         return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))
 
     def scored(self, mv: ModelVersion, rows: int, start: float, encoded: float, timing: tuple[float, float, float]) -> None:
@@ -288,6 +311,16 @@ class DataPlane:
         """
         end = time.perf_counter()
         self.stats.request(mv.name, mv.version, rows, end - start, *timing, end - encoded)
+        if self.tracing is not None and (phases := _PHASES.get()) is not None:
+            _PHASES.set(None)
+            self.tracing.request_phases(
+                attributes={"driftloop.request_id": phases.get("request_id", ""), "driftloop.model": mv.name,
+                            "driftloop.model_version": mv.version, "driftloop.lineage_id": mv.lineage_id,
+                            "driftloop.rows": rows},
+                start=start, parsed=phases.get("parsed"), queued=start + timing[0], queue_s=timing[1],
+                run_s=timing[2], log_s=(phases["log_start"], phases["log_end"]) if "log_end" in phases else None,
+                scored=encoded, end=end,
+            )  # fmt: skip
 
     def failed(self, mv: ModelVersion, start: float) -> None:
         """Record a request that reached `mv` and then failed (bad input, queue full)."""
