@@ -299,8 +299,13 @@ def summary_markdown(result: DriftCheckResult) -> str:
 
 @task(name="read-window")
 def read_window_task(log_dir: str, model: str, start: dt.datetime, end: dt.datetime) -> tuple[pd.DataFrame, int, str]:
-    """Prefect wrapper of `load_window` (same Args/Returns)."""
-    return load_window(log_dir, model, start, end)
+    """Prefect wrapper of `load_window` (same Args/Returns), in a `drift read-window` span."""
+    from flows.tracing import stage_span
+
+    with stage_span("drift read-window", model=model) as span:
+        frame, unknown, note = load_window(log_dir, model, start, end)
+        span.set_attribute("driftloop.rows", len(frame))
+    return frame, unknown, note
 
 
 @task(name="read-reference")
@@ -310,19 +315,27 @@ def read_reference_task(package_dir: str) -> tuple[pd.DataFrame | None, str]:
     Returns:
         (frame, "") or (None, why) when it is missing or unreadable.
     """
+    from flows.tracing import stage_span
+
     path = Path(package_dir) / "reference.parquet"
-    if not path.is_file():
-        return None, f"no reference sample at {path} (is a model package built and deployed?)"
-    try:
-        return pd.read_parquet(path), ""
-    except (OSError, ValueError) as exc:
-        return None, f"reference sample {path} is unreadable: {exc}"
+    with stage_span("drift read-reference"):
+        if not path.is_file():
+            return None, f"no reference sample at {path} (is a model package built and deployed?)"
+        try:
+            return pd.read_parquet(path), ""
+        except (OSError, ValueError) as exc:
+            return None, f"reference sample {path} is unreadable: {exc}"
 
 
 @task(name="measure-drift")
 def measure_drift_task(current: pd.DataFrame, reference: pd.DataFrame, policy: PolicyParams, **kw: Any) -> DriftSummary:
-    """Prefect wrapper of `measure_drift` (same Args/Returns)."""
-    return measure_drift(current, reference, policy, **kw)
+    """Prefect wrapper of `measure_drift` (same Args/Returns), in a `drift measure` span."""
+    from flows.tracing import stage_span
+
+    with stage_span("drift measure", model_version=kw.get("model_version"), rows=len(current)) as span:
+        summary = measure_drift(current, reference, policy, **kw)
+        span.set_attributes({"driftloop.status": summary.status, "driftloop.verdict": summary.verdict})
+    return summary
 
 
 def run_folder(reports_dir: str | os.PathLike[str], now: dt.datetime, run_id: str) -> Path:

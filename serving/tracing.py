@@ -102,8 +102,8 @@ class Tracing:
         provider: call `shutdown()` at exit to flush.
     """
 
-    def __init__(self, exporter: SpanExporter | None = None) -> None:
-        resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", "driftloop-server")})
+    def __init__(self, exporter: SpanExporter | None = None, service_name: str = "driftloop-server") -> None:
+        resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
         env_sampler = TracerProvider().sampler  # the SDK's reading of OTEL_TRACES_SAMPLER(_ARG)
         self.provider = TracerProvider(resource=resource, sampler=_Presampled(env_sampler))
         self.rate = root_rate(env_sampler)
@@ -122,7 +122,7 @@ class Tracing:
                 self.processor = BatchSpanProcessor(OTLPSpanExporter())
         if self.processor is not None:
             self.provider.add_span_processor(self.processor)
-        self.tracer = self.provider.get_tracer("driftloop.serving")
+        self.tracer = self.provider.get_tracer(f"driftloop.{service_name.removeprefix('driftloop-')}")
         self._resource = resource
         self._scope = InstrumentationScope("driftloop.serving")
         self._ids = RandomIdGenerator()

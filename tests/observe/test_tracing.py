@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -65,3 +67,28 @@ def test_the_sampler_comes_from_the_standard_variables(repo, monkeypatch):
         for _ in range(5):
             assert client.post(f"/v1/models/{MODEL}:predict", json=records_payload(synthetic_rows(1))).status_code == 200
     assert exporter.get_finished_spans() == ()
+
+
+def test_the_drift_checks_steps_are_spans(tmp_path):
+    """The drift check's tasks (called as plain functions) record spans with their figures."""
+    from driftloop.config import PolicyParams
+    from flows.monitoring import measure_drift_task, read_reference_task, read_window_task
+    from flows.tracing import set_tracer
+    from serving.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    set_tracer(Tracing(exporter, service_name="driftloop-flows").tracer)
+    try:
+        end = dt.datetime(2026, 6, 30)
+        frame, _, _ = read_window_task.fn(str(tmp_path / "logs"), MODEL, end - dt.timedelta(days=1), end)
+        reference, why = read_reference_task.fn(str(tmp_path / "no-package"))
+        assert reference is None and "no reference" in why
+        summary = measure_drift_task.fn(frame, synthetic_rows(50), PolicyParams(), model_version="3")
+    finally:
+        set_tracer(None)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"drift read-window", "drift read-reference", "drift measure"}
+    assert spans["drift read-window"].attributes == {"driftloop.model": MODEL, "driftloop.rows": 0}
+    measured = spans["drift measure"].attributes
+    assert measured["driftloop.model_version"] == "3" and measured["driftloop.status"] == summary.status == "skipped"
+    assert spans["drift measure"].resource.attributes["service.name"] == "driftloop-flows"
