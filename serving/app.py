@@ -13,6 +13,7 @@ Endpoints (the OpenAPI document is at `/openapi.json`, the interactive one at `/
     POST /v2/models/{name}[/versions/{version}]/infer            v2 tensors (JSON or the binary tensor
                                                                  extension) -> `probability` FP32 [n, 1]
     POST /v1/models/{name}:predict                               {"instances": [{col: value}]} -> predictions
+    POST /v1/models/{name}:explain                               the same body -> SHAP attributions per row
     GET|POST /v2/repository/index                                models on disk / loaded, with state
     POST /v2/repository/models/{name}/load                       {"parameters": {"version": "2"}} optional
     POST /v2/repository/models/{name}/unload                     {"parameters": {"version": "1"}} optional
@@ -47,7 +48,7 @@ from serving.http import allowed_methods, error_response
 from serving.middleware import FastPath, Observe
 from serving.openapi import app_document
 from serving.repository import ModelRepository
-from serving.routes import health, inference, metrics
+from serving.routes import explain, health, inference, metrics
 from serving.routes import repository as repository_routes
 
 
@@ -102,7 +103,8 @@ def create_app(
         return error_response(exc.status_code, str(exc.detail), headers or None)
 
     scoring = inference.router(plane)
-    for router in (health.router(plane), scoring, repository_routes.router(plane), metrics.router(plane)):
+    routers = (health.router(plane), scoring, explain.router(plane), repository_routes.router(plane), metrics.router(plane))
+    for router in routers:
         app.include_router(router)
 
     # The scoring routes, answered ahead of FastAPI's router (taken from their own router: FastAPI

@@ -15,7 +15,9 @@ import asyncio
 import gc
 import logging
 import math
+import threading
 import time
+import weakref
 from contextvars import ContextVar
 from typing import Any
 
@@ -28,7 +30,7 @@ from serving.metrics import ServerMetrics
 from serving.predlog import PredictionLog
 from serving.repository import LoadRefused, ModelNotFound, ModelRepository, ModelVersion
 from serving.stats import InferenceStats
-from serving.validation import Limits, RequestError
+from serving.validation import Limits, RequestError, records_feeds
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ class DataPlane:
         )
         self.limits = Limits(max_rows=settings.max_rows, max_string_length=settings.max_string_length)
         self._cpu_start = time.process_time()
+        self._explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ModelVersion -> Explainer
+        self._explain_lock = threading.Lock()
 
     def _on_batch(self, mv: ModelVersion, rows: int, run_s: float, cpu_s: float) -> None:
         self.metrics.record_batch(mv.name, mv.version, rows, run_s, cpu_s)
@@ -325,6 +329,46 @@ class DataPlane:
     def failed(self, mv: ModelVersion, start: float) -> None:
         """Record a request that reached `mv` and then failed (bad input, queue full)."""
         self.stats.fail(mv.name, mv.version, time.perf_counter() - start)
+
+    async def explain(
+        self, name: str, request_id: str, instances: list[dict[str, Any]], raw: bytes
+    ) -> tuple[ModelVersion, dict[str, Any]]:
+        """Per-row SHAP attributions of the version that would answer `request_id` (serving/explain.py).
+
+        Not a prediction: nothing is queued, logged or counted as scored.
+
+        Raises:
+            RequestError: 400 (does not fit the signature), 422 (more than `EXPLAIN_MAX_ROWS` rows: the
+                request model's limit),
+                501 (SHAP not installed).
+            ModelNotFound: not loaded.
+        """
+        from serving.explain import EXPLAIN_MAX_ROWS, ExplainUnavailable
+
+        mv = self.repository.route(name, request_id)
+        feeds, rows = records_feeds(instances, mv.signature, self.limits, body=raw)
+        if rows > EXPLAIN_MAX_ROWS:
+            raise RequestError(422, f"instances: {rows} rows; an explanation takes at most {EXPLAIN_MAX_ROWS}")
+        try:
+            explainer = await asyncio.to_thread(self._explainer, mv)
+        except ExplainUnavailable as exc:
+            raise RequestError(501, str(exc)) from None
+        explanations = await asyncio.to_thread(explainer.explain, feeds)
+        return mv, {"explanations": explanations, "method": "kernel_shap", "nsamples": explainer.nsamples,
+                    "background_rows": len(explainer.background)}  # fmt: skip
+
+    def _explainer(self, mv: ModelVersion):
+        """The version's `Explainer`, built once (on a worker thread: SHAP imports in seconds)."""
+        import pandas as pd
+
+        from serving.explain import Explainer
+
+        with self._explain_lock:
+            explainer = self._explainers.get(mv)
+            if explainer is None:
+                reference = pd.read_parquet(mv.folder / "reference.parquet")
+                explainer = self._explainers[mv] = Explainer(mv.run, mv.signature, reference)
+            return explainer
 
     # ------------------------------------------------------------------ repository extension
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
