@@ -72,3 +72,17 @@ def test_a_column_that_alone_differs_from_the_background_takes_the_whole_differe
     assert e["base_value"] == pytest.approx(f_bg, abs=1e-7) and e["score"] == pytest.approx(f_row, abs=1e-7)
     assert e["attributions"][column] == pytest.approx(f_row - f_bg, abs=ADDITIVITY_TOLERANCE)
     assert np.allclose([v for k, v in e["attributions"].items() if k != column], 0.0, atol=1e-9)
+
+
+def test_without_shap_the_route_answers_501(package, monkeypatch):
+    import serving.explain
+    from serving.explain import ExplainUnavailable
+
+    def missing():
+        raise ExplainUnavailable("explanations need SHAP: pip install 'driftloop[explain]'")
+
+    monkeypatch.setattr(serving.explain, "_shap", missing)
+    with running_server(create_app(ServeSettings(repository=package))) as base, httpx.Client(base_url=base) as c:
+        r = c.post(f"/v1/models/{MODEL}:explain", json=records_payload(synthetic_rows(1)))
+        assert c.post(f"/v1/models/{MODEL}:predict", json=records_payload(synthetic_rows(1))).status_code == 200
+    assert r.status_code == 501 and "driftloop[explain]" in r.json()["error"]
