@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from driftloop.schema import FEATURES, Signature, to_onnx_feeds
@@ -86,3 +87,24 @@ def test_without_shap_the_route_answers_501(package, monkeypatch):
         r = c.post(f"/v1/models/{MODEL}:explain", json=records_payload(synthetic_rows(1)))
         assert c.post(f"/v1/models/{MODEL}:predict", json=records_payload(synthetic_rows(1))).status_code == 200
     assert r.status_code == 501 and "driftloop[explain]" in r.json()["error"]
+
+
+def test_the_drift_report_names_the_feature_whose_attribution_moved(package):
+    """A window whose most-used input is frozen to one value: that input's mean |SHAP| moves the most."""
+    from flows.monitoring import attribution_shift
+
+    folder = package / MODEL / "1"
+    reference = pd.read_parquet(folder / "reference.parquet")
+    import onnxruntime as ort
+
+    signature = Signature.model_validate_json((folder / "signature.json").read_text())
+    names = [s.name for s in signature.inputs]
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    explainer = Explainer(lambda f: session.run(None, {n: f[n] for n in names})[0], signature, reference)
+    phi = explainer.explain(to_onnx_feeds(reference.sample(n=4, random_state=1)))
+    used = max(names, key=lambda n: np.mean([abs(e["attributions"][n]) for e in phi]))
+    window = reference.copy()
+    window[used] = window[used].mode().iloc[0]
+    moved, note = attribution_shift(folder, window, reference, rows=8)
+    assert note == "" and next(iter(moved)) == used, moved  # the only input whose values changed
+    assert attribution_shift(package / "nowhere", window, reference)[1].startswith("no attribution shift")
