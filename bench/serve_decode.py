@@ -32,9 +32,10 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 from serve_common import MODEL  # noqa: E402
 
-from driftloop.schema import to_onnx_feeds  # noqa: E402
+from driftloop.schema import feeds_for  # noqa: E402
 from serving.repository import ModelRepository  # noqa: E402
-from serving.testing import (  # noqa: E402
+from serving.testing import (
+    TEST_INPUTS,  # noqa: E402
     build_test_package,
     records_payload,
     synthetic_rows,
@@ -83,7 +84,7 @@ def main() -> None:
         "v2 1": orjson.dumps(v2_payload(one)),
         "records 1": orjson.dumps(records_payload(one)),
     }
-    feeds = to_onnx_feeds(rows)
+    feeds = feeds_for(rows, TEST_INPUTS)
     feeds_unicode = {k: (v.astype("U3") if v.dtype == object else v) for k, v in feeds.items()}
     scores = np.full((1000, 1), 0.5, np.float32)
 

@@ -122,12 +122,29 @@ class GatesParams(Section):
     max_parity_error: float | None = None
     max_p99_score_shift_vs_parent: float | None = None
     max_batch_invariance: float | None = None
+    # CPU seconds per million single-row predictions: p50 latency at batch 1 on one thread x 1e6 (wall ~ CPU
+    # there); money is this x cost.cpu_hour / 3600 (the model card states both).
+    max_cpu_s_per_million: float | None = None
 
     @model_validator(mode="after")
     def _at_least_one_rule(self) -> GatesParams:
         if all(v is None for v in self.model_dump().values()):
             raise ValueError("no gate rule is set; an empty rule set would pass anything: set at least one rule")
         return self
+
+
+class RetentionParams(Section):
+    """`retention`: what `driftloop gc` keeps (driftloop/lifecycle.py)."""
+
+    log_days: int = Field(90, ge=1, description="prediction-log days kept (older ones are deleted, labels joined first)")
+    keep_runs: int = Field(10, ge=1, description="`dvc gc` keeps the last this many commits besides every git tag")
+
+
+class CostParams(Section):
+    """`cost`: the price of compute the model card and reports turn CPU seconds into."""
+
+    cpu_hour: float = Field(0.05, gt=0, description="price of one CPU core for one hour (e.g. a cloud vCPU-hour)")
+    currency: str = Field("USD", min_length=1, description="the price's currency, for the reports")
 
 
 class PackageParams(Section):
@@ -153,6 +170,10 @@ class MonitorParams(Section):
     )
     reports_dir: str = Field("reports/drift", description="one folder per check: HTML report and JSON summary")
     state_file: str = Field("reports/drift/policy_state.json", description="past retrains (the policy's memory)")
+    metrics_dir: str = Field(
+        "reports/drift/metrics",
+        description="the check's Prometheus gauges, one `drift_<model>.prom` per model (serve --metrics-textfile-dir)",
+    )
     window_hours: float = Field(336.0, gt=0, description="length of the log window checked, hours (ts of the log): 14 days")
     max_rows: int = Field(20_000, ge=100, description="larger windows are sampled to this many rows (cost grows with rows)")
     seed: int = 0
@@ -219,6 +240,9 @@ class ReleaseParams(Section):
     auc_alpha: float = Field(
         0.001, gt=0, lt=0.5, description="one-sided level of DeLong's paired test: P(roll back | canary as good)"
     )
+    max_cpu_cost_ratio: float | None = Field(
+        None, ge=1, description="canary / stable CPU seconds per prediction (server-measured); null = reported, never decides"
+    )
     keep_previous_s: float = Field(300.0, ge=0, description="old stable stays loaded this long after a promotion")
     http_timeout_s: float = Field(30.0, gt=0)
 
@@ -232,10 +256,12 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "optimize": OptimizeParams,
     "evaluate": EvaluateParams,
     "gates": GatesParams,
+    "cost": CostParams,
     "package": PackageParams,
     "monitor": MonitorParams,
     "policy": PolicyParams,
     "release": ReleaseParams,
+    "retention": RetentionParams,
 }
 
 S = TypeVar("S", bound=BaseModel)

@@ -11,5 +11,6 @@ from __future__ import annotations
 V2_INFER = "/v2/models/{name}/infer"
 V2_VERSION_INFER = "/v2/models/{name}/versions/{version}/infer"
 V1_PREDICT = "/v1/models/{name}:predict"
+V1_EXPLAIN = "/v1/models/{name}:explain"  # feature attributions (serving/explain.py); not a scoring endpoint
 
 SCORING_ENDPOINTS: tuple[str, ...] = (V2_INFER, V2_VERSION_INFER, V1_PREDICT)

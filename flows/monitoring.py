@@ -11,9 +11,27 @@ Pieces, each testable alone (the Prefect flow only wires them):
   from `policy`); anything they raise makes a "failed" summary, never a crash and never "no drift".
 - `render_report`: Evidently 0.7's `DataDriftPreset` HTML for people (it never decides).
 - `flows.policy.decide_and_record`: read-decide-write of the policy state under a kernel lock.
+- `write_drift_metrics`: the check's figures as Prometheus gauges in a textfile (below).
 - `drift_check_flow`: writes `drift_report.html` and `drift_summary.json` into a folder of its
   own under `monitor.reports_dir` (`<UTC time>-<run id>`), points `latest.json` at it, publishes
   an artifact linking both and, when the policy says so, emits `driftloop.drift.detected`.
+
+Prometheus: each check replaces `<monitor.metrics_dir>/drift_<model>.prom` (text format, written to
+a temp file then renamed, node_exporter's textfile-collector convention), which the model server
+re-exposes on `/metrics` when started with `--metrics-textfile-dir <monitor.metrics_dir>` (or
+node_exporter serves with `--collector.textfile.directory`). Gauges (labels `model`, and `version`
+= the judged version):
+    driftloop_drift_check_timestamp_seconds{model}    unix time of the check
+    driftloop_drift_check_ok{model}                   1 when the detectors ran ("checked"), else 0
+    driftloop_drift_detected{model, version}          1 when the verdict is "drift"
+    driftloop_drift_retrain_requested{model}          1 when the policy asked for a retrain
+    driftloop_drift_window_rows{model, version}       rows of the judged version in the window
+    driftloop_drift_share{model, version}             share of drifted feature columns, [0, 1]
+    driftloop_drift_share_threshold{model}            policy.drift_share
+    driftloop_roc_auc_drop_bound{model, version}      lower confidence bound of the ROC AUC drop vs held-out
+    driftloop_roc_auc_drop_threshold{model}           policy.max_auc_drop
+A figure that was not computed (too few rows, labels not arrived) is left out, never written as 0.
+The alert rules reading them are in `deploy/prometheus/alerts.yml`.
 """
 
 from __future__ import annotations
@@ -67,6 +85,9 @@ class DriftCheckResult(BaseModel):
         report_html: path of the HTML report, when one was written.
         summary_json: path of the JSON summary.
         report_note: why no HTML report was written, when none was.
+        attribution_shift: the features whose mean |SHAP attribution| moved most between the reference
+            and the window, {column: window - reference} (probability units), largest move first.
+        attribution_note: why no attribution shift was measured, when none was.
     """
 
     summary: DriftSummary
@@ -77,6 +98,8 @@ class DriftCheckResult(BaseModel):
     report_html: str | None = None
     summary_json: str | None = None
     report_note: str = ""
+    attribution_shift: dict[str, float] = {}
+    attribution_note: str = ""
 
 
 def load_window(
@@ -284,6 +307,65 @@ def render_report(current: pd.DataFrame, reference: pd.DataFrame, summary: Drift
     return ""
 
 
+ATTRIBUTION_ROWS = 20
+"""Rows of each side explained for the attribution shift (Kernel SHAP: ~70 ms a row here)."""
+
+
+def attribution_shift(package_dir: str | os.PathLike[str], current: pd.DataFrame, reference: pd.DataFrame, *,
+                      rows: int = ATTRIBUTION_ROWS, top: int = 3, seed: int = 0) -> tuple[dict[str, float], str]:  # fmt: skip
+    """Which features' attributions moved most: mean |SHAP| per input column, window against reference.
+
+    The package's graph is explained (serving/explain.py: Kernel SHAP, the reference as background) on
+    `rows` seeded rows of each side; a feature whose mean |attribution| changed most is one whose
+    drift matters to the model's output, which the distance tests alone cannot say.
+
+    Args:
+        package_dir: the prod package (`model.onnx`, `signature.json`).
+        current: the window's rows of the judged version (the input columns).
+        reference: the package's reference sample.
+        rows: rows explained per side.
+        top: features returned.
+        seed: sampling seed (both sides: the same positions when the frames align).
+
+    Returns:
+        ({column: mean|phi| window - mean|phi| reference}, largest |move| first, at most `top`), and
+        "" or why nothing was measured (no graph, SHAP not installed, no rows).
+    """
+    folder = Path(package_dir)
+    if not (folder / "model.onnx").is_file():
+        return {}, f"no attribution shift: {folder / 'model.onnx'} is missing"
+    if current.empty or reference.empty:
+        return {}, "no attribution shift: no rows"
+    try:
+        import onnxruntime as ort
+
+        from driftloop.schema import Signature, feeds_for
+        from serving.explain import Explainer, ExplainUnavailable
+
+        signature = Signature.model_validate_json((folder / "signature.json").read_text())
+        names = [s.name for s in signature.inputs]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+        def run(feeds):
+            return session.run(None, {n: feeds[n] for n in names})[0]
+
+        explainer = Explainer(run, signature, reference, seed=seed)
+        mean_abs = []
+        for frame in (reference, current):
+            sample = frame.sample(n=min(rows, len(frame)), random_state=seed)
+            phi = explainer.explain(feeds_for(sample[names], list(signature.inputs)))
+            mean_abs.append({n: float(np.mean([abs(e["attributions"][n]) for e in phi])) for n in names})
+    except ExplainUnavailable as exc:
+        return {}, f"no attribution shift: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a report line, never the verdict
+        return {}, f"no attribution shift: {type(exc).__name__}: {exc}"
+    moved = {n: mean_abs[1][n] - mean_abs[0][n] for n in names}
+    ranked = sorted(moved, key=lambda n: -abs(moved[n]))[:top]
+    return {n: moved[n] for n in ranked}, ""
+
+
 def summary_markdown(result: DriftCheckResult) -> str:
     """The drift check as markdown: decision, reasons, the checks, links to this run's files."""
     s, d = result.summary, result.decision
@@ -303,6 +385,11 @@ def summary_markdown(result: DriftCheckResult) -> str:
         lines += ["", f"Labels for unknown request ids (ignored): {s.unknown_label_ids}"]
     if s.checks:
         lines += ["", markdown_table(s.checks, with_subject=True)]
+    if result.attribution_shift:
+        moved = ", ".join(f"{c} ({v:+.4f})" for c, v in result.attribution_shift.items())
+        lines += ["", f"Attributions moved most (mean |SHAP| window - reference, probability): {moved}"]
+    elif result.attribution_note:
+        lines += ["", result.attribution_note]
     if result.report_html:
         lines += ["", f"Report: [{result.report_html}](file://{result.report_html})"]
     elif result.report_note:
@@ -314,8 +401,13 @@ def summary_markdown(result: DriftCheckResult) -> str:
 
 @task(name="read-window")
 def read_window_task(log_dir: str, model: str, start: dt.datetime, end: dt.datetime, **kw: Any) -> WindowSample:
-    """Prefect wrapper of `driftloop.predlog.sample_window` (same Args/Returns)."""
-    return sample_window(log_dir, model, start, end, **kw)
+    """Prefect wrapper of `driftloop.predlog.sample_window` (same Args/Returns), in a `drift read-window` span."""
+    from flows.tracing import stage_span
+
+    with stage_span("drift read-window", model=model) as span:
+        window = sample_window(log_dir, model, start, end, **kw)
+        span.set_attribute("driftloop.rows", window.rows)
+    return window
 
 
 @task(name="read-reference")
@@ -325,19 +417,27 @@ def read_reference_task(package_dir: str) -> tuple[pd.DataFrame | None, str]:
     Returns:
         (frame, "") or (None, why) when it is missing or unreadable.
     """
+    from flows.tracing import stage_span
+
     path = Path(package_dir) / "reference.parquet"
-    if not path.is_file():
-        return None, f"no reference sample at {path} (is a model package built and deployed?)"
-    try:
-        return pd.read_parquet(path), ""
-    except (OSError, ValueError) as exc:
-        return None, f"reference sample {path} is unreadable: {exc}"
+    with stage_span("drift read-reference"):
+        if not path.is_file():
+            return None, f"no reference sample at {path} (is a model package built and deployed?)"
+        try:
+            return pd.read_parquet(path), ""
+        except (OSError, ValueError) as exc:
+            return None, f"reference sample {path} is unreadable: {exc}"
 
 
 @task(name="measure-drift")
 def measure_drift_task(current: pd.DataFrame, reference: pd.DataFrame, policy: PolicyParams, **kw: Any) -> DriftSummary:
-    """Prefect wrapper of `measure_drift` (same Args/Returns)."""
-    return measure_drift(current, reference, policy, **kw)
+    """Prefect wrapper of `measure_drift` (same Args/Returns), in a `drift measure` span."""
+    from flows.tracing import stage_span
+
+    with stage_span("drift measure", model_version=kw.get("model_version"), rows=len(current)) as span:
+        summary = measure_drift(current, reference, policy, **kw)
+        span.set_attributes({"driftloop.status": summary.status, "driftloop.verdict": summary.verdict})
+    return summary
 
 
 def run_folder(reports_dir: str | os.PathLike[str], now: dt.datetime, run_id: str) -> Path:
@@ -435,6 +535,10 @@ def drift_check_flow(
     if reference is not None:
         report_note = render_report(frame, reference, summary, folder / "drift_report.html", REPORT_ROWS, monitor.seed, inputs)
         html = None if report_note else str(folder / "drift_report.html")
+    shift, shift_note = {}, "no attribution shift: nothing was measured"
+    if reference is not None and summary.status == "checked":
+        judged = frame[frame["model_version"].astype(str) == summary.model_version] if summary.model_version else frame
+        shift, shift_note = attribution_shift(at_root(monitor.package_dir), judged, reference, seed=monitor.seed)
     payload = {
         "as_of": (as_of or (end - dt.timedelta(microseconds=1)).date()).isoformat(),
         "window_months": policy.retrain_window_months,
@@ -457,17 +561,73 @@ def drift_check_flow(
     result = DriftCheckResult(
         summary=summary, decision=decision, event_emitted=bool(emitted), payload=payload if emitted else None,
         run_dir=str(folder), report_html=html, summary_json=str(folder / "drift_summary.json"), report_note=report_note,
+        attribution_shift=shift, attribution_note=shift_note,
     )  # fmt: skip
     write_json(folder / "drift_summary.json", result.model_dump(mode="json"))
     write_text(folder / "summary.md", summary_markdown(result))
     write_json(latest,
                {"run_dir": str(folder), "verdict": decision.verdict, "retrain": decision.retrain, "at": now.isoformat()})  # fmt: skip
+    write_drift_metrics(at_root(monitor.metrics_dir), model, summary, decision, policy, now)
     create_markdown_artifact(key=f"drift-check-{_artifact_key(model)}", markdown=summary_markdown(result),
                              description=f"drift check of {model}")  # fmt: skip
     if emitted:
         logger.info("drift: retrain requested for %s, as_of %s", model, payload["as_of"])
     logger.info("drift check: %s; %s", decision.verdict, "; ".join(decision.reasons))
     return result
+
+
+def write_drift_metrics(
+    folder: str | os.PathLike[str],
+    model: str,
+    summary: DriftSummary,
+    decision: Decision,
+    policy: PolicyParams,
+    now: dt.datetime,
+) -> Path:
+    """Replace `<folder>/drift_<model>.prom` with this check's gauges (see the module docstring).
+
+    Args:
+        folder: the textfile folder (`monitor.metrics_dir`); created if missing.
+        model: the model's name (label `model`).
+        summary: the check's measurements.
+        decision: the policy's decision.
+        policy: the thresholds written beside the figures (so alert rules compare with the policy's own).
+        now: the check's time (timezone-aware).
+
+    Returns:
+        The file's path. Written atomically (`prometheus_client.write_to_textfile`: temp file, rename).
+    """
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    version = summary.model_version or ""
+
+    def gauge(name: str, doc: str, value: float | None, **labels: str) -> None:
+        if value is None:
+            return
+        g = Gauge(name, doc, list(labels), registry=registry)
+        (g.labels(**labels) if labels else g).set(float(value))
+
+    by_name = {c.name: c for c in summary.checks if c.name != "column_drift"}
+    share, auc = by_name.get("drift_share"), by_name.get("auc_drop")
+    gauge("driftloop_drift_check_timestamp_seconds", "unix time of the last drift check", now.timestamp(), model=model)
+    gauge("driftloop_drift_check_ok", "1 when the drift detectors ran", float(summary.status == "checked"), model=model)
+    gauge("driftloop_drift_detected", "1 when the last check's verdict is drift", float(decision.verdict == "drift"),
+          model=model, version=version)  # fmt: skip
+    gauge("driftloop_drift_retrain_requested", "1 when the policy asked for a retrain", float(decision.retrain),
+          model=model)  # fmt: skip
+    gauge("driftloop_drift_window_rows", "rows of the judged version in the window", float(summary.rows),
+          model=model, version=version)  # fmt: skip
+    gauge("driftloop_drift_share", "share of drifted feature columns", share.value if share else None,
+          model=model, version=version)  # fmt: skip
+    gauge("driftloop_drift_share_threshold", "policy.drift_share", policy.drift_share, model=model)
+    gauge("driftloop_roc_auc_drop_bound", "lower confidence bound of the ROC AUC drop vs the held-out reference",
+          auc.value if auc else None, model=model, version=version)  # fmt: skip
+    gauge("driftloop_roc_auc_drop_threshold", "policy.max_auc_drop", policy.max_auc_drop, model=model)
+    path = Path(folder) / f"drift_{_artifact_key(model)}.prom"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+    return path
 
 
 def _artifact_key(name: str) -> str:

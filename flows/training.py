@@ -150,8 +150,12 @@ def run_dvc_stage(root: str, stage: str, force: bool = False) -> StageResult:
     Raises:
         StageFailed: the stage failed; `transient` decides whether Prefect retries.
     """
+    from flows.tracing import stage_span
+
     logger = get_run_logger()
-    result = reproduce_stage(root, stage, force=force)
+    with stage_span(f"stage {stage}", stage=stage) as span:
+        result = reproduce_stage(root, stage, force=force)
+        span.set_attribute("driftloop.ran", result.ran)
     logger.info("stage %s: %s in %.2f s", stage, "ran" if result.ran else "up to date", result.seconds)
     return result
 

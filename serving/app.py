@@ -13,6 +13,7 @@ Endpoints (the OpenAPI document is at `/openapi.json`, the interactive one at `/
     POST /v2/models/{name}[/versions/{version}]/infer            v2 tensors (JSON or the binary tensor
                                                                  extension) -> `probability` FP32 [n, 1]
     POST /v1/models/{name}:predict                               {"instances": [{col: value}]} -> predictions
+    POST /v1/models/{name}:explain                               the same body -> SHAP attributions per row
     GET|POST /v2/repository/index                                models on disk / loaded, with state
     POST /v2/repository/models/{name}/load                       {"parameters": {"version": "2"}} optional
     POST /v2/repository/models/{name}/unload                     {"parameters": {"version": "1"}} optional
@@ -47,7 +48,7 @@ from serving.http import allowed_methods, error_response
 from serving.middleware import FastPath, Observe
 from serving.openapi import app_document
 from serving.repository import ModelRepository
-from serving.routes import health, inference, metrics
+from serving.routes import explain, health, inference, metrics
 from serving.routes import repository as repository_routes
 
 
@@ -78,20 +79,24 @@ def served_contract(repository: ModelRepository) -> dict[str, Any]:
     return {"inputs": inputs, "example": example}
 
 
-def create_app(settings: ServeSettings, *, repository: ModelRepository | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings, *, repository: ModelRepository | None = None, span_exporter: Any = None
+) -> FastAPI:
     """Build the server: one `DataPlane`, the route modules over it, and two ASGI middlewares.
 
     Args:
         settings: the server's settings.
         repository: an existing registry (tests, the release plane); default one over
             `settings.repository`. Models in `settings.models` (or all on disk) load at start-up.
+        span_exporter: an OpenTelemetry `SpanExporter` spans go to synchronously (turns tracing on;
+            tests pass `InMemorySpanExporter`); else `settings.tracing` and the `OTEL_*` variables decide.
 
     Returns:
         The FastAPI app; its lifespan starts the batcher and the prediction log, loads the
         models, and on shutdown drains the queue and flushes the log. `app.state.driftloop` is
         the data plane.
     """
-    plane = DataPlane(settings, repository)
+    plane = DataPlane(settings, repository, span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -125,7 +130,8 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
         return error_response(exc.status_code, str(exc.detail), headers or None)
 
     scoring = inference.router(plane)
-    for router in (health.router(plane), scoring, repository_routes.router(plane), metrics.router(plane)):
+    routers = (health.router(plane), scoring, explain.router(plane), repository_routes.router(plane), metrics.router(plane))
+    for router in routers:
         app.include_router(router)
 
     # The scoring routes, answered ahead of FastAPI's router (taken from their own router: FastAPI

@@ -47,11 +47,11 @@ class _Item:
     timing: dict[str, float] | None = None
 
 
-def _timed_run(version: ModelVersion, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
-    """`version.run(feeds)` and its duration in ms, measured on the inference thread."""
-    t0 = time.perf_counter()
+def _timed_run(version: ModelVersion, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
+    """`version.run(feeds)`, its duration in ms and the inference thread's CPU seconds (`time.thread_time`)."""
+    t0, c0 = time.perf_counter(), time.thread_time()
     scores = version.run(feeds)
-    return scores, (time.perf_counter() - t0) * 1000.0
+    return scores, (time.perf_counter() - t0) * 1000.0, time.thread_time() - c0
 
 
 class MicroBatcher:
@@ -62,7 +62,7 @@ class MicroBatcher:
         max_queue_delay_ms: the most the first request of a batch waits for company, ms.
         max_queue_rows: rows allowed to wait; past it `submit` raises `QueueFull`.
         on_batch: called on the event loop after each batch with (version, rows, seconds of
-            `session.run`); for metrics and statistics.
+            `session.run`, CPU seconds of the inference thread in it); for metrics, statistics, cost.
         on_queue: called with the queued row count whenever it changes; for metrics.
     """
 
@@ -72,7 +72,7 @@ class MicroBatcher:
         max_batch_size: int = 256,
         max_queue_delay_ms: float = 1.0,
         max_queue_rows: int = 8192,
-        on_batch: Callable[[ModelVersion, int, float], None] | None = None,
+        on_batch: Callable[[ModelVersion, int, float, float], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
@@ -205,7 +205,7 @@ class MicroBatcher:
             feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in version.input_names}
         started = time.perf_counter()
         try:
-            scores, run_ms = await loop.run_in_executor(self._executor, _timed_run, version, feeds)
+            scores, run_ms, cpu_s = await loop.run_in_executor(self._executor, _timed_run, version, feeds)
         except Exception as exc:  # noqa: BLE001 - forwarded to every waiting request
             log.exception(
                 "inference failed for %s/%s on a batch of %d request(s)",
@@ -227,4 +227,4 @@ class MicroBatcher:
                 item.future.set_result(scores[start : start + item.rows])
             start += item.rows
         if self._on_batch:
-            self._on_batch(version, start, run_s)
+            self._on_batch(version, start, run_s, cpu_s)

@@ -40,6 +40,13 @@ def serve(
     ] = None,
     flush_interval_s: Annotated[float, typer.Option(help="prediction log flush interval, s")] = 2.0,
     max_rows_per_file: Annotated[int, typer.Option(help="prediction log rows per file")] = 100_000,
+    metrics_textfile_dir: Annotated[
+        Path | None,
+        typer.Option(help="re-expose the *.prom files of this folder on /metrics (the drift check's: monitor.metrics_dir)"),
+    ] = None,
+    tracing: Annotated[
+        bool, typer.Option(help="OpenTelemetry spans per request; exporter and sampling from OTEL_* variables")
+    ] = False,
     ssl_certfile: Annotated[
         Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS (uvicorn's --ssl-certfile)")
     ] = None,
@@ -90,6 +97,8 @@ def serve(
             log_dir=log_dir,
             flush_interval_s=flush_interval_s,
             max_rows_per_file=max_rows_per_file,
+            metrics_textfile_dir=metrics_textfile_dir,
+            tracing=tracing,
             api_key=api_key_from_env(),
             score_api_key=score_api_key_from_env(),
             ssl_certfile=ssl_certfile,

@@ -45,6 +45,13 @@ class ServeSettings(BaseSettings):
     max_rows_per_file: int = Field(
         100_000, ge=1, description="a log file is written at latest at this many rows"
     )
+    metrics_textfile_dir: Path | None = Field(
+        None,
+        description="re-expose every *.prom file of this folder on /metrics (the drift check's gauges: monitor.metrics_dir)",
+    )
+    tracing: bool = Field(
+        False, description="OpenTelemetry spans per request, configured by OTEL_* variables (serving/tracing.py)"
+    )
     # Security.
     api_key: str | None = Field(
         None, description="admin key: if set, every endpoint but health needs it (or the score key)"

@@ -15,7 +15,10 @@ import asyncio
 import gc
 import logging
 import math
+import threading
 import time
+import weakref
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -25,9 +28,9 @@ from serving.batcher import MicroBatcher
 from serving.config import ServeSettings
 from serving.metrics import ServerMetrics
 from serving.predlog import PredictionLog
-from serving.repository import LoadRefused, ModelRepository, ModelVersion
+from serving.repository import LoadRefused, ModelNotFound, ModelRepository, ModelVersion
 from serving.stats import InferenceStats
-from serving.validation import Limits, RequestError
+from serving.validation import Limits, RequestError, records_feeds
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,10 @@ def observe_scores(metrics: ServerMetrics, mv: ModelVersion, scores: np.ndarray)
             child.observe(float(v))
 
 
+_PHASES: ContextVar[dict[str, Any] | None] = ContextVar("driftloop_phases", default=None)
+"""Per request (the handler's task), with tracing on: perf_counter readings the phase spans need."""
+
+
 class DataPlane:
     """Everything a route handler needs, created once per app.
 
@@ -66,9 +73,18 @@ class DataPlane:
             `settings.repository`.
     """
 
-    def __init__(self, settings: ServeSettings, repository: ModelRepository | None = None) -> None:
+    def __init__(
+        self, settings: ServeSettings, repository: ModelRepository | None = None, span_exporter: Any = None
+    ) -> None:
         self.settings = settings
-        self.metrics = ServerMetrics()
+        self.tracing = None
+        if settings.tracing or span_exporter is not None:  # off by default: serving/tracing.py
+            from serving.tracing import Tracing
+
+            self.tracing = Tracing(span_exporter)
+        self.tracer = None if self.tracing is None else self.tracing.tracer
+        self.metrics = ServerMetrics(settings.metrics_textfile_dir)
+        self.metrics.queue_capacity.set(settings.max_queue_rows)
         if repository is None:
             repository = ModelRepository(
                 settings.repository,
@@ -96,9 +112,12 @@ class DataPlane:
             else None
         )
         self.limits = Limits(max_rows=settings.max_rows, max_string_length=settings.max_string_length)
+        self._cpu_start = time.process_time()
+        self._explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ModelVersion -> Explainer
+        self._explain_lock = threading.Lock()
 
-    def _on_batch(self, mv: ModelVersion, rows: int, run_s: float) -> None:
-        self.metrics.batch_rows.labels(mv.name, mv.version).observe(rows)
+    def _on_batch(self, mv: ModelVersion, rows: int, run_s: float, cpu_s: float) -> None:
+        self.metrics.record_batch(mv.name, mv.version, rows, run_s, cpu_s)
         self.stats.batch(mv.name, mv.version, rows, run_s)
 
     def redact(self, message: str) -> str:
@@ -109,7 +128,14 @@ class DataPlane:
         return message
 
     def _on_change(self) -> None:
-        self.metrics.set_loaded({name: len(vs) for name, vs in self.repository.loaded().items()})
+        loaded = self.repository.loaded()
+        traffic = {}
+        for name in loaded:
+            try:
+                traffic[name] = self.repository.traffic(name)
+            except ModelNotFound:  # unloaded meanwhile; the next change sets it
+                continue
+        self.metrics.set_loaded({name: len(vs) for name, vs in loaded.items()}, traffic)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -124,6 +150,7 @@ class DataPlane:
         # of the collector's generations, so a full collection no longer walks it on a request's time.
         gc.collect()
         gc.freeze()
+        self._cpu_start = time.process_time()  # cost: CPU from here on is serving (loading and warm-up are not)
         log.info("serving %s", {n: [mv.version for mv in vs] for n, vs in self.repository.loaded().items()})
 
     async def stop(self) -> None:
@@ -132,6 +159,8 @@ class DataPlane:
         await self.batcher.stop()
         if self.predlog is not None:
             await asyncio.to_thread(self.predlog.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.provider.shutdown)  # flushes the batch exporter
         log.info("server stopped")
 
     # ------------------------------------------------------------------ health & metadata
@@ -229,6 +258,8 @@ class DataPlane:
     # ------------------------------------------------------------------ scoring
     def route(self, name: str, request_id: str, version: str | None = None) -> ModelVersion:
         """The version that answers this request (sticky per request id under a traffic split)."""
+        if self.tracing is not None and self.tracing.sampled():  # routed right after decoding: parse ends here
+            _PHASES.set({"parsed": time.perf_counter()})
         return self.repository.route(name, request_id, version)
 
     async def score(
@@ -248,6 +279,8 @@ class DataPlane:
             `scored`).
         """
         queued = time.perf_counter()
+        if self.tracer is not None and (phases := _PHASES.get()) is not None:
+            phases["request_id"] = request_id
         timing: dict[str, float] = {}
         try:
             scores = await self.batcher.submit(mv, feeds, rows, timing)
@@ -256,6 +289,7 @@ class DataPlane:
             raise
         observe_scores(self.metrics, mv, scores)
         if self.predlog is not None:
+            log_start = time.perf_counter()
             self.predlog.append(
                 model=mv.name,
                 version=mv.version,
@@ -265,6 +299,9 @@ class DataPlane:
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 service_ms=timing.get("run_s", float("nan")) * 1000.0,
             )
+            phases = _PHASES.get() if self.tracer is not None else None
+            if phases is not None:
+                phases.update(log_start=log_start, log_end=time.perf_counter(), request_id=request_id)
         return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))
 
     def scored(self, mv: ModelVersion, rows: int, start: float, encoded: float, timing: tuple[float, float, float]) -> None:
@@ -278,10 +315,60 @@ class DataPlane:
         """
         end = time.perf_counter()
         self.stats.request(mv.name, mv.version, rows, end - start, *timing, end - encoded)
+        if self.tracing is not None and (phases := _PHASES.get()) is not None:
+            _PHASES.set(None)
+            self.tracing.request_phases(
+                attributes={"driftloop.request_id": phases.get("request_id", ""), "driftloop.model": mv.name,
+                            "driftloop.model_version": mv.version, "driftloop.lineage_id": mv.lineage_id,
+                            "driftloop.rows": rows},
+                start=start, parsed=phases.get("parsed"), queued=start + timing[0], queue_s=timing[1],
+                run_s=timing[2], log_s=(phases["log_start"], phases["log_end"]) if "log_end" in phases else None,
+                scored=encoded, end=end,
+            )  # fmt: skip
 
     def failed(self, mv: ModelVersion, start: float) -> None:
         """Record a request that reached `mv` and then failed (bad input, queue full)."""
         self.stats.fail(mv.name, mv.version, time.perf_counter() - start)
+
+    async def explain(
+        self, name: str, request_id: str, instances: list[dict[str, Any]], raw: bytes
+    ) -> tuple[ModelVersion, dict[str, Any]]:
+        """Per-row SHAP attributions of the version that would answer `request_id` (serving/explain.py).
+
+        Not a prediction: nothing is queued, logged or counted as scored.
+
+        Raises:
+            RequestError: 400 (does not fit the signature), 422 (more than `EXPLAIN_MAX_ROWS` rows: the
+                request model's limit),
+                501 (SHAP not installed).
+            ModelNotFound: not loaded.
+        """
+        from serving.explain import EXPLAIN_MAX_ROWS, ExplainUnavailable
+
+        mv = self.repository.route(name, request_id)
+        feeds, rows = records_feeds(instances, mv.signature, self.limits, body=raw)
+        if rows > EXPLAIN_MAX_ROWS:
+            raise RequestError(422, f"instances: {rows} rows; an explanation takes at most {EXPLAIN_MAX_ROWS}")
+        try:
+            explainer = await asyncio.to_thread(self._explainer, mv)
+        except ExplainUnavailable as exc:
+            raise RequestError(501, str(exc)) from None
+        explanations = await asyncio.to_thread(explainer.explain, feeds)
+        return mv, {"explanations": explanations, "method": "kernel_shap", "nsamples": explainer.nsamples,
+                    "background_rows": len(explainer.background)}  # fmt: skip
+
+    def _explainer(self, mv: ModelVersion):
+        """The version's `Explainer`, built once (on a worker thread: SHAP imports in seconds)."""
+        import pandas as pd
+
+        from serving.explain import Explainer
+
+        with self._explain_lock:
+            explainer = self._explainers.get(mv)
+            if explainer is None:
+                reference = pd.read_parquet(mv.folder / "reference.parquet")
+                explainer = self._explainers[mv] = Explainer(mv.run, mv.signature, reference)
+            return explainer
 
     # ------------------------------------------------------------------ repository extension
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
@@ -300,8 +387,15 @@ class DataPlane:
         Raises:
             LoadRefused: with the repository path cut from the message (it names model/version).
         """
+        def timed_load() -> ModelVersion:  # loading and warm-up are not serving: kept out of the cost
+            c0 = time.thread_time()
+            try:
+                return self.repository.load(name, version)
+            finally:
+                self._cpu_start += time.thread_time() - c0
+
         try:
-            mv = await asyncio.to_thread(self.repository.load, name, version)
+            mv = await asyncio.to_thread(timed_load)
         except LoadRefused as exc:
             raise type(exc)(self.redact(str(exc))) from None  # PackageMissing (404) stays itself
         return mv, {
@@ -358,4 +452,5 @@ class DataPlane:
         self.metrics.queue_rows.set(self.batcher.queued_rows)
         if self.predlog is not None:
             self.metrics.log_pending.set(self.predlog.pending_rows)
+        self.metrics.set_cost(time.process_time() - self._cpu_start)
         return self.metrics.exposition()

@@ -8,22 +8,93 @@ Names (all prefixed `driftloop_`):
     loaded_versions{model}                        gauge     versions loaded per model
     score{model, version}                         histogram predicted probabilities
     prediction_log_rows_pending                   gauge     rows buffered, not yet on disk
+    queue_capacity_rows                           gauge     `max_queue_rows`: the queue's bound (429 past it)
+    traffic_percent{model, version}               gauge     effective traffic split, percent (0 = loaded, no traffic)
+    inference_seconds{model, version}             histogram seconds inside session.run per batch (service time)
+    predictions_total{model, version}             counter   rows scored
+    inference_cpu_seconds_total{model, version}   counter   CPU seconds of the inference thread inside session.run
+    cpu_seconds_per_1k_predictions{model, version, part}
+                                                  gauge     CPU seconds per 1,000 predictions since start (below)
+    process_cpu_seconds_total, process_*          the standard process collector (Linux /proc)
+
+Cost (`cpu_seconds_per_1k_predictions`): `part="inference"` is 1000 x the version's inference CPU /
+its predictions, where inference CPU is `time.thread_time()` around `session.run` on the inference
+thread: the version's own cost, exact with `intra_op_threads` 1 (the default; ONNX Runtime then
+computes on the calling thread). `part="total"` adds an equal share per prediction of everything
+else the process spent since it started serving (process CPU - all inference CPU: HTTP, parsing,
+validation, encoding, the prediction log; and ONNX Runtime's pool threads when `intra_op_threads`
+is not 1), so the totals of all versions add up to the process's CPU. Parsing and encoding cost the
+same per row whichever version answers, hence shared rather than timed per request (a request's
+coroutine interleaves with others on the event loop, so its own CPU cannot be read off a clock).
+Over a window: `1000 * rate(driftloop_inference_cpu_seconds_total[5m]) / rate(driftloop_predictions_total[5m])`.
+
+Plus, when the server is given `metrics_textfile_dir`, every `*.prom` file there (Prometheus text
+format, node_exporter's textfile-collector convention) is re-exposed at each scrape: that is how the
+drift check's gauges (`flows/monitoring.py`: `driftloop_drift_share`, `driftloop_roc_auc_drop_bound`,
+...) reach Prometheus without a Pushgateway. The alert rules reading all of these are in
+`deploy/prometheus/alerts.yml`.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))
+TEXTFILE_MAX_BYTES = 1 << 20
+"""A `*.prom` file larger than this is skipped (a scrape must stay cheap), bytes."""
+
+
+class TextfileCollector:
+    """Re-expose the metrics of every `*.prom` file of a folder at each scrape.
+
+    The format and the folder convention are node_exporter's textfile collector: writers replace
+    their file atomically (write a temp file, then rename; `prometheus_client.write_to_textfile`
+    does), so a scrape never sees half a file. A file that is missing, too large or does not parse
+    is skipped with one WARNING; the scrape goes on. Files are read in name order.
+
+    Args:
+        folder: the folder; it may not exist yet (nothing is exposed then).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def describe(self) -> list[Metric]:
+        """Nothing: the files change between scrapes, so the registry must not pin their names."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families of every readable `*.prom` file."""
+        try:
+            files = sorted(self.folder.glob("*.prom"))
+        except OSError:
+            return
+        for path in files:
+            try:
+                if path.stat().st_size > TEXTFILE_MAX_BYTES:
+                    raise ValueError(f"larger than {TEXTFILE_MAX_BYTES} bytes")
+                families = list(text_string_to_metric_families(path.read_text()))
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                log.warning("metrics textfile %s skipped: %s", path, exc)
+                continue
+            yield from families
 
 
 class ServerMetrics:
     """The server's collectors, registered on a fresh registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, textfile_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -53,15 +124,89 @@ class ServerMetrics:
             registry=r,
         )
         self.log_pending = Gauge("driftloop_prediction_log_rows_pending", "rows not yet on disk", registry=r)
+        self.queue_capacity = Gauge(
+            "driftloop_queue_capacity_rows", "rows the queue holds before 429 (max_queue_rows)", registry=r
+        )
+        self.traffic = Gauge(
+            "driftloop_traffic_percent", "effective traffic split, percent", ["model", "version"], registry=r
+        )
+        self.inference = Histogram(
+            "driftloop_inference_seconds",
+            "seconds inside session.run per batch",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "driftloop_predictions", "rows scored", ["model", "version"], registry=r
+        )
+        self.inference_cpu = Counter(
+            "driftloop_inference_cpu_seconds",
+            "CPU seconds of the inference thread inside session.run",
+            ["model", "version"],
+            registry=r,
+        )
+        self.cost = Gauge(
+            "driftloop_cpu_seconds_per_1k_predictions",
+            "CPU seconds per 1,000 predictions since start; part=inference (own session.run) or total",
+            ["model", "version", "part"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        self._totals: dict[tuple[str, str], list[float]] = {}  # (model, version) -> [rows, inference CPU s]
+        if textfile_dir is not None:
+            r.register(TextfileCollector(textfile_dir))
         self._known_models: set[str] = set()
+        self._known_versions: set[tuple[str, str]] = set()
 
-    def set_loaded(self, loaded: dict[str, int]) -> None:
-        """Set `loaded_versions` from {model: count}; models gone drop to 0."""
+    def set_loaded(self, loaded: dict[str, int], traffic: dict[str, dict[str, float]] | None = None) -> None:
+        """Set `loaded_versions` from {model: count} and `traffic_percent` from {model: {version: pct}}.
+
+        Models gone drop to 0 loaded versions; versions gone (or taking no traffic) drop to 0 percent.
+        """
         for name in self._known_models - set(loaded):
             self.loaded_versions.labels(name).set(0)
         for name, count in loaded.items():
             self.loaded_versions.labels(name).set(count)
         self._known_models |= set(loaded)
+        now = {(m, v): pct for m, split in (traffic or {}).items() for v, pct in split.items()}
+        for key in self._known_versions - set(now):
+            self.traffic.labels(*key).set(0)
+        for key, pct in now.items():
+            self.traffic.labels(*key).set(pct)
+        self._known_versions |= set(now)
+
+    def record_batch(self, model: str, version: str, rows: int, run_s: float, cpu_s: float) -> None:
+        """One batch of `rows` rows: `run_s` wall seconds and `cpu_s` inference-thread CPU seconds in session.run."""
+        self.batch_rows.labels(model, version).observe(rows)
+        self.inference.labels(model, version).observe(run_s)
+        self.predictions.labels(model, version).inc(rows)
+        self.inference_cpu.labels(model, version).inc(cpu_s)
+        totals = self._totals.setdefault((model, version), [0.0, 0.0])
+        totals[0] += rows
+        totals[1] += cpu_s
+
+    def set_cost(self, process_cpu_s: float) -> dict[tuple[str, str], tuple[float, float]]:
+        """Refresh `cpu_seconds_per_1k_predictions` (see the module docstring).
+
+        Args:
+            process_cpu_s: the process's CPU seconds since it started serving (`time.process_time()` delta).
+
+        Returns:
+            {(model, version): (inference, total) CPU seconds per 1,000 predictions}, versions with predictions.
+        """
+        rows = sum(t[0] for t in self._totals.values())
+        if not rows:
+            return {}
+        shared = max(0.0, process_cpu_s - sum(t[1] for t in self._totals.values())) / rows
+        out = {}
+        for (model, version), (n, cpu) in self._totals.items():
+            if n:
+                own = 1000.0 * cpu / n
+                out[(model, version)] = (own, own + 1000.0 * shared)
+                self.cost.labels(model, version, "inference").set(own)
+                self.cost.labels(model, version, "total").set(own + 1000.0 * shared)
+        return out
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

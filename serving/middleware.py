@@ -35,11 +35,51 @@ class Observe:
         score = plane.settings.score_api_key
         self.api_key = key.encode() if key else None
         self.score_key = score.encode() if score else None
+        if plane.tracer is not None:  # imported once, and only when tracing is on
+            from opentelemetry import context, trace
+
+            from serving.tracing import wall_ns
+
+            self._otel = (context, trace, wall_ns)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.plane.tracer is not None:
+            await self._traced(scope, receive, send)
+            return
+        await self._observe(scope, receive, send)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`_observe` inside a SERVER span (serving/tracing.py), a child of the caller's `traceparent`."""
+        context, trace, wall_ns = self._otel
+        headers = scope["headers"]
+        span = self.plane.tracing.start_request(
+            scope["method"], any(k == b"traceparent" for k, _ in headers),
+            lambda: {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}, wall_ns(time.perf_counter()),
+        )  # fmt: skip
+        if span is None:  # not sampled: nothing to carry (the phases check the same)
+            await self._observe(scope, receive, send)
+            return
+        token = context.attach(trace.set_span_in_context(span))
+        status, endpoint = 500, "unmatched"
+        try:
+            status, endpoint = await self._observe(scope, receive, send)
+        except BaseException as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            context.detach(token)
+            span.update_name(f"{scope['method']} {endpoint}")
+            span.set_attributes({"http.request.method": scope["method"], "http.route": endpoint,
+                                 "http.response.status_code": status})  # fmt: skip
+            if status >= 500:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+            span.end(end_time=wall_ns(time.perf_counter()))
+
+    async def _observe(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str]:
+        """Check the key, run the app, count the request; returns (status, route template)."""
         start = time.perf_counter()
         status = 500
 
@@ -71,6 +111,7 @@ class Observe:
             metrics = self.plane.metrics
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return status, endpoint
 
     def _role(self, scope: Scope) -> str | None:
         """"admin", "score", or None for a missing or wrong key."""

@@ -36,8 +36,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from driftloop.protocol import V1_PREDICT, V2_INFER, V2_VERSION_INFER
+from driftloop.protocol import V1_EXPLAIN, V1_PREDICT, V2_INFER, V2_VERSION_INFER
 from driftloop.schema import OUTPUT, TensorSpec
+from serving.explain import EXPLAIN_MAX_ROWS
 from serving.validation import (
     _ACCEPTED,
     FP32_ROUNDS_TO_INF,
@@ -157,6 +158,38 @@ class RecordsResponse(BaseModel):
     request_id: str
 
 
+class ExplainRequest(BaseModel):
+    """The explain body: the records of `:predict`, at most 4 rows (each costs a SHAP run)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    instances: list[dict[str, Any]] = Field(min_length=1, max_length=EXPLAIN_MAX_ROWS)
+
+
+REQUEST_SCHEMAS = (*REQUEST_SCHEMAS, ExplainRequest)
+
+
+class Explanation(BaseModel):
+    """One row's explanation: sum(attributions) = score - base_value within 1e-5 (probability units)."""
+
+    score: float = Field(description="the graph's probability for the row")
+    base_value: float = Field(description="mean probability over the background rows (the package's reference sample)")
+    attributions: dict[str, float] = Field(description="Shapley value per input column, probability units")
+
+
+class ExplainResponse(BaseModel):
+    """Per-row attributions, in the order of the instances."""
+
+    explanations: list[Explanation]
+    method: Literal["kernel_shap"]
+    nsamples: int = Field(description="coalitions sampled per row")
+    background_rows: int
+    model_name: str
+    model_version: str
+    lineage_id: str
+    request_id: str
+
+
 class IndexEntry(BaseModel):
     """One model version of the repository index."""
 
@@ -216,6 +249,8 @@ RESPONSE_SCHEMAS: tuple[type[BaseModel], ...] = (
     ModelReadyBody,
     InferenceResponse,
     RecordsResponse,
+    ExplainResponse,
+    Explanation,
     IndexEntry,
     LoadResponse,
     UnloadResponse,
@@ -277,6 +312,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         InferenceResponse, _SCORING, InferenceRequest, model_headers=True, scoring=True
     ),
     ("post", V1_PREDICT): Operation(RecordsResponse, _SCORING, RecordsRequest, model_headers=True, scoring=True),
+    ("post", V1_EXPLAIN): Operation(ExplainResponse, (*_BODY, 404, 501), ExplainRequest, model_headers=True),
     ("get", "/v2/repository/index"): Operation(_INDEX),
     ("post", "/v2/repository/index"): Operation(_INDEX, _BODY, IndexRequest, body_required=False),
     ("post", "/v2/repository/models/{name}/load"): Operation(
@@ -361,6 +397,7 @@ def _constrain_requests(
     )
     components["RequestOutput"]["properties"]["name"] = {"type": "string", "enum": [OUTPUT]}
     components["RecordsRequest"]["properties"]["instances"]["items"] = _ref("Record")
+    components["ExplainRequest"]["properties"]["instances"]["items"] = _ref("Record")
     components["Record"] = (
         record_schema(inputs, max_string_length)
         if inputs is not None
@@ -390,6 +427,7 @@ _STATUS_TEXT = {
     422: "the body is not JSON, or not the request model",
     429: "the queue is full: retry after Retry-After seconds",
     503: "the server is shutting down: retry after Retry-After seconds",
+    501: "explanations need SHAP, which this server was installed without (pip install 'driftloop[explain]')",
 }
 _HEADER = {"schema": {"type": "string"}, "required": True}
 _RETRY = {"Retry-After": {"description": "seconds", "schema": {"type": "string", "pattern": "^[0-9]+$"}, "required": True}}
@@ -476,6 +514,7 @@ def example_bodies(specs: list[TensorSpec], row: dict[str, Any] | None = None) -
     return {
         InferenceRequest: v2,
         RecordsRequest: {"instances": [row]},
+        ExplainRequest: {"instances": [row]},
         LoadRequest: {"parameters": {"version": "1"}},
         TrafficRequest: {"weights": {"1": 100}},
         IndexRequest: {"ready": True},

@@ -105,6 +105,9 @@ GATE_RULES: tuple[GateRule, ...] = (
              lambda s: (s.metrics["score_shift_vs_parent"]["p99"], "")),
     GateRule(Rule(name="max_batch_invariance", what="max |alone - in batch|", comparison="<="),
              lambda s: (s.metrics["batch_invariance"], "")),
+    GateRule(Rule(name="max_cpu_s_per_million", what="CPU per million single-row predictions", comparison="<=",
+                  unit="s"),
+             lambda s: (s.candidate["p50_ms"] * 1000.0, "(p50 at batch 1, one thread)")),
 )  # fmt: skip
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop.checks import Check, markdown_table
-from driftloop.config import PackageParams, load_section, read_params_file
+from driftloop.config import CostParams, PackageParams, load_section, read_params_file
 from driftloop.dataset import Dataset
 from driftloop.drift import build_reference, reference_stats
 from driftloop.environment import lockfile_sha256
@@ -84,6 +84,94 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+IMPORTANCE_ROWS = 5000
+"""Held-out rows the permutation importance scores (seeded sample; cost: rows x columns x repeats graph rows)."""
+
+
+def permutation_importance(model: bytes, test: pd.DataFrame, dataset: Dataset, *, rows: int = IMPORTANCE_ROWS, repeats: int = 3,
+                           seed: int = 0) -> dict:  # fmt: skip
+    """Global feature importance of the packaged graph: ROC AUC lost when one input column is shuffled.
+
+    Breiman (2001, "Random forests", Machine Learning 45) and scikit-learn's `permutation_importance`:
+    each input column's values are permuted across the rows (seeded), the graph rescored, and the drop
+    of ROC AUC from the unshuffled rows recorded; `repeats` permutations per column give a mean and a
+    standard deviation. On held-out rows (the test split), so it measures what the model uses, not
+    what it memorised.
+
+    Args:
+        model: the ONNX graph's bytes (raw input columns in, probability out).
+        test: labelled held-out rows: the input columns and `LABEL` (rows without a label are dropped).
+        dataset: the declaration: the graph's inputs and their dtypes.
+        rows: at most this many rows (seeded sample).
+        repeats: permutations per column.
+        seed: sampling and permutation seed.
+
+    Returns:
+        {"metric": "roc_auc", "split": "test", "rows", "repeats", "baseline": ROC AUC,
+         "columns": {column: {"mean", "std"}}} in the graph's input order; a mean near 0 = unused.
+    """
+    import onnxruntime as ort
+    from sklearn.metrics import roc_auc_score
+
+    names = [s.name for s in dataset.input_specs()]
+    labelled = test[test[LABEL].notna()]
+    sample = labelled.sample(n=min(rows, len(labelled)), random_state=seed).reset_index(drop=True)
+    y = sample[LABEL].astype(int).to_numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def auc(frame: pd.DataFrame) -> float:
+        feeds = dataset.to_onnx_feeds(frame)
+        return float(roc_auc_score(y, session.run(None, {n: feeds[n] for n in names})[0].reshape(-1)))
+
+    baseline = auc(sample)
+    rng = np.random.default_rng(seed)
+    columns = {}
+    for name in names:
+        drops = []
+        for _ in range(repeats):
+            shuffled = sample.copy()
+            shuffled[name] = rng.permutation(sample[name].to_numpy())
+            drops.append(baseline - auc(shuffled))
+        columns[name] = {"mean": float(np.mean(drops)), "std": float(np.std(drops))}
+    return {"metric": "roc_auc", "split": "test", "rows": len(sample), "repeats": repeats, "baseline": baseline,
+            "columns": columns}  # fmt: skip
+
+
+def write_importance_plot(importance: dict, path: Path) -> None:
+    """`reports/importance.csv` for `dvc plots` (a horizontal bar per column, largest first)."""
+    from driftloop.io import write_text
+
+    ordered = sorted(importance["columns"].items(), key=lambda kv: -kv[1]["mean"])
+    write_text(path, "column,importance,std\n" + "".join(f"{c},{v['mean']:.6f},{v['std']:.6f}\n" for c, v in ordered))
+
+
+def prediction_cost(speed: dict, cost: CostParams) -> dict:
+    """CPU seconds and money per million predictions, from the optimize stage's benchmark of the graph.
+
+    The benchmark runs ONNX Runtime on one thread (tasks/optimize.py), where wall time is CPU time
+    when the core is not shared (else wall time overstates it): a single-row request costs its p50
+    latency, a row in a full micro-batch 1 / rows_per_s. Inference only: HTTP, parsing and encoding
+    are the server's and measured there (`driftloop_cpu_seconds_per_1k_predictions`, serving/metrics.py).
+
+    Args:
+        speed: `p50_ms` (batch 1, ms) and `rows_per_s` (at the optimize stage's `throughput_batch`).
+        cost: the price of a CPU core-hour.
+
+    Returns:
+        {"cpu_hour", "currency", "cpu_s_per_million": {"batch_1", "batched"}, "per_million": {"batch_1", "batched"}}.
+    """
+    cpu_s = {"batch_1": speed["p50_ms"] * 1000.0, "batched": 1e6 / speed["rows_per_s"]}
+    return {
+        "cpu_hour": cost.cpu_hour,
+        "currency": cost.currency,
+        "cpu_s_per_million": cpu_s,
+        "per_million": {k: v / 3600.0 * cost.cpu_hour for k, v in cpu_s.items()},
+        "source": "optimize stage benchmark, one ONNX Runtime thread (inference only)",
+    }
+
+
 def render_card_md(card: dict) -> str:
     """The model card for people (Mitchell et al. 2019, "Model Cards for Model Reporting", abridged)."""
     m = card["metrics"]
@@ -113,6 +201,8 @@ def render_card_md(card: dict) -> str:
         "|---|---|---|",
         *[f"| {col}={value} | {st['rows']} | {_fmt(st['roc_auc']) if st['roc_auc'] is not None else st['flag']} |"
           for col in card["slices"] for value, st in sorted(card["slices"][col].items())],
+        *_cost_lines(card.get("cost")),
+        *_importance_lines(card.get("importance")),
         "",
         f"## Gate: {card['gate']['verdict']}",
         markdown_table([Check.model_validate(r) for r in card["gate"]["rules"]]),
@@ -174,6 +264,8 @@ def build_package(
         "batch_invariance": evaluation["models"][candidate]["batch_invariance"],
         "champion": evaluation.get("champion"),
         "speed": {k: candidates[candidate][k] for k in ("p50_ms", "p99_ms", "rows_per_s", "size_bytes")},
+        "cost": prediction_cost(candidates[candidate], CostParams.model_validate(params.get("cost") or {})),
+        "importance": permutation_importance(model_path.read_bytes(), splits["test"], dataset),
         "gate": gate.model_dump(mode="json", include={"verdict", "chosen", "rules"}),
         "signature": signature.model_dump(),
         "model_sha256": model_sha,
@@ -208,6 +300,40 @@ def write_rejection(out: Path, gate: GateReport, gate_path: Path) -> None:
         (tmp / "model_card.md").write_text("\n".join(lines))
 
 
+def _importance_lines(imp: dict | None) -> list[str]:
+    if not imp:
+        return []
+    ordered = sorted(imp["columns"].items(), key=lambda kv: -kv[1]["mean"])
+    return [
+        "",
+        f"## Global feature importance (permutation, {imp['rows']} held-out {imp['split']} rows, {imp['repeats']} repeats)",
+        f"ROC AUC lost when the column is shuffled (baseline {imp['baseline']:.4f}); plot: `dvc plots show"
+        " reports/importance.csv`.",
+        "",
+        "| column | ROC AUC drop | std |",
+        "|---|---|---|",
+        *[f"| {c} | {v['mean']:.4f} | {v['std']:.4f} |" for c, v in ordered],
+    ]
+
+
+def _cost_lines(cost: dict | None) -> list[str]:
+    if not cost:
+        return []
+    c, cur = cost["cpu_s_per_million"], cost["currency"]
+    money = cost["per_million"]
+    return [
+        "",
+        f"## Cost per million predictions (at {cost['cpu_hour']:g} {cur} per CPU-hour: params `cost.cpu_hour`)",
+        "| requests | CPU seconds | cost |",
+        "|---|---|---|",
+        f"| one row each (p50 at batch 1) | {c['batch_1']:,.1f} | {money['batch_1']:.4f} {cur} |",
+        f"| full micro-batches | {c['batched']:,.1f} | {money['batched']:.4f} {cur} |",
+        "",
+        f"Measured by the {cost['source']}; the server measures its whole cost per version on `/metrics`"
+        " (`driftloop_cpu_seconds_per_1k_predictions`).",
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -217,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshot", required=True, type=Path, help="snapshot folder (its manifest)")
     parser.add_argument("--features", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--importance", type=Path, help="CSV of the card's permutation importance, for `dvc plots`")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -237,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
             splits={n: pd.read_parquet(args.features / f"{n}.parquet") for n in ("train", "valid", "test")},
             repo_root=Path.cwd(),
         )  # fmt: skip
+        if args.importance is not None:
+            card = json.loads((args.out / "model_card.json").read_text())
+            write_importance_plot(card["importance"], args.importance)
         log.info("package: %s (%s) -> %s", chosen, lid, args.out)
 
     run_stage("package", body)

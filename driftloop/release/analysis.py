@@ -121,8 +121,9 @@ def analyse(
     canary: str,
     params: ReleaseParams,
     score_stable: StableScorer | None = None,
+    cost: dict[str, float | None] | None = None,
 ) -> Analysis:
-    """Compare canary with stable on error rate, p50/p99 service time, and quality: paired ROC AUC
+    """Compare canary with stable on error rate, p50/p99 service time, CPU cost, and quality: paired ROC AUC
     where enough of the canary's rows are labelled (and stable can score them), else the score
     distribution (PSI) as its proxy.
 
@@ -137,6 +138,9 @@ def analyse(
             `latency_slack_ms`, `max_score_psi`, `min_labelled_rows`, `max_auc_drop`, `auc_alpha`).
         score_stable: scores the canary's labelled rows with stable (pairs the AUC comparison);
             None leaves quality to the PSI.
+        cost: {version: CPU seconds per 1,000 predictions} as the server measured them
+            (`ServerClient.cpu_cost`), keyed like `stable` / `canary`; None = not read. Reported
+            in the `cpu_cost` check, which decides only when `params.max_cpu_cost_ratio` is set.
 
     Returns:
         The analysis; a check fails when its figure cannot be measured (no verdict = roll back).
@@ -163,6 +167,7 @@ def analyse(
             f"{errors} 5xx counts against the canary: the server does not label errors by version)",
         )
     )
+    checks.append(cost_check(cost or {}, stable, canary, params))
     if n_s == 0 or n_c == 0:
         for name, bound in (("latency", params.max_p99_latency_ratio), ("score_psi", params.max_score_psi)):
             checks.append(Check(name=name, value=None, threshold=bound, passed=False,
@@ -194,6 +199,28 @@ def analyse(
             )
         )
     return Analysis(stable, canary, n_c, n_s, errors, checks)
+
+
+def cost_check(cost: dict[str, float | None], stable: str | None, canary: str, params: ReleaseParams) -> Check:
+    """Canary's CPU seconds per 1,000 predictions next to stable's (the server's measure, serving/metrics.py).
+
+    Value: canary / stable. With `params.max_cpu_cost_ratio` null the check is a report (passes
+    whatever the figures, says so); set, it fails above the ratio or when either figure is missing.
+    """
+    c, s = cost.get(canary), cost.get(stable) if stable else None
+    bound = params.max_cpu_cost_ratio
+    figures = (f"CPU {c:.4f} s per 1,000 predictions" if c is not None else "CPU per prediction: not measured") + (
+        f" vs stable {s:.4f} s" if s is not None else "")  # fmt: skip
+    ratio = c / s if c is not None and s else None
+    if bound is None:
+        return Check(name="cpu_cost", value=ratio, threshold=None, passed=True,
+                     reason=f"{figures}{f' (x{ratio:.2f})' if ratio is not None else ''}; advisory: "
+                            "release.max_cpu_cost_ratio null")  # fmt: skip
+    if ratio is None:
+        return Check(name="cpu_cost", value=None, threshold=bound, passed=False,
+                     reason=f"{figures}: no ratio to hold to {bound:g}")  # fmt: skip
+    return Check(name="cpu_cost", value=ratio, threshold=bound, passed=ratio <= bound,
+                 reason=f"{figures} (x{ratio:.2f}, allowed x{bound:g})")  # fmt: skip
 
 
 def latency_checks(stable_req: pd.DataFrame, canary_req: pd.DataFrame, params: ReleaseParams) -> list[Check]:
@@ -295,6 +322,7 @@ def run_analysis(
     now: Callable[[], pd.Timestamp] | None = None,
     read_window: WindowReader | None = None,
     read_errors: Callable[[], int] | None = None,
+    read_cost: Callable[[], dict[str, float]] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Analysis:
     """Watch live traffic until the canary answered `min_requests` (then up to `label_wait_s` more for
@@ -314,6 +342,8 @@ def run_analysis(
             where stable takes no traffic during the window).
         score_stable: scores the canary's labelled rows with stable (see `stable_scorer`).
         clock, sleep, now, read_window, read_errors: injected time and data sources.
+        read_cost: {server version: CPU s per 1,000 predictions}; default `client.cpu_cost(model)`
+            when a client is given, else the cost goes unreported.
         on_progress: called every 5 s (of `clock`) with the canary's request, label and error counts.
 
     Returns:
@@ -360,4 +390,22 @@ def run_analysis(
             last_said = clock()
     stable_rows = rows[rows["model_version"] == stable] if stable else rows.iloc[0:0]
     return analyse(stable_rows, canary_rows, errors, stable=stable, canary=canary, params=params,
-                   score_stable=score_stable)  # fmt: skip
+                   score_stable=score_stable, cost=_read_cost(read_cost, client, model, stable, canary))  # fmt: skip
+
+
+def _read_cost(read_cost: Callable[[], dict[str, float]] | None, client: ServerClient | None, model: str,
+               stable: str | None, canary: str) -> dict[str, float | None]:  # fmt: skip
+    """{registry version: CPU s per 1,000 predictions} of stable and canary; {} when unreadable."""
+    from driftloop.release.client import server_version
+    from driftloop.release.errors import ReleaseError
+
+    if read_cost is None:
+        if client is None:
+            return {}
+        read_cost = lambda: client.cpu_cost(model)  # noqa: E731
+    try:
+        by_server = read_cost()
+    except ReleaseError as exc:  # the cost is a report; an unreadable /metrics leaves it unmeasured
+        log.warning("cpu cost not read: %s", exc)
+        return {}
+    return {v: by_server.get(server_version(v)) for v in (stable, canary) if v}

@@ -128,6 +128,29 @@ class ServerClient:
         """Version-pinned v2 inference (bypasses the traffic split)."""
         return self._call("POST", f"/v2/models/{model}/versions/{server_version(version)}/infer", json=body)
 
+    def cpu_cost(self, model: str) -> dict[str, float]:
+        """{server version: total CPU seconds per 1,000 predictions} of `model`, from `/metrics`.
+
+        The server's `driftloop_cpu_seconds_per_1k_predictions{part="total"}` (serving/metrics.py):
+        each version's own inference CPU plus an equal share per prediction of the rest of the
+        process's CPU, since the server started. Versions that scored nothing are absent.
+
+        Raises:
+            ReleaseError: /metrics did not answer 200.
+        """
+        from prometheus_client.parser import text_string_to_metric_families
+
+        resp = self._call("GET", "/metrics")
+        if resp.status_code != 200:
+            raise ReleaseError(f"/metrics answered {resp.status_code}")
+        out = {}
+        for family in text_string_to_metric_families(resp.text):
+            if family.name == "driftloop_cpu_seconds_per_1k_predictions":
+                for s in family.samples:
+                    if s.labels.get("model") == model and s.labels.get("part") == "total":
+                        out[s.labels["version"]] = float(s.value)
+        return out
+
     def server_errors(self) -> int:
         """Total 5xx responses of the scoring endpoints so far (from `/metrics`)."""
         from prometheus_client.parser import text_string_to_metric_families

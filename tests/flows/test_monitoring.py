@@ -277,6 +277,10 @@ def test_july_triggers_one_retrain_and_each_check_keeps_its_own_report(tmp_path,
     assert Path(first.report_html).stat().st_size > 10_000 and Path(first.report_html).parent == Path(first.run_dir)
     assert json.loads(Path(first.summary_json).read_text())["decision"]["retrain"] is True
     assert len(read_state(root / "reports" / "state.json").retrains) == 1
+    gauges = prom_gauges(root / "reports" / "drift" / "metrics" / f"drift_{MODEL}.prom")  # Prometheus textfile
+    share = next(c for c in s.checks if c.name == "drift_share")
+    assert gauges["driftloop_drift_share"] == pytest.approx(share.value) and gauges["driftloop_drift_retrain_requested"] == 1
+    assert gauges["driftloop_drift_share"] >= gauges["driftloop_drift_share_threshold"] == PolicyParams().drift_share
     # The next check, inside the cooldown: drift, no retrain, and the first check's files survive.
     again = drift_check_flow(root=str(root), window_end=END, as_of=dt.date(2013, 7, 14))
     assert again.decision.drift and not again.decision.retrain and not again.event_emitted
@@ -341,3 +345,12 @@ def test_a_failed_check_replaces_the_newest_no_drift(tmp_path, world, prefect_ha
     latest = json.loads((root / "reports" / "latest.json").read_text())
     assert latest["run_dir"] == failed.run_dir and latest["verdict"] == "skipped"
     assert "no drift" not in Path(failed.run_dir, "summary.md").read_text()
+    gauges = prom_gauges(root / "reports" / "drift" / "metrics" / f"drift_{MODEL}.prom")
+    assert gauges["driftloop_drift_check_ok"] == 0 and "driftloop_drift_share" not in gauges  # the old figure is gone
+
+
+def prom_gauges(path: Path) -> dict[str, float]:
+    """{sample name: value} of a Prometheus textfile (one model per file, so names are unique)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.name: s.value for f in text_string_to_metric_families(path.read_text()) for s in f.samples}

@@ -25,7 +25,8 @@ from fsspec.implementations.local import LocalFileSystem
 from driftloop.config import PolicyParams
 from driftloop.predlog import sample_window, write_labels
 from flows.monitoring import load_window, measure_drift
-from flows.replay import flight_rows, labels_for, log_frame, write_log
+from flows.replay import labels_for, log_frame, replay_rows, write_log
+from tests.conftest import default_dataset
 
 MODEL = "flight-delay"
 END = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -40,8 +41,9 @@ def toy_score(rows: pd.DataFrame) -> np.ndarray:
 def rows_and_reference(flights_weather):
     """Labelled July flights (the window) and a 3,000-row winter reference, both scored by a toy score."""
     flights, weather = flights_weather
-    july = flight_rows(flights, weather, [7]).sample(n=6000, random_state=0).reset_index(drop=True)
-    winter = flight_rows(flights, weather, [2]).sample(n=3000, random_state=0).reset_index(drop=True)
+    tables, dataset = {"flights": flights, "weather": weather}, default_dataset()
+    july = replay_rows(tables, dataset, [7]).sample(n=6000, random_state=0).reset_index(drop=True)
+    winter = replay_rows(tables, dataset, [2]).sample(n=3000, random_state=0).reset_index(drop=True)
     winter["score"] = toy_score(winter)
     winter["split"] = np.where(winter["time_hour"] >= "2013-02-20", "test", "train")
     return july, winter

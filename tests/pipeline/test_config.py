@@ -151,7 +151,7 @@ def test_two_wrong_sections_and_a_root_key_in_one_line(params_file):
 def test_missing_sections_are_named_once(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("data: {}\n")
-    with pytest.raises(ParamsError, match=r"missing section\(s\) dataset, features, .*release; add them") as info:
+    with pytest.raises(ParamsError, match=r"missing section\(s\) dataset, features, .*release, retention; add them") as info:
         check_params(path)
     assert str(info.value).count("missing section") == 1
 

@@ -72,7 +72,7 @@ def package(tmp_path, exported, splits, params):
 
 
 def test_package_is_complete_and_verifies(package, exported):
-    out, lid, _ = package
+    out, lid, kwargs = package
     signature = verify_package(out)
     assert signature.lineage_id == lid and len(lid) == 16
     assert sorted(p.name for p in out.iterdir()) == sorted([*PACKAGE_FILES, "SHA256SUMS"])
@@ -90,6 +90,32 @@ def test_package_is_complete_and_verifies(package, exported):
     assert set(card["reproducibility"]) == {"bit_identical_on_one_machine", "not_bit_identical", "how_a_rebuild_is_judged"}
     assert "## Reproducibility" in md and "not bit identical" in md
     assert [s.name for s in signature.inputs] == list(FEATURES)
+    # cost per million predictions at params cost.cpu_hour, from the benchmark's p50 (0.03 ms) and rows/s (1e6)
+    price = kwargs["params"]["cost"]["cpu_hour"]
+    assert card["cost"]["cpu_s_per_million"] == pytest.approx({"batch_1": 30.0, "batched": 1.0})
+    assert card["cost"]["per_million"]["batch_1"] == pytest.approx(30.0 / 3600 * price)
+    assert "## Cost per million predictions" in md and f"{30.0 / 3600 * price:.4f}" in md
+    imp = card["importance"]  # permutation importance of the packaged graph on held-out rows
+    assert set(imp["columns"]) == set(FEATURES) and imp["split"] == "test" and imp["rows"] > 100
+    assert max(v["mean"] for v in imp["columns"].values()) > 0.005  # the model uses some column
+    assert "## Global feature importance" in md
+
+
+def test_permutation_importance_is_zero_for_a_column_the_graph_ignores(exported, splits, tmp_path):
+    from tasks.package import permutation_importance, write_importance_plot
+
+    test = splits["test"]
+    imp = permutation_importance(exported["mlp"].SerializeToString(), test, DATASET, rows=800, repeats=2)
+    ranked = sorted(imp["columns"], key=lambda c: -imp["columns"][c]["mean"])
+    top = ranked[0]
+    assert imp["columns"][top]["mean"] > 0
+    constant = test.copy()
+    constant[top] = constant[top].iloc[0]  # one value everywhere: shuffling it changes nothing
+    again = permutation_importance(exported["mlp"].SerializeToString(), constant, DATASET, rows=800, repeats=2)
+    assert again["columns"][top] == {"mean": 0.0, "std": 0.0}
+    write_importance_plot(imp, tmp_path / "importance.csv")  # the dvc plot: largest first
+    plot = pd.read_csv(tmp_path / "importance.csv")
+    assert list(plot.columns) == ["column", "importance", "std"] and plot["column"].iloc[0] == top
 
 
 def test_card_gate_table_escapes_pipes_in_reasons():

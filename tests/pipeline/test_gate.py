@@ -99,3 +99,13 @@ def test_a_broken_report_is_one_clear_error(tmp_path, text, field):
     (tmp_path / "gate.json").write_text(text)
     with pytest.raises(GateReportError, match=field):
         GateReport.read(tmp_path / "gate.json")
+
+
+def test_cpu_cost_rule_caps_single_row_cpu_per_million():
+    candidates = copy.deepcopy(CANDIDATES)
+    for name, p50 in (("hgb_fp32", 0.02), ("mlp_fp32", 0.03), ("mlp_int8", 0.06)):
+        candidates[name]["p50_ms"] = p50  # CPU s per million single-row predictions: 20, 30, 60
+    report = gate_candidates(candidates, EVALUATION, PARITY, GatesParams(**RULES, max_cpu_s_per_million=40.0))
+    assert report.chosen == "mlp_fp32"  # the fastest in batches costs too much one row at a time
+    failed = [r for r in report.candidates["mlp_int8"].rules if not r.passed]
+    assert [r.name for r in failed] == ["max_cpu_s_per_million"] and failed[0].value == pytest.approx(60.0)

@@ -28,7 +28,7 @@ def test_batches_merge_per_version(make_repo):
 
     async def main():
         batcher = MicroBatcher(
-            max_batch_size=64, max_queue_delay_ms=20, on_batch=lambda mv, n, run_s: batches.append((mv.version, n))
+            max_batch_size=64, max_queue_delay_ms=20, on_batch=lambda mv, n, run_s, cpu_s: batches.append((mv.version, n))
         )
         await batcher.start()
         jobs = []

@@ -1,0 +1,94 @@
+"""OpenTelemetry spans of a real server (uvicorn on loopback), caught by the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from serving.app import create_app
+from serving.config import ServeSettings
+from serving.testing import build_test_package, records_payload, running_server, synthetic_rows
+
+MODEL = "flight_delay"
+PHASES = ["parse", "validate", "queue wait", "inference", "log write"]
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trace_repo")
+    build_test_package(root / MODEL / "1", model_name=MODEL, version_weight=1.0, lineage_id="lin-trace")
+    return root
+
+
+def test_tracing_is_off_by_default(repo):
+    assert create_app(ServeSettings(repository=repo)).state.driftloop.tracer is None
+
+
+@pytest.mark.slow
+def test_each_request_gets_a_server_span_with_its_phases_under_the_callers_trace(repo, tmp_path):
+    exporter = InMemorySpanExporter()
+    app = create_app(ServeSettings(repository=repo, log_dir=tmp_path / "logs"), span_exporter=exporter)
+    body = records_payload(synthetic_rows(3, seed=1))
+    with running_server(app) as base, httpx.Client(base_url=base) as client:
+        r = client.post(f"/v1/models/{MODEL}:predict", json=body,
+                        headers={"x-request-id": "req-42", "traceparent": f"00-{TRACE_ID}-{PARENT}-01"})  # fmt: skip
+        assert r.status_code == 200
+        assert client.post(f"/v1/models/{MODEL}:predict", json={"instances": [{}]}).status_code == 400
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind == SpanKind.SERVER and s.attributes.get("driftloop.request_id") == "req-42"]
+    assert server.name == "POST /v1/models/{name}:predict"
+    assert format(server.context.trace_id, "032x") == TRACE_ID and format(server.parent.span_id, "016x") == PARENT
+    assert server.attributes["driftloop.model_version"] == "1" and server.attributes["driftloop.lineage_id"] == "lin-trace"
+    assert server.attributes["driftloop.rows"] == 3 and server.attributes["http.response.status_code"] == 200
+    children = sorted((s for s in spans if s.parent is not None and s.parent.span_id == server.context.span_id),
+                      key=lambda s: s.start_time)  # fmt: skip
+    assert [s.name for s in children] == PHASES
+    for child in children:  # each phase lies inside the request, in order
+        assert server.start_time <= child.start_time <= child.end_time <= server.end_time
+    for before, after in zip(children, children[1:], strict=False):
+        assert before.end_time <= after.start_time + 1000  # ns: phases follow each other
+    bad = [s for s in spans if s.attributes.get("http.response.status_code") == 400]
+    assert len(bad) == 1 and bad[0].kind == SpanKind.SERVER  # a refused request is traced too (no phases)
+
+
+@pytest.mark.slow
+def test_the_sampler_comes_from_the_standard_variables(repo, monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    exporter = InMemorySpanExporter()
+    app = create_app(ServeSettings(repository=repo), span_exporter=exporter)
+    with running_server(app) as base, httpx.Client(base_url=base) as client:
+        for _ in range(5):
+            assert client.post(f"/v1/models/{MODEL}:predict", json=records_payload(synthetic_rows(1))).status_code == 200
+    assert exporter.get_finished_spans() == ()
+
+
+def test_the_drift_checks_steps_are_spans(tmp_path):
+    """The drift check's tasks (called as plain functions) record spans with their figures."""
+    from driftloop.config import PolicyParams
+    from flows.monitoring import measure_drift_task, read_reference_task, read_window_task
+    from flows.tracing import set_tracer
+    from serving.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    set_tracer(Tracing(exporter, service_name="driftloop-flows").tracer)
+    try:
+        end = dt.datetime(2026, 6, 30)
+        frame, _, _ = read_window_task.fn(str(tmp_path / "logs"), MODEL, end - dt.timedelta(days=1), end)
+        reference, why = read_reference_task.fn(str(tmp_path / "no-package"))
+        assert reference is None and "no reference" in why
+        summary = measure_drift_task.fn(frame, synthetic_rows(50), PolicyParams(), model_version="3")
+    finally:
+        set_tracer(None)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"drift read-window", "drift read-reference", "drift measure"}
+    assert spans["drift read-window"].attributes == {"driftloop.model": MODEL, "driftloop.rows": 0}
+    measured = spans["drift measure"].attributes
+    assert measured["driftloop.model_version"] == "3" and measured["driftloop.status"] == summary.status == "skipped"
+    assert spans["drift measure"].resource.attributes["service.name"] == "driftloop-flows"
