@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 RootOpt = Annotated[Path, typer.Option(help="project root: the git repo with dvc.yaml")]
 ParamsOpt = Annotated[Path | None, typer.Option(help="params file; default <root>/params.yaml")]
-UrlOpt = Annotated[str | None, typer.Option(help="model server URL; default release.server_url")]
+UrlOpt = Annotated[
+    str | None, typer.Option(help="model server URL; default $DRIFTLOOP_SERVER_URL, else release.server_url")
+]
 
 
 def _plane(root: Path, params: Path | None, url: str | None):
