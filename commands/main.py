@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from commands.demo import demo
+from commands.status import status
 from driftloop.cli_rebuild import rebuild
 from driftloop.release.cli import history, register, release, rollback
 from serving.cli import serve
@@ -20,6 +22,8 @@ app.command("release")(release)
 app.command("rollback")(rollback)
 app.command("history")(history)
 app.command("rebuild")(rebuild)
+app.command("demo")(demo)
+app.command("status")(status)
 
 
 if __name__ == "__main__":  # pragma: no cover
