@@ -11,9 +11,11 @@ are stopped, any process still carrying it (e.g. a flow run the Prefect runner p
 its own) is killed, so nothing outlives the demo.
 
 The scratch copy is a `git clone --no-tags` of the project's HEAD, plus the working tree's
-`dvc.lock` and `params.yaml` when they differ (a `make repro` that was not committed), with the
-project's DVC cache, so the first model comes out of the cache rather than being rebuilt. The
-project itself is never written to (registry tags, runs branch, logs and reports stay in the copy).
+`dvc.lock` and `params.yaml` when they differ (a `make repro` that was not committed), sharing
+the project's DVC cache, so the first model comes out of the cache rather than being rebuilt. The
+project's files and git history are never written to (registry tags, the runs branch, logs and
+reports stay in the copy); the retraining run's outputs land in the shared DVC cache, which is
+content-addressed (`dvc gc -w` in the project drops them).
 """
 
 from __future__ import annotations
@@ -296,8 +298,13 @@ def demo(
         signal.signal(signal.SIGTERM, previous)
         if not keep:
             shutil.rmtree(work.parent, ignore_errors=True)
+    total = time.monotonic() - steps.t0
+    if procs.logs.is_dir():  # the figures the README quotes: per step and in all, seconds
+        (procs.logs / "timings.json").write_text(json.dumps(
+            {"total_s": round(total, 1), "exit_code": code, "steps": [{"step": t, "s": round(s, 1)} for t, s in steps.timings]},
+            indent=2))  # fmt: skip
     if code == 0:
-        console.print(f"total {time.monotonic() - steps.t0:.1f} s; the copy: {work} (logs in {procs.logs})")
+        console.print(f"total {total:.1f} s; the copy: {work} (logs and timings.json in {procs.logs})")
     raise typer.Exit(code)
 
 

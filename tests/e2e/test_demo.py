@@ -50,6 +50,7 @@ def test_the_demo_closes_the_loop_and_stops_everything(built, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    print(out)  # the steps and their timings (pytest -rP shows them)
     assert proc.returncode == 0, out[-6000:]
     assert "verdict drift, retrain True" in out
     assert "promoted v0.0.2" in out or "retraining run COMPLETED" in out
