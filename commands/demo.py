@@ -395,6 +395,13 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
         steps.say(f"retraining run {state}; serving now: {traffic(server_url, model)}")
         if state != "COMPLETED":
             raise DemoError(f"the retraining run ended {state}:\n{tail(procs.logs / 'deployments.log', 30)}")
+        from driftloop.registry import holder
+
+        prod = holder(open_plane(work, server_url=server_url).tenures(), params["release"]["stable_stage"])
+        if prod == first.version:
+            raise DemoError(f"the retrained version was not promoted (prod is still {prod}); the run's log: "
+                            f"{procs.logs / 'deployments.log'}")  # fmt: skip
+        steps.say(f"prod is now {prod} (was {first.version})")
 
     with steps.step("driftloop history"):
         from driftloop.release.cli import history

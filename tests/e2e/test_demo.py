@@ -53,7 +53,7 @@ def test_the_demo_closes_the_loop_and_stops_everything(built, tmp_path):
     print(out)  # the steps and their timings (pytest -rP shows them)
     assert proc.returncode == 0, out[-6000:]
     assert "verdict drift, retrain True" in out
-    assert "promoted v0.0.2" in out or "retraining run COMPLETED" in out
+    assert "retraining run COMPLETED" in out and "prod is now v0.0.2 (was v0.0.1)" in out
     history = out[out.index("driftloop history"):]
     assert "v0.0.2" in history and "prod" in history
     assert max(len(line) for line in history.splitlines()) <= 100  # the history fits 100 columns
