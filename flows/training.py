@@ -215,7 +215,8 @@ def publish_reports(root: str, window: TrainingWindow, ran: dict[str, str]) -> G
             for name, m in metrics.items()
         ]
         create_table_artifact(key="key-metrics", table=rows, description="reports/metrics.json (test split)")
-    links = [f"- [{p}](file://{rootp / p})" for p in REPORT_LINKS if (rootp / p).exists()]
+    # autolinks: rich (the Prefect CLI's printer) reads "[reports/...]" as a markup tag
+    links = [f"- {p}: <file://{rootp / p}>" for p in REPORT_LINKS if (rootp / p).exists()]
     stages = "\n".join(f"| {s} | {how} |" for s, how in ran.items())
     create_markdown_artifact(
         key="training-run",
