@@ -218,13 +218,14 @@ class Steps:
         self.timings: list[tuple[str, float]] = []
 
     @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[None]:
+    def step(self, title: str, short: str | None = None) -> Iterator[None]:
+        """Print `title`, run the block, print its duration; `short` names it in the closing summary."""
         self.n += 1
         began = time.monotonic()
         self.console.print(f"[dim]{began - self.t0:6.1f} s[/]  [bold]{self.n}. {escape(title)}[/]")
         yield
         took = time.monotonic() - began
-        self.timings.append((title, took))
+        self.timings.append((short or title, took))
         self.console.print(f"[dim]{time.monotonic() - self.t0:6.1f} s[/]     done in {took:.1f} s")
 
     def say(self, line: str) -> None:
@@ -315,13 +316,13 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
     import yaml
 
     py = sys.executable
-    with steps.step(f"scratch copy of {root} at {work} (outputs from the DVC cache)"):
+    with steps.step(f"scratch copy of {root} at {work} (outputs from the DVC cache)", "scratch copy"):
         prepare_copy(root, work, env, {"release": {"keep_previous_s": keep_previous_s}})
     params = yaml.safe_load((work / "params.yaml").read_text())
     model = params["release"]["model"]
     log_dir = params["release"]["log_dir"]
 
-    with steps.step(f"model server on {server_url} and Prefect server on {api_url.removesuffix('/api')}"):
+    with steps.step(f"model server on {server_url} and Prefect server on {api_url.removesuffix('/api')}", "servers"):
         procs.start("model-server", [py, "-m", "commands.main", "serve", "--log-dir", log_dir], work)
         procs.start("prefect-server", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                        "--port", api_url.rsplit(":", 1)[1].removesuffix("/api")], work)  # fmt: skip
@@ -333,13 +334,13 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        with steps.step("deployments: drift-check (cron off), retrain on drift event, manual training"):
+        with steps.step("deployments: drift-check (cron off), retrain on drift event, manual training", "deployments"):
             procs.start("deployments", [py, "-m", "flows.deployments", "serve", "--root", str(work), "--model", model,
                                         "--cron", NO_SCHEDULE], work)  # fmt: skip
             wait_for(lambda: automation_ready(model), timeout_s, "the deployments' registration",
                      check=lambda: procs.check_alive("deployments"))  # fmt: skip
 
-        with steps.step("first model: register, release to prod"):
+        with steps.step("first model: register, release to prod", "first model"):
             from driftloop.release import open_plane, register_package, release_version
 
             plane = open_plane(work, server_url=server_url)
@@ -349,7 +350,7 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
             steps.say(f"{out.decision} {out.version}; traffic {out.traffic}")
 
         as_of, span_h = month_span(drift_months)
-        with steps.step(f"summer traffic: {rows} flights of 2013 months {drift_months} through the server"):
+        with steps.step(f"summer traffic: {rows} flights of 2013 months {drift_months} through the server", "summer traffic"):
             replay = [py, "-m", "flows.replay", "--model", model, "--log-dir", log_dir, "--months",
                       *map(str, drift_months), "--max-rows", str(rows)]  # fmt: skip
             procs.start("replay-summer", replay, work)
@@ -357,7 +358,7 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
             if procs.started["replay-summer"].returncode != 0:
                 raise DemoError(f"the summer replay failed:\n{tail(procs.logs / 'replay-summer.log')}")
 
-        with steps.step(f"drift check (as_of {as_of}, the flights span {span_h:.0f} h)"):
+        with steps.step(f"drift check (as_of {as_of}, the flights span {span_h:.0f} h)", "drift check"):
             check = run_check(model, as_of, span_h, timeout_s)
             latest = json.loads((work / params["monitor"]["reports_dir"] / "latest.json").read_text())
             steps.say(f"verdict {latest['verdict']}, retrain {latest['retrain']} ({check}); "
@@ -366,7 +367,7 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
                 raise DemoError(f"the drift check did not ask for a retrain (verdict {latest['verdict']}); see "
                                 f"{latest['run_dir']}/summary.md")  # fmt: skip
 
-        with steps.step("retraining run: DVC stages on the drifted window, gate, register"):
+        with steps.step("retraining run: DVC stages on the drifted window, gate, register", "retraining run"):
             run_id = wait_for(lambda: retrain_run(model, work, latest["run_dir"]), min(timeout_s, 120),
                               "the retraining run's start (the drift event's trigger)",
                               check=lambda: procs.check_alive("deployments"), interval_s=2)  # fmt: skip
@@ -376,9 +377,9 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
                               interval_s=1)  # fmt: skip
 
         if canary != "ended":
-            with steps.step(f"canary {canary}: live traffic (2013 months {canary_months}) until the verdict"):
+            with steps.step(f"canary {canary}: live traffic (2013 months {canary_months}) until the verdict", "canary"):
                 procs.start("replay-canary", [py, "-m", "flows.replay", "--model", model, "--log-dir", log_dir,
-                                              "--months", *map(str, canary_months), "--batch", "10", "--loop"],
+                                              "--months", *map(str, canary_months), "--batch", "25", "--loop"],
                             work)  # fmt: skip
                 last = [0.0]
 
@@ -403,11 +404,11 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
                             f"{procs.logs / 'deployments.log'}")  # fmt: skip
         steps.say(f"prod is now {prod} (was {first.version})")
 
-    with steps.step("driftloop history"):
+    with steps.step("driftloop history", "history"):
         from driftloop.release.cli import history
 
         history(at=None, wide=False, as_json=False, root=work, params=None)
-    steps.console.print("timings: " + "; ".join(f"{t.split(':')[0]} {s:.0f} s" for t, s in steps.timings))
+    steps.console.print("timings: " + "; ".join(f"{t} {s:.0f} s" for t, s in steps.timings))
 
 
 def automation_ready(model: str) -> bool:

@@ -200,10 +200,10 @@ def history(
     console = Console(width=250 if wide else 100)
     if wide:
         table = Table("stage", "version", "folder", "from (UTC)", "to (UTC)", "why", "ended by", box=box.SQUARE)
-    else:  # 100 columns: 7 + 7 + 11 + 11 + 40 + 16 and the gaps; a reason longer than its column ends in ...
+    else:  # 100 columns: 7 + 8 + 11 + 11 + 38 + 15 and one space each side; a longer reason ends in ...
         table = Table(box=None, pad_edge=False)
-        for name, width in (("stage", 7), ("version", 8), ("from (UTC)", 11), ("to (UTC)", 11), ("why", 40),
-                            ("ended", 16)):  # fmt: skip
+        for name, width in (("stage", 7), ("version", 8), ("from (UTC)", 11), ("to (UTC)", 11), ("why", 38),
+                            ("ended", 15)):  # fmt: skip
             table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
     fmt = "%Y-%m-%d %H:%M:%S" if wide else "%m-%d %H:%M"
     for t in out:
