@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help setup lock repro test test-fast lint fuzz bench bench-peers serve clean
+.PHONY: help setup lock repro test test-fast lint fuzz bench bench-peers serve demo clean
 
 help:  ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -56,9 +56,12 @@ bench: setup  ## every benchmark in bench/ (needs `make repro` first); results i
 bench-peers: setup  ## this server vs MLServer, LitServe, BentoML on the same graph (virtualenvs in bench/.peers/, made on first run)
 	$(BIN)/python bench/serve_peers.py
 
-serve: setup  ## serve artifacts/model on 127.0.0.1:8080 (copies it into model_repository/flight-delay/1)
+serve: setup  ## serve artifacts/model on DRIFTLOOP_SERVER_URL, else release.server_url (127.0.0.1:8080) (copies it into model_repository/flight-delay/1)
 	mkdir -p model_repository/flight-delay && rm -rf model_repository/flight-delay/1 && cp -r artifacts/model model_repository/flight-delay/1
-	$(BIN)/driftloop serve --repository model_repository --port 8080 --log-dir logs/predictions
+	$(BIN)/driftloop serve --repository model_repository --log-dir logs/predictions
+
+demo: setup  ## the whole loop unattended in a scratch copy (after `make repro`): drift -> retrain -> canary -> promote
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/driftloop demo
 
 clean:  ## remove the virtualenv and local caches (not the DVC cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

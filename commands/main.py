@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from commands.demo import demo
+from commands.status import status
 from driftloop.cli_gc import gc
 from driftloop.cli_rebuild import rebuild
 from driftloop.release.cli import history, register, release, rollback
@@ -22,6 +24,8 @@ app.command("rollback")(rollback)
 app.command("history")(history)
 app.command("rebuild")(rebuild)
 app.command("gc")(gc)
+app.command("demo")(demo)
+app.command("status")(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

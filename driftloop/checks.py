@@ -111,6 +111,15 @@ def failed(checks: Iterable[Check]) -> list[Check]:
     return [c for c in checks if not c.passed]
 
 
+def markdown_cell(x: object) -> str:
+    """One Markdown table cell: None -> "n/a", floats to 4 significant digits, `\\` and `|` escaped,
+    newlines folded to spaces (a raw `|` would split the cell: "max |diff|" broke the card's table)."""
+    if x is None:
+        return "n/a"
+    text = f"{x:.4g}" if isinstance(x, float) else str(x)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(checks: Sequence[Check], *, with_subject: bool = False) -> str:
     """A Markdown table of checks, `|` in cells escaped so reasons like "max |diff|" render.
 
@@ -118,12 +127,7 @@ def markdown_table(checks: Sequence[Check], *, with_subject: bool = False) -> st
         The table, header included, one row per check, no trailing newline.
     """
 
-    def cell(x: object) -> str:
-        if x is None:
-            return "n/a"
-        text = f"{x:.4g}" if isinstance(x, float) else str(x)
-        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
+    cell = markdown_cell
     head = (["subject"] if with_subject else []) + ["rule", "value", "threshold", "verdict", "reason"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in checks:

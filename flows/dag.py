@@ -204,6 +204,7 @@ def reproduce_stage(root: str | os.PathLike[str], stage: str, *, force: bool = F
     with _in_root(root):
         try:
             with Repo(os.fspath(root)) as repo:
+                repo.scm_context.quiet = True  # no "git add dvc.lock" hint per stage: the flow records the run
                 ran = repo.reproduce(targets=[stage], single_item=True, force=force)
         except (DvcException, OSError) as exc:
             code = exit_code_of(exc)

@@ -391,11 +391,13 @@ def summary_markdown(result: DriftCheckResult) -> str:
     elif result.attribution_note:
         lines += ["", result.attribution_note]
     if result.report_html:
-        lines += ["", f"Report: [{result.report_html}](file://{result.report_html})"]
+        # autolinks, not [text](url): the Prefect CLI prints artifacts through rich, which reads
+        # "[/tmp/...]" as a markup tag and crashes (`prefect artifact inspect ... -o json`)
+        lines += ["", f"Report: <file://{result.report_html}>"]
     elif result.report_note:
         lines += ["", result.report_note]
     if result.summary_json:
-        lines += [f"Summary: [{result.summary_json}](file://{result.summary_json})"]
+        lines += [f"Summary: <file://{result.summary_json}>"]
     return "\n".join(lines) + "\n"
 
 

@@ -74,6 +74,9 @@ def register_and_release(
     try:
         plane = open_plane(root, server_url=server_url)
         registered = register_package(plane.registry, package_dir, commit=commit)
+        if on_progress is not None:  # the flow run's log says what the registry now holds
+            on_progress(f"registered {registered.version} at {registered.commit[:7]} (gate {registered.verdict}, "
+                        f"{registered.pushed} files pushed to the DVC remote)")  # fmt: skip
     except DriftloopError as exc:
         log.warning("register failed: %s", exc)
         return ReleaseOutcome(status="failed", commit=commit, reason=f"register failed: {exc}")

@@ -10,8 +10,10 @@ Also the builders the tests and benchmarks use to write a prediction log directl
 format of driftloop/predlog.py, without a server.
 
 Usage:
-    python -m flows.replay --url http://127.0.0.1:8080 --model flight-delay --months 7 8 \
-        --log-dir logs/predictions --max-rows 20000
+    python -m flows.replay --model flight-delay --months 7 8 --log-dir logs/predictions --max-rows 20000
+    python -m flows.replay --months 9 10 --batch 1 --loop &     # traffic that lasts a canary
+
+The server's address: --url, else DRIFTLOOP_SERVER_URL, else params.yaml release.server_url.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import math
 import os
+import signal
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,7 @@ import pandas as pd
 
 from driftloop.config import FeaturesParams
 from driftloop.dataset import Dataset
+from driftloop.errors import DriftloopError
 from driftloop.paths import LOG_DIR
 from driftloop.payloads import records_body
 from driftloop.schema import LABEL
@@ -164,8 +170,19 @@ def replay(
     timeout_s: float = 30.0,
     label_every: int = 50,
     seed: int | None = None,
+    duration_s: float | None = None,
+    rate: float | None = None,
+    stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    setting: str | None = None,
 ) -> dict:
     """Send `rows` to the server's records endpoint in batches; write their labels to the log.
+
+    One pass over `rows` by default. With `duration_s` the rows are sent again and again (each
+    pass with new request ids, so labels still join one-to-one) until `duration_s` seconds of
+    `clock` have passed; with `duration_s=math.inf` until `stop()` says so (a loop that lasts a
+    canary: the release plane judges a canary on live traffic only).
 
     Args:
         url: server base URL, e.g. http://127.0.0.1:8080.
@@ -180,23 +197,36 @@ def replay(
         label_every: requests between two label files.
         seed: makes the request ids (`replay-<run>-<n>`) reproducible, and with them which
             version answers each request (the traffic split hashes the request id); None: random.
+        duration_s: keep replaying (cycling through `rows`) for this many seconds; None: one pass.
+        rate: at most this many requests per second (None: as fast as the server answers).
+        stop: polled before each request; True ends the replay (after its labels are written).
+        clock, sleep: monotonic seconds and the wait used by `rate` (injectable for tests).
+        setting: where `url` came from (`driftloop.address.ServerAddress.setting`), for errors.
 
     Returns:
-        {"rows": sent, "requests": n, "versions": {version: rows}, "labels": the labels folder or None}.
+        {"rows": sent, "requests": n, "passes": started passes, "versions": {version: rows},
+        "labels": the labels folder or None}.
 
     Raises:
-        httpx.HTTPError: the server is unreachable or answered an error.
+        ServerUnreachable: the server does not answer at `url` (the message names the setting).
+        httpx.HTTPStatusError: the server answered an error (e.g. 404: the model is not loaded).
     """
     import httpx
 
+    from driftloop.address import ServerAddress
     from driftloop.predlog import write_labels
 
+    if len(rows) == 0:
+        raise ValueError("replay: no rows to send")
     headers = {"x-api-key": api_key} if api_key else {}
     run = uuid.uuid4().hex[:8] if seed is None else f"{np.random.default_rng(seed).integers(2**32):08x}"
     labels = rows[LABEL].astype(np.int64).to_numpy()
+    feature_frame = rows[list(features)]
     pending: list[tuple[str, int, int]] = []  # (request id, row in request, row in `rows`) not yet labelled
     versions: dict[str, int] = {}
-    sent, chunks = 0, 0
+    sent, chunks, requests, passes = 0, 0, 0, 0
+    started = clock()
+    stop = stop or (lambda: False)
 
     def flush_labels() -> None:
         # Labels arrive shortly after their flights, chunk by chunk, as they would from an
@@ -216,35 +246,66 @@ def replay(
         chunks += 1
         pending.clear()
 
-    with httpx.Client(base_url=url, timeout=timeout_s, headers=headers) as client:
-        for i in range(0, len(rows), batch):
-            part = rows.iloc[i : i + batch]
-            rid = f"replay-{run}-{i // batch:06d}"
-            resp = client.post(f"/v1/models/{model}:predict", json=records_body(part[list(features)]), headers={"x-request-id": rid})
-            resp.raise_for_status()
-            body = resp.json()
-            v = str(body.get("model_version") or resp.headers.get("x-model-version", "?"))
-            versions[v] = versions.get(v, 0) + len(part)
-            pending += [(rid, j, i + j) for j in range(len(part))]
-            sent += len(part)
-            if (i // batch + 1) % label_every == 0:
-                flush_labels()
-            if (i // batch) % 50 == 0:
-                log.info("replay: %d/%d rows sent", sent, len(rows))
+    i = 0
+    try:
+        with httpx.Client(base_url=url, timeout=timeout_s, headers=headers) as client:
+            while not stop():
+                if i >= len(rows):  # a pass ended
+                    if duration_s is None:
+                        break
+                    i = 0
+                if duration_s is not None and clock() - started >= duration_s:
+                    break
+                passes += i == 0
+                if rate:
+                    wait = started + requests / rate - clock()
+                    if wait > 0:
+                        sleep(wait)
+                part = feature_frame.iloc[i : i + batch]
+                rid = f"replay-{run}-{requests:06d}"
+                resp = client.post(f"/v1/models/{model}:predict", json=records_body(part), headers={"x-request-id": rid})
+                resp.raise_for_status()
+                body = resp.json()
+                v = str(body.get("model_version") or resp.headers.get("x-model-version", "?"))
+                versions[v] = versions.get(v, 0) + len(part)
+                pending += [(rid, j, i + j) for j in range(len(part))]
+                sent += len(part)
+                requests += 1
+                i += batch
+                if requests % label_every == 0:
+                    flush_labels()
+                if requests % 50 == 1:
+                    log.info("replay: %d rows sent (pass %d)", sent, passes)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout, httpx.RemoteProtocolError) as exc:
+        flush_labels()
+        raise ServerUnreachable(ServerAddress(url.rstrip("/"), setting or "--url").unreachable(type(exc).__name__)) from None
     flush_labels()
     labels_dir = f"{str(log_dir).rstrip('/')}/{model}/labels" if log_dir is not None and chunks else None
-    return {"rows": sent, "requests": -(-sent // batch), "versions": versions, "labels": labels_dir}
+    return {"rows": sent, "requests": requests, "passes": passes, "versions": versions, "labels": labels_dir}
+
+
+class ServerUnreachable(DriftloopError):
+    """The model server does not answer at the replay's URL."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m flows.replay`: replay months of the declared dataset through a running server."""
+    """`python -m flows.replay`: replay months of the declared dataset through a running server.
+
+    The server's address is the one every driftloop command uses (`driftloop.address`): `--url`,
+    else DRIFTLOOP_SERVER_URL, else params.yaml `release.server_url`. `--duration S` keeps the
+    traffic flowing for S seconds, `--loop` until SIGINT/SIGTERM (both: as long as a canary needs).
+    A server that does not answer, or answers an error, is one `error:` line and exit 1.
+    """
+    import httpx
+
+    from driftloop.address import server_address
     from driftloop.config import DataParams, load_section
     from driftloop.stage import configure_logging
     from tasks.snapshot import read_source
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="its dataset and data.source_dir say what to read")
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", default=None, help="server base URL; default $DRIFTLOOP_SERVER_URL, else release.server_url")
+    parser.add_argument("--params", default="params.yaml", help="its dataset/data say what to read; release.server_url where to send")
     parser.add_argument("--model", default="flight-delay")
     parser.add_argument("--months", type=int, nargs="+", default=[7, 8], help="calendar months to replay (local dates)")
     parser.add_argument("--max-rows", type=int, default=20_000, help="sample this many rows (0 = all)")
@@ -252,16 +313,47 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-dir", default=LOG_DIR, help="the server's --log-dir (labels go there)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-every", type=int, default=50, help="requests between two label files")
+    parser.add_argument("--duration", type=float, default=None, help="keep replaying (cycling the rows) this many seconds")
+    parser.add_argument("--loop", action="store_true", help="keep replaying until SIGINT/SIGTERM")
+    parser.add_argument("--rate", type=float, default=None, help="at most this many requests per second")
     args = parser.parse_args(argv)
     configure_logging()
+    stopped = False
+
+    def on_signal(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        nonlocal stopped
+        stopped = True
+
+    try:
+        address = server_address(args.params, url=args.url)
+        probe = httpx.get(f"{address.url}/v2/health/live", timeout=5.0)  # fail before loading the data
+        if probe.status_code != 200:
+            raise ServerUnreachable(address.unreachable(f"/v2/health/live answered {probe.status_code}"))
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"error: replay: {address.unreachable(type(exc).__name__)}") from None
+    except DriftloopError as exc:
+        raise SystemExit(f"error: replay: {exc}") from None
     dataset = load_section(args.params, "dataset", Dataset)
     tables = read_source(dataset, load_section(args.params, "data", DataParams))
     rows = replay_rows(tables, dataset, args.months)
-    time = dataset.time.column
+    time_column = dataset.time.column
     if args.max_rows and len(rows) > args.max_rows:
-        rows = rows.sample(n=args.max_rows, random_state=args.seed).sort_values(time).reset_index(drop=True)
-    result = replay(args.url, args.model, rows, features=dataset.feature_names, batch=args.batch, log_dir=args.log_dir,
-                    api_key=os.environ.get("DRIFTLOOP_API_KEY"), label_every=args.label_every)  # fmt: skip
+        rows = rows.sample(n=args.max_rows, random_state=args.seed).sort_values(time_column).reset_index(drop=True)
+    duration = math.inf if args.loop else args.duration
+    if args.loop or args.duration:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    try:
+        result = replay(address.url, args.model, rows, features=dataset.feature_names, batch=args.batch, log_dir=args.log_dir,
+                        api_key=os.environ.get("DRIFTLOOP_API_KEY"), label_every=args.label_every,
+                        duration_s=duration, rate=args.rate, stop=lambda: stopped, setting=address.setting)
+    except DriftloopError as exc:
+        raise SystemExit(f"error: replay: {exc}") from None
+    except httpx.HTTPStatusError as exc:
+        raise SystemExit(
+            f"error: replay: {address.url} answered {exc.response.status_code} to {exc.request.url.path}: "
+            f"{exc.response.text[:200]} (is model {args.model!r} loaded? `driftloop release` installs one)"
+        ) from None
     # the drift check's as_of is a local date (snapshot windows are), not the UTC date of the last time
     main_table = tables[dataset.main_table]
     dates = dataset.local_date(main_table)

@@ -219,7 +219,8 @@ def publish_reports(root: str, window: TrainingWindow, ran: dict[str, str]) -> G
             for name, m in metrics.items()
         ]
         create_table_artifact(key="key-metrics", table=rows, description="reports/metrics.json (test split)")
-    links = [f"- [{p}](file://{rootp / p})" for p in REPORT_LINKS if (rootp / p).exists()]
+    # autolinks: rich (the Prefect CLI's printer) reads "[reports/...]" as a markup tag
+    links = [f"- {p}: <file://{rootp / p}>" for p in REPORT_LINKS if (rootp / p).exists()]
     stages = "\n".join(f"| {s} | {how} |" for s, how in ran.items())
     create_markdown_artifact(
         key="training-run",
@@ -268,10 +269,13 @@ def record_run(root: str, branch: str, window: TrainingWindow, verdict: str) -> 
     """
     from flows.gitrecord import commit_to_branch, git_outputs
 
-    return commit_to_branch(
+    commit = commit_to_branch(
         root, branch, ["params.yaml", "dvc.lock", *git_outputs(root)],
         f"driftloop: training run, window {window.window_months} month(s) to {window.as_of} ({verdict})",
     )  # fmt: skip
+    get_run_logger().info("recorded the run on %s at %s (`git checkout %s && dvc pull` reproduces it)",
+                          branch, commit[:7], commit[:7])  # fmt: skip
+    return commit
 
 
 def _resolve_window(root: str, as_of: dt.date | None, window_months: int | None) -> TrainingWindow:

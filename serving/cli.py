@@ -18,9 +18,16 @@ def serve(
         Path, typer.Option(help="model repository: <repository>/<model>/<version>/")
     ] = Path("model_repository"),
     host: Annotated[
-        str, typer.Option(help="bind address; keep loopback unless a proxy fronts it")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+        str | None,
+        typer.Option(
+            help="bind address; keep loopback unless a proxy fronts it; default the host of "
+            "$DRIFTLOOP_SERVER_URL, else of release.server_url (params.yaml), else 127.0.0.1"
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="TCP port; default the port of $DRIFTLOOP_SERVER_URL, else of release.server_url, else 8080"),
+    ] = None,
     model: Annotated[
         list[str] | None, typer.Option(help="model to load at start (repeatable); default all")
     ] = None,
@@ -57,6 +64,10 @@ def serve(
 ) -> None:
     """Serve ONNX models over the Open Inference Protocol v2 (plus a records endpoint).
 
+    The address is the one every driftloop command uses: DRIFTLOOP_SERVER_URL, else
+    release.server_url of ./params.yaml (http://127.0.0.1:8080); --host/--port override it for
+    this process only (then point the other commands at it with DRIFTLOOP_SERVER_URL).
+
     Set DRIFTLOOP_API_KEY to require an API key (header x-api-key or Authorization: Bearer) on
     every endpoint but /v2/health/*: it is the admin key (scoring, load, unload, traffic; the
     release plane sends it). DRIFTLOOP_SCORE_API_KEY adds a second key that may score and read
@@ -67,7 +78,7 @@ def serve(
 
     Example:
 
-        driftloop serve --repository model_repository --port 8080 --log-dir logs/predictions
+        driftloop serve --repository model_repository --log-dir logs/predictions
 
         curl -s localhost:8080/v1/models/flight-delay:predict -H 'content-type: application/json' \
         -d '{"instances": [{"<input>": <value>, ...}]}'   # the inputs of the package's signature.json
@@ -79,6 +90,11 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        from driftloop.address import server_address
+
+        address = server_address(Path("params.yaml"))
+        host = host or address.host
+        port = address.port if port is None else port
         if repository.exists() and not repository.is_dir():
             raise DriftloopError(f"{repository}: not a folder; --repository takes the model repository folder")
         if not repository.exists():  # a first start, before any release installed a version

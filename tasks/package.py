@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from driftloop.checks import Check, markdown_table
+from driftloop.checks import Check, markdown_cell, markdown_table
 from driftloop.config import CostParams, PackageParams, load_section, read_params_file
 from driftloop.dataset import Dataset
 from driftloop.drift import build_reference, reference_stats
@@ -199,7 +199,8 @@ def render_card_md(card: dict) -> str:
         "## ROC AUC per slice (test split; small slices flagged, not scored)",
         "| slice | rows | ROC AUC |",
         "|---|---|---|",
-        *[f"| {col}={value} | {st['rows']} | {_fmt(st['roc_auc']) if st['roc_auc'] is not None else st['flag']} |"
+        *[f"| {markdown_cell(f'{col}={value}')} | {st['rows']} | "
+          f"{_fmt(st['roc_auc']) if st['roc_auc'] is not None else markdown_cell(st['flag'])} |"
           for col in card["slices"] for value, st in sorted(card["slices"][col].items())],
         *_cost_lines(card.get("cost")),
         *_importance_lines(card.get("importance")),
@@ -213,7 +214,8 @@ def render_card_md(card: dict) -> str:
         "## Inputs",
         "| name | datatype | nullable |",
         "|---|---|---|",
-        *[f"| {s['name']} | {s['datatype']} | {s['nullable']} |" for s in card["signature"]["inputs"]],
+        *[f"| {markdown_cell(s['name'])} | {markdown_cell(s['datatype'])} | {s['nullable']} |"
+          for s in card["signature"]["inputs"]],
         "",
         "## Libraries",
         *[f"- {k}: {v}" for k, v in card["libraries"].items()],

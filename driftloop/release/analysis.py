@@ -307,6 +307,26 @@ def log_window_reader(log_dir: Path, model: str) -> WindowReader:
     return read
 
 
+PROGRESS_EVERY_S = 5.0  # seconds of `clock` between two progress lines
+
+
+def no_traffic_message(canary: str, waited_s: float, params: ReleaseParams, url: str | None) -> str:
+    """The line a canary without traffic prints: how long it waited, when it gives up, how to send traffic.
+
+    Args:
+        canary: the canary's version.
+        waited_s: seconds since the analysis started.
+        params: `min_requests`, `analysis_timeout_s`, `canary_weight`.
+        url: the server's base URL (named in the command), None when unknown.
+    """
+    where = f" --url {url}" if url else ""
+    return (
+        f"canary {canary}: no traffic for {waited_s:.0f} s (0/{params.min_requests} requests; it gets "
+        f"{params.canary_weight:g}% of requests, and without a verdict by {params.analysis_timeout_s:.0f} s "
+        f"it rolls back): send some, e.g. `python -m flows.replay{where} --months 9 10 --batch 1 --loop`"
+    )
+
+
 def run_analysis(
     client: ServerClient | None,
     *,
@@ -344,7 +364,8 @@ def run_analysis(
         clock, sleep, now, read_window, read_errors: injected time and data sources.
         read_cost: {server version: CPU s per 1,000 predictions}; default `client.cpu_cost(model)`
             when a client is given, else the cost goes unreported.
-        on_progress: called every 5 s (of `clock`) with the canary's request, label and error counts.
+        on_progress: called every 5 s (of `clock`) with the canary's request, label and error counts,
+            or, while no request at all has arrived, with `no_traffic_message`.
 
     Returns:
         The analysis of the window.
@@ -383,10 +404,14 @@ def run_analysis(
             enough_at = enough_at if enough_at is not None else clock()
             if labelled >= params.min_labelled_rows or clock() - enough_at >= params.label_wait_s:
                 break
-        if clock() - last_said >= 5.0:
-            say(
-                f"canary {canary}: {n}/{params.min_requests} requests, {labelled} labelled rows, {errors} errors"
-            )
+        if clock() - last_said >= PROGRESS_EVERY_S:
+            if n == 0 and not (rows["ts"] >= start).any():
+                say(no_traffic_message(canary, clock() - (deadline - params.analysis_timeout_s), params,
+                                       client.url if client is not None else None))  # fmt: skip
+            else:
+                say(
+                    f"canary {canary}: {n}/{params.min_requests} requests, {labelled} labelled rows, {errors} errors"
+                )
             last_said = clock()
     stable_rows = rows[rows["model_version"] == stable] if stable else rows.iloc[0:0]
     return analyse(stable_rows, canary_rows, errors, stable=stable, canary=canary, params=params,

@@ -7,12 +7,14 @@ repo, the server's URL) and calls one function of the `driftloop.release` packag
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -22,7 +24,9 @@ log = logging.getLogger(__name__)
 
 RootOpt = Annotated[Path, typer.Option(help="project root: the git repo with dvc.yaml")]
 ParamsOpt = Annotated[Path | None, typer.Option(help="params file; default <root>/params.yaml")]
-UrlOpt = Annotated[str | None, typer.Option(help="model server URL; default release.server_url")]
+UrlOpt = Annotated[
+    str | None, typer.Option(help="model server URL; default $DRIFTLOOP_SERVER_URL, else release.server_url")
+]
 
 
 def _plane(root: Path, params: Path | None, url: str | None):
@@ -158,17 +162,23 @@ def rollback(
 
 def history(
     at: Annotated[str | None, typer.Option(help="ISO-8601 time (naive = UTC): what served then")] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="every column, reasons unabridged (about 250 columns)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the tenures as JSON (ISO-8601 UTC times)")] = False,
     root: RootOpt = Path("."),
     params: ParamsOpt = None,
 ) -> None:
     """Which version held which stage, from when to when, and why.
 
+    Fits 100 columns: a tenure's reason once (the row it started), and how it ended as
+    "-> v0.0.2" when the next holder replaced it. --wide shows every reason in full, --json the
+    records for scripts.
+
     Example:
 
         driftloop history
+        driftloop history --wide
         driftloop history --at 2026-11-29T14:05:00Z
     """
-    console = Console(width=200)
 
     def go():
         from driftloop.release import parse_time, served_at
@@ -181,19 +191,51 @@ def history(
     plane, out = _run(go)
     if at is not None:
         for stage, version in out.items():
-            console.print(
-                f"{stage}: {version or '-'}" + (f" (version folder {_folder(version)})" if version else "")
-            )
+            line = f"{stage}: {version or '-'}" + (f" (version folder {_folder(version)})" if version else "")
+            typer.echo(line)
         return
-    table = Table("stage", "version", "folder", "from (UTC)", "to (UTC)", "why", "ended by")
+    if as_json:
+        typer.echo(json.dumps([tenure_record(t) for t in out], indent=2))
+        return
+    console = Console(width=250 if wide else 100)
+    if wide:
+        table = Table("stage", "version", "folder", "from (UTC)", "to (UTC)", "why", "ended by", box=box.SQUARE)
+    else:  # 100 columns: 7 + 8 + 11 + 11 + 38 + 15 and one space each side; a longer reason ends in ...
+        table = Table(box=None, pad_edge=False)
+        for name, width in (("stage", 7), ("version", 8), ("from (UTC)", 11), ("to (UTC)", 11), ("why", 38),
+                            ("ended", 15)):  # fmt: skip
+            table.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
+    fmt = "%Y-%m-%d %H:%M:%S" if wide else "%m-%d %H:%M"
     for t in out:
         table.add_row(
             t.stage,
             t.version,
-            _folder(t.version),
-            t.start.strftime("%Y-%m-%d %H:%M:%S"),
-            t.end.strftime("%Y-%m-%d %H:%M:%S") if t.end else "now",
+            *([_folder(t.version)] if wide else []),
+            t.start.strftime(fmt),
+            t.end.strftime(fmt) if t.end else "now",
             t.why,
-            t.ended_by,
+            t.ended_by if wide else ended_short(t, out),
         )
     console.print(table)
+
+
+def ended_short(tenure, tenures) -> str:
+    """How a tenure ended, without repeating the reason the next row shows: "-> v0.0.2" when a later
+    tenure of the same stage started with the message that ended this one; the message otherwise."""
+    for later in tenures:
+        if later.stage == tenure.stage and tenure.ended_by == f"{later.version} assigned: {later.why}":
+            return f"-> {later.version}"
+    return tenure.ended_by
+
+
+def tenure_record(t) -> dict[str, Any]:
+    """A tenure as a JSON-ready dict (times ISO-8601 UTC, end null while open)."""
+    return {
+        "stage": t.stage,
+        "version": t.version,
+        "folder": _folder(t.version),
+        "start": t.start.isoformat(),
+        "end": t.end.isoformat() if t.end else None,
+        "why": t.why,
+        "ended_by": t.ended_by,
+    }

@@ -32,10 +32,15 @@ class ServerClient:
         url: base URL, e.g. `http://127.0.0.1:8080`.
         timeout_s: per-request timeout, seconds.
         api_key: sent as `x-api-key` when set (default: `DRIFTLOOP_API_KEY`).
+        setting: where `url` came from (`driftloop.address.ServerAddress.setting`), named when the
+            server does not answer.
     """
 
-    def __init__(self, url: str, timeout_s: float = 30.0, api_key: str | None = None) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 30.0, api_key: str | None = None, setting: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        self.setting = setting or "the server URL (DRIFTLOOP_SERVER_URL or release.server_url)"
         key = api_key if api_key is not None else os.environ.get("DRIFTLOOP_API_KEY")
         headers = {"x-api-key": key} if key else {}
         self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
@@ -48,9 +53,9 @@ class ServerClient:
         try:
             return self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ServerDown(
-                f"model server at {self.url} does not answer ({type(exc).__name__}); start it with `driftloop serve`"
-            ) from None
+            from driftloop.address import ServerAddress
+
+            raise ServerDown(ServerAddress(self.url, self.setting).unreachable(type(exc).__name__)) from None
 
     @staticmethod
     def _error(resp: httpx.Response) -> str:

@@ -59,6 +59,7 @@ class ReleasePlane:
     params: ReleaseParams
     registry: PackageRegistry
     server_url: str
+    server_setting: str = "release.server_url"
 
     @property
     def repository(self) -> Path:
@@ -77,7 +78,7 @@ class ReleasePlane:
 
     def client(self) -> ServerClient:
         """A client of the server."""
-        return ServerClient(self.server_url, timeout_s=self.params.http_timeout_s)
+        return ServerClient(self.server_url, timeout_s=self.params.http_timeout_s, setting=self.server_setting)
 
     def tenures(self) -> list[Tenure]:
         """Who held which stage, from when to when."""
@@ -99,7 +100,8 @@ def open_plane(
     Args:
         root: the project's git repository.
         params_path: params file (default `<root>/params.yaml`).
-        server_url: overrides `release.server_url`.
+        server_url: overrides `DRIFTLOOP_SERVER_URL`, which overrides `release.server_url`
+            (`driftloop.address.server_address`).
 
     Raises:
         ParamsError: `release:` is missing or invalid.
@@ -116,9 +118,12 @@ def open_plane(
             f"release.artifact: {section.artifact!r} is not declared under `artifacts:` in {root / 'dvc.yaml'} "
             f"(declared: {', '.join(sorted(declared)) or 'none'}); set release.artifact to one of them"
         )
+    from driftloop.address import server_address
+
     registry = GtoRegistry(root, section.artifact, section.package_dir)
+    address = server_address(params_path or root / "params.yaml", url=server_url, configured=section.server_url)
     return ReleasePlane(
-        root=root, params=section, registry=registry, server_url=server_url or section.server_url
+        root=root, params=section, registry=registry, server_url=address.url, server_setting=address.setting
     )
 
 

@@ -120,3 +120,18 @@ def test_git_outputs_are_the_outputs_dvc_does_not_cache(tmp_path):
         "    metrics:\n      - reports/m.json:\n          cache: false\n    plots:\n      - reports/p.csv\n"
     )
     assert git_outputs(tmp_path) == ["reports/m.json", "reports/plots"]
+
+
+def test_a_stage_run_prints_no_git_add_hint(tmp_path, capfd, caplog):
+    import logging
+
+    from flows.dag import reproduce_stage
+    from tests.flows.conftest import copy_repo
+
+    root = copy_repo(tmp_path / "repo")  # small params: the `params` stage reruns (under a second)
+    with caplog.at_level(logging.INFO):
+        assert reproduce_stage(root, "params").ran
+    said = capfd.readouterr()
+    text = said.out + said.err + caplog.text
+    assert "params" in text or caplog.records  # DVC did log the run ...
+    assert "git add" not in text  # ... without its per-stage "To track the changes with git" hint

@@ -30,7 +30,7 @@ def test_gate_markdown_lists_every_rule():
 
 
 @pytest.mark.slow
-def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
+def test_training_flow_pass_then_reject(tmp_path, prefect_harness, caplog):
     root = copy_repo(tmp_path / "repo")
     _set_gate(root, 0.5)  # a one-month window scores ~0.60 ROC AUC: let it pass first
     # The parameters the drift trigger maps from an event payload (see test_trigger.py).
@@ -42,6 +42,10 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     assert card["data"]["window"] == {"start": "2013-01-15", "end": "2013-02-14"}
     assert result.release is not None and result.release.status == "registered", result.release
     assert result.release.commit == result.record_commit
+    logged = caplog.text  # the flow run's log (Prefect's run loggers): registration and the record, no DVC git hints
+    assert f"registered {result.release.version} at {result.record_commit[:7]}" in logged, logged[-3000:]
+    assert f"recorded the run on driftloop/runs at {result.record_commit[:7]}" in logged
+    assert "git add" not in logged
     branch = subprocess.run(["git", "rev-parse", "driftloop/runs"], cwd=root, capture_output=True, text=True).stdout.strip()
     assert branch == result.record_commit
     head_lock = subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=root, capture_output=True, text=True).stdout

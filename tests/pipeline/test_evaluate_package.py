@@ -209,3 +209,28 @@ CARD_FOR_RENDER = {
     "reproducibility": {"bit_identical_on_one_machine": "a", "not_bit_identical": "b", "how_a_rebuild_is_judged": "c"},
     "signature": {"inputs": []}, "libraries": {},
 }  # fmt: skip
+
+
+def test_every_table_cell_of_the_model_card_escapes_pipes():
+    import re
+
+    from tasks.package import render_card_md
+
+    card = {
+        "model_name": "m", "lineage_id": "abc", "label": {"threshold_min": 15}, "candidate": "hgb_fp32", "how": "fp32",
+        "built_at": "2026-11-30T00:00:00Z", "environment": {"lockfile": "requirements.lock", "lockfile_sha256": "0"},
+        "data": {"source": "s", "window": {"start": "a", "end": "b"}, "rows": {"flights": 1},
+                 "sha256": {"flights.parquet": "0"}},
+        "metrics": dict.fromkeys(("roc_auc", "pr_auc", "log_loss", "brier", "ece"), 0.5),
+        "slices": {"carrier": {"A|B": {"rows": 10, "roc_auc": None, "flag": "small | n<200"}}},
+        "gate": {"verdict": "pass", "rules": [{"name": "parity", "value": 1e-5, "threshold": 1e-4, "passed": True,
+                                               "reason": "max |diff| 1e-05 <= 1e-04"}]},
+        "reproducibility": {}, "signature": {"inputs": [{"name": "a|b", "datatype": "BYTES", "nullable": False}]},
+        "libraries": {},
+    }  # fmt: skip
+    md = render_card_md(card)
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = len(re.findall(r"(?<!\\)\|", line)) - 1  # unescaped pipes delimit the cells
+            assert cells in (2, 3, 5), line
+    assert "A\\|B" in md and "small \\| n<200" in md and "max \\|diff\\|" in md and "a\\|b" in md

@@ -198,3 +198,26 @@ def test_errors_end_the_analysis_at_once_and_a_restarted_servers_counter_is_not_
 
 def test_the_rule_s_critical_value():
     assert one_sided_critical(0.001) == pytest.approx(3.0902, abs=1e-4)
+
+
+def test_a_canary_without_traffic_says_so_every_few_seconds_with_the_command_that_sends_some():
+    fake = FakeTime()
+    said: list[str] = []
+    params = TIMING.model_copy(update={"analysis_timeout_s": 30.0})
+    result = run_analysis(None, model="m", stable="v1", canary="v2", params=params, score_stable=by_column("stable_score"),
+                          clock=fake.clock, sleep=fake.sleep, now=fake.now, read_errors=lambda: 0,
+                          read_window=traffic_reader(fake, per_second=0, labelled_after_s=None),
+                          on_progress=said.append)  # fmt: skip
+    assert not result.passed
+    assert len(said) == 5  # at 5, 10, ..., 25 s of the fake clock; the 30 s timeout ends it
+    assert all("no traffic" in line and "python -m flows.replay" in line and "--loop" in line for line in said)
+    assert "no traffic for 5 s" in said[0] and "no traffic for 25 s" in said[-1]
+
+
+def test_a_canary_with_traffic_reports_counts_not_no_traffic():
+    fake = FakeTime()
+    said: list[str] = []
+    run_analysis(None, model="m", stable="v1", canary="v2", params=TIMING, score_stable=by_column("stable_score"),
+                 clock=fake.clock, sleep=fake.sleep, now=fake.now, read_errors=lambda: 0,
+                 read_window=traffic_reader(fake, per_second=20, labelled_after_s=20), on_progress=said.append)  # fmt: skip
+    assert said and not any("no traffic" in line for line in said)

@@ -1,0 +1,504 @@
+"""`driftloop demo`: the whole loop, unattended, in a scratch copy of the project.
+
+first model -> summer traffic -> drift check -> drift event -> retraining run (DVC stages, gate,
+register) -> canary on live traffic -> promotion -> `driftloop history`.
+
+The demo starts a model server, a Prefect server (its own SQLite under the scratch copy), the
+deployments (`python -m flows.deployments serve`) and the traffic (`python -m flows.replay`), each
+in its own process group, and stops every one of them at the end, on an error, on Ctrl-C and on
+SIGTERM. Every process it starts carries `DRIFTLOOP_DEMO_ID` in its environment; after the groups
+are stopped, any process still carrying it (e.g. a flow run the Prefect runner put in a session of
+its own) is killed, so nothing outlives the demo.
+
+The scratch copy is a `git clone --no-tags` of the project's HEAD, plus the working tree's
+`dvc.lock` and `params.yaml` when they differ (a `make repro` that was not committed), sharing
+the project's DVC cache, so the first model comes out of the cache rather than being rebuilt. The
+project's files and git history are never written to (registry tags, the runs branch, logs and
+reports stay in the copy); the retraining run's outputs land in the shared DVC cache, which is
+content-addressed (`dvc gc -w` in the project drops them).
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from driftloop.address import ENV_VAR
+from driftloop.errors import DriftloopError
+
+MARKER = "DRIFTLOOP_DEMO_ID"
+"""Environment variable every process the demo starts inherits: how the demo (and its test) finds them."""
+
+NO_SCHEDULE = "0 0 1 1 *"
+"""The drift check's cron in the demo: once a year, so only the demo's own check runs (on the data's clock)."""
+
+
+class DemoError(DriftloopError):
+    """A step of the demo did not happen; the message names the step and the log to read."""
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def marked_pids(demo_id: str) -> list[int]:
+    """Processes whose environment holds `DRIFTLOOP_DEMO_ID=<demo_id>` (Linux /proc; [] elsewhere)."""
+    needle = f"{MARKER}={demo_id}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+@dataclass
+class Processes:
+    """The processes the demo started: each in its own session, output in `<logs>/<name>.log`."""
+
+    logs: Path
+    env: dict[str, str]
+    demo_id: str
+    started: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], cwd: Path) -> subprocess.Popen:
+        """Start `argv` in `cwd` in a new session (Ctrl-C in the terminal reaches only the demo)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.started[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout_s: float = 20.0) -> None:
+        """SIGTERM the process group of `name`, then SIGKILL it after `timeout_s`."""
+        proc = self.started.pop(name, None)
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # what is left of the group (e.g. uvicorn workers)
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        """Stop every started process, newest first, then kill any process still carrying the marker."""
+        for name in reversed(list(self.started)):
+            self.stop(name)
+        deadline = time.monotonic() + 10
+        while (left := marked_pids(self.demo_id)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    def check_alive(self, name: str) -> None:
+        """Raise `DemoError` with the log's tail when `name` has exited."""
+        proc = self.started.get(name)
+        if proc is not None and proc.poll() is not None:
+            raise DemoError(f"{name} exited with code {proc.returncode}:\n{tail(self.logs / f'{name}.log')}")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` lines of a text file ('' when absent)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, *, check: Callable[[], None] | None = None,
+             interval_s: float = 0.5) -> Any:  # fmt: skip
+    """Poll `condition` until it returns something truthy; `check` runs first each round (raises on a dead process).
+
+    Raises:
+        DemoError: `timeout_s` passed ("<what> did not happen within N s").
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check is not None:
+            check()
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise DemoError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(interval_s)
+
+
+def http_ok(url: str) -> bool:
+    """True when GET `url` answers 200 within 2 s."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run a short command to completion; raises `DemoError` with its output when it fails."""
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DemoError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+    return proc.stdout
+
+
+def prepare_copy(root: Path, workdir: Path, env: dict[str, str], overrides: dict[str, dict[str, Any]]) -> None:
+    """Clone `root` into `workdir`, bring the working tree's dvc.lock/params.yaml, share the DVC cache,
+    apply `overrides` ({section: {key: value}}) to params.yaml, check out the outputs, commit.
+
+    `dvc repro` then reruns only what the overrides touch (the `params` check), so the package the
+    first model registers is the project's own, taken from the cache.
+    """
+    import yaml
+
+    run(["git", "clone", "-q", "--no-tags", "--single-branch", str(root), str(workdir)], root, env)
+    changed = run(["git", "ls-files", "-z", "-m", "-o", "--exclude-standard"], root, env).split("\0")
+    for rel in filter(None, changed):  # the working tree as `make repro` left it: dvc.lock, reports, code
+        if (root / rel).is_file():
+            (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, workdir / rel)
+    cache = run([sys.executable, "-m", "dvc", "cache", "dir"], root, env).strip()
+    run([sys.executable, "-m", "dvc", "config", "--local", "cache.dir", cache], workdir, env)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "-m", "dvc", "checkout", "-q", "--relink"], workdir, env)
+    run([sys.executable, "-m", "dvc", "repro", "-q"], workdir, env)
+    git = ["git", "-c", "user.name=driftloop demo", "-c", "user.email=demo@driftloop.invalid"]
+    run([*git, "add", "-A"], workdir, env)
+    if run(["git", "status", "--porcelain"], workdir, env).strip():
+        run([*git, "commit", "-qm", "demo: first model (the project's working tree)"], workdir, env)
+
+
+def month_span(months: list[int], year: int = 2013) -> tuple[str, float]:
+    """The last day of the last month (ISO) and the months' span in hours."""
+    last = max(months)
+    days = sum(calendar.monthrange(year, m)[1] for m in months)
+    return f"{year}-{last:02d}-{calendar.monthrange(year, last)[1]:02d}", days * 24.0
+
+
+class Steps:
+    """Prints each step with its duration and the time since the demo began."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.t0 = time.monotonic()
+        self.n = 0
+        self.timings: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def step(self, title: str, short: str | None = None) -> Iterator[None]:
+        """Print `title`, run the block, print its duration; `short` names it in the closing summary."""
+        self.n += 1
+        began = time.monotonic()
+        self.console.print(f"[dim]{began - self.t0:6.1f} s[/]  [bold]{self.n}. {escape(title)}[/]")
+        yield
+        took = time.monotonic() - began
+        self.timings.append((short or title, took))
+        self.console.print(f"[dim]{time.monotonic() - self.t0:6.1f} s[/]     done in {took:.1f} s")
+
+    def say(self, line: str) -> None:
+        self.console.print(f"[dim]{time.monotonic() - self.t0:6.1f} s[/]     {escape(line)}")
+
+
+def demo(
+    root: Annotated[Path, typer.Option(help="the project (after `make repro`): its HEAD and working-tree dvc.lock")] = Path("."),
+    workdir: Annotated[Path | None, typer.Option(help="scratch copy to create (must not exist); default a new temp folder")] = None,
+    drift_months: Annotated[list[int], typer.Option(help="2013 months replayed as the drifted traffic")] = [7, 8],  # noqa: B006
+    canary_months: Annotated[list[int], typer.Option(help="2013 months replayed while the canary is judged")] = [9, 10],  # noqa: B006
+    rows: Annotated[int, typer.Option(help="flights replayed as the drifted traffic")] = 20_000,
+    keep_previous_s: Annotated[float, typer.Option(help="release.keep_previous_s in the copy (the run ends this long after promotion)")] = 5.0,
+    timeout_s: Annotated[float, typer.Option(help="give up on any one step after this many seconds")] = 900.0,
+    keep: Annotated[bool, typer.Option(help="keep the scratch copy (registry, reports, logs) afterwards")] = True,
+) -> None:
+    """Walk the whole loop unattended: first model -> summer traffic -> drift -> retrain -> canary -> promote.
+
+    Starts a model server, a Prefect server, the deployments and the traffic in a scratch copy of
+    the project, prints each step with its timing, shows `driftloop history`, and stops everything
+    it started (also on Ctrl-C). About 5 minutes on 2 cores after `make repro`.
+
+    Example:
+
+        make repro && driftloop demo
+    """
+    console = Console()
+    root = root.resolve()
+    if not (root / "dvc.yaml").is_file() or not (root / ".git").exists():
+        console.print(f"error: demo: {root} is not the project (no dvc.yaml or .git); pass --root", style="red")
+        raise typer.Exit(2)
+    work = (workdir.resolve() if workdir else Path(tempfile.mkdtemp(prefix="driftloop-demo-")) / "project")
+    if work.exists():
+        console.print(f"error: demo: --workdir {work} exists; give a new folder", style="red")
+        raise typer.Exit(2)
+    demo_id = os.environ.get(MARKER) or uuid.uuid4().hex  # a caller (the tests) may tag the run
+    server_port, prefect_port = free_port(), free_port()
+    server_url, api_url = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{prefect_port}/api"
+    env = {
+        **os.environ,
+        MARKER: demo_id,
+        ENV_VAR: server_url,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(work.parent / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": str(work),  # the copy's code, also in the flow runs the Prefect runner starts
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # stage cmds: this venv
+    }
+    procs = Processes(work.parent / "logs", env, demo_id)
+    steps = Steps(console)
+
+    def on_term(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    code = 0
+    try:
+        walk(root, work, env, procs, steps, drift_months=drift_months, canary_months=canary_months, rows=rows,
+             keep_previous_s=keep_previous_s, timeout_s=timeout_s, server_url=server_url, api_url=api_url)  # fmt: skip
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping everything the demo started")
+        code = 130
+    except DriftloopError as exc:
+        console.print(f"error: demo: {exc} (logs: {procs.logs})", style="red", markup=False)
+        code = 1
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+        if not keep:
+            shutil.rmtree(work.parent, ignore_errors=True)
+    total = time.monotonic() - steps.t0
+    if procs.logs.is_dir():  # the figures the README quotes: per step and in all, seconds
+        (procs.logs / "timings.json").write_text(json.dumps(
+            {"total_s": round(total, 1), "exit_code": code, "steps": [{"step": t, "s": round(s, 1)} for t, s in steps.timings]},
+            indent=2))  # fmt: skip
+    if code == 0:
+        console.print(f"total {total:.1f} s; the copy: {work} (logs and timings.json in {procs.logs})")
+    raise typer.Exit(code)
+
+
+def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: Steps, *, drift_months: list[int],
+         canary_months: list[int], rows: int, keep_previous_s: float, timeout_s: float, server_url: str,
+         api_url: str) -> None:  # fmt: skip
+    """The demo's steps, in order; raises `DemoError` when one does not happen."""
+    import yaml
+
+    py = sys.executable
+    with steps.step(f"scratch copy of {root} at {work} (outputs from the DVC cache)", "scratch copy"):
+        prepare_copy(root, work, env, {"release": {"keep_previous_s": keep_previous_s}})
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    model = params["release"]["model"]
+    log_dir = params["release"]["log_dir"]
+
+    with steps.step(f"model server on {server_url} and Prefect server on {api_url.removesuffix('/api')}", "servers"):
+        procs.start("model-server", [py, "-m", "commands.main", "serve", "--log-dir", log_dir], work)
+        procs.start("prefect-server", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                       "--port", api_url.rsplit(":", 1)[1].removesuffix("/api")], work)  # fmt: skip
+        wait_for(lambda: http_ok(f"{server_url}/v2/health/live"), timeout_s, "the model server's start",
+                 check=lambda: procs.check_alive("model-server"))  # fmt: skip
+        wait_for(lambda: http_ok(f"{api_url}/health"), timeout_s, "the Prefect server's start",
+                 check=lambda: procs.check_alive("prefect-server"))  # fmt: skip
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with steps.step("deployments: drift-check (cron off), retrain on drift event, manual training", "deployments"):
+            procs.start("deployments", [py, "-m", "flows.deployments", "serve", "--root", str(work), "--model", model,
+                                        "--cron", NO_SCHEDULE], work)  # fmt: skip
+            wait_for(lambda: automation_ready(model), timeout_s, "the deployments' registration",
+                     check=lambda: procs.check_alive("deployments"))  # fmt: skip
+
+        with steps.step("first model: register, release to prod", "first model"):
+            from driftloop.release import open_plane, register_package, release_version
+
+            plane = open_plane(work, server_url=server_url)
+            first = register_package(plane.registry, plane.package_dir)
+            steps.say(f"registered {first.version} (gate {first.verdict})")
+            out = release_version(plane, first.version, on_progress=steps.say)
+            steps.say(f"{out.decision} {out.version}; traffic {out.traffic}")
+
+        as_of, span_h = month_span(drift_months)
+        with steps.step(f"summer traffic: {rows} flights of 2013 months {drift_months} through the server", "summer traffic"):
+            replay = [py, "-m", "flows.replay", "--model", model, "--log-dir", log_dir, "--months",
+                      *map(str, drift_months), "--max-rows", str(rows)]  # fmt: skip
+            procs.start("replay-summer", replay, work)
+            wait_for(lambda: procs.started["replay-summer"].poll() is not None, timeout_s, "the summer replay")
+            if procs.started["replay-summer"].returncode != 0:
+                raise DemoError(f"the summer replay failed:\n{tail(procs.logs / 'replay-summer.log')}")
+
+        with steps.step(f"drift check (as_of {as_of}, the flights span {span_h:.0f} h)", "drift check"):
+            check = run_check(model, as_of, span_h, timeout_s)
+            latest = json.loads((work / params["monitor"]["reports_dir"] / "latest.json").read_text())
+            steps.say(f"verdict {latest['verdict']}, retrain {latest['retrain']} ({check}); "
+                      f"report {latest['run_dir']}/drift_report.html")  # fmt: skip
+            if not latest["retrain"]:
+                raise DemoError(f"the drift check did not ask for a retrain (verdict {latest['verdict']}); see "
+                                f"{latest['run_dir']}/summary.md")  # fmt: skip
+
+        with steps.step("retraining run: DVC stages on the drifted window, gate, register", "retraining run"):
+            run_id = wait_for(lambda: retrain_run(model, work, latest["run_dir"]), min(timeout_s, 120),
+                              "the retraining run's start (the drift event's trigger)",
+                              check=lambda: procs.check_alive("deployments"), interval_s=2)  # fmt: skip
+            steps.say(f"flow run {run_id} started by the drift event")
+            canary = wait_for(lambda: canary_or_end(server_url, model, run_id), timeout_s,
+                              "the canary (or the run's end)", check=lambda: procs.check_alive("deployments"),
+                              interval_s=1)  # fmt: skip
+
+        if canary != "ended":
+            with steps.step(f"canary {canary}: live traffic (2013 months {canary_months}) until the verdict", "canary"):
+                procs.start("replay-canary", [py, "-m", "flows.replay", "--model", model, "--log-dir", log_dir,
+                                              "--months", *map(str, canary_months), "--batch", "25", "--loop"],
+                            work)  # fmt: skip
+                last = [0.0]
+
+                def finished() -> bool:
+                    if time.monotonic() - last[0] >= 10:
+                        last[0] = time.monotonic()
+                        steps.say(f"traffic {traffic(server_url, model)}")
+                    return run_final(run_id)
+
+                wait_for(finished, timeout_s, "the canary's verdict", check=lambda: procs.check_alive("deployments"),
+                         interval_s=1)  # fmt: skip
+                procs.stop("replay-canary")
+        state = run_state(run_id)
+        steps.say(f"retraining run {state}; serving now: {traffic(server_url, model)}")
+        if state != "COMPLETED":
+            raise DemoError(f"the retraining run ended {state}:\n{tail(procs.logs / 'deployments.log', 30)}")
+        from driftloop.registry import holder
+
+        prod = holder(open_plane(work, server_url=server_url).tenures(), params["release"]["stable_stage"])
+        if prod == first.version:
+            raise DemoError(f"the retrained version was not promoted (prod is still {prod}); the run's log: "
+                            f"{procs.logs / 'deployments.log'}")  # fmt: skip
+        steps.say(f"prod is now {prod} (was {first.version})")
+
+    with steps.step("driftloop history", "history"):
+        from driftloop.release.cli import history
+
+        history(at=None, wide=False, as_json=False, root=work, params=None)
+    steps.console.print("timings: " + "; ".join(f"{t} {s:.0f} s" for t, s in steps.timings))
+
+
+def automation_ready(model: str) -> bool:
+    """True when the three deployments exist and the retrain trigger's automation is created."""
+    from prefect import get_client
+
+    from flows.deployments import deployment_names
+
+    with get_client(sync_client=True) as client:
+        names = {a.name for a in client.read_automations()}
+        if f"retrain {model} on drift" not in names:
+            return False
+        try:
+            for flow, key in (("drift-check", "drift"), ("training", "retrain")):
+                client.read_deployment_by_name(f"{flow}/{deployment_names(model)[key]}")
+        except Exception:  # noqa: BLE001 - not registered yet (ObjectNotFound)
+            return False
+    return True
+
+
+def run_check(model: str, as_of: str, span_h: float, timeout_s: float) -> str:
+    """Run the drift-check deployment and wait for it; returns its final state's name."""
+    from prefect.deployments import run_deployment
+
+    from flows.deployments import deployment_names
+
+    run = run_deployment(f"drift-check/{deployment_names(model)['drift']}",
+                         parameters={"as_of": as_of, "data_span_hours": span_h}, timeout=timeout_s)  # fmt: skip
+    if run.state is None or not run.state.is_completed():
+        raise DemoError(f"the drift check ended {run.state.name if run.state else 'without a state'}")
+    return run.state.name
+
+
+def retrain_run(model: str, work: Path, check_dir: str) -> str | None:
+    """The id of the retraining deployment's flow run; re-emits the check's drift event when none exists yet.
+
+    Prefect's triggers service loads a new automation on its own schedule, so an event emitted in the
+    first seconds after the deployments registered can pass unseen; the check's summary keeps the
+    event's payload, and sending it again is what the event bus would have delivered.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events import emit_event
+
+    from flows.deployments import deployment_names
+    from flows.monitoring import DRIFT_EVENT, model_resource_id
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"training/{deployment_names(model)['retrain']}")
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+    if runs:
+        return str(runs[0].id)
+    summary = json.loads((Path(check_dir) / "drift_summary.json").read_text())
+    if summary.get("payload"):
+        emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": model_resource_id(model)},
+                   payload=summary["payload"])  # fmt: skip
+    return None
+
+
+def run_state(run_id: str) -> str:
+    """The flow run's state type (`RUNNING`, `COMPLETED`, `FAILED`, ...)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(uuid.UUID(run_id)).state
+    return state.type.value if state is not None else "PENDING"
+
+
+def run_final(run_id: str) -> bool:
+    """True when the flow run reached a final state."""
+    return run_state(run_id) in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+
+def traffic(server_url: str, model: str) -> dict[str, float]:
+    """{registry version: percent} the server splits `model`'s requests by ({} when unknown)."""
+    from driftloop.release.client import ServerClient
+
+    client = ServerClient(server_url, timeout_s=5.0)
+    try:
+        return client.traffic(model)
+    except DriftloopError:
+        return {}
+    finally:
+        client.close()
+
+
+def canary_or_end(server_url: str, model: str, run_id: str) -> str | None:
+    """The canary's version once the server splits traffic between two versions; "ended" when the run
+    finished without one (a gate rejection, a failure); None while neither."""
+    split = traffic(server_url, model)
+    if len(split) >= 2:
+        return min(split, key=split.get)
+    return "ended" if run_final(run_id) else None
