@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from commands.backtest import backtest
 from driftloop.cli_rebuild import rebuild
 from driftloop.release.cli import history, register, release, rollback
 from serving.cli import serve
@@ -20,6 +21,7 @@ app.command("release")(release)
 app.command("rollback")(rollback)
 app.command("history")(history)
 app.command("rebuild")(rebuild)
+app.command("backtest")(backtest)
 
 
 if __name__ == "__main__":  # pragma: no cover
