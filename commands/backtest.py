@@ -40,7 +40,7 @@ def backtest(
     label_delay_days: Annotated[int, typer.Option(help="labels of day d arrive at the end of day d + this")] = 0,
     window_months: Annotated[int, typer.Option(help="months of every build's window")] = 3,
     build: Annotated[
-        list[str] | None, typer.Option("--set", help="params.yaml override for every build, KEY=VALUE (repeatable)")
+        list[str] | None, typer.Option("--set", help="params.yaml override (builds and drift policy), KEY=VALUE (repeatable)")
     ] = None,
     release: Annotated[
         list[str] | None, typer.Option("--release", help="release: override for the canary, KEY=VALUE (repeatable)")

@@ -127,7 +127,8 @@ class BacktestConfig(BaseModel):
         seed: sampling seed.
         time_column, timezone: the source's event time (UTC) and the local zone whose dates
             the snapshot windows use.
-        build: params.yaml overrides for every build (dotted key -> value).
+        build: params.yaml overrides (dotted key -> value), for every build and the drift policy
+            (e.g. `policy.cooldown_hours`).
         release: `release:` overrides for the canary (keys of `ReleaseParams`).
     """
 
@@ -503,8 +504,6 @@ class PolicyRun:
     # -- the drift check (flows/monitoring.py's detectors, flows/policy.py's policy)
     def window(self, day: dt.date, days: int) -> tuple[pd.DataFrame, list[str]]:
         """The log rows of the last `days` replayed days up to `day`, labels joined; and those days."""
-        from driftloop.model_repository import registry_name
-
         keys = [(day - dt.timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
         keys = [k for k in keys if k in self.frames and len(self.frames[k])]
         if not keys:
@@ -517,7 +516,7 @@ class PolicyRun:
         else:
             frame["label"] = np.nan
         frame["label"] = frame["label"].astype(float)
-        frame["model_version"] = frame["model_version"].astype(str).map(registry_name)
+        frame["model_version"] = frame["model_version"].astype(str)  # the server's version folder, as logged
         return frame, keys
 
     def drift_decision(self, day: dt.date) -> tuple[bool, str]:
@@ -537,6 +536,8 @@ class PolicyRun:
         decision = decide_and_record(self.state_file, summary, self.policy, now)
         share = summary.drift_share
         detail = f"{decision.verdict}" + (f", drift share {share:.2f}" if share is not None else "")
+        if summary.status != "checked":
+            detail += f": {summary.reason}"
         if summary.drifted_columns:
             detail += f" ({', '.join(summary.drifted_columns)})"
         auc = summary.check("auc_drop")
@@ -613,8 +614,12 @@ class PolicyRun:
             from driftloop.release.analysis import log_window_reader
 
             return log_window_reader(self.logs, self.model)(start, end)
+        from driftloop.model_repository import registry_name
+
         ts = pd.to_datetime(frame["ts"], utc=True)
-        return frame[(ts >= start) & (ts < end)].drop(columns="_day").reset_index(drop=True)
+        frame = frame[(ts >= start) & (ts < end)].drop(columns="_day").reset_index(drop=True)
+        frame["model_version"] = frame["model_version"].map(registry_name)  # the plane speaks semver
+        return frame
 
     def _report(self, position: int) -> None:
         if self.on_day is not None:
@@ -837,13 +842,15 @@ def run_backtest(
     if fresh:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    params = read_params_file(rootp / "params.yaml")
+    params = json.loads(json.dumps(read_params_file(rootp / "params.yaml"), default=str))
+    for key, value in config.build.items():  # the builds and the drift policy read the same params
+        _set_dotted(params, key, value)
     release_raw = {**(params.get("release") or {}), **config.release}
     parse_section("release", release_raw, ReleaseParams)
     monitor = parse_section("monitor", params.get("monitor"), MonitorParams)
     policy = parse_section("policy", params.get("policy"), PolicyParams)
     model = parse_section("package", params.get("package"), PackageParams).model_name
-    builder = Builder(rootp, params, config.build)
+    builder = Builder(rootp, params, {})
     initial = Path(initial_package).resolve() if initial_package else work / "initial" / "project" / "artifacts" / "model"
     if initial_package is None and not (initial / "SHA256SUMS").is_file():
         result = builder.build(work / "initial" / "project", config.first_as_of, config.window_months)
