@@ -67,11 +67,44 @@ def judge(figures: dict, wall_s: float | None, days: int) -> list[dict]:
     return rows
 
 
+def write_png(figures: dict, path: Path) -> Path:
+    """The report's chart as a PNG for the README (matplotlib: the HTML's plotly needs a browser to export)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flows.backtest_report import MARKERS, _week_of
+
+    symbols = {"triangle-up": "^", "x": "x", "triangle-down": "v"}
+    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=110)
+    for name, p in figures["policies"].items():
+        weeks = [dt.date.fromisoformat(w["week"]) for w in p["weekly"]]
+        aucs = [w["roc_auc"] for w in p["weekly"]]
+        (line,) = ax.plot(weeks, aucs, marker=".", lw=1.4, label=f"{name} (mean {p['mean_weekly_roc_auc']:.3f}, "
+                          f"{p['retrains']} retrains)")  # fmt: skip
+        by_week = {w["week"]: w["roc_auc"] for w in p["weekly"]}
+        for kind, (symbol, _) in MARKERS.items():
+            xs = [_week_of(e["day"]) for e in p["events"] if e["kind"] == kind]
+            ax.scatter([dt.date.fromisoformat(x) for x in xs], [by_week.get(x) for x in xs], marker=symbols[symbol],
+                       s=60, color=line.get_color(), zorder=3)  # fmt: skip
+    ax.set_ylabel("ROC AUC (week)")
+    ax.set_title("Weekly ROC AUC of what was served (^ promoted, x rejected by the gate, v rolled back)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-json", type=Path, help="judge this backtest.json instead of running one")
     parser.add_argument("--end", default="2013-12-31", help="last replayed day (default the showcase's)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "backtest")
+    parser.add_argument("--png", type=Path, help="also draw the chart as a PNG here (needs matplotlib)")
     args = parser.parse_args()
     wall = None
     if args.from_json:
@@ -89,6 +122,8 @@ def main() -> None:
     notes = ("mean weekly ROC AUC of what each policy served, measured from its prediction log joined with labels; "
              "wall time is only measured when this script ran the backtest (a resumed run measures its last part)")  # fmt: skip
     path = write_results("backtest", rows, [], notes)
+    if args.png:
+        print(f"wrote {write_png(figures, args.png)}")
     print(f"\nwrote {path}")
 
 
