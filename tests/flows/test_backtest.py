@@ -8,6 +8,7 @@ on 60 single-row requests, so it decides within one replayed day).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -124,8 +125,8 @@ def test_a_killed_run_resumes_to_the_same_figures(uninterrupted, tmp_path):
     initial = out / "work" / "initial" / "project" / "artifacts" / "model"
     args = [sys.executable, "-m", "commands", "backtest", "--start", "2013-04-01", "--end", "2013-04-17",
             "--policy", "weekly", "--rows-per-day", "200", "--window-months", "1", "--out", str(tmp_path),
-            "--initial-package", str(initial), *[f"--set={k}={v}" for k, v in BUILD.items()],
-            *[f"--release={k}={v}" for k, v in RELEASE.items()]]  # fmt: skip
+            "--initial-package", str(initial), *[f"--set={k}={json.dumps(v)}" for k, v in BUILD.items()],
+            *[f"--release={k}={json.dumps(v)}" for k, v in RELEASE.items()]]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     progress = tmp_path / "work" / "weekly" / "progress.json"
