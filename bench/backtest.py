@@ -12,6 +12,7 @@ Run (about 15 min on 2 idle cores; it resumes when killed and run again):
     .venv/bin/python bench/backtest.py                     # runs `driftloop backtest` defaults
     .venv/bin/python bench/backtest.py --from-json reports/backtest/backtest.json   # judge a run
     .venv/bin/python bench/backtest.py --end 2013-06-30    # a shorter span (the time target scales)
+    .venv/bin/python bench/backtest.py --partial reports/backtest/work   # runs in progress, on their common weeks
 Writes bench/results/backtest.json.
 """
 
@@ -67,6 +68,46 @@ def judge(figures: dict, wall_s: float | None, days: int) -> list[dict]:
     return rows
 
 
+def partial_figures(work_dirs: list[Path], only: list[str] | None = None) -> dict:
+    """Figures of runs in progress (or killed): every policy folder of `work_dirs`, cut to the weeks that
+    every policy has finished, so the policies are compared on one span. A policy that appears in more
+    than one folder is named `<policy>@<folder's parent>`.
+
+    Returns:
+        The backtest JSON's shape (`span`, `policies`) over the common span.
+    """
+    import numpy as np
+
+    from driftloop.io import read_json
+    from flows.backtest import served_figures
+
+    found = {}
+    for work in work_dirs:
+        for progress in sorted(work.glob("*/progress.json")):
+            name = progress.parent.name
+            key = name if name not in found else f"{name}@{work.parent.name}"
+            if only is None or key in only:
+                found[key] = (progress.parent, read_json(progress))
+    last = min(dt.date.fromisoformat(state["day"]) if not state.get("done") else dt.date(2100, 1, 1)
+               for _, state in found.values())  # fmt: skip
+    policies = {}
+    for key, (folder, state) in found.items():
+        served = served_figures(folder / "logs", "flight-delay")
+        weekly = [w for w in served["weekly"] if dt.date.fromisoformat(w["week"]) + dt.timedelta(days=6) <= last]
+        events = [e for e in state["events"] if dt.date.fromisoformat(e["day"]) <= last]
+        kinds = [e["kind"] for e in events]
+        cpu = sum(b["cpu_s"] for b in state["builds"] if dt.date.fromisoformat(b["day"]) <= last)
+        aucs = [w["roc_auc"] for w in weekly if w["roc_auc"] is not None]
+        policies[key] = {
+            "weekly": weekly, "events": events, "mean_weekly_roc_auc": float(np.mean(aucs)) if aucs else None,
+            "retrains": kinds.count("retrain"), "promoted": kinds.count("promoted"),
+            "rejected_by_gate": kinds.count("gate rejected"), "rolled_back": kinds.count("rolled back"),
+            "training_cpu_s": round(cpu, 1), "days_served": served["days_served"],
+        }  # fmt: skip
+    weeks = [w["week"] for p in policies.values() for w in p["weekly"]]
+    return {"span": {"start": min(weeks), "end": max(weeks), "days": 7 * len(set(weeks))}, "policies": policies}
+
+
 def write_png(figures: dict, path: Path) -> Path:
     """The report's chart as a PNG for the README (matplotlib: the HTML's plotly needs a browser to export)."""
     import matplotlib
@@ -102,12 +143,16 @@ def write_png(figures: dict, path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-json", type=Path, help="judge this backtest.json instead of running one")
+    parser.add_argument("--partial", type=Path, nargs="+", help="judge unfinished runs: their work folders")
+    parser.add_argument("--only", nargs="+", help="with --partial: these policies (e.g. never drift@bt_tuned)")
     parser.add_argument("--end", default="2013-12-31", help="last replayed day (default the showcase's)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "backtest")
     parser.add_argument("--png", type=Path, help="also draw the chart as a PNG here (needs matplotlib)")
     args = parser.parse_args()
     wall = None
-    if args.from_json:
+    if args.partial:
+        figures = partial_figures(args.partial, args.only)
+    elif args.from_json:
         figures = json.loads(args.from_json.read_text())
     else:
         from flows.backtest import BacktestConfig, run_backtest
