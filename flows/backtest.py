@@ -54,7 +54,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -906,5 +906,3 @@ def collect_figures(config: BacktestConfig, runs: dict[str, PolicyRun], policy: 
         }
     return out
 
-
-Verdict = Literal["pass", "reject", "failed"]
