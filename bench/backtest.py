@@ -81,11 +81,12 @@ def partial_figures(work_dirs: list[Path], only: list[str] | None = None) -> dic
     from driftloop.io import read_json
     from flows.backtest import served_figures
 
-    found = {}
+    found, seen = {}, set()
     for work in work_dirs:
         for progress in sorted(work.glob("*/progress.json")):
             name = progress.parent.name
-            key = name if name not in found else f"{name}@{work.parent.name}"
+            key = name if name not in seen else f"{name}@{work.parent.name}"
+            seen.add(name)
             if only is None or key in only:
                 found[key] = (progress.parent, read_json(progress))
     last = min(dt.date.fromisoformat(state["day"]) if not state.get("done") else dt.date(2100, 1, 1)
