@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from commands.backtest import backtest
 from commands.demo import demo
 from commands.status import status
 from driftloop.cli_gc import gc
@@ -26,6 +27,7 @@ app.command("rebuild")(rebuild)
 app.command("gc")(gc)
 app.command("demo")(demo)
 app.command("status")(status)
+app.command("backtest")(backtest)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -266,6 +266,7 @@ def release_version(
     weight: float | None = None,
     keep_previous_s: float | None = None,
     on_progress: Callable[[str], None] | None = None,
+    analysis_hooks: dict[str, Any] | None = None,
 ) -> Outcome:
     """Release a registered version: install, load, canary (or blue-green), analyse, promote or roll back.
 
@@ -287,6 +288,9 @@ def release_version(
         keep_previous_s: after a promotion, the old stable stays loaded this many seconds
             (weight 0) for a fast rollback, then unloads (default `release.keep_previous_s`).
         on_progress: called with one line per step (the CLI prints them).
+        analysis_hooks: keyword arguments passed on to `run_analysis` (`clock`, `sleep`, `now`,
+            `read_window`, `read_errors`): a replay of history (flows/backtest.py) drives the
+            canary's waiting loop in simulated time. None: wall clock and the prediction log.
 
     Returns:
         The outcome (`promoted` or `rolled back`) with the analysis.
@@ -346,7 +350,7 @@ def release_version(
                 update_champion(plane, version)
                 say(f"promoted {version}: {reason}")
                 return Outcome(version, "promoted", reason, None, None, client.traffic(model))
-            outcome = _canary(plane, client, version, stable, strategy, weight, keep, say)
+            outcome = _canary(plane, client, version, stable, strategy, weight, keep, say, analysis_hooks or {})
         finally:
             client.close()
     if outcome.decision == "promoted" and outcome.previous is not None:
@@ -370,6 +374,7 @@ def _canary(
     weight: float,
     keep: float,
     say: Callable[[str], None],
+    hooks: dict[str, Any],
 ) -> Outcome:
     p = plane.params
     model = p.model
@@ -390,6 +395,7 @@ def _canary(
             baseline_s=p.baseline_window_s if strategy == "blue-green" else 0.0,
             score_stable=stable_scorer(version_folder(plane.repository, model, stable)),
             on_progress=say,
+            **hooks,
         )
     except BaseException as exc:  # no verdict: stable takes everything back, the canary is deprecated
         end_interrupted(plane, client, version, stable, f"{type(exc).__name__}: {exc}")
