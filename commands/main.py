@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from driftloop.cli_init import init
 from driftloop.cli_rebuild import rebuild
 from driftloop.release.cli import history, register, release, rollback
 from serving.cli import serve
@@ -14,6 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.command("init")(init)
 app.command("serve")(serve)
 app.command("register")(register)
 app.command("release")(release)
