@@ -195,7 +195,7 @@ def _round_out(value: float, up: bool) -> float:
     if value == 0 or not math.isfinite(value):
         return float(value)
     scale = 10 ** (math.floor(math.log10(abs(value))) - 3)
-    return round(float((math.ceil if up else math.floor)(value / scale) * scale), 12)
+    return float(f"{(math.ceil if up else math.floor)(value / scale) * scale:.4g}")  # drop float noise
 
 
 def infer_range(values: pd.Series, integer: bool) -> tuple[float | int, float | int]:
@@ -441,6 +441,8 @@ def infer_declaration(
     table_spec: dict[str, Any] = {"columns": kept, "order_by": order_by}
     if key:
         table_spec["key"] = key
+    if unknown:  # a null label column is a row without a label, not a broken row
+        table_spec["checks"] = {rule.column: {"nullable": True}}
     slices = [
         f for f, s in features.items() if s["dtype"] == "BYTES" and len(s.get("allowed", [])) in range(2, 11)
     ][:3]
@@ -531,11 +533,10 @@ def render_sections(inf: Inference, *, command: str = "") -> str:
     (tests/test_infer.py checks it for generated tables).
     """
     ds = inf.dataset
-    out: list[str] = []
+    out = ["data:                              # WHEN: the window"]
     if command:
-        out.append(f"# Written by `{command}`: review it, then `dvc repro`.")
+        out.append(f"  # written by `{command}`: review it, then `dvc repro`")
     out += [
-        "data:                              # WHEN: the window",
         f"  source_dir: {_scalar(inf.data['source_dir'])}",
         f"  as_of: {_scalar(inf.data['as_of'])}{_comment('the last whole month in the table')}",
         f"  window_months: {inf.data['window_months']}{_comment(f'{inf.window_rows} rows in this window')}",
@@ -554,6 +555,10 @@ def render_sections(inf: Inference, *, command: str = "") -> str:
         out.append(f"      order_by: {_scalar(spec['order_by'])}")
         if "key" in spec:
             out.append(f"      key: {_scalar(spec['key'])}{_comment('unique per row in the table')}")
+        if "checks" in spec:
+            out.append(
+                f"      checks: {_flow(spec['checks'])}{_comment('the label column may be null: that row has no label')}"
+            )
     out.append("  time:")
     out.append(
         f"    column: {_scalar(ds['time']['column'])}{_comment('naive = UTC; a zone-aware column is read as UTC')}"
@@ -595,19 +600,28 @@ def merge_params(base: str, sections: str, replace: tuple[str, ...] = ("data", "
 
     Every other block keeps its text and comments. The new text goes where the first replaced
     block was (or after the leading comments when there was none). A block runs from its
-    `key:` line to the next line that starts in column 0 (blank lines excepted).
+    `key:` line to the next line that starts in column 0 (blank lines excepted); the comment
+    lines right above a replaced key go with it (except the file's leading comments).
     """
     lines = base.splitlines()
     kept: list[str] = []
     insert_at: int | None = None
-    skipping = False
+    skipping = seen_key = False
+    floor = 0  # kept lines before this index belong to earlier blocks or the file's leading comments
     for line in lines:
-        top = bool(line) and not line[0].isspace()
-        if top:
+        if line and not line[0].isspace():
             m = _TOP_KEY.match(line)
-            skipping = bool(m and m.group(1) in replace)
-            if skipping and insert_at is None:
-                insert_at = len(kept)
+            if m:
+                skipping = m.group(1) in replace
+                if skipping and seen_key:  # the comment lines right above a replaced key go with it
+                    while len(kept) > floor and kept[-1].startswith("#"):
+                        kept.pop()
+                if skipping and insert_at is None:
+                    insert_at = len(kept)
+                seen_key = True
+                floor = len(kept) + (0 if skipping else 1)
+            else:
+                skipping = False
         if not skipping:
             kept.append(line)
     if insert_at is None:

@@ -43,9 +43,9 @@ def test_writes_the_declaration_and_keeps_the_rest(project: Path):
     assert new["dataset"]["source"] == "parquet" and list(new["dataset"]["tables"]) == ["orders"]
     assert new["dataset"]["label"]["rule"] == "late_min >= 10"
     assert {k: v for k, v in new.items() if k not in ("data", "dataset")} == {
-        k: v for k, v in old.items() if k != "data"
+        k: v for k, v in old.items() if k not in ("data", "dataset")
     }
-    assert "# Written by `driftloop init --source parquet:data/source/orders.parquet" in text
+    assert "  # written by `driftloop init --source parquet:data/source/orders.parquet" in text
     assert "amount: {dtype: FP32, min: 0.0" in text and "#   order_id: identifier: unique per row" in text
     assert not list(project.glob(".params.yaml.*"))  # the temp file was renamed, not left behind
 
