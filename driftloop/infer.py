@@ -15,7 +15,7 @@ The rules, each stated once here and written as a comment next to what it decide
   (0.99), so the rows past the quantiles and a rare new category do not fail a later window.
 - Left out, with the reason in a comment: the time column, the label's column, columns unique per
   row (identifiers: the first one becomes the table's key and the row id), constant or empty
-  columns, other timestamps, reserved names.
+  columns, other timestamps (also ISO-8601 dates or times as text), reserved names.
 - Derived from the time column: `hour` when the times have a clock (not all at midnight),
   `day_of_week` when they span at least two weeks. `month` and `day_of_year` are not proposed:
   a window of a few months cannot learn them.
@@ -276,6 +276,8 @@ def infer_feature(values: pd.Series, n_rows: int) -> tuple[dict[str, Any] | None
             "mostly": MOSTLY,
         }, f"numeric, {distinct} values; range from quantiles"
     # text (object, string, category)
+    if _looks_like_dates(known):
+        return None, "dates or times as text: a second timestamp; derive what you need from it in the source"
     if nulls:
         return (
             None,
@@ -300,6 +302,16 @@ def infer_feature(values: pd.Series, n_rows: int) -> tuple[dict[str, Any] | None
         {"dtype": "BYTES"},
         f"categorical: {distinct} values (> {MAX_ALLOWED}: no allowed set; an unseen value is encoded as unknown){null_note}",
     )
+
+
+def _looks_like_dates(known: pd.Series) -> bool:
+    """Text whose first 200 values all read as ISO-8601 dates or times (and have a - or : in them)."""
+    sample = known.astype(str).head(200)
+    if not sample.str.contains(r"\d[-:]\d", regex=True).all():
+        return False
+    if sample.str.fullmatch(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?").all():  # clock times, no date
+        return True
+    return bool(pd.to_datetime(sample, errors="coerce", format="ISO8601").notna().all())
 
 
 def _is_identifier(values: pd.Series, n_rows: int) -> bool:

@@ -48,6 +48,8 @@ def _table(seed: int = 0, n: int = N) -> pd.DataFrame:
         "channel": "web",                                      # constant
         "note": np.where(rng.random(n) < 0.5, None, rng.choice(["x", "y"], n)),  # text with nulls
         "delivered_at": times + pd.Timedelta(hours=1),         # a second timestamp
+        "day": times.strftime("%Y-%m-%d"),                     # dates as text
+        "clock": times.strftime("%H:%M:%S"),                   # times as text
         "late_min": rng.normal(5, 10, n).round(),              # the label's column
     })  # fmt: skip
     return frame
@@ -72,7 +74,18 @@ def test_rules_on_each_kind_of_column():
     assert feats["promo"] == {"dtype": "INT64", "allowed": [0, 1]}
     assert feats["hour"] == {"dtype": "INT64", "derive": "hour", "min": 0, "max": 23}
     assert feats["day_of_week"]["derive"] == "day_of_week"
-    assert set(out) == {"ts", "late_min", "order_id", "comment", "channel", "note", "delivered_at"}
+    assert set(out) == {
+        "ts",
+        "late_min",
+        "order_id",
+        "comment",
+        "channel",
+        "note",
+        "delivered_at",
+        "day",
+        "clock",
+    }
+    assert "as text" in out["day"] and "as text" in out["clock"]
     assert "identifier" in out["order_id"] and "constant" in out["channel"] and "nulls" in out["note"]
     assert "leak" in out["late_min"] and "timestamp" in out["delivered_at"]
     ds = inf.dataset
@@ -155,7 +168,9 @@ def test_merge_keeps_every_other_section_and_its_comments():
     tail = base[base.index("\nvalidate:") :]
     assert merged.endswith(tail)  # every other section, comments included, byte for byte
     assert merged.startswith(base.splitlines()[0] + "\n")  # the file's leading comment stays
-    assert merged.count("\ndataset:") == 1 and "WHAT the model learns" not in merged  # the old block's comments went
+    assert (
+        merged.count("\ndataset:") == 1 and "WHAT the model learns" not in merged
+    )  # the old block's comments went
     assert merge_params(merged, render_sections(inf)) == merged  # a second init replaces, never appends
 
 
