@@ -159,7 +159,7 @@ def init(
 
     Example:
 
-        driftloop init --source parquet:data/source/stops.parquet --time date --label "personSearch == 'YES'" --force
+        driftloop init --source parquet:data/source/MplsStops.parquet --time date --label "problem == 'suspicious'" --force
     """
     try:
         if out.exists() and not force:
