@@ -54,6 +54,7 @@ def shorten(params: dict, root: Path) -> dict:
     params = small_params(params)  # few iterations, short splits, loose latency gate (the suite's shrinker)
     params["data"].update(as_of=FIRST.isoformat(), window_months=1)
     params["dataset"]["min_rows"] = 1000
+    params["package"]["reference_rows"] = 2000  # the drift check's reference: February's stops, time-uniform
     params["train"]["hgb"].update(max_iter=20)
     params["train"]["mlp"].update(epochs=1, hidden=[16])
     return params
