@@ -23,7 +23,6 @@ import yaml
 from typer.testing import CliRunner
 
 from commands.main import app
-from driftloop.infer import parse_label_rule
 from driftloop.io import read_json
 from driftloop.predlog import read_log
 from tests.conftest import small_params
@@ -35,7 +34,7 @@ runner = CliRunner()
 TABLE = "MplsStops"
 LABEL = "problem == 'suspicious'"
 FIRST = dt.date(2017, 2, 28)  # the first window: February 2017 (4,579 stops)
-LATER = (dt.date(2017, 8, 1), dt.date(2017, 8, 31))  # the replayed, drifted month (4,048 stops)
+LATER = 8, dt.date(2017, 8, 31)  # the replayed, drifted month (4,048 stops) and its last day
 
 
 def export_stops(folder: Path) -> pd.DataFrame:
@@ -58,20 +57,6 @@ def shorten(params: dict, root: Path) -> dict:
     params["train"]["hgb"].update(max_iter=20)
     params["train"]["mlp"].update(epochs=1, hidden=[16])
     return params
-
-
-def replay_rows(frame: pd.DataFrame, dataset: dict, first: dt.date, last: dt.date) -> pd.DataFrame:
-    """The declared features (derived ones computed from the time, as a client does) and the label."""
-    t = frame[dataset["time"]["column"]]
-    rows = frame[(t.dt.date >= first) & (t.dt.date <= last)].sort_values(dataset["time"]["column"])
-    ts = rows[dataset["time"]["column"]]
-    derived = {"hour": ts.dt.hour, "day_of_week": ts.dt.dayofweek}
-    out = pd.DataFrame(index=rows.index)
-    for name, spec in dataset["features"].items():
-        out[name] = derived[spec["derive"]] if spec.get("derive") else rows[name]
-    rule = parse_label_rule(dataset["label"]["rule"])
-    out["label"] = rule.apply(rows[rule.column]).astype("int8")
-    return out.reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +84,17 @@ def prefect_harness():
 
 
 def test_init_repro_register_serve_replay_drift_retrain(project, prefect_harness):
+    from driftloop import dataset as declaration
+    from driftloop.config import DataParams, load_section
     from flows.monitoring import drift_check_flow
-    from flows.replay import replay
+    from flows.replay import replay, replay_rows
     from flows.training import training_flow
     from serving.app import create_app
     from serving.config import ServeSettings
     from serving.testing import running_server
+    from tasks.snapshot import read_source
 
-    root, frame = project
+    root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
     dataset = params["dataset"]
     assert dataset["source"] == "parquet" and params["data"]["source_dir"] == "data/source"
@@ -137,19 +125,23 @@ def test_init_repro_register_serve_replay_drift_retrain(project, prefect_harness
     settings = ServeSettings(
         repository=root / params["release"]["repository"], log_dir=logs, flush_interval_s=0.2
     )
-    rows = replay_rows(frame, dataset, *LATER)
+    declared = load_section(root / "params.yaml", "dataset", declaration.Dataset)
+    tables = read_source(declared, load_section(root / "params.yaml", "data", DataParams))
+    rows = replay_rows(tables, declared, [LATER[0]])  # August's stops, built as the features stage does
     with running_server(create_app(settings)) as url:
         rel = runner.invoke(app, ["release", "v0.0.1", "--url", url, "--root", str(root)], env=e2e_env())
         assert rel.exit_code == 0, rel.output
         start = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=5)
-        sent = replay(url, model, rows, batch=250, log_dir=logs, label_every=4, seed=0)
+        sent = replay(
+            url, model, rows, features=declared.feature_names, batch=250, log_dir=logs, label_every=4, seed=0
+        )
         assert sent["rows"] == len(rows) and sent["versions"] == {"1": len(rows)}
         deadline = time.monotonic() + 30  # the log flushes every 0.2 s: poll, bounded
         while len(read_log(logs, model, start, pd.Timestamp.now(tz="UTC"))) < len(rows):
             assert time.monotonic() < deadline, "the prediction log never held the replayed rows"
             time.sleep(0.1)
 
-    span_h = (LATER[1] - LATER[0]).days * 24.0 + 24.0
+    span_h = 31 * 24.0  # the replay sends a month of stops in seconds: the check is told their real span
     check = drift_check_flow(root=str(root), as_of=LATER[1], data_span_hours=span_h, emit=False)
     assert check.summary.status == "checked", check.summary.reason
     assert check.summary.rows == len(rows) and check.summary.model_version == "1"
