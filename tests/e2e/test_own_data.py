@@ -126,7 +126,8 @@ def test_init_repro_register_serve_replay_drift_retrain(project, prefect_harness
         repository=root / params["release"]["repository"], log_dir=logs, flush_interval_s=0.2
     )
     declared = load_section(root / "params.yaml", "dataset", declaration.Dataset)
-    tables = read_source(declared, load_section(root / "params.yaml", "data", DataParams))
+    data = load_section(root / "params.yaml", "data", DataParams)
+    tables = read_source(declared, data.model_copy(update={"source_dir": str(root / data.source_dir)}))
     rows = replay_rows(tables, declared, [LATER[0]])  # August's stops, built as the features stage does
     with running_server(create_app(settings)) as url:
         rel = runner.invoke(app, ["release", "v0.0.1", "--url", url, "--root", str(root)], env=e2e_env())
