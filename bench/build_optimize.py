@@ -27,7 +27,8 @@ from common import ROOT, figure, print_table, write_results  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from driftloop.bench import make_session, take_rows  # noqa: E402
-from driftloop.schema import OUTPUT, to_onnx_feeds  # noqa: E402
+from driftloop.onnx_graph import graph_feeds  # noqa: E402
+from driftloop.schema import OUTPUT  # noqa: E402
 
 BATCH = 1024
 
@@ -61,8 +62,8 @@ def main() -> None:
     if not (cand_dir / "candidates.json").is_file():
         sys.exit("run `dvc repro` first: models/candidates is missing")
     test = pd.read_parquet(ROOT / "data" / "features" / "test.parquet")
-    feeds = to_onnx_feeds(test)
     names = [n for n in ("mlp_fp32", "mlp_int8", "mlp_pruned", "mlp_pruned_int8") if (cand_dir / f"{n}.onnx").is_file()]
+    feeds = graph_feeds((cand_dir / f"{names[0]}.onnx").read_bytes(), test)
     sessions = {n: make_session((cand_dir / f"{n}.onnx").read_bytes()) for n in names}
     auc = {n: roc_auc_score(test["label"], s.run([OUTPUT], feeds)[0].ravel()) for n, s in sessions.items()}
     speed = rows_per_s(sessions, take_rows(feeds, 0, BATCH), args.rounds)

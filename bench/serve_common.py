@@ -63,7 +63,10 @@ def serve_naive(args) -> None:
     from fastapi import FastAPI
     from pydantic import BaseModel
 
-    from driftloop.schema import FEATURES, NUMPY_DTYPE, datatype_of
+    from driftloop.schema import NUMPY_DTYPE
+    from serving.testing import FEATURES, TEST_INPUTS
+
+    datatype_of = {s.name: s.datatype for s in TEST_INPUTS}.__getitem__
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.intra_op_threads

@@ -92,12 +92,13 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from driftloop.schema import to_onnx_feeds
+    from driftloop.schema import feeds_for
+    from serving.testing import TEST_INPUTS
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(tmp / "repo" / MODEL / "1" / "model.onnx"), options)
-    feeds = to_onnx_feeds(bulk)
+    feeds = feeds_for(bulk, TEST_INPUTS)
 
     async def run() -> tuple[dict[str, list[float]], list[float]]:
         per_request: dict[str, list[float]] = {k: [] for k in cases}

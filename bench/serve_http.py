@@ -107,12 +107,13 @@ def main() -> None:
     # Raw session.run at batch 1,000, same session options as the server's default.
     import onnxruntime as ort
 
-    from driftloop.schema import to_onnx_feeds
+    from driftloop.schema import feeds_for
+    from serving.testing import TEST_INPUTS
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(repo / MODEL / "1" / "model.onnx"), options)
-    feeds = to_onnx_feeds(synthetic_rows(1000, seed=2))
+    feeds = feeds_for(synthetic_rows(1000, seed=2), TEST_INPUTS)
     session.run(None, feeds)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < opts.seconds:

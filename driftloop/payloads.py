@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop.schema import FEATURES, datatype_of
-
 
 def json_value(x: Any) -> Any:
     """A JSON-ready scalar: NaN -> None, numpy scalars -> Python."""
@@ -26,9 +24,9 @@ def json_value(x: Any) -> Any:
 
 def v2_body(
     frame: pd.DataFrame,
-    columns: Sequence[str] = FEATURES,
+    columns: Sequence[str],
     *,
-    datatypes: Mapping[str, str] | None = None,
+    datatypes: Mapping[str, str],
     request_id: str | None = None,
     nested: bool = False,
 ) -> dict:
@@ -36,15 +34,15 @@ def v2_body(
 
     Args:
         frame: rows to send.
-        columns: input names, in order (default the schema's `FEATURES`).
-        datatypes: {name: v2 datatype}; default `driftloop.schema.datatype_of`.
+        columns: input names, in order (a package's `signature.json` inputs, or `dataset.feature_names`).
+        datatypes: {name: v2 datatype} (the same source).
         request_id: the body's `id`, if any.
         nested: `[[v], ...]` data instead of flat.
     """
     inputs = []
     for col in columns:
         data = [json_value(v) for v in frame[col].tolist()]
-        kind = datatypes[col] if datatypes is not None else datatype_of(col)
+        kind = datatypes[col]
         inputs.append({"name": col, "datatype": kind, "shape": [len(frame), 1], "data": [[v] for v in data] if nested else data})
     body: dict[str, Any] = {"inputs": inputs}
     if request_id is not None:

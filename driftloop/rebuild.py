@@ -217,13 +217,13 @@ def score_reference(model: bytes, reference: pd.DataFrame) -> np.ndarray:
     """
     import onnxruntime as ort
 
-    from driftloop.schema import to_onnx_feeds
+    from driftloop.onnx_graph import graph_feeds
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    out = session.run(None, to_onnx_feeds(reference))[0]
+    out = session.run(None, graph_feeds(model, reference))[0]
     return np.asarray(out, dtype=np.float64).reshape(len(reference), -1)[:, -1]
 
 

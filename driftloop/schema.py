@@ -1,21 +1,10 @@
-"""The model's contract: raw input columns, their ONNX/OIP v2 datatypes, the label.
+"""The model contract's dataset-independent types: tensor specs, the signature, the output, the label column.
 
-This is the one place that says what a request row looks like. Training, export, the package's
-`signature.json` and the server's input validation all read it from here.
-
-Columns (all raw, as a client sends them):
-    carrier, origin, dest        BYTES (str)   not nullable  airline code, NYC origin, destination
-    hour, minute                 INT64         not nullable  scheduled departure, local time
-    day_of_week                  INT64         not nullable  0 = Monday ... 6 = Sunday, local date
-    distance                     INT64         not nullable  miles
-    temp, dewp                   FP32          nullable      degrees F, origin weather at the scheduled hour
-    humid                        FP32          nullable      relative humidity, %
-    wind_dir                     FP32          nullable      degrees
-    wind_speed, wind_gust        FP32          nullable      mph
-    precip                       FP32          nullable      inches
-    pressure                     FP32          nullable      millibars
-    visib                        FP32          nullable      miles
-A missing weather value is NaN (or JSON null); both graphs route it like training did.
+What the columns are is the `dataset` declaration (driftloop/dataset.py, the `dataset:` section of
+params.yaml): it produces the `TensorSpec` list (`Dataset.input_specs()`) that the ONNX graphs,
+the package's `signature.json` and the server's input validation use. Everything here works on
+such a list, whatever the dataset: `coerce_to_specs` / `feeds_for` type a frame as the graphs
+take it (strings -> object, INT64 -> int64, FP32 -> float32, NaN only where nullable).
 """
 
 from __future__ import annotations
@@ -28,20 +17,6 @@ from pydantic import BaseModel, ConfigDict
 
 from driftloop.errors import DataError
 
-CATEGORICAL: tuple[str, ...] = ("carrier", "origin", "dest")
-INTEGER: tuple[str, ...] = ("hour", "minute", "day_of_week", "distance")
-FLOAT: tuple[str, ...] = (
-    "temp",
-    "dewp",
-    "humid",
-    "wind_dir",
-    "wind_speed",
-    "wind_gust",
-    "precip",
-    "pressure",
-    "visib",
-)
-FEATURES: tuple[str, ...] = CATEGORICAL + INTEGER + FLOAT
 LABEL = "label"
 OUTPUT = "probability"
 
@@ -72,24 +47,8 @@ class Signature(BaseModel):
     outputs: list[TensorSpec]
 
 
-def datatype_of(column: str) -> Datatype:
-    """OIP v2 datatype of a raw input column."""
-    if column in CATEGORICAL:
-        return "BYTES"
-    if column in INTEGER:
-        return "INT64"
-    if column in FLOAT:
-        return "FP32"
-    raise KeyError(column)
-
-
-def input_specs() -> list[TensorSpec]:
-    """One `[-1, 1]` tensor per raw column, in `FEATURES` order."""
-    return [TensorSpec(name=c, datatype=datatype_of(c), shape=[-1, 1], nullable=c in FLOAT) for c in FEATURES]
-
-
 def output_specs() -> list[TensorSpec]:
-    """The single output: probability of an arrival delay >= the label threshold, FP32 `[-1, 1]`."""
+    """The single output: P(label = 1) (the `dataset.label` rule holds), FP32 `[-1, 1]`."""
     return [TensorSpec(name=OUTPUT, datatype="FP32", shape=[-1, 1])]
 
 
@@ -103,37 +62,45 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...] | list[str], w
     if missing:
         raise DataError(
             f"{where}: missing column(s) {', '.join(missing)}; the source must provide them "
-            f"(see the column list in driftloop/schema.py)"
+            "(the dataset section of params.yaml declares them)"
         )
 
 
-def coerce_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Return the `FEATURES` columns with the dtypes the graphs expect (object / int64 / float32).
+def coerce_to_specs(frame: pd.DataFrame, specs: list[TensorSpec]) -> pd.DataFrame:
+    """Return the columns of `specs`, in their order, typed as the graphs expect.
+
+    BYTES -> object (str), INT64 -> int64, FP32 -> float32, FP64 -> float64. Only a nullable spec
+    may hold nulls (NaN in a float column).
 
     Raises:
-        DataError: a column is missing, an integer column holds nulls, or a value cannot be cast.
+        DataError: a column is missing, a non-nullable column holds nulls, or a value cannot be cast.
     """
-    require_columns(frame, FEATURES, "features")
+    require_columns(frame, [s.name for s in specs], "features")
     out = pd.DataFrame(index=frame.index)
-    for col in FEATURES:
-        kind = datatype_of(col)
+    for spec in specs:
+        col, kind = spec.name, spec.datatype
         try:
+            if not spec.nullable and frame[col].isna().any():
+                what = {"BYTES": "string", "INT64": "integer"}.get(kind, "numeric")
+                raise ValueError(f"null values in a non-nullable {what} column")
             if kind == "BYTES":
-                if frame[col].isna().any():
-                    raise ValueError("null values in a non-nullable string column")
                 out[col] = frame[col].astype(str).astype(object)
             elif kind == "INT64":
-                if frame[col].isna().any():
-                    raise ValueError("null values in a non-nullable integer column")
                 out[col] = frame[col].astype(np.int64)
+            elif kind in ("FP32", "FP64"):
+                out[col] = pd.to_numeric(frame[col]).astype(NUMPY_DTYPE[kind])
             else:
-                out[col] = pd.to_numeric(frame[col]).astype(np.float32)
+                raise ValueError(f"datatype {kind} is not a model input type")
         except (ValueError, TypeError) as exc:
             raise DataError(f"column {col!r} (expected {kind}): {exc}; fix the source data") from None
     return out
 
 
-def to_onnx_feeds(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Feeds for an ONNX Runtime session: one `[n, 1]` array per raw column, typed per `schema`."""
-    frame = coerce_features(frame)
-    return {c: frame[c].to_numpy().reshape(-1, 1).astype(NUMPY_DTYPE[datatype_of(c)]) for c in FEATURES}
+def feeds_for(frame: pd.DataFrame, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Feeds for an ONNX Runtime session: one `[n, 1]` array per spec, typed per its datatype.
+
+    Raises:
+        DataError: as `coerce_to_specs`.
+    """
+    frame = coerce_to_specs(frame, specs)
+    return {s.name: frame[s.name].to_numpy().reshape(-1, 1).astype(NUMPY_DTYPE[s.datatype]) for s in specs}

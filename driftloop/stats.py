@@ -65,7 +65,7 @@ def auc_delong(labels: np.ndarray, scores: np.ndarray, clusters: np.ndarray | No
     receiver operating characteristic curves: a nonparametric approach", Biometrics 44(3):837-845;
     the rank form of Sun & Xu (2014), IEEE Signal Processing Letters 21(11):1389-1393. Ties count 1/2.
 
-    With `clusters` (e.g. the day of each flight), the variance is Obuchowski's (1997),
+    With `clusters` (e.g. the day of each row), the variance is Obuchowski's (1997),
     "Nonparametric analysis of clustered ROC curve data", Biometrics 53(2):567-578: the
     structural components are summed per cluster, so rows that share a day (a storm delays every
     flight of it) are not counted as independent evidence. Measured on nycflights13 fortnights,

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,10 @@ from pydantic import BaseModel
 
 from driftloop.checks import markdown_table
 from driftloop.config import MonitorParams, PackageParams, PolicyParams, parse_section, read_params_file
+from driftloop.dataset import Dataset as DatasetDeclaration  # evidently has a `Dataset` too
 from driftloop.drift import SCORE, Thresholds, assess, reference_stats
 from driftloop.predlog import to_utc
-from driftloop.schema import CATEGORICAL, FEATURES, FLOAT, INTEGER
+from driftloop.schema import Signature, TensorSpec
 from flows.policy import Decision, DriftSummary, decide, decide_and_record, read_state
 
 log = logging.getLogger(__name__)
@@ -154,14 +156,18 @@ def measure_drift(
     seed: int = 0,
     data_span_hours: float | None = None,
     model_version: str | None = None,
+    inputs: Sequence[TensorSpec],
+    time_column: str,
 ) -> DriftSummary:
     """Judge one version's window against the package's reference with the drift detectors.
 
     Args:
-        current: the window: `ts`, `model_version`, `FEATURES`, `score`, optionally `label`
+        current: the window: `ts`, `model_version`, the input columns, `score`, optionally `label`
             (NaN = unlabelled), maybe of several versions.
-        reference: the package's reference sample (`FEATURES`, `score`, `label`, `time_hour`, `split`).
+        reference: the package's reference sample (inputs, `score`, `label`, `time_column`, `split`).
         policy: every threshold (`Thresholds.from_policy`).
+        inputs: the package's inputs (`package_inputs`): the columns compared, BYTES as categories.
+        time_column: the reference's time column (`dataset.time.column`).
         max_rows: larger windows are sampled (seeded) to this many rows.
         seed: sampling seed.
         data_span_hours: the time span the rows stand for; None = measured on `ts` (a replay that
@@ -178,7 +184,7 @@ def measure_drift(
     if reference.empty:
         return DriftSummary(status="skipped", reason="reference sample is empty", **base)
     for name, frame in (("log window", current), ("reference", reference)):
-        missing = [c for c in (*FEATURES, SCORE) if c not in frame.columns]
+        missing = [c for c in (*(s.name for s in inputs), SCORE) if c not in frame.columns]
         if missing:
             return DriftSummary(status="skipped", reason=f"{name} lacks column(s) {', '.join(missing)}", **base)
     versions = current["model_version"].astype(str).value_counts().to_dict() if "model_version" in current else {}
@@ -199,25 +205,36 @@ def measure_drift(
     sample = current.sample(n=max_rows, random_state=seed) if len(current) > max_rows else current
     base.update(rows=len(current), rows_compared=len(sample), span_hours=span, labelled_rows=int(labels.notna().sum()))
     try:
-        stats = reference_stats(reference)
-        checks = assess(sample, reference, stats, span, Thresholds.from_policy(policy))
+        stats = reference_stats(reference, time_column)
+        checks = assess(sample, reference, stats, span, Thresholds.from_policy(policy), inputs=inputs, time_column=time_column)
     except Exception as exc:  # noqa: BLE001 - a check that could not be computed says so, never crashes
         return DriftSummary(status="failed", reason=f"{type(exc).__name__}: {exc}", **base)
     return DriftSummary(status="checked", checks=checks, **base)
 
 
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """FEATURES + score with the dtypes Evidently should see: strings for categories, floats else."""
+def package_inputs(package_dir: str | os.PathLike[str], fallback: Sequence[TensorSpec]) -> list[TensorSpec]:
+    """The inputs of the package's `signature.json` (the contract its reference was built on);
+    `fallback` (the declaration's `input_specs()`) when the file is missing or unreadable."""
+    path = Path(package_dir) / "signature.json"
+    try:
+        return list(Signature.model_validate_json(path.read_text()).inputs)
+    except (OSError, ValueError):
+        return list(fallback)
+
+
+def _typed(frame: pd.DataFrame, inputs: Sequence[TensorSpec]) -> pd.DataFrame:
+    """Inputs + score with the dtypes Evidently should see: strings for categories (BYTES), floats else."""
     out = pd.DataFrame(index=frame.index)
-    for c in CATEGORICAL:
-        out[c] = frame[c].astype(str)
-    for c in (*INTEGER, *FLOAT, SCORE):
+    for s in inputs:
+        if s.datatype == "BYTES":
+            out[s.name] = frame[s.name].astype(str)
+    for c in (*(s.name for s in inputs if s.datatype != "BYTES"), SCORE):
         out[c] = pd.to_numeric(frame[c], errors="coerce").astype(np.float64)
     return out
 
 
 def render_report(current: pd.DataFrame, reference: pd.DataFrame, summary: DriftSummary, path: Path,
-                  max_rows: int, seed: int) -> str:  # fmt: skip
+                  max_rows: int, seed: int, inputs: Sequence[TensorSpec]) -> str:  # fmt: skip
     """Write Evidently's data drift HTML report for people (it never decides); returns a note, "" when written.
 
     Both sides are sampled (seeded) to `max_rows`. Columns the detectors could not compute (e.g.
@@ -232,13 +249,14 @@ def render_report(current: pd.DataFrame, reference: pd.DataFrame, summary: Drift
     if summary.status != "checked" or not summary.checks:
         return "no report: nothing was measured"
     skip = {c.subject for c in summary.checks if c.name == "column_drift" and c.value is None}
-    cols = [c for c in FEATURES if c not in skip]
+    cols = [s.name for s in inputs if s.name not in skip]
     if summary.model_version is not None and "model_version" in current:
         current = current[current["model_version"].astype(str) == summary.model_version]
-    cur = _typed(current.sample(n=max_rows, random_state=seed) if len(current) > max_rows else current)
-    ref = _typed(reference.sample(n=max_rows, random_state=seed) if len(reference) > max_rows else reference)
-    numeric = [c for c in (*INTEGER, *FLOAT, SCORE) if c not in skip]
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=[c for c in CATEGORICAL if c not in skip])
+    cur = _typed(current.sample(n=max_rows, random_state=seed) if len(current) > max_rows else current, inputs)
+    ref = _typed(reference.sample(n=max_rows, random_state=seed) if len(reference) > max_rows else reference, inputs)
+    categorical = [s.name for s in inputs if s.datatype == "BYTES" and s.name not in skip]
+    numeric = [c for c in (*(s.name for s in inputs if s.datatype != "BYTES"), SCORE) if c not in skip]
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     try:
         snapshot = Report([DataDriftPreset(columns=[*cols, SCORE])]).run(
             Dataset.from_pandas(cur[[*cols, SCORE]], data_definition=definition),
@@ -365,6 +383,7 @@ def drift_check_flow(
     monitor = parse_section("monitor", raw.get("monitor"), MonitorParams)
     policy = parse_section("policy", raw.get("policy"), PolicyParams)
     model = model_name or parse_section("package", raw.get("package"), PackageParams).model_name
+    dataset = parse_section("dataset", raw.get("dataset"), DatasetDeclaration)
 
     def at_root(p: str) -> str:
         return str(p if Path(p).is_absolute() else rootp / p)
@@ -379,12 +398,14 @@ def drift_check_flow(
     start = end - dt.timedelta(hours=window_hours or monitor.window_hours)
     frame, unknown, note = read_window_task(at_root(monitor.log_dir), model, start, end)
     reference, why = read_reference_task(at_root(monitor.package_dir))
+    inputs = package_inputs(at_root(monitor.package_dir), dataset.input_specs())
     version = model_version or reference_version(at_root(monitor.repository), model, at_root(monitor.package_dir))
     if reference is None:
         summary = DriftSummary(status="skipped", reason=why, rows=len(frame), model_version=version)
     else:
         summary = measure_drift_task(frame, reference, policy, max_rows=monitor.max_rows, seed=monitor.seed,
-                                     data_span_hours=data_span_hours, model_version=version)  # fmt: skip
+                                     data_span_hours=data_span_hours, model_version=version, inputs=inputs,
+                                     time_column=dataset.time.column)  # fmt: skip
     summary = summary.model_copy(
         update={"unknown_label_ids": unknown, "window_start": start.isoformat(), "window_end": end.isoformat()}
     )
@@ -392,7 +413,7 @@ def drift_check_flow(
         logger.warning("%s", note)
     html, report_note = None, ""
     if reference is not None:
-        report_note = render_report(frame, reference, summary, folder / "drift_report.html", REPORT_ROWS, monitor.seed)
+        report_note = render_report(frame, reference, summary, folder / "drift_report.html", REPORT_ROWS, monitor.seed, inputs)
         html = None if report_note else str(folder / "drift_report.html")
     payload = {
         "as_of": (as_of or (end - dt.timedelta(microseconds=1)).date()).isoformat(),

@@ -77,7 +77,7 @@ class DriftSummary(BaseModel):
 
     @property
     def drifted_columns(self) -> list[str]:
-        """Feature columns past their thresholds, in `FEATURES` order."""
+        """Feature columns past their thresholds, in input order."""
         return [str(c.subject) for c in self.checks if c.name == "column_drift" and c.value is not None and not c.passed]
 
     @property

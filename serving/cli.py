@@ -61,9 +61,7 @@ def serve(
         driftloop serve --repository model_repository --port 8080 --log-dir logs/predictions
 
         curl -s localhost:8080/v1/models/flight-delay:predict -H 'content-type: application/json' \
-        -d '{"instances": [{"carrier": "UA",
-        "origin": "EWR", "dest": "ORD", "hour": 7, "minute": 30, "day_of_week": 0, "distance": 719,
-        "temp": 39.0, "humid": 60.0}]}'
+        -d '{"instances": [{"<input>": <value>, ...}]}'   # the inputs of the package's signature.json
     """
     import uvicorn
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.protocol import V1_PREDICT, V2_INFER, V2_VERSION_INFER
-from driftloop.schema import OUTPUT, TensorSpec, input_specs
+from driftloop.schema import OUTPUT, TensorSpec
 from serving.validation import (
     _ACCEPTED,
     FP32_ROUNDS_TO_INF,
@@ -67,25 +67,6 @@ REQUEST_SCHEMAS: tuple[type[BaseModel], ...] = (
     TrafficRequest,
     IndexRequest,
 )
-# One flight as a client sends it (weather columns may be null): the body examples.
-EXAMPLE_ROW: dict[str, Any] = {
-    "carrier": "UA",
-    "origin": "EWR",
-    "dest": "ORD",
-    "hour": 7,
-    "minute": 30,
-    "day_of_week": 0,
-    "distance": 719,
-    "temp": 39.0,
-    "dewp": 28.0,
-    "humid": 64.4,
-    "wind_dir": 260.0,
-    "wind_speed": 12.7,
-    "wind_gust": None,
-    "precip": 0.0,
-    "pressure": 1012.0,
-    "visib": 10.0,
-}
 _INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
 
 
@@ -350,7 +331,15 @@ def _request_id_schema() -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID, "pattern": REQUEST_ID_PATTERN}
 
 
-def _constrain_requests(components: dict[str, Any], max_string_length: int) -> None:
+def example_row(specs: list[TensorSpec]) -> dict[str, Any]:
+    """A placeholder row that fits `specs` (string "x", integer 0, number 0.0): used when no served
+    package gives a real one (the app passes the first row of a package's reference sample)."""
+    return {s.name: "x" if s.datatype == "BYTES" else 0 if s.datatype.startswith(("INT", "UINT")) else 0.0 for s in specs}
+
+
+def _constrain_requests(
+    components: dict[str, Any], max_string_length: int, inputs: list[TensorSpec] | None
+) -> None:
     """Write into the request schemas the rules the server enforces beyond its pydantic models."""
     tensor = components["RequestInput"]["properties"]
     tensor["datatype"] = {
@@ -372,7 +361,12 @@ def _constrain_requests(components: dict[str, Any], max_string_length: int) -> N
     )
     components["RequestOutput"]["properties"]["name"] = {"type": "string", "enum": [OUTPUT]}
     components["RecordsRequest"]["properties"]["instances"]["items"] = _ref("Record")
-    components["Record"] = record_schema(input_specs(), max_string_length)
+    components["Record"] = (
+        record_schema(inputs, max_string_length)
+        if inputs is not None
+        else {"title": "Record", "type": "object", "description": "One row: the served model's raw input columns by name "
+              "(its signature.json inputs; GET /v2/models/{name} lists them)."}
+    )  # fmt: skip
     weights = components["TrafficRequest"]["properties"]["weights"]
     weights["anyOf"][0]["additionalProperties"] = {"type": "number", "minimum": 0}
     weights["anyOf"][0]["not"] = {"additionalProperties": {"maximum": 0}}  # some weight > 0
@@ -469,11 +463,12 @@ _BINARY_DOC = (
 )
 
 
-def example_bodies(specs: list[TensorSpec]) -> dict[type[BaseModel], Any]:
-    """One example body per request model, for the document (and the contract tests): `EXAMPLE_ROW`."""
-    row = {s.name: EXAMPLE_ROW.get(s.name) for s in specs}
+def example_bodies(specs: list[TensorSpec], row: dict[str, Any] | None = None) -> dict[type[BaseModel], Any]:
+    """One example body per request model, for the document (and the contract tests), over the
+    inputs `specs` with the values of `row` (default `example_row(specs)`)."""
+    row = {s.name: (row if row is not None else example_row(specs)).get(s.name) for s in specs}
     v2 = {
-        "id": "flight-0001",
+        "id": "request-0001",
         "inputs": [
             {"name": s.name, "datatype": s.datatype, "shape": [1, 1], "data": [row[s.name]]} for s in specs
         ],
@@ -487,11 +482,11 @@ def example_bodies(specs: list[TensorSpec]) -> dict[type[BaseModel], Any]:
     }
 
 
-def _request_body(op: Operation, binary: bool) -> dict[str, Any]:
+def _request_body(op: Operation, binary: bool, examples: dict[type[BaseModel], Any]) -> dict[str, Any]:
     assert op.body is not None
-    content: dict[str, Any] = {
-        JSON: {"schema": _ref(op.body.__name__), "example": example_bodies(input_specs())[op.body]}
-    }
+    content: dict[str, Any] = {JSON: {"schema": _ref(op.body.__name__)}}
+    if op.body in examples:
+        content[JSON]["example"] = examples[op.body]
     if binary and op.body is InferenceRequest:
         content[BINARY] = {"schema": {"type": "string", "contentMediaType": BINARY, "description": _BINARY_DOC}}
     body: dict[str, Any] = {"required": op.body_required, "content": content}
@@ -507,13 +502,16 @@ def app_document(
     api_keys: bool,
     extensions: list[str],
     models: dict[str, list[str]] | None = None,
+    inputs: list[TensorSpec] | None = None,
+    example: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`build_document` over FastAPI's generated document of `app` (what `/openapi.json` serves)."""
     from fastapi.openapi.utils import get_openapi
 
     generated = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     return build_document(
-        generated, max_string_length=max_string_length, api_keys=api_keys, extensions=extensions, models=models
+        generated, max_string_length=max_string_length, api_keys=api_keys, extensions=extensions, models=models,
+        inputs=inputs, example=example,
     )
 
 
@@ -524,6 +522,8 @@ def build_document(
     api_keys: bool,
     extensions: list[str],
     models: dict[str, list[str]] | None = None,
+    inputs: list[TensorSpec] | None = None,
+    example: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The served OpenAPI 3.1 document, from FastAPI's generated one.
 
@@ -534,6 +534,10 @@ def build_document(
         extensions: the protocol extensions the server advertises (`GET /v2`); with
             `binary_tensor_data`, the infer operations also take the binary framing.
         models: {model: [versions]} on disk, given as the path parameters' examples.
+        inputs: the served model's inputs (its `signature.json`): the records' `Record` schema and
+            the bodies' examples; None (nothing loaded, or models with different inputs): `Record`
+            is any object and the scoring bodies have no example.
+        example: one row for the examples (default `example_row(inputs)`).
 
     Returns:
         A new document.
@@ -550,7 +554,10 @@ def build_document(
         js = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(js.pop("$defs", {}))
         components[model.__name__] = js
-    _constrain_requests(components, max_string_length)
+    _constrain_requests(components, max_string_length, inputs)
+    bodies = example_bodies(inputs, example) if inputs is not None else {}
+    if inputs is None:
+        bodies = {k: v for k, v in example_bodies([]).items() if k not in (InferenceRequest, RecordsRequest)}
     binary = BINARY_EXTENSION in extensions
     models = models or {}
     examples = {"name": sorted(models), "version": sorted({v for vs in models.values() for v in vs})}
@@ -565,7 +572,7 @@ def build_document(
                 del operation["parameters"]
             operation.pop("requestBody", None)
             if op.body is not None:
-                operation["requestBody"] = _request_body(op, binary)
+                operation["requestBody"] = _request_body(op, binary, bodies)
                 if binary and op.body is InferenceRequest:
                     operation["description"] = (operation.get("description", "") + "\n\n" + _BINARY_DOC).strip()
             operation["responses"] = _responses(op)

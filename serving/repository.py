@@ -43,7 +43,7 @@ import pandas as pd
 from driftloop.errors import DriftloopError, PackageError
 from driftloop.model_repository import ServingState, StateError, read_state, release_in_progress
 from driftloop.package import verify_package
-from driftloop.schema import OUTPUT, Signature, to_onnx_feeds
+from driftloop.schema import OUTPUT, Signature, feeds_for
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class ModelRepository:
             rows = reference.head(max(1, self.warmup_rows))
             if rows.empty:
                 raise ValueError("reference.parquet has no rows")
-            feeds = to_onnx_feeds(rows)
+            feeds = feeds_for(rows, list(mv.signature.inputs))  # the package's own contract
             scores = mv.run({k: feeds[k] for k in mv.input_names})
         except Exception as exc:  # noqa: BLE001 - anything here means the version must not serve
             raise LoadRefused(f"{mv.folder}: warm-up failed ({type(exc).__name__}: {exc})") from None

@@ -2,7 +2,10 @@
 
 No training code is needed: each builder writes a complete, verifiable package (model.onnx,
 signature.json, model_card.json, model_card.md, reference.parquet, SHA256SUMS) whose graph is a
-deterministic function of the raw columns of `driftloop.schema.input_specs()`.
+deterministic function of the raw columns of `TEST_INPUTS`: the test packages' own contract, a
+fixed copy of the default dataset's inputs (so the serving and release tests exercise a realistic
+signature without reading params.yaml: the server never does). The server itself only ever reads a
+package's `signature.json`.
 
 Graph of the default ("linear") package, all tensors `[N, 1]`:
     z = sum_i w_i * float(int_i) + sum_j v_j * where(isnan(f_j), 0, f_j) + carrier_term + origin_term + b
@@ -30,17 +33,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 from driftloop.package import write_sha256sums
 from driftloop.payloads import records_body, v2_body
-from driftloop.schema import (
-    CATEGORICAL,
-    FEATURES,
-    FLOAT,
-    INTEGER,
-    OUTPUT,
-    Signature,
-    input_specs,
-    output_specs,
-    to_onnx_feeds,
-)
+from driftloop.schema import OUTPUT, Signature, TensorSpec, feeds_for, output_specs
+
+TEST_INPUTS: list[TensorSpec] = [
+    *(TensorSpec(name=c, datatype="BYTES", shape=[-1, 1]) for c in ("carrier", "origin", "dest")),
+    *(TensorSpec(name=c, datatype="INT64", shape=[-1, 1]) for c in ("hour", "minute", "day_of_week", "distance")),
+    *(TensorSpec(name=c, datatype="FP32", shape=[-1, 1], nullable=True)
+      for c in ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib")),
+]  # fmt: skip
+"""The test packages' inputs (their `signature.json`), in order."""
+FEATURES: tuple[str, ...] = tuple(s.name for s in TEST_INPUTS)
+CATEGORICAL: tuple[str, ...] = tuple(s.name for s in TEST_INPUTS if s.datatype == "BYTES")
+INTEGER: tuple[str, ...] = tuple(s.name for s in TEST_INPUTS if s.datatype == "INT64")
+FLOAT: tuple[str, ...] = tuple(s.name for s in TEST_INPUTS if s.datatype == "FP32")
 
 CARRIERS: tuple[str, ...] = ("UA", "B6", "EV", "DL", "AA", "MQ", "US", "9E", "WN", "VX")
 ORIGINS: tuple[str, ...] = ("EWR", "JFK", "LGA")
@@ -109,7 +114,7 @@ def _value_info(name: str, elem: int) -> onnx.ValueInfoProto:
 
 def _inputs() -> list[onnx.ValueInfoProto]:
     elems = {"BYTES": TensorProto.STRING, "INT64": TensorProto.INT64, "FP32": TensorProto.FLOAT}
-    return [_value_info(spec.name, elems[spec.datatype]) for spec in input_specs()]
+    return [_value_info(spec.name, elems[spec.datatype]) for spec in TEST_INPUTS]
 
 
 def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
@@ -262,7 +267,7 @@ def score_rows(model: onnx.ModelProto | str | os.PathLike[str], rows: pd.DataFra
     options.inter_op_num_threads = 1
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT], to_onnx_feeds(rows))[0]
+    return session.run([OUTPUT], feeds_for(rows, TEST_INPUTS))[0]
 
 
 def build_test_package(
@@ -316,7 +321,7 @@ def build_test_package(
             + ("-slow" if slow else "")
         )
     signature = Signature(
-        model_name=model_name, lineage_id=lineage_id, inputs=input_specs(), outputs=output_specs()
+        model_name=model_name, lineage_id=lineage_id, inputs=TEST_INPUTS, outputs=output_specs()
     )
     (folder / "signature.json").write_text(signature.model_dump_json(indent=2) + "\n")
     rows = synthetic_rows(reference_rows, seed=seed)
@@ -362,7 +367,7 @@ def build_test_repository(
 
 def v2_payload(frame: pd.DataFrame, nested: bool = False) -> dict:
     """A v2 infer body for `frame`'s `FEATURES` columns (NaN -> null); `nested` gives [[v], ...] data."""
-    return v2_body(frame, nested=nested)
+    return v2_body(frame, FEATURES, datatypes={s.name: s.datatype for s in TEST_INPUTS}, nested=nested)
 
 
 def v2_binary_payload(frame: pd.DataFrame, binary_output: bool = True) -> tuple[bytes, int]:
@@ -372,9 +377,8 @@ def v2_binary_payload(frame: pd.DataFrame, binary_output: bool = True) -> tuple[
         (body, JSON header length for the `Inference-Header-Content-Length` header). BYTES
         elements are a 4-byte little-endian length then UTF-8; numbers raw little-endian.
     """
-    from driftloop.schema import FEATURES, datatype_of, to_onnx_feeds
-
-    feeds = to_onnx_feeds(frame)
+    datatype_of = {s.name: s.datatype for s in TEST_INPUTS}
+    feeds = feeds_for(frame, TEST_INPUTS)
     inputs, blobs = [], []
     for name in FEATURES:
         column = feeds[name][:, 0]
@@ -385,7 +389,7 @@ def v2_binary_payload(frame: pd.DataFrame, binary_output: bool = True) -> tuple[
         inputs.append(
             {
                 "name": name,
-                "datatype": datatype_of(name),
+                "datatype": datatype_of[name],
                 "shape": [len(column), 1],
                 "parameters": {"binary_data_size": len(blob)},
             }
@@ -460,6 +464,10 @@ def running_server(
 
 __all__ = [
     "CATEGORICAL",
+    "FEATURES",
+    "FLOAT",
+    "INTEGER",
+    "TEST_INPUTS",
     "build_model",
     "build_test_package",
     "build_test_repository",

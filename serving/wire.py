@@ -112,8 +112,8 @@ def check_duplicate_keys(body: bytes, keys: int, string_colons: int | Callable[[
 
 
 def fixed_width_ascii(buf: memoryview, n: int, max_string_length: int) -> np.ndarray | None:
-    """BYTES elements that are all ASCII, without NUL, and of one length (airport and carrier
-    codes), decoded in three numpy passes into a fixed-width unicode array (ONNX Runtime takes it
+    """BYTES elements that are all ASCII, without NUL, and of one length (e.g. airport or
+    currency codes), decoded in three numpy passes into a fixed-width unicode array (ONNX Runtime takes it
     as a string tensor, and `np.concatenate` with object arrays gives object).
 
     Returns None for anything else (mixed lengths, non-ASCII, NUL, a bad size), which

@@ -3,7 +3,7 @@
 The parents are the exported families (`models/onnx/families.json`), never a list written here.
 
 Per model: ROC AUC, PR AUC (average precision), log loss, Brier score, expected calibration error
-(ECE, equal-width bins; Naeini et al. 2015); ROC AUC per carrier, origin and month (slices under
+(ECE, equal-width bins; Naeini et al. 2015); ROC AUC per value of each `dataset.slices` column (slices under
 `min_slice_rows` rows, or with one class only, are flagged, not scored); batch invariance (rows
 scored alone vs inside a batch of `invariance_batch`: max |difference|); for candidates, the shift
 of each row's score from its parent's (max and p99 of |p - p_parent|).
@@ -32,15 +32,16 @@ from sklearn.metrics import (
 
 from driftloop.bench import make_session, take_rows
 from driftloop.config import EvaluateParams, load_section
+from driftloop.dataset import Dataset
 from driftloop.families import FAMILIES_FILE
 from driftloop.io import atomic_path, read_json, write_json
+from driftloop.onnx_graph import graph_inputs
 from driftloop.package import verify_package
-from driftloop.schema import LABEL, OUTPUT, to_onnx_feeds
+from driftloop.schema import LABEL, OUTPUT, feeds_for
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
 
-SLICE_COLUMNS = ("carrier", "origin", "month")
 CHAMPION = "champion"
 HEADLINE = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "batch_invariance")
 
@@ -82,8 +83,11 @@ def batch_invariance(session, feeds: dict[str, np.ndarray], batch: int, rows: in
     return float(np.max(np.abs(alone - in_batch[: len(alone)])))
 
 
-def evaluate_model(session, test: pd.DataFrame, feeds: dict[str, np.ndarray], params: EvaluateParams) -> tuple[dict, np.ndarray, dict]:
-    """Metrics of one graph on the test split; returns (metrics, scores `[n]` float32, curves)."""
+def evaluate_model(
+    session, test: pd.DataFrame, feeds: dict[str, np.ndarray], params: EvaluateParams, slices: list[str]
+) -> tuple[dict, np.ndarray, dict]:
+    """Metrics of one graph on the test split, with a ROC AUC per value of each of `slices`
+    (`dataset.slices`); returns (metrics, scores `[n]` float32, curves)."""
     p = session.run([OUTPUT], feeds)[0].reshape(-1)
     y = test[LABEL].to_numpy()
     ece, calib = expected_calibration_error(y, p.astype(np.float64), params.calibration_bins)
@@ -93,7 +97,7 @@ def evaluate_model(session, test: pd.DataFrame, feeds: dict[str, np.ndarray], pa
         "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
         "brier": float(brier_score_loss(y, p)),
         "ece": ece,
-        "slices": {c: slice_auc(test, p, c, params.min_slice_rows) for c in SLICE_COLUMNS},
+        "slices": {c: slice_auc(test, p, c, params.min_slice_rows) for c in slices},
         "batch_invariance": batch_invariance(session, feeds, params.invariance_batch),
     }
     fpr, tpr, _ = roc_curve(y, p)
@@ -109,17 +113,26 @@ def evaluate_model(session, test: pd.DataFrame, feeds: dict[str, np.ndarray], pa
 
 
 def evaluate_candidates(
-    graphs: dict[str, bytes], parents: dict[str, str], test: pd.DataFrame, params: EvaluateParams
+    graphs: dict[str, bytes], parents: dict[str, str], test: pd.DataFrame, params: EvaluateParams,
+    slices: list[str] | None = None,
 ) -> tuple[dict, dict]:
     """Evaluate every graph; `parents` maps a candidate to its parent's name (parents map to None).
+
+    Each graph is fed its own inputs (`graph_inputs`: a champion built on other columns is fed those).
 
     Returns:
         ({name: metrics}, {name: curves}); candidates also get `score_shift_vs_parent` {max, p99}.
     """
-    feeds = to_onnx_feeds(test)
     metrics, scores, curves = {}, {}, {}
+    feeds_by_inputs: dict[tuple, dict[str, np.ndarray]] = {}
     for name, blob in graphs.items():
-        metrics[name], scores[name], curves[name] = evaluate_model(make_session(blob, threads=1), test, feeds, params)
+        inputs = graph_inputs(blob)
+        key = tuple((s.name, s.datatype) for s in inputs)
+        if key not in feeds_by_inputs:
+            feeds_by_inputs[key] = feeds_for(test, inputs)
+        metrics[name], scores[name], curves[name] = evaluate_model(
+            make_session(blob, threads=1), test, feeds_by_inputs[key], params, list(slices or [])
+        )
         log.info("evaluate: %-17s roc_auc %.4f  pr_auc %.4f  ece %.4f", name, metrics[name]["roc_auc"],
                  metrics[name]["pr_auc"], metrics[name]["ece"])  # fmt: skip
     for name, parent in parents.items():
@@ -143,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         params = load_section(args.params, "evaluate", EvaluateParams)
+        slices = load_section(args.params, "dataset", Dataset).slices
         test = pd.read_parquet(args.features / "test.parquet")
         table = read_json(args.candidates / "candidates.json")["candidates"]
         families = list(read_json(args.onnx / FAMILIES_FILE))  # each family's FP32 graph is a parent
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             graphs[CHAMPION] = (args.champion / "model.onnx").read_bytes()
             parents[CHAMPION] = None
             onnx.checker.check_model(onnx.load_from_string(graphs[CHAMPION]))
-        metrics, curves = evaluate_candidates(graphs, parents, test, params)
+        metrics, curves = evaluate_candidates(graphs, parents, test, params, slices)
         report = {
             "models": metrics,
             "test_rows": len(test),

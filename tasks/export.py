@@ -22,11 +22,12 @@ import onnx
 import pandas as pd
 
 from driftloop.config import ExportParams, load_section
+from driftloop.dataset import Dataset
 from driftloop.errors import ParityError
 from driftloop.families import FAMILIES, FAMILIES_FILE
 from driftloop.io import atomic_path, read_json, write_json
-from driftloop.onnx_graph import run_graph
-from driftloop.schema import to_onnx_feeds
+from driftloop.onnx_graph import graph_feeds, run_graph
+from driftloop.schema import TensorSpec
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,11 @@ def check_parity(name: str, p_onnx: np.ndarray, p_native: np.ndarray, tolerance:
 
 
 def export_family(
-    name: str, fitted: Any, test: pd.DataFrame, params: ExportParams
+    name: str, fitted: Any, test: pd.DataFrame, params: ExportParams, inputs: list[TensorSpec]
 ) -> tuple[dict[str, onnx.ModelProto], dict]:
     """Convert one family and check its parity on `test` plus the family's `parity_rows`.
+
+    `inputs` are the graph's inputs (`Dataset.input_specs()`: the features in input order).
 
     Returns:
         ({graph key: graph}, parity result with `threshold_rows`: how many extra rows were checked).
@@ -69,12 +72,12 @@ def export_family(
         ParityError: see `check_parity`.
     """
     family = FAMILIES[name]
-    graphs = family.to_onnx(fitted, params.opset)
+    graphs = family.to_onnx(fitted, params.opset, inputs)
     extra = family.parity_rows(fitted, test)
     rows = pd.concat([test, extra], ignore_index=True) if len(extra) else test
     result = check_parity(
         name,
-        run_graph(graphs[name], to_onnx_feeds(rows)),
+        run_graph(graphs[name], graph_feeds(graphs[name], rows)),
         family.predict(fitted, rows),
         params.parity_tolerance,
     )
@@ -94,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         params = load_section(args.params, "export", ExportParams)
+        inputs = load_section(args.params, "dataset", Dataset).input_specs()
         torch.set_num_threads(1)
         test = pd.read_parquet(args.features / "test.parquet")
         graphs: dict[str, dict[str, onnx.ModelProto]] = {}
         report = {}
         for name in read_json(args.models / FAMILIES_FILE):
-            graphs[name], report[name] = export_family(name, FAMILIES[name].load(args.models), test, params)
+            graphs[name], report[name] = export_family(name, FAMILIES[name].load(args.models), test, params, inputs)
         with atomic_path(args.out) as tmp:
             tmp.mkdir()
             for family_graphs in graphs.values():

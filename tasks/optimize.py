@@ -24,8 +24,7 @@ from driftloop.bench import make_session, measure, take_rows
 from driftloop.config import ExportParams, OptimizeParams, TrainParams, load_section
 from driftloop.families import FAMILIES, FAMILIES_FILE, Candidate, CandidateContext
 from driftloop.io import atomic_path, read_json, write_json
-from driftloop.onnx_graph import run_graph
-from driftloop.schema import to_onnx_feeds
+from driftloop.onnx_graph import graph_feeds, run_graph
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, keys in read_json(args.onnx / FAMILIES_FILE).items()
         }
         candidates = build_candidates(contexts)
-        feeds = to_onnx_feeds(test)
+        feeds = graph_feeds(next(iter(candidates.values())).graph, test)  # every candidate has the same inputs
         table = measure_candidates(candidates, feeds, params)
         notes = review_candidates(table)
         for name in table:  # every kept graph must still score the test rows

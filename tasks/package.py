@@ -8,7 +8,7 @@ has no lock entry, `dvc status` reports it as not built.
 
 Files (see `driftloop.package` for the contract): `model.onnx`, `signature.json`,
 `model_card.json`, `model_card.md`, `reference.parquet` (a time-uniform sample of `reference_rows`
-rows of the whole window, every split at the same fraction: the raw columns, `label`, `time_hour`,
+rows of the whole window, every split at the same fraction: the raw columns, `label`, the time column,
 `split` and the package's own `score`; see driftloop/drift.py; the card's `reference` holds its
 held-out rows' ROC AUC and DeLong SE, the drift check's honest reference), `SHA256SUMS`. The lineage id is the first 16 hex
 of sha256(model sha256, data sha256s, params): the same inputs give the same id.
@@ -29,14 +29,15 @@ import pandas as pd
 
 from driftloop.checks import Check, markdown_table
 from driftloop.config import PackageParams, load_section, read_params_file
+from driftloop.dataset import Dataset
 from driftloop.drift import build_reference, reference_stats
 from driftloop.environment import lockfile_sha256
 from driftloop.errors import GateRejected
 from driftloop.gate_report import GateReport
 from driftloop.io import atomic_path, read_json, sha256_file
-from driftloop.onnx_graph import run_graph
+from driftloop.onnx_graph import graph_feeds, run_graph
 from driftloop.package import REJECTED, write_sha256sums
-from driftloop.schema import LABEL, Signature, input_specs, output_specs, to_onnx_feeds
+from driftloop.schema import LABEL, Signature, output_specs
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ def render_card_md(card: dict) -> str:
     lines = [
         f"# Model card: {card['model_name']} ({card['lineage_id']})",
         "",
-        f"Predicts the probability that a flight from NYC (EWR, JFK, LGA) arrives {card['label']['threshold_min']:g}"
-        " minutes late or more, from its schedule and the origin's weather at the scheduled hour.",
+        f"Predicts P({card['label']['rule']}) for one row of `{card['dataset']['main_table']}` ({card['dataset']['name']}),"
+        f" from the {len(card['signature']['inputs'])} inputs below.",
         "",
         "## Lineage",
         f"- candidate: `{card['candidate']}` ({card['how']})",
@@ -99,8 +100,8 @@ def render_card_md(card: dict) -> str:
         " package's hash, so the package cannot name it, and HEAD at build time is another commit",
         f"- environment: `{card['environment']['lockfile']}` sha256 `{card['environment']['lockfile_sha256']}`",
         f"- data: {card['data']['source']}, window {card['data']['window']['start']}..{card['data']['window']['end']},"
-        f" {card['data']['rows']['flights']} flights",
-        f"- data sha256: flights `{card['data']['sha256']['flights.parquet']}`",
+        f" {card['data']['rows'][card['dataset']['main_table']]} rows of {card['dataset']['main_table']}",
+        *[f"- data sha256: {name} `{sha}`" for name, sha in card["data"]["sha256"].items()],
         "",
         "## Test metrics (last days of the window, never seen in training)",
         "| metric | value |",
@@ -111,7 +112,7 @@ def render_card_md(card: dict) -> str:
         "| slice | rows | ROC AUC |",
         "|---|---|---|",
         *[f"| {col}={value} | {st['rows']} | {_fmt(st['roc_auc']) if st['roc_auc'] is not None else st['flag']} |"
-          for col in ("origin", "carrier") for value, st in sorted(card["slices"].get(col, {}).items())],
+          for col in card["slices"] for value, st in sorted(card["slices"][col].items())],
         "",
         f"## Gate: {card['gate']['verdict']}",
         markdown_table([Check.model_validate(r) for r in card["gate"]["rules"]]),
@@ -133,9 +134,12 @@ def render_card_md(card: dict) -> str:
 
 def build_package(
     out: Path, *, model_path: Path, candidate: str, candidates: dict, gate: GateReport, evaluation: dict,
-    manifest: dict, params: dict, pkg: PackageParams, splits: dict[str, pd.DataFrame], repo_root: Path,
+    manifest: dict, params: dict, pkg: PackageParams, dataset: Dataset, splits: dict[str, pd.DataFrame], repo_root: Path,
 ) -> str:  # fmt: skip
     """Write the package folder atomically; returns its lineage id.
+
+    The signature's inputs are `dataset.input_specs()` (the features in input order); the reference
+    sample holds them, `label`, the time column (`dataset.time.column`), `split` and `score`.
 
     Raises:
         GateRejected: the gate verdict is not "pass" or chose another candidate.
@@ -144,9 +148,11 @@ def build_package(
         raise GateRejected(f"gate verdict is {gate.verdict!r}: refusing to package; fix the candidates or the rules")
     model_sha = sha256_file(model_path)
     lid = lineage_id(model_sha, manifest["sha256"], params)
-    signature = Signature(model_name=pkg.model_name, lineage_id=lid, inputs=input_specs(), outputs=output_specs())
-    reference = build_reference(splits, pkg.reference_rows, seed=0)
-    reference["score"] = run_graph(model_path.read_bytes(), to_onnx_feeds(reference)).astype(np.float32)
+    signature = Signature(model_name=pkg.model_name, lineage_id=lid, inputs=dataset.input_specs(), outputs=output_specs())
+    time = dataset.time.column
+    reference = build_reference(splits, pkg.reference_rows, seed=0, features=dataset.feature_names, time_column=time)
+    model = model_path.read_bytes()
+    reference["score"] = run_graph(model, graph_feeds(model, reference)).astype(np.float32)
     card = {
         "model_name": pkg.model_name,
         "lineage_id": lid,
@@ -161,16 +167,17 @@ def build_package(
         "data": manifest,
         "params": params,
         "libraries": library_versions(),
-        "label": {"name": LABEL, "threshold_min": params["features"]["delay_threshold_min"]},
+        "dataset": {"name": dataset.name, "main_table": dataset.main_table, "time_column": time},
+        "label": {"name": LABEL, "rule": dataset.label.rule},
         "metrics": gate.chosen_metrics,
-        "slices": evaluation["models"][candidate]["slices"],  # ROC AUC per carrier / origin / month
+        "slices": evaluation["models"][candidate]["slices"],  # ROC AUC per value of each dataset.slices column
         "batch_invariance": evaluation["models"][candidate]["batch_invariance"],
         "champion": evaluation.get("champion"),
         "speed": {k: candidates[candidate][k] for k in ("p50_ms", "p99_ms", "rows_per_s", "size_bytes")},
         "gate": gate.model_dump(mode="json", include={"verdict", "chosen", "rules"}),
         "signature": signature.model_dump(),
         "model_sha256": model_sha,
-        "reference": reference_stats(reference).model_dump(),  # held-out ROC AUC of the drift check
+        "reference": reference_stats(reference, time).model_dump(),  # held-out ROC AUC of the drift check
     }
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         lid = build_package(
             args.out, model_path=args.candidates / candidates[chosen]["file"], candidate=chosen, candidates=candidates,
             gate=gate, evaluation=read_json(args.evaluation), manifest=read_json(args.snapshot / "manifest.json"),
-            params=read_params_file(args.params), pkg=pkg,
+            params=read_params_file(args.params), pkg=pkg, dataset=load_section(args.params, "dataset", Dataset),
             splits={n: pd.read_parquet(args.features / f"{n}.parquet") for n in ("train", "valid", "test")},
             repo_root=Path.cwd(),
         )  # fmt: skip

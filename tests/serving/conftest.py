@@ -9,10 +9,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from driftloop.schema import FEATURES
 from serving.app import create_app
 from serving.config import ServeSettings
-from serving.testing import build_test_package, running_server, synthetic_rows
+from serving.testing import FEATURES, build_test_package, running_server, synthetic_rows
 
 MODEL = "flight_delay"
 

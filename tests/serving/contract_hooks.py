@@ -15,11 +15,11 @@ import orjson
 import schemathesis
 from hypothesis import strategies as st
 
-from driftloop.schema import input_specs
 from serving.openapi import BINARY, example_bodies
+from serving.testing import TEST_INPUTS, synthetic_rows
 from serving.validation import InferenceRequest
 
-V2_EXAMPLE = example_bodies(input_specs())[InferenceRequest]
+V2_EXAMPLE = example_bodies(TEST_INPUTS, synthetic_rows(1).iloc[0].to_dict())[InferenceRequest]
 N_INPUTS = len(V2_EXAMPLE["inputs"])
 
 BINARY_BODIES = st.builds(

@@ -29,10 +29,11 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from schemathesis.config import SchemathesisConfig
 
+from driftloop.payloads import json_value
 from serving.app import create_app
 from serving.config import ServeSettings
 from serving.openapi import BINARY, BINARY_EXTENSION, HEADER_LENGTH, OPERATIONS, app_document
-from serving.testing import build_test_package, running_server
+from serving.testing import TEST_INPUTS, build_test_package, running_server, synthetic_rows
 from serving.validation import FP32_ROUNDS_TO_INF, REQUEST_ID_PATTERN
 
 MODEL = "flight_delay"
@@ -58,6 +59,12 @@ def contract_server(tmp_path_factory) -> Iterator[str]:
         yield base
 
 
+# What the server derives from the loaded package (`serving.app.served_contract`): its signature's
+# inputs and the first row of its reference sample (build_test_package: synthetic_rows(300, seed=0)).
+_FIRST = synthetic_rows(300, seed=0).iloc[0]
+CONTRACT = {"inputs": TEST_INPUTS, "example": {s.name: json_value(_FIRST[s.name]) for s in TEST_INPUTS}}
+
+
 def contract_document() -> dict:
     """The document a server with `SETTINGS` and `MODEL` version 1 on disk serves (built without one)."""
     app = create_app(ServeSettings(repository=Path("contract-repository-not-created"), **SETTINGS))
@@ -67,6 +74,7 @@ def contract_document() -> dict:
         api_keys=False,
         extensions=app.state.driftloop.server_metadata()["extensions"],
         models={MODEL: ["1"]},
+        **CONTRACT,
     )
 
 
@@ -156,7 +164,7 @@ def test_binary_bodies_keep_the_contract(server):
     app = create_app(ServeSettings(repository=Path("contract-repository-not-created"), **SETTINGS))
     doc = app_document(
         app, max_string_length=SETTINGS["max_string_length"], api_keys=False,
-        extensions=[BINARY_EXTENSION], models={MODEL: ["1"]},
+        extensions=[BINARY_EXTENSION], models={MODEL: ["1"]}, **CONTRACT,
     )  # fmt: skip
     operation = schemathesis.openapi.from_dict(doc, config=contract_config())["/v2/models/{name}/infer"]["POST"]
     statuses = []

@@ -20,9 +20,10 @@ def test_batches_merge_per_version(make_repo):
     repo = ModelRepository(make_repo({"1": "v1", "2": "v2"}))
     v1, v2 = repo.load(MODEL, "1"), repo.load(MODEL, "2")
     frame = synthetic_rows(40, seed=3)
-    from driftloop.schema import to_onnx_feeds
+    from driftloop.schema import feeds_for
+    from serving.testing import TEST_INPUTS
 
-    feeds = to_onnx_feeds(frame)
+    feeds = feeds_for(frame, TEST_INPUTS)
     batches: list[tuple[str, int]] = []
 
     async def main():
@@ -49,9 +50,10 @@ def test_batches_merge_per_version(make_repo):
 def test_queue_bound_unit(make_repo):
     repo = ModelRepository(make_repo({"1": "slow"}))
     mv = repo.load(MODEL, "1")
-    from driftloop.schema import to_onnx_feeds
+    from driftloop.schema import feeds_for
+    from serving.testing import TEST_INPUTS
 
-    feeds = to_onnx_feeds(synthetic_rows(1))
+    feeds = feeds_for(synthetic_rows(1), TEST_INPUTS)
 
     async def main():
         batcher = MicroBatcher(max_batch_size=1, max_queue_delay_ms=0, max_queue_rows=3)

@@ -9,8 +9,15 @@ import httpx
 import numpy as np
 import pytest
 
-from driftloop.schema import FEATURES, NUMPY_DTYPE, datatype_of, to_onnx_feeds
-from serving.testing import score_rows, v2_payload
+from driftloop.schema import NUMPY_DTYPE, feeds_for
+from serving.testing import FEATURES, TEST_INPUTS, score_rows, v2_payload
+
+DATATYPES = {s.name: s.datatype for s in TEST_INPUTS}
+datatype_of = DATATYPES.__getitem__
+
+
+def to_onnx_feeds(frame):
+    return feeds_for(frame, TEST_INPUTS)
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 kserve = pytest.importorskip("kserve")

@@ -16,14 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftloop.schema import Signature, input_specs, output_specs
-from serving.testing import records_payload, v2_binary_payload, v2_payload
+from driftloop.schema import Signature, output_specs
+from serving.testing import TEST_INPUTS, records_payload, v2_binary_payload, v2_payload
 from serving.validation import InferenceRequest, Limits, RequestError, parse_v2, records_feeds, v2_feeds
 
 MODEL = "flight_delay"
 INFER = f"/v2/models/{MODEL}/infer"
 PREDICT = f"/v1/models/{MODEL}:predict"
-SIG = Signature(model_name=MODEL, lineage_id="x", inputs=input_specs(), outputs=output_specs())
+SIG = Signature(model_name=MODEL, lineage_id="x", inputs=TEST_INPUTS, outputs=output_specs())
 
 
 def _post_raw(client, path, body: bytes, content_type: str | None = "application/json", **headers):

@@ -17,18 +17,17 @@ import pandas as pd
 import pytest
 
 from driftloop.predlog import read_labels, read_log, read_log_with_labels, write_labels
-from driftloop.schema import FEATURES
 from serving.predlog import PredictionLog
-from serving.testing import records_payload, synthetic_rows, v2_payload
+from serving.testing import FEATURES, TEST_INPUTS, records_payload, synthetic_rows, v2_payload
 
 MODEL = "flight_delay"
 WIDE = ("2000-01-01", "2100-01-01")
 
 
 def _feeds(n, seed=0):
-    from driftloop.schema import to_onnx_feeds
+    from driftloop.schema import feeds_for
 
-    return to_onnx_feeds(synthetic_rows(n, seed=seed))
+    return feeds_for(synthetic_rows(n, seed=seed), TEST_INPUTS)
 
 
 def test_rotation_window_and_labels(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftloop.schema import Signature, input_specs, output_specs
-from serving.testing import records_payload, v2_payload
+from driftloop.schema import Signature, output_specs
+from serving.testing import TEST_INPUTS, records_payload, v2_payload
 from serving.validation import (
     InferenceRequest,
     Limits,
@@ -24,7 +24,7 @@ from serving.validation import (
 )
 
 MODEL = "flight_delay"
-SIG = Signature(model_name=MODEL, lineage_id="x", inputs=input_specs(), outputs=output_specs())
+SIG = Signature(model_name=MODEL, lineage_id="x", inputs=TEST_INPUTS, outputs=output_specs())
 SPECS = {s.name: s for s in SIG.inputs}
 LIMITS = Limits(max_rows=500, max_string_length=16)
 
@@ -223,10 +223,10 @@ def test_nulls_become_nan_only_in_nullable_columns(rows):
 )
 def test_single_record_fast_path_agrees_with_the_general_path(changes, drop):
     """One record goes through `_one_record`; two copies of it through the general checks: same verdict, same values."""
-    from driftloop.schema import Signature, input_specs, output_specs
+    from driftloop.schema import Signature, output_specs
     from serving.validation import Limits, RecordsRequest, RequestError, records_feeds
 
-    sig = Signature(model_name="m", lineage_id="x", inputs=input_specs(), outputs=output_specs())
+    sig = Signature(model_name="m", lineage_id="x", inputs=TEST_INPUTS, outputs=output_specs())
     record = {"carrier": "UA", "origin": "EWR", "dest": "ORD", "hour": 7, "minute": 30, "day_of_week": 0,
               "distance": 719, "temp": 39.0, "humid": 60.0}  # fmt: skip
     record.update(changes)
