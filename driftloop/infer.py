@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
+from driftloop.dataset import RESERVED, LabelSpec
 from driftloop.errors import DataError
 
 MAX_CATEGORIES = 1000
@@ -52,26 +54,26 @@ MOSTLY = 0.99
 MIN_TABLE_ROWS = 500
 """Fewer rows than this cannot give a train, a validation and a test split worth fitting."""
 WINDOW_MONTHS = 3
-RESERVED = ("label", "month", "flight_key")
-"""Column names every features split writes itself (driftloop/dataset.py `RESERVED`)."""
-_DERIVED_CANDIDATES = ("hour", "day_of_week")
+_PROPOSED: dict[str, tuple[int, int, str]] = {  # derive kind (of dataset.DERIVED) -> (min, max, why)
+    "hour": (0, 23, "derived: the time column's hour (UTC when it is naive)"),
+    "day_of_week": (0, 6, "derived: 0 = Monday, from the time column's date"),
+}
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne,
 }  # fmt: skip
-_RULE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 
 
 @dataclass(frozen=True)
 class LabelRule:
-    """A parsed `COLUMN OP VALUE` label rule (the same grammar as `dataset.label.rule`)."""
+    """A parsed `COLUMN OP VALUE` label rule (parsed by `dataset.LabelSpec`: one grammar)."""
 
     column: str
     op: str
     value: float | str
 
     def apply(self, values: pd.Series) -> pd.Series:
-        """1 where the rule holds, 0 where not, NA where the column is null (no label). Int8-like Int64."""
+        """1 where the rule holds, 0 where not, NA where the column is null (no label). Nullable Int64."""
         known = values.notna()
         out = pd.Series(pd.NA, index=values.index, dtype="Int64")
         out[known] = _OPS[self.op](values[known], self.value).astype("int64")
@@ -84,20 +86,12 @@ def parse_label_rule(rule: str) -> LabelRule:
     Raises:
         DataError: the rule does not have that form, or VALUE is neither a number nor quoted.
     """
-    m = _RULE.match(rule)
-    if not m:
-        raise DataError(
-            f'--label {rule!r}: cannot parse; write COLUMN OP VALUE, OP one of >= > <= < == != (e.g. "arr_delay >= 15")'
-        )
-    column, op, raw = m.groups()
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        return LabelRule(column, op, raw[1:-1])
     try:
-        return LabelRule(column, op, float(raw))
-    except ValueError:
-        raise DataError(
-            f"--label {rule!r}: value {raw!r} is neither a number nor a quoted string; quote it: 'text'"
-        ) from None
+        spec = LabelSpec(rule=rule)
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise DataError(f"--label {rule!r}: {why}") from None
+    return LabelRule(spec.column, spec.op, spec.value)
 
 
 @dataclass(frozen=True)
@@ -493,16 +487,13 @@ def _derive(times: pd.Series, columns: list[str]) -> dict[str, tuple[dict[str, A
     out: dict[str, tuple[dict[str, Any], str]] = {}
     clock = times.dt.hour * 60 + times.dt.minute
     span_days = (times.max() - times.min()).days
-    for what in _DERIVED_CANDIDATES:
-        if what == "hour" and clock.nunique() <= 1:
+    for what, (lo, hi, why) in _PROPOSED.items():
+        if what == "hour" and clock.nunique() <= 1:  # every time at midnight: dates, no clock
             continue
         if what == "day_of_week" and span_days < 14:
             continue
         feat = what if what not in columns and what not in RESERVED else f"derived_{what}"
-        bounds = {"hour": (0, 23), "day_of_week": (0, 6)}[what]
-        why = {"hour": "derived: the time column's hour (UTC when it is naive)",
-               "day_of_week": "derived: 0 = Monday, from the time column's date"}[what]  # fmt: skip
-        out[feat] = ({"dtype": "INT64", "derive": what, "min": bounds[0], "max": bounds[1]}, why)
+        out[feat] = ({"dtype": "INT64", "derive": what, "min": lo, "max": hi}, why)
     return out
 
 

@@ -188,6 +188,13 @@ def test_label_rule_parses(rule, expected):
     assert (r.column, r.op, r.value) == expected
 
 
+def test_proposed_time_features_are_declared_derive_kinds():
+    from driftloop.dataset import DERIVED
+    from driftloop.infer import _PROPOSED
+
+    assert set(_PROPOSED) <= set(DERIVED)
+
+
 def test_label_rule_leaves_null_rows_unlabelled():
     r = parse_label_rule("v > 1")
     assert r.apply(pd.Series([0.0, 2.0, np.nan])).tolist() == [0, 1, pd.NA]
@@ -209,9 +216,9 @@ def test_time_column_is_naive_utc(values, wanted):
     (lambda f: f.assign(ts=np.arange(len(f))), {}, "--time ts: holds numbers"),
     (lambda f: f.assign(ts=f["ts"].where(f.index != 3)), {}, "--time ts: 1 rows have no time"),
     (lambda f: f, {"label": "late_min >= 1000"}, "constant label (false for all 600"),
-    (lambda f: f, {"label": "late_min => 10"}, "cannot parse; write COLUMN OP VALUE"),
+    (lambda f: f, {"label": "late_min => 10"}, "cannot parse 'late_min => 10'; write COLUMN OP VALUE"),
     (lambda f: f, {"label": "late >= 10"}, "no column 'late'"),
-    (lambda f: f, {"label": "late_min >= ten"}, "neither a number nor a quoted string"),
+    (lambda f: f, {"label": "late_min >= ten"}, "is neither a number nor a quoted string"),
     (lambda f: f, {"label": "store == 1"}, "store holds text; quote the value"),
     (lambda f: f, {"label": "late_min == 'x'"}, "holds numbers but the value is quoted text"),
     (lambda f: f.assign(late_min=np.nan), {}, "null in every row"),

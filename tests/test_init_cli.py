@@ -87,7 +87,7 @@ def test_refusal_leaves_no_file(project: Path):
     (["--time", "time"], "error: --time time: no such column"),
     (["--time", "store"], "error: --time store: 600 of 600 values are not ISO-8601 dates"),
     (["--label", "late_min > 500"], "error: --label 'late_min > 500': constant label (false for all 600 labelled rows)"),
-    (["--label", "late_min is big"], "error: --label 'late_min is big': cannot parse; write COLUMN OP VALUE"),
+    (["--label", "late_min is big"], "error: --label 'late_min is big': cannot parse 'late_min is big'; write COLUMN OP VALUE"),
     (["--label", "lateness >= 10"], "error: --label 'lateness >= 10': no column 'lateness'"),
     (["--source", "parquet:data/source/small.parquet"], "error: the table has 120 rows; driftloop init needs at least 500"),
 ])  # fmt: skip

@@ -85,8 +85,8 @@ def prefect_harness():
 
 
 def test_init_repro_register_serve_replay_drift_retrain(project, prefect_harness):
-    from driftloop import dataset as declaration
     from driftloop.config import DataParams, load_section
+    from driftloop.dataset import Dataset
     from flows.monitoring import drift_check_flow
     from flows.replay import replay, replay_rows
     from flows.training import training_flow
@@ -126,7 +126,7 @@ def test_init_repro_register_serve_replay_drift_retrain(project, prefect_harness
     settings = ServeSettings(
         repository=root / params["release"]["repository"], log_dir=logs, flush_interval_s=0.2
     )
-    declared = load_section(root / "params.yaml", "dataset", declaration.Dataset)
+    declared = load_section(root / "params.yaml", "dataset", Dataset)
     data = load_section(root / "params.yaml", "data", DataParams)
     tables = read_source(declared, data.model_copy(update={"source_dir": str(root / data.source_dir)}))
     rows = replay_rows(tables, declared, [LATER[0]])  # August's stops, built as the features stage does
