@@ -44,7 +44,7 @@ MAX_CATEGORIES = 1000
 """Text columns with more distinct values are free text, not a category (one-hot would be this wide)."""
 MAX_ALLOWED = 50
 """Text columns with at most this many values get an `allowed` set (a longer list is unreadable)."""
-MAX_INT_CODES = 20
+MAX_INT_CODES = 12
 """Integer columns with at most this many values get an `allowed` set instead of a range (codes)."""
 QUANTILES = (0.001, 0.999)
 MARGIN = 0.1
