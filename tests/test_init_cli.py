@@ -64,6 +64,19 @@ def test_refuses_to_overwrite_without_force(project: Path):
     assert yaml.safe_load((project / "review.yaml").read_text())["train"] == yaml.safe_load(before)["train"]
 
 
+def test_reads_csv_with_text_times(project: Path):
+    _table().to_csv(project / "data/source/orders.csv", index=False)  # ts becomes ISO-8601 text
+    res = _init("--source", "parquet:data/source/orders.parquet".replace("parquet", "csv"), "--time", "ts",
+                "--label", "late_min >= 10", "--out", "csv.yaml")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = yaml.safe_load((project / "csv.yaml").read_text())["dataset"]
+    assert ds["source"] == "csv" and ds["features"]["hour"]["derive"] == "hour"
+    parquet = _init(*ORDERS, "--out", "parquet.yaml")
+    assert parquet.exit_code == 0
+    same = yaml.safe_load((project / "parquet.yaml").read_text())["dataset"]
+    assert list(ds["features"]) == list(same["features"])  # the same inference from either format
+
+
 def test_refusal_leaves_no_file(project: Path):
     res = _init(
         "--source",
