@@ -8,6 +8,7 @@ from commands.backtest import backtest
 from commands.demo import demo
 from commands.status import status
 from driftloop.cli_gc import gc
+from driftloop.cli_init import init
 from driftloop.cli_rebuild import rebuild
 from driftloop.release.cli import history, register, release, rollback
 from serving.cli import serve
@@ -18,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.command("init")(init)
 app.command("serve")(serve)
 app.command("register")(register)
 app.command("release")(release)

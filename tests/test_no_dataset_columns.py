@@ -28,6 +28,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("driftloop/dataset.py", "year"): "the names pandas wants for a date from three columns (`local_date`)",
     ("driftloop/dataset.py", "day"): "the names pandas wants for a date from three columns (`local_date`)",
     ("serving/http.py", "origin"): "the HTTP `Origin` request header (CSRF check), not a column",
+    ("driftloop/infer.py", "hour"): "a derive kind `driftloop init` proposes (`derive: hour`), not a column",
+    ("driftloop/infer.py", "day_of_week"): "a derive kind `driftloop init` proposes, not a column",
 }
 # Whole files. serving/testing.py builds the test packages (toy ONNX graphs, synthetic rows) that the
 # serving, release and benchmark code run against; its contract `TEST_INPUTS` mirrors the default
