@@ -30,6 +30,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("serving/http.py", "origin"): "the HTTP `Origin` request header (CSRF check), not a column",
     ("driftloop/infer.py", "hour"): "a derive kind `driftloop init` proposes (`derive: hour`), not a column",
     ("driftloop/infer.py", "day_of_week"): "a derive kind `driftloop init` proposes, not a column",
+    ("flows/backtest.py", "day"): "the backtest's own replayed-day column (a local date it adds), not a source column",
+    ("flows/backtest_report.py", "day"): "the backtest's event records' replayed day, not a source column",
+    ("serving/tracing.py", "carrier"): "OpenTelemetry's propagation carrier (the headers a trace context travels in)",
 }
 # Whole files. serving/testing.py builds the test packages (toy ONNX graphs, synthetic rows) that the
 # serving, release and benchmark code run against; its contract `TEST_INPUTS` mirrors the default
