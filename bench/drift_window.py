@@ -65,7 +65,7 @@ def build(root: Path, rows: int, labelled: int | None = None) -> None:
     winter["score"] = toy_score(winter)
     winter["split"] = np.where(winter["time_hour"] >= "2013-03-04", "test", "train")
     winter.to_parquet(root / "reference.parquet", index=False)
-    log = log_frame(summer, toy_score(summer), model=MODEL, start=END - dt.timedelta(days=13), seconds=13 * 86400)
+    log = log_frame(summer, toy_score(summer), features=dataset.feature_names, model=MODEL, start=END - dt.timedelta(days=13), seconds=13 * 86400)
     write_log(root / "logs", MODEL, log)
     labels = labels_for(log, summer, observed_at=END - dt.timedelta(hours=1))
     labels = labels.iloc[:: rows // (labelled or rows)]
@@ -88,12 +88,15 @@ def one(root: Path, mode: str) -> None:
 
     import pandas as pd
 
-    from driftloop.config import PolicyParams
+    from driftloop.config import PolicyParams, load_section
+    from driftloop.dataset import Dataset
     from driftloop.predlog import sample_window
     from flows.monitoring import load_window, measure_drift
 
+    dataset = load_section(ROOT / "params.yaml", "dataset", Dataset)
+    contract = {"inputs": dataset.input_specs(), "time_column": dataset.time.column}
     reference = pd.read_parquet(root / "reference.parquet")
-    measure_drift(reference.head(500).assign(model_version="v", ts=pd.Timestamp(END)), reference, PolicyParams())  # imports
+    measure_drift(reference.head(500).assign(model_version="v", ts=pd.Timestamp(END)), reference, PolicyParams(), **contract)  # imports
     import gc
 
     gc.collect()
@@ -109,10 +112,10 @@ def one(root: Path, mode: str) -> None:
     start, t = END - dt.timedelta(days=14), time.perf_counter()
     if mode == "old":
         frame, _, _ = load_window(root / "logs", MODEL, start, END)
-        summary = measure_drift(frame, reference, PolicyParams(), max_rows=20_000, seed=0)
+        summary = measure_drift(frame, reference, PolicyParams(), max_rows=20_000, seed=0, **contract)
     else:
         window = sample_window(root / "logs", MODEL, start, END, columns=list(reference.columns), max_rows=20_000, seed=0)
-        summary = measure_drift(window.frame, reference, PolicyParams(), max_rows=20_000, seed=0, window=window)
+        summary = measure_drift(window.frame, reference, PolicyParams(), max_rows=20_000, seed=0, window=window, **contract)
     seconds = time.perf_counter() - t
     done.set()
     sampler.join()

@@ -29,6 +29,8 @@ from flows.replay import labels_for, log_frame, replay_rows, write_log
 from tests.conftest import default_dataset
 
 MODEL = "flight-delay"
+FEATURES = default_dataset().feature_names
+CONTRACT = {"inputs": default_dataset().input_specs(), "time_column": default_dataset().time.column}
 END = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
@@ -52,11 +54,11 @@ def rows_and_reference(flights_weather):
 def write_window(root, july: pd.DataFrame) -> int:
     """Two versions over 3 days before END, labels for 2/3 of v1's rows, 7 stray labels, 1 relabel."""
     a, b = july.iloc[:4000], july.iloc[4000:]
-    log_a = log_frame(a, toy_score(a), model=MODEL, version="v1", start=END - dt.timedelta(days=3),
+    log_a = log_frame(a, toy_score(a), features=FEATURES, model=MODEL, version="v1", start=END - dt.timedelta(days=3),
                       seconds=3 * 86400 - 10, request_prefix="a")  # fmt: skip
-    log_b = log_frame(b, toy_score(b), model=MODEL, version="v2", start=END - dt.timedelta(days=2),
+    log_b = log_frame(b, toy_score(b), features=FEATURES, model=MODEL, version="v2", start=END - dt.timedelta(days=2),
                       seconds=86400, request_prefix="b")  # fmt: skip
-    early = log_frame(a.head(50), toy_score(a.head(50)), model=MODEL, version="v1",
+    early = log_frame(a.head(50), toy_score(a.head(50)), features=FEATURES, model=MODEL, version="v1",
                       start=END - dt.timedelta(days=9), seconds=60, request_prefix="early")  # fmt: skip
     in_window = len(write_log(root, MODEL, log_a, rows_per_file=1500)) + len(write_log(root, MODEL, log_b, rows_per_file=1500))
     write_log(root, MODEL, early)
@@ -76,9 +78,9 @@ def test_summary_equals_the_old_readers_when_the_window_fits(tmp_path, rows_and_
     files = write_window(tmp_path, july)
     start = END - dt.timedelta(days=4)
     frame, unknown, note = load_window(tmp_path, MODEL, start, END)
-    old = measure_drift(frame, reference, PolicyParams(), model_version="v1")
+    old = measure_drift(frame, reference, PolicyParams(), model_version="v1", **CONTRACT)
     window = sample_window(tmp_path, MODEL, start, END, columns=list(reference.columns), model_version="v1")
-    new = measure_drift(window.frame, reference, PolicyParams(), model_version="v1", window=window)
+    new = measure_drift(window.frame, reference, PolicyParams(), model_version="v1", window=window, **CONTRACT)
     assert old.status == "checked" and old.rows == 4000 and old.other_versions == {"v2": 2000}
     assert new.model_dump() == old.model_dump()
     assert (window.unknown_labels, window.note) == (unknown, note) and unknown == 7
@@ -105,7 +107,7 @@ def test_counts_cover_the_whole_window_and_the_sample_is_seeded(tmp_path, rows_a
     assert set(other.frame["request_id"]) != set(small.frame["request_id"])
     joined = small.frame.merge(mine[["request_id", "label"]], on="request_id", suffixes=("", "_old"))
     assert len(joined) == 500 and joined["label"].equals(joined["label_old"])  # a subset of v1, same labels
-    summary = measure_drift(small.frame, reference, PolicyParams(), model_version="v1", window=small)
+    summary = measure_drift(small.frame, reference, PolicyParams(), model_version="v1", window=small, **CONTRACT)
     assert summary.rows == 4000 and summary.rows_compared == 500 and summary.other_versions == {"v2": 2000}
 
 

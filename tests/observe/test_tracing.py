@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 
 from serving.app import create_app
 from serving.config import ServeSettings
-from serving.testing import build_test_package, records_payload, running_server, synthetic_rows
+from serving.testing import TEST_INPUTS, build_test_package, records_payload, running_server, synthetic_rows
 
 MODEL = "flight_delay"
 PHASES = ["parse", "validate", "queue wait", "inference", "log write"]
@@ -80,10 +80,11 @@ def test_the_drift_checks_steps_are_spans(tmp_path):
     set_tracer(Tracing(exporter, service_name="driftloop-flows").tracer)
     try:
         end = dt.datetime(2026, 6, 30)
-        frame, _, _ = read_window_task.fn(str(tmp_path / "logs"), MODEL, end - dt.timedelta(days=1), end)
+        frame = read_window_task.fn(str(tmp_path / "logs"), MODEL, end - dt.timedelta(days=1), end).frame
         reference, why = read_reference_task.fn(str(tmp_path / "no-package"))
         assert reference is None and "no reference" in why
-        summary = measure_drift_task.fn(frame, synthetic_rows(50), PolicyParams(), model_version="3")
+        summary = measure_drift_task.fn(frame, synthetic_rows(50), PolicyParams(), model_version="3",
+                                       inputs=TEST_INPUTS, time_column="time_hour")
     finally:
         set_tracer(None)
     spans = {s.name: s for s in exporter.get_finished_spans()}
