@@ -217,7 +217,8 @@ def test_every_table_cell_of_the_model_card_escapes_pipes():
     from tasks.package import render_card_md
 
     card = {
-        "model_name": "m", "lineage_id": "abc", "label": {"threshold_min": 15}, "candidate": "hgb_fp32", "how": "fp32",
+        "model_name": "m", "lineage_id": "abc", "label": {"rule": "arr_delay >= 15"}, "candidate": "hgb_fp32", "how": "fp32",
+        "dataset": {"name": "nycflights13", "main_table": "flights", "time_column": "time_hour"},
         "built_at": "2026-11-30T00:00:00Z", "environment": {"lockfile": "requirements.lock", "lockfile_sha256": "0"},
         "data": {"source": "s", "window": {"start": "a", "end": "b"}, "rows": {"flights": 1},
                  "sha256": {"flights.parquet": "0"}},

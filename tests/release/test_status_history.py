@@ -15,7 +15,7 @@ from driftloop.predlog import write_labels
 from driftloop.registry import Tenure
 from driftloop.release.cli import ended_short
 from flows.replay import labels_for, log_frame, write_log
-from serving.testing import synthetic_rows
+from serving.testing import TEST_INPUTS, synthetic_rows
 from tests.release.conftest import MODEL, next_registry_second
 
 runner = CliRunner(env={"COLUMNS": "100"})  # a 100-column terminal
@@ -28,7 +28,7 @@ def test_status_shows_what_serves_the_canary_s_progress_the_drift_check_and_the_
     next_registry_second()
     plane.registry.assign("canary", v2, "canary at 50%")
     rows = synthetic_rows(3, seed=1).assign(label=[1, 0, 1])
-    frame = log_frame(rows, np.full(3, 0.5), model=MODEL, version="2", start=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1), seconds=0.3)
+    frame = log_frame(rows, np.full(3, 0.5), features=[s.name for s in TEST_INPUTS], model=MODEL, version="2", start=dt.datetime.now(dt.UTC), seconds=0.3)
     write_log(project.tmp / "logs", MODEL, frame)
     write_labels(project.tmp / "logs", MODEL, labels_for(frame, rows).iloc[:2], name="t")
     run_dir = project.root / "reports" / "drift" / "20261130T000000-run"
