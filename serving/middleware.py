@@ -53,11 +53,20 @@ class Observe:
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`_observe` inside a SERVER span (serving/tracing.py), a child of the caller's `traceparent`."""
-        context, trace, wall_ns = self._otel
+        tracing = self.plane.tracing
         headers = scope["headers"]
-        span = self.plane.tracing.start_request(
-            scope["method"], any(k == b"traceparent" for k, _ in headers),
-            lambda: {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}, wall_ns(time.perf_counter()),
+        traceparent = False
+        for k, _ in headers:
+            if k == b"traceparent":
+                traceparent = True
+                break
+        if not traceparent and not tracing.sample_root():  # the common case: one random(), nothing else
+            await self._observe(scope, receive, send)
+            return
+        context, trace, wall_ns = self._otel
+        span = tracing.start_request(
+            scope["method"], traceparent, lambda: {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+            wall_ns(time.perf_counter()),
         )  # fmt: skip
         if span is None:  # not sampled: nothing to carry (the phases check the same)
             await self._observe(scope, receive, send)

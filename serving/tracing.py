@@ -127,9 +127,15 @@ class Tracing:
         self._scope = InstrumentationScope("driftloop.serving")
         self._ids = RandomIdGenerator()
 
+    def sample_root(self) -> bool:
+        """Whether a request without `traceparent` is sampled: one `random()` against the ratio of a
+        standard sampler; True (let the SDK decide) for any other sampler."""
+        rate = self.rate
+        return rate is None or rate >= 1.0 or (rate > 0.0 and random.random() < rate)
+
     def start_request(self, name: str, has_traceparent: bool, carrier: Any, start_ns: int):
-        """The request's SERVER span, or None when it is not sampled (decided with one `random()`
-        when there is no `traceparent` and the sampler is a standard one).
+        """The request's SERVER span, or None when the SDK's sampler says no (call after `sample_root`
+        said yes, or when the request has a `traceparent`).
 
         Args:
             name: the span's first name (renamed to the route at the end).
@@ -137,9 +143,7 @@ class Tracing:
             carrier: () -> {header: value}, called only when there is one.
             start_ns: epoch ns of the request's arrival.
         """
-        if not has_traceparent and self.rate is not None:
-            if self.rate < 1.0 and (self.rate <= 0.0 or random.random() >= self.rate):
-                return None
+        if not has_traceparent and self.rate is not None:  # `sample_root` said yes: the SDK must not draw again
             parent = context_api.set_value(_PRESAMPLED, True)
         else:
             parent = propagate.extract(carrier()) if has_traceparent else None

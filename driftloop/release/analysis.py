@@ -430,7 +430,7 @@ def _read_cost(read_cost: Callable[[], dict[str, float]] | None, client: ServerC
         read_cost = lambda: client.cpu_cost(model)  # noqa: E731
     try:
         by_server = read_cost()
-    except ReleaseError as exc:  # the cost is a report; an unreadable /metrics leaves it unmeasured
+    except (ReleaseError, ValueError) as exc:  # the cost is a report; an unreadable /metrics leaves it unmeasured
         log.warning("cpu cost not read: %s", exc)
         return {}
     return {v: by_server.get(server_version(v)) for v in (stable, canary) if v}
