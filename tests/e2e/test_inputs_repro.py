@@ -141,5 +141,5 @@ def test_a_flights_file_with_only_a_header_says_0_rows(repo, first_repro, source
     proc = dvc("repro", cwd=repo, check=False)
     assert proc.returncode != 0 and ran_stages(proc) == ["snapshot"]
     (line,) = error_lines(proc)
-    assert line == "error: snapshot: 0 rows in data/source/flights.csv (a header only); the source must hold flights and their weather"
+    assert line == "error: snapshot: 0 rows in data/source/flights.csv (a header only); the source must hold every declared table (flights, weather)"
     assert "Traceback" not in proc.stderr
