@@ -283,7 +283,8 @@ def demo(
     def on_term(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # SIGINT too: a shell starts a background job with SIGINT ignored, and Python keeps that
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     code = 0
     try:
         walk(root, work, env, procs, steps, drift_months=drift_months, canary_months=canary_months, rows=rows,
@@ -296,7 +297,8 @@ def demo(
         code = 1
     finally:
         procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if not keep:
             shutil.rmtree(work.parent, ignore_errors=True)
     total = time.monotonic() - steps.t0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -152,8 +153,8 @@ def render(st: Status, console: Console) -> None:
     serving.add_column(style="bold")
     serving.add_column()
     serving.add_row("prod", escape(f"{st.prod or 'nothing in prod'}" + (f", since {_when(st.prod_since)}" if st.prod else "")))
-    if st.prod_why:
-        serving.add_row("why", escape(st.prod_why))
+    if st.prod_why:  # two lines of it; `driftloop history --wide` has all of it
+        serving.add_row("why", escape(textwrap.shorten(st.prod_why, 170, placeholder=" ... (history --wide)")))
     split = ", ".join(f"{v} {p:g}%" for v, p in sorted(st.traffic.items())) or "-"
     serving.add_row("traffic", escape(split) + (f"  [yellow]{escape(st.server_note)}[/]" if st.server_note else ""))
     serving.add_row("server", escape(st.server_url))

@@ -49,8 +49,8 @@ class ServerAddress:
     def unreachable(self, detail: str) -> str:
         """One line for a server that does not answer: the address, where it came from, the fix."""
         return (
-            f"the model server at {self.url} does not answer ({detail}); the address comes from {self.setting}: "
-            f"start one with `driftloop serve`, or point {self.setting} at the running server"
+            f"the model server at {self.url} does not answer ({detail}): start one with `driftloop serve`, "
+            f"or set {self.setting} to the address it listens on"
         )
 
 
