@@ -140,23 +140,18 @@ class FeatureSpec(Constraint):
 
 
 class JoinSpec(_Model):
-    """How a table joins the main table: LEFT, on equal `on` columns, at most one match per row.
+    """How a table joins the main table: LEFT, on equal `keys` columns, at most one match per row.
+
+    (Named `keys`, not `on`: YAML 1.1 readers such as PyYAML read a bare `on:` as the boolean true,
+    and DVC writes params into dvc.lock unquoted.)
 
     Attributes:
-        on: the key columns, present in both tables.
+        keys: the key columns, present in both tables.
         min_coverage: share of main rows that must find a match (validation), 0..1.
     """
 
-    on: list[str] = Field(min_length=1)
+    keys: list[str] = Field(min_length=1)
     min_coverage: float = Field(0.95, ge=0, le=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_on(cls, raw: Any) -> Any:
-        """YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean true: take it as `on`."""
-        if isinstance(raw, dict) and True in raw and "on" not in raw:
-            raw = {("on" if k is True else k): v for k, v in raw.items()}
-        return raw
 
 
 class TableSpec(_Model):
@@ -185,7 +180,7 @@ class TableSpec(_Model):
                 dup = sorted({c for c in self.columns if self.columns.count(c) > 1})
                 raise ValueError(f"columns lists {', '.join(dup)} twice; list each column once")
             for what, cols in (("order_by", self.order_by), ("key", self.key), ("checks", list(self.checks)),
-                               ("join.on", self.join.on if self.join else [])):  # fmt: skip
+                               ("join.keys", self.join.keys if self.join else [])):  # fmt: skip
                 missing = [c for c in cols if c not in self.columns]
                 if missing:
                     raise ValueError(f"{what} names {', '.join(missing)}, not in columns; add it to columns or fix the name")
@@ -322,11 +317,11 @@ class Dataset(_Model):
             problems.append(f"tables.{main}.join: the first table is the main table and joins nothing; drop join or reorder tables")
         for name, table in list(self.tables.items())[1:]:
             if table.join is None:
-                problems.append(f"tables.{name}: a table after the first (main) one needs join: {{on: [...]}}; add it or remove the table")
+                problems.append(f"tables.{name}: a table after the first (main) one needs join: {{keys: [...]}}; add it or remove the table")
             elif main_cols is not None:
-                missing = [c for c in table.join.on if c not in main_cols]
+                missing = [c for c in table.join.keys if c not in main_cols]
                 if missing:
-                    problems.append(f"tables.{name}.join.on: {', '.join(missing)} not in tables.{main}.columns; add it there")
+                    problems.append(f"tables.{name}.join.keys: {', '.join(missing)} not in tables.{main}.columns; add it there")
         for name, feat in self.features.items():
             if name in RESERVED or name == self.time.column:
                 problems.append(f"features.{name}: reserved name (the features splits write {name!r} themselves); rename the feature")
@@ -417,12 +412,12 @@ class Dataset(_Model):
     def source_columns(self, table: str) -> list[str]:
         """Columns of `table` that the declaration reads (features, keys, joins, time, label, row id, checks)."""
         spec = self.tables[table]
-        cols = [*spec.order_by, *spec.key, *spec.checks, *(spec.join.on if spec.join else [])]
+        cols = [*spec.order_by, *spec.key, *spec.checks, *(spec.join.keys if spec.join else [])]
         cols += [n for n, f in self.features.items() if (f.table or self.main_table) == table and f.derive is None]
         if table == self.main_table:
             cols += [self.time.column, *(self.time.local_date or []), self.label.column]
             cols += [f for f in self.row_id_fields() if f != "date"]
-            cols += [c for j in self.joins.values() for c in j.on]
+            cols += [c for j in self.joins.values() for c in j.keys]
         return list(dict.fromkeys(cols))
 
     @property

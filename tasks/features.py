@@ -1,7 +1,7 @@
 """Stage `features`: join the declared tables, derive, label, and split by time.
 
 Everything comes from the `dataset` declaration (driftloop/dataset.py):
-- Joins: each joined table's features are LEFT-joined onto the main table on its `join.on`
+- Joins: each joined table's features are LEFT-joined onto the main table on its `join.keys`
   columns (at most one match per row). A row without a match gets null features (nycflights13:
   about 0.5% of flights find no weather row at their scheduled hour); counted per table.
 - Derived features (`derive:`) from the row's local date / time (e.g. `day_of_week`, 0 = Monday).
@@ -47,7 +47,7 @@ def extra_columns(dataset: Dataset) -> list[str]:
 
 
 def join_tables(tables: dict[str, pd.DataFrame], dataset: Dataset) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The main table with every joined table's features (LEFT join on `join.on`, many-to-one).
+    """The main table with every joined table's features (LEFT join on `join.keys`, many-to-one).
 
     Returns:
         (joined frame in the main table's row order, {table: main rows without a match}).
@@ -59,11 +59,11 @@ def join_tables(tables: dict[str, pd.DataFrame], dataset: Dataset) -> tuple[pd.D
     unmatched: dict[str, int] = {}
     for name, join in dataset.joins.items():
         cols = [n for n, f in dataset.features.items() if f.table == name]
-        right = tables[name][[*join.on, *cols]]
+        right = tables[name][[*join.keys, *cols]]
         try:
-            joined = joined.merge(right, on=join.on, how="left", validate="many_to_one", indicator="_match")
+            joined = joined.merge(right, on=join.keys, how="left", validate="many_to_one", indicator="_match")
         except pd.errors.MergeError:
-            raise DataError(f"{name}: two rows share one {'+'.join(join.on)}; the join needs a unique key (dataset.tables.{name}.key)") from None
+            raise DataError(f"{name}: two rows share one {'+'.join(join.keys)}; the join needs a unique key (dataset.tables.{name}.key)") from None
         unmatched[name] = int((joined["_match"] == "left_only").sum())
         joined = joined.drop(columns="_match")
     return joined, unmatched

@@ -73,7 +73,7 @@ def _constraints(dataset: Dataset, table: str) -> dict[str, Constraint]:
     out: dict[str, Constraint] = {n: f for n, f in dataset.features.items() if (f.table or main) == table and f.derive is None}
     out.update(dataset.tables[table].checks)
     if table != main:  # a join key that is a feature of the main table carries its allowed set
-        for col in dataset.tables[table].join.on:
+        for col in dataset.tables[table].join.keys:
             feat = dataset.features.get(col)
             if feat is not None and feat.allowed is not None and col not in out:
                 out[col] = Constraint(allowed=feat.allowed, mostly=feat.mostly)
@@ -83,10 +83,10 @@ def _constraints(dataset: Dataset, table: str) -> dict[str, Constraint]:
 def required_not_null(dataset: Dataset, table: str) -> list[str]:
     """Columns of `table` that may hold no null: key, join keys, time and local-date columns, row id columns."""
     spec = dataset.tables[table]
-    cols = [*spec.key, *(spec.join.on if spec.join else [])]
+    cols = [*spec.key, *(spec.join.keys if spec.join else [])]
     if table == dataset.main_table:
         cols += [dataset.time.column, *(dataset.time.local_date or [])]
-        cols += [c for j in dataset.joins.values() for c in j.on]
+        cols += [c for j in dataset.joins.values() for c in j.keys]
         cols += [f for f in dataset.row_id_fields() if f != "date"]
     else:
         present = spec.columns or dataset.source_columns(table)
@@ -241,15 +241,15 @@ def validate_snapshot(tables: dict[str, pd.DataFrame], dataset: Dataset) -> dict
     report["cross_table"] = []
     main_name = dataset.main_table
     for name, join in dataset.joins.items():
-        cov = join_coverage(tables[main_name], tables[name], join.on)
+        cov = join_coverage(tables[main_name], tables[name], join.keys)
         ok = cov["fraction"] is not None and cov["fraction"] >= join.min_coverage
-        report["cross_table"].append({"check": f"{name}_join_coverage", "table": name, "key": join.on, "success": ok,
+        report["cross_table"].append({"check": f"{name}_join_coverage", "table": name, "key": join.keys, "success": ok,
                                       "min_fraction": join.min_coverage, **cov})  # fmt: skip
         if not ok and cov["fraction"] is not None:
             ex = cov["examples"]
-            shown = ", ".join(f"{c}: {main_name} {ex['main'][c]}, {name} {ex['joined'][c]}" for c in join.on)
+            shown = ", ".join(f"{c}: {main_name} {ex['main'][c]}, {name} {ex['joined'][c]}" for c in join.keys)
             failures.append(Failure(
-                f"{main_name} x {name}", "+".join(join.on), f"{name}_join_coverage",
+                f"{main_name} x {name}", "+".join(join.keys), f"{name}_join_coverage",
                 f"{cov['fraction']:.1%} of {cov['rows']} {main_name} rows find their {name} row ({shown})",
                 f">= {join.min_coverage:.1%} (dataset.tables.{name}.join.min_coverage); write the keys the same way in both tables",
             ))  # fmt: skip

@@ -98,7 +98,7 @@ def test_a_different_graph_or_a_changed_input_does_not_reproduce(rebuilt, projec
                                    [], card)  # fmt: skip
     assert diff > 1e-3 and not next(c for c in checks if c.name == "scores").passed
     lock = lock_stages(yaml.safe_load((work / "repo" / "dvc.lock").read_text()))
-    edited = copy.deepcopy(lock)  # not a JSON round trip: PyYAML reads the join's `on:` key as True
+    edited = copy.deepcopy(lock)
     train_params = edited["train"]["params"]["params.yaml"]  # {"train": {...}, "dataset.features": {...}}: the
     train_params[next(k for k in ("train.seed", "train") if k in train_params)] = "changed"  # key train alone reads
     assert [c.subject for c in compare_lineage(lock, edited) if not c.passed] == ["train"]

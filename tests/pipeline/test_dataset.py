@@ -60,7 +60,7 @@ def test_default_declaration_loads(raw):
         ({"features__carrier__regex": "("}, r"features\.carrier\.regex: not a valid regular expression"),
         ({"label__rule": "arr_delay is late"}, r"dataset\.label\.rule: cannot parse 'arr_delay is late'"),
         ({"label__rule": "distance >= 100"}, r"label\.rule: distance is also a feature"),
-        ({"tables__weather__join": {"on": ["origin", "station"]}}, r"join\.on names station, not in columns"),
+        ({"tables__weather__join": {"keys": ["origin", "station"]}}, r"join\.keys names station, not in columns"),
         ({"tables__weather__join": None}, r"tables\.weather: a table after the first .* needs join"),
         ({"time__column": "sched_time"}, r"time\.column: sched_time not in tables\.flights\.columns"),
         ({"row_id": "{date}/{tail}"}, r"row_id: tail not in tables\.flights\.columns"),

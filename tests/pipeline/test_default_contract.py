@@ -41,7 +41,7 @@ def test_default_declaration_is_the_old_contract():
     assert ds.integer == ("hour", "minute", "day_of_week", "distance")
     assert ds.floating == ds.nullable == tuple(s["name"] for s in BEFORE if s["datatype"] == "FP32")
     assert ds.label.column == "arr_delay" and ds.label.op == ">=" and ds.label.value == 15.0
-    assert ds.time.column == "time_hour" and ds.joins["weather"].on == ["origin", "time_hour"]
+    assert ds.time.column == "time_hour" and ds.joins["weather"].keys == ["origin", "time_hour"]
 
 
 def test_signature_json_inputs_are_byte_identical():
