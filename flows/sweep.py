@@ -89,7 +89,8 @@ def sample_configs(family: str, trials: int, seed: int) -> list[dict[str, Any]]:
     return configs
 
 
-def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int) -> float:
+def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int,
+              dataset: dict[str, Any]) -> float:
     """Fit `family` with `base` updated by `config` on `<features>/train.parquet`; ROC AUC on valid.
 
     Args:
@@ -98,6 +99,7 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
         base: the family's `train.<family>` params as a dict.
         config: the swept keys.
         seed: `train.seed`.
+        dataset: params.yaml's `dataset` section as read (plain data, so it travels to a Dask worker).
 
     Returns:
         Validation ROC AUC (float in [0, 1]).
@@ -105,6 +107,8 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
+    from driftloop.config import parse_section
+    from driftloop.dataset import Dataset
     from driftloop.families import FAMILIES
     from driftloop.schema import LABEL
 
@@ -112,14 +116,15 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
     params = fam.params_model(**{**base, **config})
     train = pd.read_parquet(f"{features.rstrip('/')}/train.parquet")
     valid = pd.read_parquet(f"{features.rstrip('/')}/valid.parquet")
-    fitted, _ = fam.fit(train, valid, params, seed)
+    fitted, _ = fam.fit(train, valid, params, seed, parse_section("dataset", dataset, Dataset))
     return float(roc_auc_score(valid[LABEL], fam.predict(fitted, valid)))
 
 
 @task(name="sweep-trial", retries=1)
-def trial_task(index: int, features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int) -> Trial:
+def trial_task(index: int, features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int,
+               dataset: dict[str, Any]) -> Trial:
     """Prefect task of one trial (see `run_trial`)."""
-    return Trial(index=index, config=config, valid_roc_auc=run_trial(features, family, base, config, seed))
+    return Trial(index=index, config=config, valid_roc_auc=run_trial(features, family, base, config, seed, dataset))
 
 
 def best_of(trials: list[Trial]) -> Trial:
@@ -172,13 +177,14 @@ def sweep_flow(root: str = ".", trials: int = 8, family: str = "hgb", seed: int 
     Returns:
         The sweep's result.
     """
-    from driftloop.config import TrainParams, load_section
+    from driftloop.config import TrainParams, load_section, read_params_file
 
     logger = get_run_logger()
     params = load_section(Path(root) / "params.yaml", "train", TrainParams)
+    dataset = read_params_file(Path(root) / "params.yaml").get("dataset")
     base = getattr(params, family).model_dump()
     where = features or str(Path(root).resolve() / "data" / "features")
-    futures = [trial_task.submit(i, where, family, base, c, params.seed) for i, c in enumerate(sample_configs(family, trials, seed))]
+    futures = [trial_task.submit(i, where, family, base, c, params.seed, dataset) for i, c in enumerate(sample_configs(family, trials, seed))]
     done = [f.result() for f in futures]
     best = best_of(done)
     logger.info("sweep of %s: best trial %d, valid ROC AUC %.4f, %s", family, best.index, best.valid_roc_auc, best.config)

@@ -21,6 +21,7 @@ import yaml
 
 from driftloop.config import FeaturesParams
 from flows.sweep import best_of, run_trial, sample_configs, sweep_flow
+from tests.conftest import default_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -33,7 +34,8 @@ def project(flights_weather, tmp_path_factory):
 
     flights, weather = flights_weather
     root = tmp_path_factory.mktemp("sweep")
-    splits, _ = build_features(flights[flights["month"] == 1], weather[weather["month"] == 1], FeaturesParams())
+    january = {"flights": flights[flights["month"] == 1], "weather": weather[weather["month"] == 1]}
+    splits, _ = build_features(january, default_dataset(), FeaturesParams())
     (root / "data" / "features").mkdir(parents=True)
     for name in ("train", "valid"):
         splits[name].to_parquet(root / "data" / "features" / f"{name}.parquet", index=False)
@@ -55,14 +57,15 @@ def test_sweep_on_two_worker_processes_survives_a_killed_worker(project, prefect
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner
 
-    from driftloop.config import TrainParams, load_section
+    from driftloop.config import TrainParams, load_section, read_params_file
 
     trials, seed = 4, 0
     params = load_section(project / "params.yaml", "train", TrainParams)
     base = params.hgb.model_dump()
     configs = sample_configs("hgb", trials, seed)
     features = str(project / "data" / "features")
-    expected = [run_trial(features, "hgb", base, c, params.seed) for c in configs]
+    dataset = read_params_file(project / "params.yaml")["dataset"]
+    expected = [run_trial(features, "hgb", base, c, params.seed, dataset) for c in configs]
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     killed: list[int] = []
