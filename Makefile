@@ -37,11 +37,11 @@ lock: setup  ## re-resolve requirements.lock after editing pyproject.toml (keeps
 repro: setup  ## dvc repro: snapshot -> validate -> features -> train -> export -> optimize -> evaluate -> gate -> package
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: setup  ## the whole test suite (under 10 minutes on 2 cores)
-	$(BIN)/python -m pytest
+test: setup  ## the whole test suite on both cores (pytest-xdist; under 10 minutes on 2 cores)
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 test-fast: setup  ## the tests that start no server and run no dvc repro
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not slow"
 
 lint: setup  ## ruff
 	$(BIN)/python -m ruff check driftloop tasks flows serving commands tests bench
