@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,8 +205,11 @@ _REMOVING = re.compile(r"^Removing (.+)$", re.M)
 
 
 def dvc_gc_command(keep_runs: int, *, dry: bool) -> list[str]:
-    """`dvc gc` keeping the workspace, every git tag (every registered version) and the last `keep_runs` commits."""
-    cmd = ["dvc", "gc", "--workspace", "--all-tags", "--rev", "HEAD", "--num", str(keep_runs), "--force"]
+    """`dvc gc` keeping the workspace, every git tag (every registered version) and the last `keep_runs` commits.
+
+    Run as `<this python> -m dvc`: the DVC of this environment, found without `dvc` on PATH.
+    """
+    cmd = [sys.executable, "-m", "dvc", "gc", "--workspace", "--all-tags", "--rev", "HEAD", "--num", str(keep_runs), "--force"]
     return [*cmd, "--dry"] if dry else cmd
 
 

@@ -5,6 +5,7 @@ rejects as a normal outcome with only the gate rerun."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import subprocess
 
 import pytest
@@ -31,6 +32,17 @@ def test_gate_markdown_lists_every_rule():
 
 @pytest.mark.slow
 def test_training_flow_pass_then_reject(tmp_path, prefect_harness, caplog):
+    # Prefect's run loggers do not propagate to the root logger once Prefect has set up its logging
+    # (which depends on what ran before in this worker): hand them caplog's handler directly.
+    run_logs = logging.getLogger("prefect")
+    run_logs.addHandler(caplog.handler)
+    try:
+        _pass_then_reject(tmp_path, caplog)
+    finally:
+        run_logs.removeHandler(caplog.handler)
+
+
+def _pass_then_reject(tmp_path, caplog):
     root = copy_repo(tmp_path / "repo")
     _set_gate(root, 0.5)  # a one-month window scores ~0.60 ROC AUC: let it pass first
     # The parameters the drift trigger maps from an event payload (see test_trigger.py).
