@@ -370,7 +370,8 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
                                 f"{latest['run_dir']}/summary.md")  # fmt: skip
 
         with steps.step("retraining run: DVC stages on the drifted window, gate, register", "retraining run"):
-            run_id = wait_for(lambda: retrain_run(model, work, latest["run_dir"]), min(timeout_s, 120),
+            resent: dict[str, float] = {"since": time.monotonic()}  # the drift event is sent again at most once
+            run_id = wait_for(lambda: retrain_run(model, work, latest["run_dir"], resent), min(timeout_s, 120),
                               "the retraining run's start (the drift event's trigger)",
                               check=lambda: procs.check_alive("deployments"), interval_s=2)  # fmt: skip
             steps.say(f"flow run {run_id} started by the drift event")
@@ -444,12 +445,19 @@ def run_check(model: str, as_of: str, span_h: float, timeout_s: float) -> str:
     return run.state.name
 
 
-def retrain_run(model: str, work: Path, check_dir: str) -> str | None:
-    """The id of the retraining deployment's flow run; re-emits the check's drift event when none exists yet.
+RESEND_AFTER_S = 30.0
+"""Seconds without a retraining run before the drift event is sent again (once)."""
+
+
+def retrain_run(model: str, work: Path, check_dir: str, resent: dict[str, float]) -> str | None:
+    """The id of the retraining deployment's first flow run; re-emits the check's drift event once.
 
     Prefect's triggers service loads a new automation on its own schedule, so an event emitted in the
     first seconds after the deployments registered can pass unseen; the check's summary keeps the
-    event's payload, and sending it again is what the event bus would have delivered.
+    event's payload, and sending it again is what the event bus would have delivered. It is sent
+    again only once, and only after `RESEND_AFTER_S` with no run: a trigger that was merely slow
+    would otherwise start a second training run in the same working copy. `resent` holds
+    {"since": monotonic start} and gains "at" when the event was sent again.
     """
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -462,7 +470,10 @@ def retrain_run(model: str, work: Path, check_dir: str) -> str | None:
         deployment = client.read_deployment_by_name(f"training/{deployment_names(model)['retrain']}")
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
     if runs:
-        return str(runs[0].id)
+        return str(min(runs, key=lambda r: r.created).id)  # the first: a late duplicate is not the one followed
+    if "at" in resent or time.monotonic() - resent["since"] < RESEND_AFTER_S:
+        return None
+    resent["at"] = time.monotonic()
     summary = json.loads((Path(check_dir) / "drift_summary.json").read_text())
     if summary.get("payload"):
         emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": model_resource_id(model)},
