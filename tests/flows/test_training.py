@@ -32,7 +32,7 @@ def test_gate_markdown_lists_every_rule():
 
 @pytest.mark.slow
 def run_log(needles: list[str], deadline_s: float = 60.0) -> str:
-    """The newest flow and task run log lines on the Prefect server, once all `needles` are in them.
+    """Every flow and task run log line on the Prefect server, once all `needles` are in them.
 
     The flow run's log is what Prefect's API stores (its log handler ships records in batches every
     few seconds), so poll it with a bounded deadline instead of reading Python's logging.
@@ -42,8 +42,11 @@ def run_log(needles: list[str], deadline_s: float = 60.0) -> str:
 
     deadline = time.monotonic() + deadline_s
     while True:
+        messages: list[str] = []
         with get_client(sync_client=True) as client:
-            text = "\n".join(entry.message for entry in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC))
+            while page := client.read_logs(limit=200, offset=len(messages), sort=LogSort.TIMESTAMP_DESC):
+                messages += [entry.message for entry in page]  # every page: the server holds other runs' logs too
+        text = "\n".join(messages)
         if all(n in text for n in needles) or time.monotonic() > deadline:
             return text
         time.sleep(0.5)
