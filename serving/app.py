@@ -143,16 +143,21 @@ def create_app(
     app.add_middleware(Observe, plane=plane)  # added last = outermost: auth and metrics cover the fast path
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        app.openapi_schema = app_document(
-            app,
-            max_string_length=settings.max_string_length,
-            api_keys=settings.api_key is not None,
-            extensions=plane.server_metadata()["extensions"],
-            models=plane.repository.available(),
-            **served_contract(plane.repository),
-        )
+        # The document names the models on disk and the loaded packages' columns: rebuild it when
+        # either changes (a load, an unload, a new release), reuse it otherwise.
+        models = plane.repository.available()
+        loaded = tuple((name, mv.version, mv.load_seq) for name, mvs in plane.repository.loaded().items() for mv in mvs)
+        key = (tuple((m, tuple(v)) for m, v in models.items()), loaded)
+        if app.openapi_schema is None or app.state.openapi_key != key:
+            app.openapi_schema = app_document(
+                app,
+                max_string_length=settings.max_string_length,
+                api_keys=settings.api_key is not None,
+                extensions=plane.server_metadata()["extensions"],
+                models=models,
+                **served_contract(plane.repository),
+            )
+            app.state.openapi_key = key
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

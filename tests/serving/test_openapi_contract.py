@@ -88,6 +88,10 @@ schema = schemathesis.openapi.from_dict(DOCUMENT, config=contract_config())
 
 @pytest.fixture(scope="module")
 def document(contract_server) -> dict:
+    """The served document with `MODEL` loaded: the schemathesis runs unload it, and the document
+    follows what is loaded, so load it first whatever ran before."""
+    r = httpx.post(f"{contract_server}/v2/repository/models/{MODEL}/load")
+    assert r.status_code == 200, r.text
     return httpx.get(f"{contract_server}/openapi.json").json()
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from driftloop.package import write_sha256sums
 from serving.repository import LoadRefused, ModelNotFound, ModelRepository
-from serving.testing import records_payload, score_rows
+from serving.testing import TEST_INPUTS, records_payload, score_rows
 
 MODEL = "flight_delay"
 
@@ -218,3 +218,18 @@ def test_signature_datatype_that_the_graph_does_not_take_is_refused(make_repo):
     with pytest.raises(LoadRefused, match="hour is FP32, the graph takes tensor\\(int64\\)"):
         repo.load(MODEL, "2")
     assert repo.route(MODEL, "x").version == "1"
+
+
+@pytest.mark.slow
+def test_the_openapi_document_follows_what_is_loaded(make_repo, start_server, tmp_path):
+    """The document's models and `Record` columns come from the repository: a load after the first
+    request shows in the next one (it was cached from the first request for good)."""
+    root = tmp_path / "late"
+    root.mkdir()
+    client = start_server(root)
+    before = client.get("/openapi.json").json()["components"]["schemas"]["Record"]
+    assert "properties" not in before  # nothing loaded: no columns to name
+    make_repo({"1": "v1"}, name="late")
+    assert client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"version": "1"}}).status_code == 200
+    after = client.get("/openapi.json").json()["components"]["schemas"]["Record"]
+    assert list(after["properties"]) == [spec.name for spec in TEST_INPUTS]
