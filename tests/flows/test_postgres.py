@@ -21,12 +21,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import wait_for
 from tests.flows.test_trigger import check_drift_event_starts_retraining
 
 pytestmark = pytest.mark.slow
@@ -87,16 +87,16 @@ def prefect_on_postgres(postgres_url, tmp_path_factory):
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     api = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 240  # migrations on a fresh database: 10-30 s on 2 busy cores
-        while time.monotonic() < deadline and server.poll() is None:
+        def healthy() -> bool:
+            if server.poll() is not None:
+                pytest.fail(f"prefect server on PostgreSQL exited:\n{(home / 'server.log').read_text()[-3000:]}")
             try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
+                return httpx.get(f"{api}/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"prefect server on PostgreSQL did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+                return False
+
+        # migrations on a fresh database: 10-30 s on 2 busy cores
+        wait_for(healthy, 240, "the prefect server on PostgreSQL (its log: server.log in the test's folder)", interval_s=0.5)
         # The events worker is one per client type and kwargs: name this server's URL, or a worker
         # made earlier in the session for the SQLite harness would receive the events.
         EventsWorker.set_client_override(PrefectEventsClient, api_url=api)

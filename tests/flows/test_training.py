@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import time
 
 import pytest
 import yaml
@@ -14,6 +13,7 @@ import yaml
 from driftloop.gate_report import GateReport
 from flows.dag import stage_order
 from flows.training import gate_markdown, training_flow
+from tests.conftest import wait_for
 from tests.flows.conftest import copy_repo
 
 
@@ -40,16 +40,18 @@ def run_log(needles: list[str], deadline_s: float = 60.0) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import LogSort
 
-    deadline = time.monotonic() + deadline_s
-    while True:
+    seen = {"text": ""}
+
+    def logged() -> bool:
         messages: list[str] = []
         with get_client(sync_client=True) as client:
             while page := client.read_logs(limit=200, offset=len(messages), sort=LogSort.TIMESTAMP_DESC):
                 messages += [entry.message for entry in page]  # every page: the server holds other runs' logs too
-        text = "\n".join(messages)
-        if all(n in text for n in needles) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.5)
+        seen["text"] = "\n".join(messages)
+        return all(n in seen["text"] for n in needles)
+
+    wait_for(logged, deadline_s, f"{needles} in the Prefect server's run logs", interval_s=0.5)
+    return seen["text"]
 
 
 def test_training_flow_pass_then_reject(tmp_path, prefect_harness):

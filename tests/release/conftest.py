@@ -26,6 +26,7 @@ from driftloop.package import write_sha256sums
 from serving.app import create_app
 from serving.config import ServeSettings
 from serving.testing import build_test_package, records_payload, running_server, synthetic_rows
+from tests.conftest import wait_for  # noqa: F401 - the release tests import it from here too
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 MODEL = "flight_delay"
@@ -239,17 +240,6 @@ class TrafficLoop:
 @pytest.fixture
 def traffic(server) -> type[TrafficLoop]:
     return TrafficLoop
-
-
-def wait_for(condition, timeout_s: float = 30.0, what: str = "condition") -> None:
-    """Poll `condition()` every 20 ms until it is true; fail the test after `timeout_s`."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def next_registry_second() -> None:
