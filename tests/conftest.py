@@ -11,15 +11,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_for(condition, timeout_s: float = 30.0, what: str = "condition", interval_s: float = 0.02) -> None:
-    """Poll `condition()` every `interval_s` until it is true; fail the test after `timeout_s`."""
+def wait_for(condition, timeout_s: float = 30.0, what: str = "condition", interval_s: float = 0.02):
+    """Poll `condition()` every `interval_s` until it returns a true value, and return that value;
+    fail the test after `timeout_s`. `condition` may itself fail the test (e.g. a process died)."""
     import time
 
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+    return value
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from commands.demo import MARKER, marked_pids
+from tests.conftest import wait_for
 from tests.e2e.conftest import copy_built, e2e_env
 
 pytestmark = pytest.mark.slow
@@ -72,10 +73,9 @@ def test_ctrl_c_stops_every_process_the_demo_started(built, tmp_path):
             if "2. model server" in line:
                 break
             assert time.monotonic() < deadline, "".join(seen)
-        started = time.monotonic() + 120
-        while len(marked_pids(demo_id)) < 2:  # both servers' processes exist
-            assert time.monotonic() < started, "".join(seen)
-            time.sleep(0.2)
+        # both servers' processes exist
+        wait_for(lambda: len(marked_pids(demo_id)) >= 2, 120, f"both servers' processes; output: {''.join(seen)}",
+                 interval_s=0.2)
         os.kill(proc.pid, signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
     finally:

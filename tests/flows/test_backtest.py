@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from driftloop.io import read_json
 from flows.backtest import DEFAULT_BUILD, DEFAULT_RELEASE, BacktestConfig, run_backtest
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -130,12 +130,12 @@ def test_a_killed_run_resumes_to_the_same_figures(uninterrupted, tmp_path):
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     progress = tmp_path / "work" / "weekly" / "progress.json"
-    deadline = time.monotonic() + 240
+    def past_the_first_canary() -> bool:
+        assert proc.poll() is None, f"the backtest exited early: {proc.stderr.read().decode()[-2000:]}"
+        return progress.is_file() and read_json(progress)["day"] >= "2013-04-10"
+
     try:  # kill it once the first retrain's canary is over (state on disk after Apr 9)
-        while not (progress.is_file() and read_json(progress)["day"] >= "2013-04-10"):
-            assert proc.poll() is None, f"the backtest exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "the backtest never reached 2013-04-10"
-            time.sleep(0.1)
+        wait_for(past_the_first_canary, 240, "the backtest's state for 2013-04-10", interval_s=0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

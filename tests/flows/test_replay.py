@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 
 from driftloop.predlog import read_log, read_log_with_labels
@@ -11,6 +9,7 @@ from flows.replay import replay, replay_rows
 from serving.app import create_app
 from serving.config import ServeSettings
 from serving.testing import build_test_package, running_server
+from tests.conftest import wait_for
 
 
 def test_replay_scores_logs_and_labels_summer_flights(nycflights13, dataset, tmp_path):
@@ -22,10 +21,8 @@ def test_replay_scores_logs_and_labels_summer_flights(nycflights13, dataset, tmp
     start = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=5)
     with running_server(app) as url:
         result = replay(url, "flight-delay", rows, features=dataset.feature_names, batch=10, log_dir=tmp_path / "logs", label_every=7)
-        deadline = time.monotonic() + 30  # the log flushes every 0.2 s: poll for the rows, bounded
-        while len(read_log(tmp_path / "logs", "flight-delay", start, pd.Timestamp.now(tz="UTC"))) < 300:
-            assert time.monotonic() < deadline, "the prediction log never held the 300 replayed rows"
-            time.sleep(0.05)
+        wait_for(lambda: len(read_log(tmp_path / "logs", "flight-delay", start, pd.Timestamp.now(tz="UTC"))) >= 300,
+                 30, "the 300 replayed rows in the prediction log (it flushes every 0.2 s)", interval_s=0.05)
     assert result["rows"] == 300 and result["requests"] == 30 and result["versions"] == {"1": 300}
     label_files = sorted((tmp_path / "logs" / "flight-delay" / "labels").glob("*.parquet"))
     assert len(label_files) == 5  # 30 requests in chunks of 7: 4 full + the rest

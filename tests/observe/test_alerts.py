@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -32,7 +31,7 @@ from serving.app import create_app
 from serving.config import ServeSettings
 from serving.metrics import ServerMetrics
 from serving.testing import build_test_package, records_payload, running_server, synthetic_rows
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 UNIT_TESTS = Path(__file__).with_name("alerts_test.yml")
@@ -205,13 +204,7 @@ class Prometheus:
 
     @staticmethod
     def wait(condition, message: str, timeout_s: float = 60):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = condition()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(message)
+        return wait_for(condition, timeout_s, message, interval_s=0.2)
 
     def query(self, expr: str) -> list[dict]:
         body = self.client.get("/api/v1/query", params={"query": expr}).json()

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from commands.main import app
 from driftloop.address import ENV_VAR, server_address
 from driftloop.errors import ParamsError
+from tests.conftest import wait_for
 
 
 def closed_port() -> int:
@@ -75,16 +75,14 @@ def test_serve_listens_where_the_environment_says(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "commands.main", "serve", "--repository", str(tmp_path / "repo")],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        def live() -> bool:
             assert proc.poll() is None, proc.stderr.read().decode()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve never listened on the port of DRIFTLOOP_SERVER_URL"
-            time.sleep(0.1)
+                return False
+
+        wait_for(live, 60, "serve listening on the port of DRIFTLOOP_SERVER_URL", interval_s=0.1)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
