@@ -5,6 +5,7 @@ rejects as a normal outcome with only the gate rerun."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import subprocess
 
 import pytest
@@ -13,7 +14,6 @@ import yaml
 from driftloop.gate_report import GateReport
 from flows.dag import stage_order
 from flows.training import gate_markdown, training_flow
-from tests.conftest import wait_for
 from tests.flows.conftest import copy_repo
 
 
@@ -30,35 +30,51 @@ def test_gate_markdown_lists_every_rule():
     assert "| mlp | min_roc_auc | 0.61 | 0.65 | **no** | a \\| b |" in md and "**reject**" in md
 
 
-@pytest.mark.slow
-def run_log(needles: list[str], deadline_s: float = 60.0) -> str:
-    """Every flow and task run log line on the Prefect server, once all `needles` are in them.
+class RunLog(logging.Handler):
+    """Every record the flow and its tasks send through Prefect's run loggers, in this process.
 
-    The flow run's log is what Prefect's API stores (its log handler ships records in batches every
-    few seconds), so poll it with a bounded deadline instead of reading Python's logging.
+    A handler on the `prefect.flow_runs` and `prefect.task_runs` loggers themselves: what Prefect's
+    API log handler on those loggers ships to the server (the UI's run log). Read here, not from the
+    server, whose log worker ships in batches on its own thread: polling it was order-dependent
+    across tests in one worker. Neither propagation nor a logger disabled by an earlier
+    `logging.config` call changes what this sees.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import LogSort
 
-    seen = {"text": ""}
+    NAMES = ("prefect.flow_runs", "prefect.task_runs")
 
-    def logged() -> bool:
-        messages: list[str] = []
-        with get_client(sync_client=True) as client:
-            while page := client.read_logs(limit=200, offset=len(messages), sort=LogSort.TIMESTAMP_DESC):
-                messages += [entry.message for entry in page]  # every page: the server holds other runs' logs too
-        seen["text"] = "\n".join(messages)
-        return all(n in seen["text"] for n in needles)
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
 
-    wait_for(logged, deadline_s, f"{needles} in the Prefect server's run logs", interval_s=0.5)
-    return seen["text"]
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> RunLog:
+        self._saved = []
+        for name in self.NAMES:
+            logger = logging.getLogger(name)
+            self._saved.append((logger, logger.disabled, logger.level))
+            logger.disabled = False
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for logger, disabled, level in self._saved:
+            logger.removeHandler(self)
+            logger.disabled, logger.level = disabled, level
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     root = copy_repo(tmp_path / "repo")
     _set_gate(root, 0.5)  # a one-month window scores ~0.60 ROC AUC: let it pass first
     # The parameters the drift trigger maps from an event payload (see test_trigger.py).
-    result = training_flow(as_of=dt.date(2013, 2, 14), window_months=1, root=str(root), release=False)
+    with RunLog() as run_log:
+        result = training_flow(as_of=dt.date(2013, 2, 14), window_months=1, root=str(root), release=False)
     assert result.verdict == "pass", result.reason
     assert list(result.stages) == stage_order(root) and set(result.stages.values()) == {"ran"}
     assert (root / "artifacts" / "model" / "reference.parquet").is_file()
@@ -66,10 +82,10 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     assert card["data"]["window"] == {"start": "2013-01-15", "end": "2013-02-14"}
     assert result.release is not None and result.release.status == "registered", result.release
     assert result.release.commit == result.record_commit
-    # the flow run's log on the Prefect server: registration and the record, no DVC git hints
+    # the flow run's log: registration and the record, no DVC git hints
     registered = f"registered {result.release.version} at {result.record_commit[:7]}"
     recorded = f"recorded the run on driftloop/runs at {result.record_commit[:7]}"
-    logged = run_log([registered, recorded])
+    logged = run_log.text
     assert registered in logged and recorded in logged, logged[-3000:]
     assert "git add" not in logged
     branch = subprocess.run(["git", "rev-parse", "driftloop/runs"], cwd=root, capture_output=True, text=True).stdout.strip()
