@@ -133,7 +133,24 @@ def torch_mlp_to_onnx(network: torch.nn.Module, n_inputs: int, opset: int) -> on
             opset_version=opset,
             verbose=False,
         )
-    return program.model_proto
+    return strip_node_metadata(program.model_proto)
+
+
+def strip_node_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node debug metadata (`metadata_props` on nodes), in place.
+
+    torch's dynamo exporter records each node's Python stack trace, FX node and module path
+    (`pkg.torch.onnx.stack_trace`, ...). The stack trace holds the checkout's absolute path, so
+    the same training run in two folders gave two graphs with different bytes: `dvc.lock` and a
+    rebuild's sha256 comparison depended on where the repo lives. The keys carry no semantics
+    for ONNX Runtime. Model-level `metadata_props` are kept.
+    """
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for function in model.functions:
+        for node in function.node:
+            del node.metadata_props[:]
+    return model
 
 
 def merge_preprocess(pre: onnx.ModelProto, network: onnx.ModelProto) -> onnx.ModelProto:

@@ -172,15 +172,21 @@ print(hashlib.sha256(FAMILIES["mlp"].to_onnx(fitted, 18, dataset.input_specs())[
 
 
 def test_mlp_training_gives_the_same_model_onnx_bytes_in_two_processes(splits, params_file, tmp_path):
-    """Deterministic on one machine: two fresh processes train and export byte-identical graphs."""
+    """Deterministic on one machine: two fresh processes, the second running the library from another
+    folder (as a second clone would), train and export byte-identical graphs. torch's exporter writes
+    each node's stack trace, with the source file's absolute path, unless it is stripped."""
+    import shutil
+
     train, valid = tmp_path / "train.parquet", tmp_path / "valid.parquet"
     splits["train"].head(6000).to_parquet(train)
     splits["valid"].to_parquet(valid)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(ROOT / "driftloop", elsewhere / "driftloop", ignore=shutil.ignore_patterns("__pycache__"))
     digests = [
-        subprocess.run([sys.executable, "-c", _TRAIN_AND_EXPORT, str(train), str(valid), str(params_file)], env=env,
-                       capture_output=True, text=True, check=True, timeout=300).stdout.split()[-1]
-        for _ in range(2)
+        subprocess.run([sys.executable, "-c", _TRAIN_AND_EXPORT, str(train), str(valid), str(params_file)],
+                       env=dict(os.environ, PYTHONPATH=str(where)), cwd=where, capture_output=True, text=True,
+                       check=True, timeout=300).stdout.split()[-1]
+        for where in (ROOT, elsewhere)
     ]  # fmt: skip
     assert len(digests[0]) == 64 and digests[0] == digests[1]
     assert digests[0] != hashlib.sha256(b"").hexdigest()
