@@ -77,7 +77,8 @@ def test_the_drift_checks_steps_are_spans(tmp_path):
     from serving.tracing import Tracing
 
     exporter = InMemorySpanExporter()
-    set_tracer(Tracing(exporter, service_name="driftloop-flows").tracer)
+    tracing = Tracing(exporter, service_name="driftloop-flows")
+    set_tracer(tracing.tracer)
     try:
         end = dt.datetime(2026, 6, 30)
         frame = read_window_task.fn(str(tmp_path / "logs"), MODEL, end - dt.timedelta(days=1), end).frame
@@ -87,6 +88,7 @@ def test_the_drift_checks_steps_are_spans(tmp_path):
                                        inputs=TEST_INPUTS, time_column="time_hour")
     finally:
         set_tracer(None)
+    tracing.provider.force_flush()  # the batch processor's queue
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"drift read-window", "drift read-reference", "drift measure"}
     assert spans["drift read-window"].attributes == {"driftloop.model": MODEL, "driftloop.rows": 0}
