@@ -4,8 +4,8 @@ Three apps over the same package, called in-process through the whole ASGI stack
 `_call`: middleware, fast path, parsing, batcher and its inference thread, prediction log): tracing
 off; an identical second app with tracing off (the control: its ratio to the first is the
 measurement's own bias and noise); and tracing on with `OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
-`OTEL_TRACES_SAMPLER_ARG=0.1` (`--ratio`) and the real OTLP/HTTP exporter behind the SDK's default
-`BatchSpanProcessor` (512 spans or 5 s per export, on its own thread) sending to a sink process on
+`OTEL_TRACES_SAMPLER_ARG=0.1` (`--ratio`) and the real OTLP/HTTP exporter behind the server's
+`BatchSpanProcessor` (2048 spans or 5 s per export, on its own thread) sending to a sink process on
 loopback. The export thread's CPU is measured on its own thread clock, taken out of whichever round it
 ran in, and its total (plus the final flush) spread over the traced app's requests.
 
