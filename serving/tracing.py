@@ -23,17 +23,21 @@ Cost (bench/serve_tracing.py; target <= 5 % of single-row req/s at a 10 % sampli
   computes); any other case asks the SDK's sampler (`Sampler.should_sample`). An unsampled request
   then costs nothing more: no span object, no context, no attributes, no clock reads.
 - A sampled request carries a small `RequestTrace` (a context variable) that the handler fills with
-  the readings it takes anyway; its spans are built once, at the end, as finished `ReadableSpan`s
-  handed to the `BatchSpanProcessor` (the SDK's processor for export: a queue, exported by its own
-  thread in batches). No span is started and ended through the tracer, no context is attached.
-- The OTLP exporter is the library's, sending the same protobuf message built in under half the time
-  (`encode`).
+  the readings it takes anyway. At its end it hands the `BatchSpanProcessor` (the SDK's processor for
+  export: a queue, exported by its own thread in batches) one finished span, a `ServerSpan` carrying
+  its phases as (name, start, end); their spans are made on the export thread. No span is started and
+  ended through the tracer, no context is attached.
+- The OTLP exporter is the library's, sending the same protobuf message as its own encoder would for
+  the expanded spans, built in under half the time (`encode`); any other exporter gets the phases as
+  spans of their own (`PhaseSpans`).
+- Measured at 100% sampling (bench/serve_tracing.py --ratio 1.0): six spans per request at first
+  cost 0.79x the untraced req/cpu-s; with one span handed over per request and `encode`, 0.85x.
 
 Everything else is the OpenTelemetry SDK's, configured by the standard environment variables:
 `OTEL_SERVICE_NAME` (default "driftloop-server"), `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`
 (e.g. `parentbased_traceidratio` / `0.1`), `OTEL_EXPORTER_OTLP_ENDPOINT` /
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*` (batching; unless set,
-2048 spans per export and a queue of 8192, not the SDK's 512 and 2048);
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*` (batching: its sizes
+count requests, each exported as its span and its phases' spans);
 `OTEL_TRACES_EXPORTER=console` prints spans instead, `none` drops them. The provider is the app's own
 (not the process-global one), so several apps in one process stay apart. The flows' stage spans
 (flows/tracing.py) use `Tracing.tracer`, the ordinary SDK tracer on the same provider.
@@ -144,11 +148,9 @@ class Tracing:
             elif kind != "none":
                 exporter = otlp_exporter()
         if exporter is not None:
-            # batches of 2048 spans (queue 8192) unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE/_QUEUE_SIZE say otherwise (the SDK's 512
-            # makes four HTTP posts where one does: about 15 us of CPU per sampled request here)
-            sized = any(os.environ.get(v) for v in ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_BSP_MAX_QUEUE_SIZE"))
-            self.processor = BatchSpanProcessor(exporter, max_queue_size=None if sized else 8192,
-                                                max_export_batch_size=None if sized else 2048)  # fmt: skip
+            if not isinstance(exporter, PhaseEncoding):  # any other exporter gets the phases as spans
+                exporter = PhaseSpans(exporter)
+            self.processor = BatchSpanProcessor(exporter)
             self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer(f"driftloop.{service_name.removeprefix('driftloop-')}")
         self._bound = root_bound(self.sampler)
@@ -213,42 +215,87 @@ class Tracing:
                 "exception.stacktrace": "".join(traceback.format_exception(error)),
                 "exception.escaped": "True",
             }),)  # fmt: skip
-        context = SpanContext(rt.trace_id, rt.span_id, False, _SAMPLED, rt.trace_state)
-        on_end, resource, scope = self.processor.on_end, self._resource, self._scope
-        on_end(ReadableSpan(
-            name, context, rt.parent, resource, attrs, events, kind=SpanKind.SERVER,
+        phases = ()
+        if rt.phases is not None:
+            queued, queue_s, run_s, log_start, log_end = rt.phases
+            parsed, batch_start = rt.parsed, queued + queue_s
+            phases = [] if parsed is None else [("parse", rt.start, parsed)]
+            phases += [("validate", rt.start if parsed is None else parsed, queued),
+                       ("queue wait", queued, batch_start), ("inference", batch_start, batch_start + run_s)]  # fmt: skip
+            if log_start is not None and log_end is not None:
+                phases.append(("log write", log_start, log_end))
+            phases = tuple((phase, wall_ns(t0), wall_ns(max(t0, t1))) for phase, t0, t1 in phases)
+        self.processor.on_end(ServerSpan(
+            name, SpanContext(rt.trace_id, rt.span_id, False, _SAMPLED, rt.trace_state), rt.parent,
+            self._resource, attrs, events, kind=SpanKind.SERVER,
             status=_ERROR if attrs.get("http.response.status_code", 0) >= 500 else _UNSET,
-            start_time=wall_ns(rt.start), end_time=wall_ns(end), instrumentation_scope=scope,
+            start_time=wall_ns(rt.start), end_time=wall_ns(end), instrumentation_scope=self._scope, phases=phases,
         ))  # fmt: skip
-        if rt.phases is None:
-            return
-        queued, queue_s, run_s, log_start, log_end = rt.phases
-        parsed, batch_start = rt.parsed, queued + queue_s
-        phases = [] if parsed is None else [("parse", rt.start, parsed)]
-        phases += [("validate", rt.start if parsed is None else parsed, queued), ("queue wait", queued, batch_start),
-                   ("inference", batch_start, batch_start + run_s)]  # fmt: skip
-        if log_start is not None and log_end is not None:
-            phases.append(("log write", log_start, log_end))
-        new_id, state = self._ids.generate_span_id, rt.trace_state
-        for phase, t0, t1 in phases:
-            on_end(ReadableSpan(
-                phase, SpanContext(rt.trace_id, new_id(), False, _SAMPLED, state), context, resource,
-                start_time=wall_ns(t0), end_time=wall_ns(max(t0, t1)), instrumentation_scope=scope,
-            ))  # fmt: skip
+
+
+class ServerSpan(ReadableSpan):
+    """A request's finished SERVER span carrying its phases, `((name, start_ns, end_ns), ...)`, whose
+    child spans are made on the export thread (`expand`, or straight into OTLP by `encode`): the
+    request hands the processor one span, not six."""
+
+    def __init__(self, *args: Any, phases: tuple[tuple[str, int, int], ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phases = phases
+
+
+def expand(spans) -> list:
+    """`spans` with each `ServerSpan`'s phases after it as spans of their own (INTERNAL, children of the
+    request span, new span ids from `random`, as the SDK's `RandomIdGenerator` draws them)."""
+    out = []
+    for span in spans:
+        out.append(span)
+        phases = getattr(span, "phases", ())
+        if phases:
+            ctx, new_id = span.context, _IDS.generate_span_id
+            resource, scope = span.resource, span.instrumentation_scope
+            out += [ReadableSpan(name, SpanContext(ctx.trace_id, new_id(), False, _SAMPLED, ctx.trace_state), ctx,
+                                 resource, start_time=t0, end_time=t1, instrumentation_scope=scope)
+                    for name, t0, t1 in phases]  # fmt: skip
+    return out
+
+
+_IDS = RandomIdGenerator()
+
+
+class PhaseEncoding:
+    """Marks an exporter that exports a `ServerSpan`'s phases itself (the OTLP one: `encode`)."""
+
+
+class PhaseSpans(SpanExporter):
+    """Any other exporter (console, in-memory), given `expand(spans)`."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans):
+        return self.inner.export(expand(spans))
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
 
 
 # ---------------------------------------------------------------------------------------------- export
 def encode(spans) -> Any:
-    """The OTLP `ExportTraceServiceRequest` of `spans`: the same message as the OTLP exporter's
-    `encode_spans(spans)` (tests/observe/test_tracing.py compares them), in under half its time.
+    """The OTLP `ExportTraceServiceRequest` of `spans` with each `ServerSpan`'s phases after it: the same
+    message as the OTLP exporter's `encode_spans(expand(spans))` (tests/observe/test_tracing.py compares
+    them), in under half its time.
 
     The library encodes each span through generic per-field helpers (status, trace state, flags, each
     attribute's type): about 13 us for a phase span and 30 us for a request span here, most of a
-    sampled request's cost (bench/serve_tracing.py: the export thread went from 139 to 67 us CPU per
-    sampled request, of which about 20 us is the HTTP post). This builds the resource and
-    scope messages with the library itself (`encode_spans` on one span of each group) and adds each
-    plain span (no events or links, nothing dropped, attribute values str/bool/int/float) in one
-    constructor call; any other span is the library's own encoding of it.
+    sampled request's cost (bench/serve_tracing.py: the export thread's CPU per sampled request went
+    from 139 us to 67 us with this, and to 36 us with the phases encoded straight from their
+    `ServerSpan`). This builds the resource and scope messages with the library itself (`encode_spans`
+    on one span of each group) and adds each plain span (no events or links, nothing dropped,
+    attribute values str/bool/int/float) and each phase in one constructor call; any other span is the
+    library's own encoding of it.
     """
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
@@ -268,12 +315,22 @@ def encode(spans) -> Any:
             for span in group:
                 if not _add_plain(add, span):
                     scope_spans.spans.append(encode_spans([span]).resource_spans[0].scope_spans[0].spans[0])
+                phases = getattr(span, "phases", ())
+                if phases:  # as `expand` would make them, with the same ids
+                    ctx, new_id = span.context, _IDS.generate_span_id
+                    trace_id, parent_id = ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big")
+                    state = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()) if ctx.trace_state else None
+                    for name, t0, t1 in phases:
+                        add(trace_id=trace_id, span_id=new_id().to_bytes(8, "big"), trace_state=state,
+                            parent_span_id=parent_id, name=name, kind=1, start_time_unix_nano=t0,
+                            end_time_unix_nano=t1, status=_UNSET_PB, flags=_HAS_IS_REMOTE)  # fmt: skip
     return request
 
 
 _PLAIN = {str: "string_value", bool: "bool_value", int: "int_value", float: "double_value"}
 _KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags: SPAN_FLAGS_CONTEXT_(HAS_)IS_REMOTE_MASK
+_UNSET_PB = {"code": 0, "message": None}
 
 
 def _add_plain(add, span) -> bool:
@@ -302,11 +359,11 @@ def otlp_exporter():
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    class Exporter(OTLPSpanExporter):
+    class Exporter(OTLPSpanExporter, PhaseEncoding):
         def export(self, spans) -> SpanExportResult:
             client = getattr(self, "_client", None)  # the library's HTTP client (1.45); else its own export
             if client is None or getattr(self, "_shutdown", True) or not hasattr(client, "export"):
-                return super().export(spans)
+                return super().export(expand(spans))
             result = client.export(encode(spans).SerializePartialToString())
             return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
