@@ -349,7 +349,7 @@ class DataPlane:
         """
         from serving.explain import EXPLAIN_MAX_ROWS, ExplainUnavailable
 
-        mv = self.repository.route(name, request_id)
+        mv = self.route(name, request_id)
         feeds, rows = records_feeds(instances, mv.signature, self.limits, body=raw)
         if rows > EXPLAIN_MAX_ROWS:
             raise RequestError(422, f"instances: {rows} rows; an explanation takes at most {EXPLAIN_MAX_ROWS}")
