@@ -27,11 +27,11 @@ Cost (bench/serve_tracing.py; target <= 5 % of single-row req/s at a 10 % sampli
   export: a queue, exported by its own thread in batches) one finished span, a `ServerSpan` carrying
   its phases as (name, start, end); their spans are made on the export thread. No span is started and
   ended through the tracer, no context is attached.
-- The OTLP exporter is the library's, sending the same protobuf message as its own encoder would for
-  the expanded spans, built in under half the time (`encode`); any other exporter gets the phases as
-  spans of their own (`PhaseSpans`).
-- Measured at 100% sampling (bench/serve_tracing.py --ratio 1.0): six spans per request at first
-  cost 0.79x the untraced req/cpu-s; with one span handed over per request and `encode`, 0.85x.
+- Every exporter (the library's OTLP/HTTP one by default) gets the phases as spans of their own
+  (`PhaseSpans`) and encodes them itself. A hand-written OTLP encoder halved the export thread's CPU
+  (10% sampling: 0.966x the untraced req/cpu-s instead of 0.92x-0.94x) but reached into the exporter's
+  private HTTP client; the library's encoding is kept (the project's rule: a well-kept library over
+  our own code outside the product, even a slower one).
 
 Everything else is the OpenTelemetry SDK's, configured by the standard environment variables:
 `OTEL_SERVICE_NAME` (default "driftloop-server"), `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`
@@ -148,9 +148,7 @@ class Tracing:
             elif kind != "none":
                 exporter = otlp_exporter()
         if exporter is not None:
-            if not isinstance(exporter, PhaseEncoding):  # any other exporter gets the phases as spans
-                exporter = PhaseSpans(exporter)
-            self.processor = BatchSpanProcessor(exporter)
+            self.processor = BatchSpanProcessor(PhaseSpans(exporter))  # each request's phases as spans
             self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer(f"driftloop.{service_name.removeprefix('driftloop-')}")
         self._bound = root_bound(self.sampler)
@@ -235,7 +233,7 @@ class Tracing:
 
 class ServerSpan(ReadableSpan):
     """A request's finished SERVER span carrying its phases, `((name, start_ns, end_ns), ...)`, whose
-    child spans are made on the export thread (`expand`, or straight into OTLP by `encode`): the
+    child spans are made on the export thread (`expand`): the
     request hands the processor one span, not six."""
 
     def __init__(self, *args: Any, phases: tuple[tuple[str, int, int], ...] = (), **kwargs: Any) -> None:
@@ -262,12 +260,8 @@ def expand(spans) -> list:
 _IDS = RandomIdGenerator()
 
 
-class PhaseEncoding:
-    """Marks an exporter that exports a `ServerSpan`'s phases itself (the OTLP one: `encode`)."""
-
-
 class PhaseSpans(SpanExporter):
-    """Any other exporter (console, in-memory), given `expand(spans)`."""
+    """The exporter (OTLP, console, in-memory), given `expand(spans)`."""
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
@@ -282,89 +276,9 @@ class PhaseSpans(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-# ---------------------------------------------------------------------------------------------- export
-def encode(spans) -> Any:
-    """The OTLP `ExportTraceServiceRequest` of `spans` with each `ServerSpan`'s phases after it: the same
-    message as the OTLP exporter's `encode_spans(expand(spans))` (tests/observe/test_tracing.py compares
-    them), in under half its time.
-
-    The library encodes each span through generic per-field helpers (status, trace state, flags, each
-    attribute's type): about 13 us for a phase span and 30 us for a request span here, most of a
-    sampled request's cost (bench/serve_tracing.py: the export thread's CPU per sampled request went
-    from 139 us to 67 us with this, and to 36 us with the phases encoded straight from their
-    `ServerSpan`). This builds the resource and scope messages with the library itself (`encode_spans`
-    on one span of each group) and adds each plain span (no events or links, nothing dropped,
-    attribute values str/bool/int/float) and each phase in one constructor call; any other span is the
-    library's own encoding of it.
-    """
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
-    groups: dict[Any, dict[Any, list]] = {}  # resource -> scope -> spans, grouped as the library does
-    by_id: dict[tuple[int, int], list] = {}  # the same, by object identity (a Resource hashes as JSON)
-    for span in spans:
-        resource, scope = span.resource, span.instrumentation_scope or None
-        group = by_id.get((id(resource), id(scope)))
-        if group is None:
-            group = by_id[id(resource), id(scope)] = groups.setdefault(resource, {}).setdefault(scope, [])
-        group.append(span)
-    request = encode_spans([group[0] for scopes in groups.values() for group in scopes.values()])
-    for resource_spans, scopes in zip(request.resource_spans, groups.values(), strict=True):
-        for scope_spans, group in zip(resource_spans.scope_spans, scopes.values(), strict=True):
-            del scope_spans.spans[:]
-            add = scope_spans.spans.add
-            for span in group:
-                if not _add_plain(add, span):
-                    scope_spans.spans.append(encode_spans([span]).resource_spans[0].scope_spans[0].spans[0])
-                phases = getattr(span, "phases", ())
-                if phases:  # as `expand` would make them, with the same ids
-                    ctx, new_id = span.context, _IDS.generate_span_id
-                    trace_id, parent_id = ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big")
-                    state = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()) if ctx.trace_state else None
-                    for name, t0, t1 in phases:
-                        add(trace_id=trace_id, span_id=new_id().to_bytes(8, "big"), trace_state=state,
-                            parent_span_id=parent_id, name=name, kind=1, start_time_unix_nano=t0,
-                            end_time_unix_nano=t1, status=_UNSET_PB, flags=_HAS_IS_REMOTE)  # fmt: skip
-    return request
-
-
-_PLAIN = {str: "string_value", bool: "bool_value", int: "int_value", float: "double_value"}
-_KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}
-_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags: SPAN_FLAGS_CONTEXT_(HAS_)IS_REMOTE_MASK
-_UNSET_PB = {"code": 0, "message": None}
-
-
-def _add_plain(add, span) -> bool:
-    """`add(**fields)` a plain span (see `encode`) as the library encodes it; False (nothing added) otherwise."""
-    if span.events or span.links or span.dropped_attributes:
-        return False
-    plain = _PLAIN
-    try:
-        values = [{"key": k, "value": {plain[type(v)]: v}} for k, v in span.attributes.items()]
-    except KeyError:  # a sequence, bytes or mapping value: the library's encoding
-        return False
-    ctx, parent, status = span.context, span.parent, span.status
-    state = ctx.trace_state
-    add(trace_id=ctx.trace_id.to_bytes(16, "big"), span_id=ctx.span_id.to_bytes(8, "big"),
-        trace_state=",".join(f"{k}={v}" for k, v in state.items()) if state else None,
-        parent_span_id=parent.span_id.to_bytes(8, "big") if parent else None, name=span.name,
-        kind=_KIND[span.kind], start_time_unix_nano=span.start_time, end_time_unix_nano=span.end_time,
-        attributes=values, status={"code": status.status_code.value, "message": status.description},
-        flags=_HAS_IS_REMOTE | (_IS_REMOTE if parent and parent.is_remote else 0))  # fmt: skip
-    return True
-
-
 def otlp_exporter():
-    """The OTLP/HTTP span exporter, configured by the `OTEL_EXPORTER_OTLP_*` variables, sending `encode`'s
-    bytes (the exporter's HTTP client: retries, compression, headers, timeout are all its own)."""
+    """The OTLP/HTTP span exporter, configured by the `OTEL_EXPORTER_OTLP_*` variables (the library's own:
+    encoding, retries, compression, headers and timeout are all its)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import SpanExportResult
 
-    class Exporter(OTLPSpanExporter, PhaseEncoding):
-        def export(self, spans) -> SpanExportResult:
-            client = getattr(self, "_client", None)  # the library's HTTP client (1.45); else its own export
-            if client is None or getattr(self, "_shutdown", True) or not hasattr(client, "export"):
-                return super().export(expand(spans))
-            result = client.export(encode(spans).SerializePartialToString())
-            return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
-
-    return Exporter()
+    return OTLPSpanExporter()
