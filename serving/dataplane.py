@@ -18,7 +18,6 @@ import math
 import threading
 import time
 import weakref
-from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -60,8 +59,16 @@ def observe_scores(metrics: ServerMetrics, mv: ModelVersion, scores: np.ndarray)
             child.observe(float(v))
 
 
-_PHASES: ContextVar[dict[str, Any] | None] = ContextVar("driftloop_phases", default=None)
-"""Per request (the handler's task), with tracing on: perf_counter readings the phase spans need."""
+def _no_trace() -> None:
+    """Tracing off: no request is sampled."""
+    return None
+
+
+def _request_trace():
+    """`serving.tracing.current` (imported only when tracing is on)."""
+    from serving.tracing import current
+
+    return current
 
 
 class DataPlane:
@@ -83,6 +90,7 @@ class DataPlane:
 
             self.tracing = Tracing(span_exporter)
         self.tracer = None if self.tracing is None else self.tracing.tracer
+        self._trace = _no_trace if self.tracing is None else _request_trace()
         self.metrics = ServerMetrics(settings.metrics_textfile_dir)
         self.metrics.queue_capacity.set(settings.max_queue_rows)
         if repository is None:
@@ -258,9 +266,15 @@ class DataPlane:
     # ------------------------------------------------------------------ scoring
     def route(self, name: str, request_id: str, version: str | None = None) -> ModelVersion:
         """The version that answers this request (sticky per request id under a traffic split)."""
-        if self.tracing is not None and self.tracing.sampled():  # routed right after decoding: parse ends here
-            _PHASES.set({"parsed": time.perf_counter()})
-        return self.repository.route(name, request_id, version)
+        rt = self._trace()  # a sampled request's span data (serving/tracing.py), else None
+        if rt is None:
+            return self.repository.route(name, request_id, version)
+        rt.parsed = time.perf_counter()  # routed right after decoding: parse ends here
+        rt.attributes["driftloop.request_id"] = request_id
+        mv = self.repository.route(name, request_id, version)
+        rt.attributes.update({"driftloop.model": mv.name, "driftloop.model_version": mv.version,
+                              "driftloop.lineage_id": mv.lineage_id})  # fmt: skip
+        return mv
 
     async def score(
         self, mv: ModelVersion, feeds: dict[str, np.ndarray], rows: int, request_id: str, start: float
@@ -279,8 +293,6 @@ class DataPlane:
             `scored`).
         """
         queued = time.perf_counter()
-        if self.tracer is not None and (phases := _PHASES.get()) is not None:
-            phases["request_id"] = request_id
         timing: dict[str, float] = {}
         try:
             scores = await self.batcher.submit(mv, feeds, rows, timing)
@@ -288,6 +300,7 @@ class DataPlane:
             self.stats.fail(mv.name, mv.version, time.perf_counter() - start)
             raise
         observe_scores(self.metrics, mv, scores)
+        log_start = log_end = None
         if self.predlog is not None:
             log_start = time.perf_counter()
             self.predlog.append(
@@ -299,9 +312,10 @@ class DataPlane:
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 service_ms=timing.get("run_s", float("nan")) * 1000.0,
             )
-            phases = _PHASES.get() if self.tracer is not None else None
-            if phases is not None:
-                phases.update(log_start=log_start, log_end=time.perf_counter(), request_id=request_id)
+            log_end = time.perf_counter() if self.tracing is not None else None
+        if (rt := self._trace()) is not None:
+            rt.phases = (queued, timing.get("queue_s", 0.0), timing.get("run_s", 0.0), log_start, log_end)
+            rt.attributes["driftloop.rows"] = rows
         return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))
 
     def scored(self, mv: ModelVersion, rows: int, start: float, encoded: float, timing: tuple[float, float, float]) -> None:
@@ -315,16 +329,6 @@ class DataPlane:
         """
         end = time.perf_counter()
         self.stats.request(mv.name, mv.version, rows, end - start, *timing, end - encoded)
-        if self.tracing is not None and (phases := _PHASES.get()) is not None:
-            _PHASES.set(None)
-            self.tracing.request_phases(
-                attributes={"driftloop.request_id": phases.get("request_id", ""), "driftloop.model": mv.name,
-                            "driftloop.model_version": mv.version, "driftloop.lineage_id": mv.lineage_id,
-                            "driftloop.rows": rows},
-                start=start, parsed=phases.get("parsed"), queued=start + timing[0], queue_s=timing[1],
-                run_s=timing[2], log_s=(phases["log_start"], phases["log_end"]) if "log_end" in phases else None,
-                scored=encoded, end=end,
-            )  # fmt: skip
 
     def failed(self, mv: ModelVersion, start: float) -> None:
         """Record a request that reached `mv` and then failed (bad input, queue full)."""
@@ -345,7 +349,7 @@ class DataPlane:
         """
         from serving.explain import EXPLAIN_MAX_ROWS, ExplainUnavailable
 
-        mv = self.repository.route(name, request_id)
+        mv = self.route(name, request_id)
         feeds, rows = records_feeds(instances, mv.signature, self.limits, body=raw)
         if rows > EXPLAIN_MAX_ROWS:
             raise RequestError(422, f"instances: {rows} rows; an explanation takes at most {EXPLAIN_MAX_ROWS}")

@@ -35,57 +35,36 @@ class Observe:
         score = plane.settings.score_api_key
         self.api_key = key.encode() if key else None
         self.score_key = score.encode() if score else None
-        if plane.tracer is not None:  # imported once, and only when tracing is on
-            from opentelemetry import context, trace
+        self.tracing = plane.tracing  # None unless tracing is on (serving/tracing.py)
+        if self.tracing is not None:
+            from serving.tracing import REQUEST_TRACE
 
-            from serving.tracing import wall_ns
-
-            self._otel = (context, trace, wall_ns)
+            self._current = REQUEST_TRACE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.plane.tracer is not None:
-            await self._traced(scope, receive, send)
+        if self.tracing is not None and (rt := self.tracing.begin(scope)) is not None:
+            await self._traced(rt, scope, receive, send)
             return
-        await self._observe(scope, receive, send)
+        await self._observe(scope, receive, send)  # tracing off, or not sampled: nothing else happens
 
-    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """`_observe` inside a SERVER span (serving/tracing.py), a child of the caller's `traceparent`."""
-        tracing = self.plane.tracing
-        headers = scope["headers"]
-        traceparent = False
-        for k, _ in headers:
-            if k == b"traceparent":
-                traceparent = True
-                break
-        if not traceparent and not tracing.sample_root():  # the common case: one random(), nothing else
-            await self._observe(scope, receive, send)
-            return
-        context, trace, wall_ns = self._otel
-        span = tracing.start_request(
-            scope["method"], traceparent, lambda: {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
-            wall_ns(time.perf_counter()),
-        )  # fmt: skip
-        if span is None:  # not sampled: nothing to carry (the phases check the same)
-            await self._observe(scope, receive, send)
-            return
-        token = context.attach(trace.set_span_in_context(span))
-        status, endpoint = 500, "unmatched"
+    async def _traced(self, rt: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        """`_observe` of a sampled request: its `RequestTrace` is current while the app runs, and its
+        spans are made at the end (serving/tracing.py)."""
+        token = self._current.set(rt)
+        status, endpoint, error = 500, "unmatched", None
         try:
             status, endpoint = await self._observe(scope, receive, send)
         except BaseException as exc:
-            span.record_exception(exc)
+            error = exc
             raise
         finally:
-            context.detach(token)
-            span.update_name(f"{scope['method']} {endpoint}")
-            span.set_attributes({"http.request.method": scope["method"], "http.route": endpoint,
-                                 "http.response.status_code": status})  # fmt: skip
-            if status >= 500:
-                span.set_status(trace.Status(trace.StatusCode.ERROR))
-            span.end(end_time=wall_ns(time.perf_counter()))
+            self._current.reset(token)
+            method = scope["method"]
+            self.tracing.finish(rt, f"{method} {endpoint}", {"http.request.method": method, "http.route": endpoint,
+                                                              "http.response.status_code": status}, error)  # fmt: skip
 
     async def _observe(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str]:
         """Check the key, run the app, count the request; returns (status, route template)."""

@@ -33,8 +33,12 @@ def package(tmp_path_factory):
 
 @pytest.mark.slow
 def test_explain_route_names_every_input_and_adds_up(package):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     rows = synthetic_rows(3, seed=11, null_fraction=0.2)
-    with running_server(create_app(ServeSettings(repository=package))) as base, httpx.Client(base_url=base, timeout=60) as c:
+    spans = InMemorySpanExporter()  # traced too: the explain request's span names the version that answered
+    app = create_app(ServeSettings(repository=package), span_exporter=spans)
+    with running_server(app) as base, httpx.Client(base_url=base, timeout=60) as c:
         r = c.post(f"/v1/models/{MODEL}:explain", json=records_payload(rows), headers={"x-request-id": "why-1"})
         assert r.status_code == 200, r.text
         again = c.post(f"/v1/models/{MODEL}:explain", json=records_payload(rows)).json()
@@ -54,6 +58,9 @@ def test_explain_route_names_every_input_and_adds_up(package):
     assert bad.status_code == 400
     assert 'driftloop_requests_total{endpoint="/v1/models/{name}:explain",status="200"}' in metrics
     assert 'driftloop_predictions_total{' not in metrics  # an explanation is not a prediction
+    (span,) = [s for s in spans.get_finished_spans() if s.attributes.get("driftloop.request_id") == "why-1"]
+    assert span.name == "POST /v1/models/{name}:explain" and span.attributes["driftloop.lineage_id"] == "lin-explain"
+    assert span.attributes["driftloop.model_version"] == "1"
 
 
 def test_a_column_that_alone_differs_from_the_background_takes_the_whole_difference(package):

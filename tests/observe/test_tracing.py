@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import httpx
 import pytest
@@ -69,6 +70,30 @@ def test_the_sampler_comes_from_the_standard_variables(repo, monkeypatch):
     assert exporter.get_finished_spans() == ()
 
 
+def test_the_request_is_sampled_as_the_sdk_sampler_decides(monkeypatch):
+    """`Tracing.begin` follows the caller's sampled flag (ParentBased) and, with no caller, takes exactly
+    the requests `TraceIdRatioBased` would (its test on the trace id, done without the SDK call)."""
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    from serving.tracing import Tracing
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    tracing = Tracing(InMemorySpanExporter())
+    caller = {"method": "POST", "headers": [(b"traceparent", f"00-{TRACE_ID}-{PARENT}-01".encode())]}
+    rt = tracing.begin(caller)
+    assert format(rt.trace_id, "032x") == TRACE_ID and rt.parent.span_id == int(PARENT, 16) and rt.parent.is_remote
+    assert tracing.begin({"method": "POST", "headers": [(b"traceparent", f"00-{TRACE_ID}-{PARENT}-00".encode())]}) is None
+    ratio = TraceIdRatioBased(0.5)
+    decisions = []
+    for seed in range(200):  # trace ids come from `random` (the SDK's RandomIdGenerator): seeded, known
+        random.seed(seed)
+        sampled = tracing.begin({"method": "POST", "headers": []}) is not None
+        random.seed(seed)
+        decisions.append((sampled, ratio.should_sample(None, random.getrandbits(128), "POST").decision.is_sampled()))
+    assert all(ours == sdk for ours, sdk in decisions) and 50 < sum(s for s, _ in decisions) < 150
+
+
 def test_the_drift_checks_steps_are_spans(tmp_path):
     """The drift check's tasks (called as plain functions) record spans with their figures."""
     from driftloop.config import PolicyParams
@@ -77,7 +102,8 @@ def test_the_drift_checks_steps_are_spans(tmp_path):
     from serving.tracing import Tracing
 
     exporter = InMemorySpanExporter()
-    set_tracer(Tracing(exporter, service_name="driftloop-flows").tracer)
+    tracing = Tracing(exporter, service_name="driftloop-flows")
+    set_tracer(tracing.tracer)
     try:
         end = dt.datetime(2026, 6, 30)
         frame = read_window_task.fn(str(tmp_path / "logs"), MODEL, end - dt.timedelta(days=1), end).frame
@@ -87,9 +113,68 @@ def test_the_drift_checks_steps_are_spans(tmp_path):
                                        inputs=TEST_INPUTS, time_column="time_hour")
     finally:
         set_tracer(None)
+    tracing.provider.force_flush()  # the batch processor's queue
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"drift read-window", "drift read-reference", "drift measure"}
     assert spans["drift read-window"].attributes == {"driftloop.model": MODEL, "driftloop.rows": 0}
     measured = spans["drift measure"].attributes
     assert measured["driftloop.model_version"] == "3" and measured["driftloop.status"] == summary.status == "skipped"
     assert spans["drift measure"].resource.attributes["service.name"] == "driftloop-flows"
+
+
+def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_encodes_them(monkeypatch):
+    """A request's `ServerSpan` (with and without a caller, an escaped exception, a 5xx) becomes its span
+    and its phases' spans (`expand`); the server's OTLP/HTTP exporter, behind the phase expansion, posts
+    the library's own message for them, and for an SDK span (events, list attributes, error status), to
+    a collector on loopback."""
+    import http.server
+    import threading
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.trace import Status, StatusCode
+
+    from serving.tracing import PhaseSpans, ServerSpan, Tracing, expand, otlp_exporter
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter)
+    for caller, status, error in [(f"00-{TRACE_ID}-{PARENT}-01", 200, None), (None, 500, ValueError("boom"))]:
+        headers = [(b"traceparent", caller.encode())] if caller else []
+        rt = tracing.begin({"headers": headers, "method": "POST"})
+        rt.parsed = rt.start + 1e-4
+        rt.attributes.update({"driftloop.request_id": "r-1", "driftloop.rows": 2, "driftloop.x": 0.5, "b": True})
+        rt.phases = (rt.start + 2e-4, 1e-4, 3e-4, rt.start + 7e-4, rt.start + 8e-4)
+        tracing.finish(rt, "POST /v1/models/{name}:predict", {"http.response.status_code": status}, error)
+    with tracing.tracer.start_as_current_span("stage", attributes={"driftloop.list": [1, 2]}) as span:
+        span.add_event("checked", {"n": 1})
+        span.set_status(Status(StatusCode.ERROR, "failed"))
+    tracing.provider.force_flush()
+    spans = exporter.get_finished_spans()  # the phases as spans (`expand`)
+    assert len(spans) == 2 + 2 * 5 + 1 and sum(isinstance(s, ServerSpan) for s in spans) == 2
+    server_spans = [s for s in spans if s.kind == SpanKind.SERVER or s.name == "stage"]  # as the processor had them
+
+    def library(seed: int):  # the phase spans' ids are drawn as they are made: the same seed, the same ids
+        random.seed(seed)
+        return encode_spans(expand(server_spans))
+
+    received: list[bytes] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{server.server_port}/v1/traces")
+        random.seed(4)
+        assert PhaseSpans(otlp_exporter()).export(server_spans).name == "SUCCESS"
+    finally:
+        server.shutdown()
+    assert ExportTraceServiceRequest.FromString(received[0]) == library(4)
