@@ -74,7 +74,7 @@ class MicroBatcher:
         on_queue: called with the queued row count whenever it changes; for metrics.
         inline_max_ms: a full-batch request on an idle batcher runs on the event loop's thread
             when its version's last batch took at most this long per row times its rows, ms
-            (0 = always on the inference thread).
+            (0 = always on the inference thread); "took" is the smaller of wall and CPU time.
     """
 
     def __init__(
@@ -100,7 +100,9 @@ class MicroBatcher:
         self._closing = False
         self.inline_max_s = inline_max_ms / 1000.0
         self._running = False  # a batch is on the inference thread
-        # Seconds per row of each version's last batch (absent = never run here: the thread runs it).
+        # Seconds per row of each version's last batch (absent = never run here: the thread runs it):
+        # the smaller of wall and thread CPU time, so a process descheduled on a loaded machine does
+        # not read as a slow model (and with several ORT threads the wall time is the smaller).
         self._per_row_s: weakref.WeakKeyDictionary[ModelVersion, float] = weakref.WeakKeyDictionary()
 
     @property
@@ -156,6 +158,7 @@ class MicroBatcher:
             raise BatcherClosed("the server is shutting down")
         if (
             rows >= self.max_batch_size
+            and self.inline_max_s > 0
             and not self._queues
             and not self._running
             and rows * self._per_row_s.get(version, float("inf")) <= self.inline_max_s
@@ -184,7 +187,7 @@ class MicroBatcher:
             log.exception("inference failed for %s/%s on a batch of 1 request(s)", version.name, version.version)
             raise
         run_s = run_ms / 1000.0
-        self._per_row_s[version] = run_s / rows
+        self._per_row_s[version] = min(run_s, cpu_s) / rows
         if timing is not None:
             timing["queue_s"] = 0.0
             timing["run_s"] = run_s
@@ -262,7 +265,7 @@ class MicroBatcher:
         finally:
             self._running = False
         run_s = run_ms / 1000.0  # inside session.run only: the version's own cost, not the executor hand-off
-        self._per_row_s[version] = run_s / sum(item.rows for item in batch)
+        self._per_row_s[version] = min(run_s, cpu_s) / sum(item.rows for item in batch)
         start = 0
         for item in batch:
             if item.timing is not None:
