@@ -364,3 +364,21 @@ def test_typed_records_decoding_takes_the_plain_body(rows):
 
     body = orjson.dumps(records_payload(rows.iloc[:20]))
     assert records_fast(body, SIG, LIMITS) is not None
+
+
+def test_v2_key_count_is_the_key_count_of_the_full_walk():
+    """The duplicate-key check's first count (keys only) equals the full walk's."""
+    from serving.v2_tensors import _v2_key_count, _v2_keys
+    from serving.wire import count_keys
+
+    nested = copy.deepcopy(_BASE_V2)
+    nested["inputs"][0]["parameters"] = {"binary_data_size": 8, "a": {"b": [{"c": 1}, 2]}, "d": ":"}
+    nested["inputs"][1]["parameters"] = {}
+    nested["parameters"] = {"x": {"y": 1}, "z": [1, {"w": 2}]}
+    for obj in (_BASE_V2, nested, {"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}):
+        plain = {k: v for k, v in obj.items()}
+        assert _v2_key_count(plain) == _v2_keys(plain)[0]
+        without_data = copy.deepcopy(plain)
+        for t in without_data["inputs"]:
+            t.pop("data", None)
+        assert _v2_keys(plain)[0] == count_keys(without_data)[0] + sum("data" in t for t in plain["inputs"])
