@@ -21,7 +21,7 @@ from serving.request_models import (
     Limits,
     _pydantic_error,
 )
-from serving.wire import RequestError, check_duplicate_keys, count_keys, loads
+from serving.wire import RequestError, check_duplicate_keys, count_keys, fixed_width_ascii, loads
 
 
 def _v2_keys(obj: dict[str, Any], names_checked: bool = False) -> tuple[int, int]:
@@ -372,8 +372,8 @@ def _binary_feeds(
     """Feeds for a valid request whose every input is binary data, else None.
 
     The accepting path of `v2_feeds`' tensor loop for the binary extension, with adjacent numeric
-    tensors of one datatype decoded as one block (`binary_block`): about 60% less decoding CPU for
-    the test signature's 13 numeric columns. Anything the loop would refuse (or decodes one
+    tensors of one datatype decoded as one block (`binary_block`), adjacent BYTES tensors of one
+    size as one fixed-width block: about 60% less decoding CPU for the test signature. Anything the loop would refuse (or decodes one
     element at a time) returns None and the loop runs from the start, so its first error is the
     one reported, as before.
     """
@@ -409,10 +409,10 @@ def _binary_feeds(
         last = runs[-1] if runs else None
         if (
             last is not None
-            and spec.datatype != "BYTES"
             and last[1] == declared
             and last[0][0].datatype == spec.datatype
             and last[0][0].nullable == spec.nullable
+            and (spec.datatype != "BYTES" or end - last[3] == last[3] - last[2])  # BYTES: same size
         ):
             last[0].append(spec)
             runs[-1] = (last[0], declared, last[2], end)
@@ -425,10 +425,20 @@ def _binary_feeds(
     for run_specs, declared, start, end in runs:
         buf = binary[start:end]
         if run_specs[0].datatype == "BYTES":
-            try:
-                feeds[run_specs[0].name] = binary_column("", run_specs[0], declared, buf, n, limits)
-            except RequestError:
-                return None
+            # Adjacent BYTES tensors of one size: one fixed-width decoding of all their elements
+            # (valid exactly when each is), then a view per tensor; else one tensor at a time.
+            k = len(run_specs)
+            block = fixed_width_ascii(buf, n * k, limits.max_string_length) if k > 1 else None
+            if block is not None:
+                for j, spec in enumerate(run_specs):
+                    feeds[spec.name] = block[j * n : (j + 1) * n]
+                continue
+            size = (end - start) // k
+            for j, spec in enumerate(run_specs):
+                try:
+                    feeds[spec.name] = binary_column("", spec, declared, buf[j * size : (j + 1) * size], n, limits)
+                except RequestError:
+                    return None
             continue
         arrays = binary_block(run_specs, declared, buf, n)
         if arrays is None:

@@ -312,11 +312,13 @@ _PARTS = _binary_parts()
     position=st.integers(0, 3),
     shift=st.integers(-8, 8),
     nullable=st.booleans(),
+    text=st.tuples(st.sampled_from(["origin", "dest"]), st.sampled_from([None, "JFK", "ÉW", "A\x00C", "JF", "LONG", ""])),
 )
-def test_binary_block_path_agrees_with_the_tensor_loop(column, pick, value, position, shift, nullable):
-    """The block decoding of adjacent numeric tensors accepts exactly what the tensor loop accepts,
-    with the same arrays: a value out of the declared type's range, a NaN in a non-nullable column,
-    an infinity, and sizes moved from one tensor to its neighbour (same total) included."""
+def test_binary_block_path_agrees_with_the_tensor_loop(column, pick, value, position, shift, nullable, text):
+    """The block decoding of adjacent tensors accepts exactly what the tensor loop accepts, with the
+    same arrays: a value out of the declared type's range, a NaN in a non-nullable column, an
+    infinity, sizes moved from one tensor to its neighbour (same total), and a BYTES element that
+    is non-ASCII, holds a NUL or has another length, included."""
     import contextlib
     from unittest.mock import patch
 
@@ -342,6 +344,14 @@ def test_binary_block_path_agrees_with_the_tensor_loop(column, pick, value, posi
             blobs[column] = np.asarray(values, dtype=object).astype(_WIRE[declared]).tobytes()
     except OverflowError:  # not representable on the wire at all: no such request exists
         return
+    text_column, replacement = text
+    if replacement is not None:  # one element of a BYTES tensor (origin and dest decode as one block)
+        codes = [blobs[text_column][i + 4 : i + 7].decode() for i in range(0, len(blobs[text_column]), 7)]
+        codes[position] = replacement
+        blobs[text_column] = b"".join(len(c.encode()).to_bytes(4, "little") + c.encode() for c in codes)
+        next(t for t in header["inputs"] if t["name"] == text_column)["parameters"]["binary_data_size"] = len(
+            blobs[text_column]
+        )
     tensor = next(t for t in header["inputs"] if t["name"] == column)
     tensor["datatype"] = declared
     tensor["parameters"]["binary_data_size"] = len(blobs[column])
