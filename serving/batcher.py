@@ -7,6 +7,13 @@ or until `max_queue_delay_ms` passed since the first one arrived, concatenates t
 request larger than `max_batch_size` runs alone, never split. While a batch runs, new requests
 accumulate, so under load batches fill without waiting.
 
+A request that is a full batch by itself (`rows >= max_batch_size`), arriving while nothing is
+queued or running, would form a batch of one at once: it runs directly on the event loop's thread
+instead, when its version's last measured `session.run` says it takes at most `inline_max_ms`.
+Same batch accounting (`on_batch`, `timing`), without the queue, the worker task's wake-up and the
+two thread hand-offs, which cost about as much CPU as `session.run` of 1,000 rows of the test
+model (bench/serve_cpu.py). The bound keeps a slow model off the loop: it runs on the thread.
+
 The queue is bounded in rows (`max_queue_rows`): a request that would overflow it fails at once
 with `QueueFull` (the app answers 429 with Retry-After), so memory and latency stay bounded.
 Requests for different versions (of one model or several) are never mixed in one batch.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +72,9 @@ class MicroBatcher:
         on_batch: called on the event loop after each batch with (version, rows, seconds of
             `session.run`, CPU seconds of the inference thread in it); for metrics, statistics, cost.
         on_queue: called with the queued row count whenever it changes; for metrics.
+        inline_max_ms: a full-batch request on an idle batcher runs on the event loop's thread
+            when its version's last batch took at most this long per row times its rows, ms
+            (0 = always on the inference thread); "took" is the smaller of wall and CPU time.
     """
 
     def __init__(
@@ -74,6 +85,7 @@ class MicroBatcher:
         max_queue_rows: int = 8192,
         on_batch: Callable[[ModelVersion, int, float, float], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
+        inline_max_ms: float = 2.0,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
@@ -86,6 +98,12 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self.inline_max_s = inline_max_ms / 1000.0
+        self._running = False  # a batch is on the inference thread
+        # Seconds per row of each version's last batch (absent = never run here: the thread runs it):
+        # the smaller of wall and thread CPU time, so a process descheduled on a loaded machine does
+        # not read as a slow model (and with several ORT threads the wall time is the smaller).
+        self._per_row_s: weakref.WeakKeyDictionary[ModelVersion, float] = weakref.WeakKeyDictionary()
 
     @property
     def queued_rows(self) -> int:
@@ -138,6 +156,14 @@ class MicroBatcher:
         """
         if self._closing or self._task is None:
             raise BatcherClosed("the server is shutting down")
+        if (
+            rows >= self.max_batch_size
+            and self.inline_max_s > 0
+            and not self._queues
+            and not self._running
+            and rows * self._per_row_s.get(version, float("inf")) <= self.inline_max_s
+        ):
+            return self._run_inline(version, feeds, rows, timing)
         if self._queued_rows + rows > self.max_queue_rows and self._queued_rows > 0:
             raise QueueFull(f"{self._queued_rows} rows are queued; the limit is {self.max_queue_rows}")
         item = _Item(version, feeds, rows, asyncio.get_running_loop().create_future(), timing=timing)
@@ -150,6 +176,24 @@ class MicroBatcher:
             self._on_queue(self._queued_rows)
         self._wakeup.set()
         return await item.future
+
+    def _run_inline(
+        self, version: ModelVersion, feeds: dict[str, np.ndarray], rows: int, timing: dict[str, float] | None
+    ) -> np.ndarray:
+        """Run a full batch on the calling (event loop) thread: what `_execute` does for a batch of one."""
+        try:
+            scores, run_ms, cpu_s = _timed_run(version, feeds)
+        except Exception:
+            log.exception("inference failed for %s/%s on a batch of 1 request(s)", version.name, version.version)
+            raise
+        run_s = run_ms / 1000.0
+        self._per_row_s[version] = min(run_s, cpu_s) / rows
+        if timing is not None:
+            timing["queue_s"] = 0.0
+            timing["run_s"] = run_s
+        if self._on_batch:
+            self._on_batch(version, rows, run_s, cpu_s)
+        return scores
 
     def _pick(self) -> deque[_Item] | None:
         best = None
@@ -204,6 +248,7 @@ class MicroBatcher:
         else:
             feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in version.input_names}
         started = time.perf_counter()
+        self._running = True
         try:
             scores, run_ms, cpu_s = await loop.run_in_executor(self._executor, _timed_run, version, feeds)
         except Exception as exc:  # noqa: BLE001 - forwarded to every waiting request
@@ -217,7 +262,10 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        finally:
+            self._running = False
         run_s = run_ms / 1000.0  # inside session.run only: the version's own cost, not the executor hand-off
+        self._per_row_s[version] = min(run_s, cpu_s) / sum(item.rows for item in batch)
         start = 0
         for item in batch:
             if item.timing is not None:

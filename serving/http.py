@@ -132,12 +132,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"body: {size} bytes; the limit is {limit}")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive  # ASGI messages directly: `request.stream()`, an async generator, costs
+    while True:  # a hook registration per request (asyncio's asyncgen tracking)
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.disconnect":
+            raise ClientDisconnect()
+        if kind != "http.request":
+            continue
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"body: more than {limit} bytes; the limit is {limit}")
-        if chunk:  # Starlette ends the stream with b"": without it a one-chunk body is not copied
+        if chunk:
             chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if encoding is None or encoding == b"identity":
         return body

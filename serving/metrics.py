@@ -158,6 +158,8 @@ class ServerMetrics:
             r.register(TextfileCollector(textfile_dir))
         self._known_models: set[str] = set()
         self._known_versions: set[tuple[str, str]] = set()
+        self._children: dict[tuple[str, str], tuple] = {}
+        self._request_children: dict[tuple[str, int], tuple] = {}
 
     def set_loaded(self, loaded: dict[str, int], traffic: dict[str, dict[str, float]] | None = None) -> None:
         """Set `loaded_versions` from {model: count} and `traffic_percent` from {model: {version: pct}}.
@@ -176,12 +178,36 @@ class ServerMetrics:
             self.traffic.labels(*key).set(pct)
         self._known_versions |= set(now)
 
+    def version_children(self, model: str, version: str) -> tuple:
+        """(batch_rows, inference, predictions, inference_cpu, score) children of one version.
+
+        Looked up once per version: `labels()` takes a lock and hashes the label values each call.
+        """
+        children = self._children.get((model, version))
+        if children is None:
+            children = self._children[(model, version)] = tuple(
+                m.labels(model, version)
+                for m in (self.batch_rows, self.inference, self.predictions, self.inference_cpu, self.score)
+            )
+        return children
+
+    def request_children(self, endpoint: str, status: int) -> tuple:
+        """(requests_total, request_latency_seconds) children of one endpoint and status, looked up once."""
+        children = self._request_children.get((endpoint, status))
+        if children is None:
+            children = self._request_children[(endpoint, status)] = (
+                self.requests.labels(endpoint, str(status)),
+                self.latency.labels(endpoint),
+            )
+        return children
+
     def record_batch(self, model: str, version: str, rows: int, run_s: float, cpu_s: float) -> None:
         """One batch of `rows` rows: `run_s` wall seconds and `cpu_s` inference-thread CPU seconds in session.run."""
-        self.batch_rows.labels(model, version).observe(rows)
-        self.inference.labels(model, version).observe(run_s)
-        self.predictions.labels(model, version).inc(rows)
-        self.inference_cpu.labels(model, version).inc(cpu_s)
+        batch_rows, inference, predictions, inference_cpu, _ = self.version_children(model, version)
+        batch_rows.observe(rows)
+        inference.observe(run_s)
+        predictions.inc(rows)
+        inference_cpu.inc(cpu_s)
         totals = self._totals.setdefault((model, version), [0.0, 0.0])
         totals[0] += rows
         totals[1] += cpu_s

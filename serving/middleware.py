@@ -96,9 +96,9 @@ class Observe:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            metrics = self.plane.metrics
-            metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            count, latency = self.plane.metrics.request_children(endpoint, status)
+            count.inc()
+            latency.observe(time.perf_counter() - start)
         return status, endpoint
 
     def _role(self, scope: Scope) -> str | None:

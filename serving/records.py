@@ -5,13 +5,16 @@ Rules and statuses are described in `serving.validation`.
 
 from __future__ import annotations
 
-from operator import itemgetter
+import functools
+import re
+from operator import attrgetter, itemgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from driftloop.schema import Signature, TensorSpec
-from serving.columns import _MISSING, column_array, one_record
+from serving.columns import _FLOAT_DTYPE, _MISSING, column_array, one_record
 from serving.request_models import Limits, RecordsRequest
 from serving.wire import RequestError, check_duplicate_keys, loads
 
@@ -127,3 +130,96 @@ def parse_records(body: bytes) -> list[dict[str, Any]]:
         i = next(i for i, x in enumerate(instances) if type(x) is not dict)
         raise RequestError(422, f"invalid request body: instances.{i}: Input should be a valid dictionary")
     return instances
+
+
+_NEXT_RECORD = re.compile(rb"\}\s*,\s*\{")  # where one record ends and the next begins
+_EXACT_INTEGERS = 2**53  # floats at or beyond this may have come from a large integer: the general path decides
+
+
+@functools.lru_cache(maxsize=32)
+def _typed_decoder(inputs: tuple[tuple[str, str, bool], ...]) -> tuple[msgspec.json.Decoder, list[attrgetter]]:
+    """A msgspec decoder of records bodies with exactly these columns, and one getter per column.
+
+    Each record is a struct with every column required and no other key; BYTES is `str`, INT64
+    `int`, FP32/FP64 `float` (JSON integers included), `| None` only for a nullable float column.
+    Field names are `c0..` renamed to the column names, so any column name works.
+    """
+    fields = []
+    for i, (_, datatype, nullable) in enumerate(inputs):
+        kind = {"BYTES": str, "INT64": int}.get(datatype, float)
+        fields.append((f"c{i}", kind | None if nullable and kind is float else kind))
+    record = msgspec.defstruct(
+        "Record", fields, rename={f"c{i}": name for i, (name, _, _) in enumerate(inputs)},
+        forbid_unknown_fields=True, gc=False,
+    )  # fmt: skip
+    envelope = msgspec.defstruct("Records", [("instances", list[record])], forbid_unknown_fields=True)
+    return msgspec.json.Decoder(envelope), [attrgetter(f"c{i}") for i in range(len(inputs))]
+
+
+def records_fast(body: bytes, signature: Signature, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
+    """Feeds straight from a records body whose every record has every column, else None.
+
+    The body is decoded by msgspec into typed structs (no dict per record, types checked while
+    parsing), then each column goes to numpy in one step. The accepting path of `parse_records`
+    plus `records_feeds`, with the same arrays: anything they might refuse or treat specially (a
+    missing nullable key, an unknown key, 7.0 in an integer column, a value out of range, a
+    string over the limit, a float of 2**53 or more, JSON the decoder refuses) returns None and
+    the general path answers, naming the field. So does a single record (seen before decoding: no
+    `}, {` between records), which `one_record` scores in less time. About 2x less CPU for 1,000 records
+    (bench/serve_cpu.py).
+
+    Raises:
+        RequestError: 400 naming a duplicate key (the same check as `records_feeds`).
+    """
+    if _NEXT_RECORD.search(body) is None:  # at most one record (or an odd layout): not worth a decode
+        return None
+    specs = signature.inputs
+    decoder, getters = _typed_decoder(tuple((s.name, s.datatype, s.nullable) for s in specs))
+    try:
+        rows = decoder.decode(body).instances
+    except msgspec.MsgspecError:
+        return None
+    n = len(rows)
+    if not 2 <= n <= limits.max_rows:  # one record: `one_record` is cheaper (18 vs 30 us)
+        return None
+    feeds: dict[str, np.ndarray] = {}
+    floats: dict[str, list[int]] = {}  # float dtype -> column indices, converted as one block each
+    for i, (spec, getter) in enumerate(zip(specs, getters, strict=True)):
+        kind = spec.datatype
+        if kind == "INT64":
+            try:
+                arr = np.fromiter(map(getter, rows), np.int64, n)
+            except OverflowError:  # beyond INT64
+                return None
+        elif kind == "BYTES":
+            values = list(map(getter, rows))
+            if max(map(len, values)) > limits.max_string_length:
+                return None
+            arr = np.empty(n, dtype=object)
+            arr[:] = values
+        else:
+            floats.setdefault(kind, []).append(i)
+            continue
+        feeds[spec.name] = arr.reshape(-1, 1)
+    for kind, columns in floats.items():
+        # One [columns, n] float64 array (null -> NaN; only nullable columns can hold one), then
+        # one range check, one conversion and one finiteness check for all of them.
+        wide = np.array([list(map(getters[i], rows)) for i in columns], dtype=np.float64)
+        if (np.abs(wide) >= _EXACT_INTEGERS).any():  # NaN (null) compares False
+            return None
+        with np.errstate(over="ignore"):
+            block = wide.astype(_FLOAT_DTYPE[kind], copy=False)
+        if np.isinf(block).any():
+            return None
+        for row, i in enumerate(columns):
+            feeds[specs[i].name] = block[row].reshape(-1, 1)
+    feeds = {s.name: feeds[s.name] for s in specs}  # the signature's order, as the general path has it
+
+    def string_colons() -> int:  # values of the BYTES columns, and the keys (column names)
+        values = sum("".join(feeds[s.name][:, 0]).count(":") for s in specs if s.datatype == "BYTES")
+        return values + n * sum(s.name.count(":") for s in specs)
+
+    # Every record holds exactly the signature's columns (the decoder requires each and refuses
+    # others), so the keys kept are 1 + n * columns; a duplicate makes the body hold more.
+    check_duplicate_keys(body, 1 + n * len(specs), string_colons)
+    return feeds, n

@@ -44,7 +44,7 @@ This module keeps the names the rest of the server and the tests import.
 from __future__ import annotations
 
 from serving.columns import _ACCEPTED, binary_column, column_array, one_record
-from serving.records import parse_records, records_feeds
+from serving.records import parse_records, records_fast, records_feeds
 from serving.request_models import (
     FP32_ROUNDS_TO_INF,
     MAX_REQUEST_ID,
@@ -89,6 +89,7 @@ __all__ = [
     "parse_model",
     "parse_records",
     "parse_v2",
+    "records_fast",
     "records_feeds",
     "v2_feeds",
 ]

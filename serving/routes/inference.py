@@ -32,12 +32,14 @@ from serving.http import (
     read_body,
     request_id_of,
 )
+from serving.repository import ModelNotFound
 from serving.validation import (
     InferenceRequest,
     RecordsRequest,
     RequestError,
     parse_records,
     parse_v2,
+    records_fast,
     records_feeds,
     v2_feeds,
 )
@@ -113,14 +115,26 @@ def router(plane: DataPlane) -> APIRouter:
     async def predict(request: Request, name: str) -> Response:
         start = time.perf_counter()
         raw = await read_body(request, max_body)
-        instances = parse_records(raw)
-        request_id = request_id_of(request)
-        mv = plane.route(name, request_id)
         try:
-            feeds, rows = records_feeds(instances, mv.signature, limits, body=raw)
+            request_id = request_id_of(request)
+            mv = plane.route(name, request_id)
+        except (RequestError, ModelNotFound):
+            parse_records(raw)  # a bad body is reported first, as ever
+            raise
+        try:
+            fast = records_fast(raw, mv.signature, limits)  # typed decoding: needs the version's signature
         except RequestError:
             plane.failed(mv, start)
             raise
+        if fast is not None:
+            feeds, rows = fast
+        else:
+            instances = parse_records(raw)
+            try:
+                feeds, rows = records_feeds(instances, mv.signature, limits, body=raw)
+            except RequestError:
+                plane.failed(mv, start)
+                raise
         scores, timing = await plane.score(mv, feeds, rows, request_id, start)
         encoded = time.perf_counter()
         payload = orjson.dumps(

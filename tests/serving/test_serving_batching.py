@@ -119,3 +119,49 @@ def test_concurrent_requests_share_batches(make_repo, start_server):
         float(line.split()[-1]) for line in text.splitlines() if line.startswith("driftloop_batch_rows_count")
     )
     assert count < 32  # fewer session.run calls than requests
+
+
+def test_full_batch_on_an_idle_batcher_runs_inline(make_repo, monkeypatch):
+    """A request of at least `max_batch_size` rows, with nothing queued or running, runs on the
+    calling thread once its version's measured speed says it is short; else on the thread."""
+    import threading
+
+    import serving.batcher as batcher_module
+
+    repo = ModelRepository(make_repo({"1": "v1"}))
+    mv = repo.load(MODEL, "1")
+    from driftloop.schema import feeds_for
+    from serving.testing import TEST_INPUTS
+
+    feeds = feeds_for(synthetic_rows(8, seed=4), TEST_INPUTS)
+    threads: list[str] = []
+    timed_run = batcher_module._timed_run
+
+    def recording_run(version, f):
+        threads.append(threading.current_thread().name)
+        return timed_run(version, f)
+
+    monkeypatch.setattr(batcher_module, "_timed_run", recording_run)
+
+    async def main(inline_max_ms: float):
+        batches: list[int] = []
+        batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=0, inline_max_ms=inline_max_ms,
+                               on_batch=lambda v, n, run_s, cpu_s: batches.append(n))  # fmt: skip
+        await batcher.start()
+        timing: dict[str, float] = {}
+        out = [await batcher.submit(mv, feeds, 8, timing) for _ in range(3)]
+        small = await batcher.submit(mv, {k: v[:2] for k, v in feeds.items()}, 2)  # not a full batch
+        await batcher.stop()
+        return out, small, batches, timing
+
+    out, small, batches, timing = asyncio.run(main(inline_max_ms=1000.0))
+    main_thread = threading.main_thread().name
+    # The first run measures the version on the inference thread; the next full batches run inline.
+    assert threads[0] != main_thread and threads[1:3] == [main_thread] * 2 and threads[3] != main_thread
+    assert batches == [8, 8, 8, 2] and timing["queue_s"] == 0.0 and timing["run_s"] > 0
+    for scores in out:
+        np.testing.assert_array_equal(scores, mv.run(feeds))
+    np.testing.assert_array_equal(small, mv.run({k: v[:2] for k, v in feeds.items()}))
+    threads.clear()
+    asyncio.run(main(inline_max_ms=0.0))  # a version too slow for the bound never runs inline
+    assert main_thread not in threads

@@ -5,6 +5,7 @@ that hang up mid-body, traffic weights, and error messages without server paths.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import socket
 import time
@@ -276,3 +277,107 @@ def test_binary_bytes_fast_path_agrees_with_the_element_loop(values):
         return
     got = binary_column("inputs[origin]", spec, "BYTES", memoryview(buf), len(values), limits)
     assert got.dtype.kind in "OU" and list(got[:, 0]) == list(expected) == values
+
+
+# ---------------------------------------------------------------- binary numeric blocks = tensor loop
+_WIRE = {"INT64": "<i8", "INT32": "<i4", "UINT8": "<u1", "UINT64": "<u8", "FP32": "<f4", "FP64": "<f8"}
+_DECLARABLE = {"hour": ["INT64", "INT32", "UINT8", "UINT64"], "distance": ["INT64", "INT32"],
+               "temp": ["FP32", "FP64"], "visib": ["FP32", "FP64"]}  # fmt: skip
+_BLOCK_ROWS = 4
+
+
+def _binary_parts() -> tuple[dict, dict[str, bytes]]:
+    """The header and each tensor's bytes of a valid 4-row binary request (built once)."""
+    from serving.testing import synthetic_rows
+
+    body, size = v2_binary_payload(synthetic_rows(_BLOCK_ROWS, seed=5))
+    header = orjson.loads(body[:size])
+    blobs, offset = {}, size
+    for t in header["inputs"]:
+        blobs[t["name"]] = body[offset : offset + t["parameters"]["binary_data_size"]]
+        offset += t["parameters"]["binary_data_size"]
+    return header, blobs
+
+
+_PARTS = _binary_parts()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    column=st.sampled_from(sorted(_DECLARABLE)),
+    pick=st.integers(0, 3),
+    value=st.sampled_from([math.nan, math.inf, -math.inf, 1e39, -1.0, 2**31, 2**63, -1, 256, 0])
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True, width=64),
+    position=st.integers(0, 3),
+    shift=st.integers(-8, 8),
+    nullable=st.booleans(),
+    text=st.tuples(st.sampled_from(["origin", "dest"]), st.sampled_from([None, "JFK", "ÉW", "A\x00C", "JF", "LONG", ""])),
+)
+def test_binary_block_path_agrees_with_the_tensor_loop(column, pick, value, position, shift, nullable, text):
+    """The block decoding of adjacent tensors accepts exactly what the tensor loop accepts, with the
+    same arrays: a value out of the declared type's range, a NaN in a non-nullable column, an
+    infinity, sizes moved from one tensor to its neighbour (same total), and a BYTES element that
+    is non-ASCII, holds a NUL or has another length, included."""
+    import contextlib
+    from unittest.mock import patch
+
+    import serving.v2_tensors as v2
+
+    rows = _BLOCK_ROWS
+    specs = [s.model_copy(update={"nullable": nullable}) if s.name == column and s.datatype == "FP32" else s
+             for s in TEST_INPUTS]  # fmt: skip
+    sig = Signature(model_name=MODEL, lineage_id="x", inputs=specs, outputs=output_specs())
+    header, blobs = orjson.loads(orjson.dumps(_PARTS[0])), dict(_PARTS[1])
+    declared = _DECLARABLE[column][pick % len(_DECLARABLE[column])]
+    kind = np.dtype(_WIRE[declared]).kind
+    values = np.frombuffer(blobs[column], dtype=np.int64 if column in ("hour", "distance") else np.float32)
+    values = values.astype(np.float64 if kind == "f" else object).tolist()
+    if kind != "f" and type(value) is float and not np.isfinite(value):
+        return  # no integer on the wire
+    values[position] = float(value) if kind == "f" else int(value)
+    try:
+        if kind == "f":
+            with np.errstate(over="ignore"):
+                blobs[column] = np.asarray(values, dtype=np.float64).astype(_WIRE[declared]).tobytes()
+        else:
+            blobs[column] = np.asarray(values, dtype=object).astype(_WIRE[declared]).tobytes()
+    except OverflowError:  # not representable on the wire at all: no such request exists
+        return
+    text_column, replacement = text
+    if replacement is not None:  # one element of a BYTES tensor (origin and dest decode as one block)
+        codes = [blobs[text_column][i + 4 : i + 7].decode() for i in range(0, len(blobs[text_column]), 7)]
+        codes[position] = replacement
+        blobs[text_column] = b"".join(len(c.encode()).to_bytes(4, "little") + c.encode() for c in codes)
+        next(t for t in header["inputs"] if t["name"] == text_column)["parameters"]["binary_data_size"] = len(
+            blobs[text_column]
+        )
+    tensor = next(t for t in header["inputs"] if t["name"] == column)
+    tensor["datatype"] = declared
+    tensor["parameters"]["binary_data_size"] = len(blobs[column])
+    neighbour = next(t for t in header["inputs"] if t["name"] == ("minute" if column in ("hour", "distance") else "humid"))
+    if shift and len(blobs[neighbour["name"]]) + shift >= 0:  # a split the sizes do not match
+        tensor["parameters"]["binary_data_size"] += shift
+        neighbour["parameters"]["binary_data_size"] -= shift
+    head = orjson.dumps(header)
+    raw = head + b"".join(blobs[t["name"]] for t in header["inputs"])
+    request, parsed, tail = parse_v2(raw, str(len(head)))
+    limits = Limits()
+
+    def verdict(fast: bool):
+        with patch.object(v2, "_binary_feeds", lambda *a: None) if not fast else contextlib.nullcontext():
+            try:
+                return v2_feeds(request, sig, limits, body=raw, parsed=parsed, binary=tail)
+            except RequestError as exc:
+                return exc.status, exc.message
+
+    fast, loop = verdict(True), verdict(False)
+    if isinstance(loop, tuple) and isinstance(loop[0], int):
+        assert fast == loop
+        return
+    assert v2._binary_feeds(request, {s.name: s for s in specs}, limits, tail) is not None or declared == "UINT64"
+    (got, n1), (expected, n2) = fast, loop
+    assert n1 == n2 == rows and list(got) == list(expected)
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape == (rows, 1)
+        np.testing.assert_array_equal(got[name], expected[name])

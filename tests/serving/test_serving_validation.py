@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import orjson
@@ -304,3 +305,80 @@ def test_plain_v2_request_is_taken_for_a_plain_body_and_not_for_a_cast():
     assert _plain_v2(newline) is None
     with pytest.raises(ValueError):
         InferenceRequest.model_validate(newline)
+
+
+_RECORD = {"carrier": "UA", "origin": "EWR", "dest": "ORD", "hour": 7, "minute": 30, "day_of_week": 0,
+           "distance": 719, "temp": 39.0, "dewp": None, "humid": 60.0, "wind_dir": 10.0, "wind_speed": 3.5,
+           "wind_gust": None, "precip": 0.0, "pressure": 1012.5, "visib": 10.0}  # fmt: skip
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(["carrier", "hour", "distance", "temp", "visib", "extra"]),
+        st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(width=64),
+                  st.sampled_from([2**53, 2**53 + 1, 2**63, 2**64, 1e39, 7.0, -0.0, 3.4e38]),
+                  st.text(max_size=20), st.just("a:b"), st.just("x" * 17), st.just([1]), st.just({"a": 1})),
+        max_size=3,
+    ),
+    drop=st.sampled_from([None, "carrier", "temp", "hour"]),
+    position=st.integers(0, 2),
+    duplicate=st.sampled_from([None, "hour", "carrier", "temp"]),
+    temp_nullable=st.booleans(),
+)  # fmt: skip
+def test_typed_records_decoding_agrees_with_the_general_path(changes, drop, position, duplicate, temp_nullable):
+    """`records_fast` (msgspec, typed) accepts only what `parse_records` + `records_feeds` accept,
+    with the same arrays, and refuses a duplicate key the same way; else it leaves the body to them."""
+    from serving.validation import parse_records, records_fast
+
+    specs = [s.model_copy(update={"nullable": temp_nullable}) if s.name == "temp" else s for s in TEST_INPUTS]
+    sig = Signature(model_name=MODEL, lineage_id="x", inputs=specs, outputs=output_specs())
+    record = dict(_RECORD, **changes)
+    if drop:
+        record.pop(drop, None)
+    instances = [_RECORD, record if position == 1 else _RECORD, record if position != 1 else _RECORD]
+    body = json.dumps({"instances": instances}, separators=(",", ":")).encode()  # any int size, NaN too
+    if duplicate:  # the first record's key again, first in the object: the parser keeps the later value
+        body = body.replace(b'{"carrier"', b'{"' + duplicate.encode() + b'":1,"carrier"', 1)
+    try:
+        general = records_feeds(parse_records(body), sig, LIMITS, body=body)
+    except RequestError as exc:
+        general = (exc.status, exc.message)
+    try:
+        fast = records_fast(body, sig, LIMITS)
+    except RequestError as exc:
+        assert (exc.status, exc.message) == general
+        return
+    if fast is None:
+        return
+    assert isinstance(general[0], dict), f"the typed path accepted what the general path refuses: {general}"
+    (got, n1), (expected, n2) = fast, general
+    assert n1 == n2 == 3 and list(got) == list(expected)
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype and got[name].shape == (3, 1)
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_typed_records_decoding_takes_the_plain_body(rows):
+    from serving.validation import records_fast
+
+    body = orjson.dumps(records_payload(rows.iloc[:20]))
+    assert records_fast(body, SIG, LIMITS) is not None
+
+
+def test_v2_key_count_is_the_key_count_of_the_full_walk():
+    """The duplicate-key check's first count (keys only) equals the full walk's."""
+    from serving.v2_tensors import _v2_key_count, _v2_keys
+    from serving.wire import count_keys
+
+    nested = copy.deepcopy(_BASE_V2)
+    nested["inputs"][0]["parameters"] = {"binary_data_size": 8, "a": {"b": [{"c": 1}, 2]}, "d": ":"}
+    nested["inputs"][1]["parameters"] = {}
+    nested["parameters"] = {"x": {"y": 1}, "z": [1, {"w": 2}]}
+    for obj in (_BASE_V2, nested, {"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}):
+        plain = {k: v for k, v in obj.items()}
+        assert _v2_key_count(plain) == _v2_keys(plain)[0]
+        without_data = copy.deepcopy(plain)
+        for t in without_data["inputs"]:
+            t.pop("data", None)
+        assert _v2_keys(plain)[0] == count_keys(without_data)[0] + sum("data" in t for t in plain["inputs"])
