@@ -8,7 +8,6 @@ import datetime as dt
 import logging
 import subprocess
 
-import pytest
 import yaml
 
 from driftloop.gate_report import GateReport
