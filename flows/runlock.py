@@ -127,6 +127,7 @@ def training_lock(root: str | os.PathLike[str], holder: dict[str, Any]) -> Itera
         Nothing; the lock is held inside the `with` block.
 
     Raises:
+        DriftloopError: `root` has no `.dvc` folder (the lock is not created outside a DVC project).
         TrainingBusy: another run holds the project lock (the message names it: flow run, id,
             deployment, pid, start, window, and how to cancel it), or a `dvc` command holds DVC's
             repository lock (the message names its pid).
@@ -136,6 +137,8 @@ def training_lock(root: str | os.PathLike[str], holder: dict[str, Any]) -> Itera
     from driftloop.io import write_json
 
     rootp = Path(root)
+    if not (rootp / ".dvc").is_dir():
+        raise DriftloopError(f"{rootp} is not a DVC project (no .dvc folder): pass the project's root as `root`")
     lock_path = rootp / LOCK_FILE
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path), timeout=0)

@@ -67,6 +67,15 @@ def test_a_run_is_refused_while_a_dvc_command_holds_dvcs_lock(prefect_harness, w
         pass
 
 
+def test_no_lock_folder_is_made_outside_a_dvc_project(tmp_path):
+    from driftloop.errors import DriftloopError
+
+    with pytest.raises(DriftloopError, match="not a DVC project"):
+        with training_lock(tmp_path, HOLDER):
+            pass
+    assert not (tmp_path / ".dvc").exists()
+
+
 def test_a_training_deployment_cancels_a_second_concurrent_run(prefect_harness, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
