@@ -187,8 +187,12 @@ def prepare_copy(root: Path, workdir: Path, env: dict[str, str], overrides: dict
         if (root / rel).is_file():
             (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, workdir / rel)
-    cache = run([sys.executable, "-m", "dvc", "cache", "dir"], root, env).strip()
-    run([sys.executable, "-m", "dvc", "config", "--local", "cache.dir", cache], workdir, env)
+    from dvc.repo import Repo  # in process: two `python -m dvc` starts cost 4 s on 2 busy cores
+
+    with Repo(os.fspath(root)) as project:
+        cache = project.cache.local_cache_dir  # absolute, wherever the project's config puts it
+    with Repo(os.fspath(workdir)) as copy, copy.config.edit("local") as conf:
+        conf["cache"]["dir"] = cache  # = `dvc config --local cache.dir <cache>`
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     for section, values in overrides.items():
         params.setdefault(section, {}).update(values)
@@ -275,6 +279,7 @@ def demo(
         "DVC_NO_ANALYTICS": "1",
         "GX_ANALYTICS_ENABLED": "false",
         "PYTHONPATH": str(work),  # the copy's code, also in the flow runs the Prefect runner starts
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # the runner looks for new flow runs every 2 s (default 10 s)
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # stage cmds: this venv
     }
     procs = Processes(work.parent / "logs", env, demo_id)
@@ -318,7 +323,12 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
     import yaml
 
     py = sys.executable
-    with steps.step(f"scratch copy of {root} at {work} (outputs from the DVC cache)", "scratch copy"):
+    # The Prefect server's first start (its database migrations) takes as long as the copy: both at once.
+    work.parent.mkdir(parents=True, exist_ok=True)
+    procs.start("prefect-server", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", api_url.rsplit(":", 1)[1].removesuffix("/api")], work.parent)  # fmt: skip
+    with steps.step(f"scratch copy of {root} at {work} (outputs from the DVC cache; the Prefect server starts meanwhile)",
+                    "scratch copy"):  # fmt: skip
         prepare_copy(root, work, env, {"release": {"keep_previous_s": keep_previous_s}})
     params = yaml.safe_load((work / "params.yaml").read_text())
     model = params["release"]["model"]
@@ -326,22 +336,17 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
 
     with steps.step(f"model server on {server_url} and Prefect server on {api_url.removesuffix('/api')}", "servers"):
         procs.start("model-server", [py, "-m", "commands.main", "serve", "--log-dir", log_dir], work)
-        procs.start("prefect-server", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                       "--port", api_url.rsplit(":", 1)[1].removesuffix("/api")], work)  # fmt: skip
-        wait_for(lambda: http_ok(f"{server_url}/v2/health/live"), timeout_s, "the model server's start",
-                 check=lambda: procs.check_alive("model-server"))  # fmt: skip
         wait_for(lambda: http_ok(f"{api_url}/health"), timeout_s, "the Prefect server's start",
                  check=lambda: procs.check_alive("prefect-server"))  # fmt: skip
+        # the deployments register while the model server starts, the first model is released and traffic sent
+        procs.start("deployments", [py, "-m", "flows.deployments", "serve", "--root", str(work), "--model", model,
+                                    "--cron", NO_SCHEDULE], work)  # fmt: skip
+        wait_for(lambda: http_ok(f"{server_url}/v2/health/live"), timeout_s, "the model server's start",
+                 check=lambda: procs.check_alive("model-server"))  # fmt: skip
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        with steps.step("deployments: drift-check (cron off), retrain on drift event, manual training", "deployments"):
-            procs.start("deployments", [py, "-m", "flows.deployments", "serve", "--root", str(work), "--model", model,
-                                        "--cron", NO_SCHEDULE], work)  # fmt: skip
-            wait_for(lambda: automation_ready(model), timeout_s, "the deployments' registration",
-                     check=lambda: procs.check_alive("deployments"))  # fmt: skip
-
         with steps.step("first model: register, release to prod", "first model"):
             from driftloop.release import open_plane, register_package, release_version
 
@@ -359,6 +364,10 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
             wait_for(lambda: procs.started["replay-summer"].poll() is not None, timeout_s, "the summer replay")
             if procs.started["replay-summer"].returncode != 0:
                 raise DemoError(f"the summer replay failed:\n{tail(procs.logs / 'replay-summer.log')}")
+
+        with steps.step("deployments: drift-check (cron off), retrain on drift event, manual training", "deployments"):
+            wait_for(lambda: automation_ready(model), timeout_s, "the deployments' registration",
+                     check=lambda: procs.check_alive("deployments"))  # fmt: skip
 
         with steps.step(f"drift check (as_of {as_of}, the flights span {span_h:.0f} h)", "drift check"):
             check = run_check(model, as_of, span_h, timeout_s)
@@ -439,7 +448,8 @@ def run_check(model: str, as_of: str, span_h: float, timeout_s: float) -> str:
     from flows.deployments import deployment_names
 
     run = run_deployment(f"drift-check/{deployment_names(model)['drift']}",
-                         parameters={"as_of": as_of, "data_span_hours": span_h}, timeout=timeout_s)  # fmt: skip
+                         parameters={"as_of": as_of, "data_span_hours": span_h}, timeout=timeout_s,
+                         poll_interval=1)  # fmt: skip
     if run.state is None or not run.state.is_completed():
         raise DemoError(f"the drift check ended {run.state.name if run.state else 'without a state'}")
     return run.state.name

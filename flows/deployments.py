@@ -7,6 +7,7 @@ model adds its own and never replaces the first one's schedule or trigger:
                                      `driftloop.drift.detected` for this model; the event's
                                      payload (as_of, window_months) becomes its parameters
     training/manual-<model>          the training flow for runs by hand (`prefect deployment run`)
+Each training deployment runs one flow run at a time (`ONE_RUN_AT_A_TIME`: a second is Cancelled).
 
 Two ways to run them, no Docker either way:
     python -m flows.deployments serve                  one long-running process schedules and runs all three
@@ -23,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
 
 from flows.monitoring import DRIFT_EVENT, drift_check_flow, model_resource_id
@@ -33,6 +35,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CRON = "0 * * * *"
 """The drift check runs hourly by default: the log window (`monitor.window_hours`, 14 days) slides
 by an hour, and the policy's cooldown keeps retrains rare however often it runs."""
+
+
+ONE_RUN_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+"""Each training deployment runs one flow run at a time; a run asked for while one is active is
+Cancelled by the Prefect server ("Deployment concurrency limit reached.") rather than queued: it
+would train in the same working copy, and the drift it answers is the one the active run answers.
+Runs of the two training deployments at once, or next to a direct call, are refused by the
+flow's own project lock (`flows.runlock`)."""
 
 
 def deployment_names(model_name: str) -> dict[str, str]:
@@ -90,9 +100,11 @@ def build_deployments(root: str, model_name: str = "flight-delay", cron: str = D
         training_flow.to_deployment(
             name=names["retrain"], triggers=[retrain_trigger(model_name, root)], parameters={"root": root},
             description="Training on the window that ended with the drift; registers and releases on a gate pass.",
+            concurrency_limit=ONE_RUN_AT_A_TIME,
         ),
         training_flow.to_deployment(
-            name=names["manual"], parameters={"root": root}, description="Training on params.yaml's window, by hand."
+            name=names["manual"], parameters={"root": root}, description="Training on params.yaml's window, by hand.",
+            concurrency_limit=ONE_RUN_AT_A_TIME,
         ),
     ]  # fmt: skip
 
@@ -117,8 +129,9 @@ def deploy_to_pool(root: str, pool: str, model_name: str = "flight-delay", cron:
     names = deployment_names(model_name)
     return [
         str(drift.deploy(name=names["drift"], cron=cron, parameters={"root": root, "model_name": model_name}, **common)),
-        str(train.deploy(name=names["retrain"], triggers=[retrain_trigger(model_name, root)], parameters={"root": root}, **common)),
-        str(train.deploy(name=names["manual"], parameters={"root": root}, **common)),
+        str(train.deploy(name=names["retrain"], triggers=[retrain_trigger(model_name, root)], parameters={"root": root},
+                         concurrency_limit=ONE_RUN_AT_A_TIME, **common)),
+        str(train.deploy(name=names["manual"], parameters={"root": root}, concurrency_limit=ONE_RUN_AT_A_TIME, **common)),
     ]
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from driftloop.config import DataParams, load_section, parse_section, read_params_file
@@ -293,8 +294,12 @@ def training_flow(
     force: bool = False,
     record_branch: str | None = "driftloop/runs",
     server_url: str | None = None,
-) -> TrainingResult:
+) -> TrainingResult | State:
     """Run the build plane (dvc.yaml, stage by stage) on a snapshot window, then register and release.
+
+    One run at a time per working copy (`flows.runlock`): while another training run, or a `dvc`
+    command, works in `root`, this run changes nothing and ends Cancelled at once, its message
+    naming the run (or pid) that holds the lock.
 
     Args:
         as_of: last day of the snapshot window; None keeps params.yaml's `data.as_of`.
@@ -310,15 +315,35 @@ def training_flow(
 
     Returns:
         The run's `TrainingResult`; a gate rejection is `verdict="reject"`, not an exception.
+        Refused (the lock is held): a Cancelled state whose message names the holder; a direct
+        call then raises `prefect.exceptions.CancelledRun` with that message.
 
     Raises:
         StageFailed: a stage failed for any reason other than a gate rejection (validation,
             data, a bug), after retries when the failure was transient.
         ParamsError: params.yaml is invalid or the window is out of range.
     """
+    from prefect.states import Cancelled
+
+    from flows.runlock import TrainingBusy, current_holder, training_lock
+
     logger = get_run_logger()
     root = os.fspath(Path(root).resolve())
     window = _resolve_window(root, as_of, window_months)
+    try:
+        with training_lock(root, current_holder(f"{window.window_months} month(s) to {window.as_of}")):
+            return _train(root, window, register_version, release, force, record_branch, server_url)
+    except TrainingBusy as exc:
+        logger.warning("%s", exc)
+        return Cancelled(message=str(exc))
+
+
+def _train(
+    root: str, window: TrainingWindow, register_version: bool, release: bool, force: bool,
+    record_branch: str | None, server_url: str | None,
+) -> TrainingResult:  # fmt: skip
+    """The training flow's body, run while the project lock is held (arguments as in `training_flow`)."""
+    logger = get_run_logger()
     set_window(root, window)
     ran: dict[str, str] = {}
     rejected = False

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 def demo_process(project, workdir, demo_id: str, *extra: str) -> subprocess.Popen:
     env = {**e2e_env(), MARKER: demo_id, "PYTHONPATH": str(project), "COLUMNS": "100"}
     return subprocess.Popen([sys.executable, "-m", "commands.main", "demo", "--root", str(project), "--workdir",
-                             str(workdir), "--rows", "3000", "--drift-months", "7", *extra], cwd=project, env=env, stdout=subprocess.PIPE,
+                             str(workdir), "--rows", "3000", "--drift-months", "7", "--keep-previous-s", "1", *extra], cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import yaml
 from driftloop.gate_report import GateReport
 from flows.dag import stage_order
 from flows.training import gate_markdown, training_flow
+from tests.conftest import ROOT
 from tests.flows.conftest import copy_repo
 
 
@@ -101,6 +102,7 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     on_disk = {p.relative_to(root).as_posix() for out in git_outputs(root)
                for p in ([root / out] if (root / out).is_file() else (root / out).rglob("*")) if p.is_file()}  # fmt: skip
     assert on_disk and on_disk <= set(recorded), sorted(on_disk - set(recorded))
+    check_readme_commit_commands(root, result.record_commit, tmp_path / "shared.git")
 
     _set_gate(root, 0.99)
     rejected = training_flow(root=str(root), release=False)
@@ -113,3 +115,32 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     # every candidate is rejected by the floor; other rules may fail too (e.g. INT8 batch invariance)
     candidates = {r.split(":")[0] for r in rejected.failed_rules}
     assert candidates and candidates == {r.split(":")[0] for r in rejected.failed_rules if ": min_roc_auc:" in r}
+
+
+def readme_commit_commands() -> list[str]:
+    """The commands of the README's "After the loop: what to commit" block, comments stripped."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("To make `main` follow production")[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def check_readme_commit_commands(root, record_commit: str, remote) -> None:
+    """Run the README's commands, as written, after a recorded and registered run: `main` then is
+    the run's commit with a clean working tree, and the shared remote has both branches and every tag."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout  # run's copies
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    subprocess.run([*git, "remote", "add", "origin", str(remote)], cwd=root, check=True)
+    commands = readme_commit_commands()
+    assert len(commands) == 3 and commands[-1].startswith("git push"), commands
+    for command in commands:
+        out = subprocess.run(command, shell=True, cwd=root, capture_output=True, text=True)
+        assert out.returncode == 0, f"{command}: {out.stderr}"
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == ""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert head == record_commit  # a fast-forward onto the recorded run
+    local_tags = set(subprocess.run(["git", "tag"], cwd=root, capture_output=True, text=True).stdout.split())
+    shared = subprocess.run(["git", "ls-remote", str(remote)], capture_output=True, text=True).stdout
+    refs = {line.split()[1] for line in shared.splitlines() if not line.endswith("^{}")}
+    assert {"refs/heads/main", "refs/heads/driftloop/runs"} <= refs
+    assert local_tags and {f"refs/tags/{t}" for t in local_tags} <= refs, (local_tags, refs)
