@@ -88,7 +88,9 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def build_params_text(source: str, time: str, label: str, out: Path, base: Path) -> tuple[str, object]:
+def build_params_text(
+    source: str, time: str, label: str, out: Path, base: Path, row_id: str | None = None
+) -> tuple[str, object]:
     """The full params.yaml text: `base`'s sections with `data:` and `dataset:` inferred from `source`.
 
     Raises:
@@ -105,11 +107,10 @@ def build_params_text(source: str, time: str, label: str, out: Path, base: Path)
     project = out.resolve().parent
     source_dir = _relative(folder, project) if folder is not None else "data/source"
     inf = infer_declaration(
-        frame, table=table, source=ds_source, time=time, label=label, source_dir=source_dir
+        frame, table=table, source=ds_source, time=time, label=label, source_dir=source_dir, row_id=row_id
     )
-    sections = render_sections(
-        inf, command=f"driftloop init --source {source} --time {time} --label {label!r}"
-    )
+    command = f"driftloop init --source {source} --time {time} --label {label!r}"
+    sections = render_sections(inf, command=command + (f" --row-id {row_id!r}" if row_id else ""))
     text = merge_params(base.read_text(), sections)
     loaded = yaml.safe_load(text)
     if (
@@ -151,6 +152,13 @@ def init(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="overwrite --out when it exists")] = False,
+    row_id: Annotated[
+        str | None,
+        typer.Option(
+            help="row id template over columns and {date}, unique per row, e.g. '{event_time}/{customer}' "
+            "(the replay's request id and the labels' join key); default: a column unique per row"
+        ),
+    ] = None,
 ) -> None:
     """Infer a `dataset:` declaration from a table and write params.yaml for you to review.
 
@@ -167,7 +175,7 @@ def init(
                 f"{out} exists; pass --force to overwrite it (its other sections are kept), or --out elsewhere"
             )
         text, inf = build_params_text(
-            source, time, label, out, base or (out if out.exists() else Path("params.yaml"))
+            source, time, label, out, base or (out if out.exists() else Path("params.yaml")), row_id
         )
         write_atomic(out, text)
     except DriftloopError as exc:
