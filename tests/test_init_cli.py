@@ -115,3 +115,20 @@ def test_refuses_with_one_line(project: Path, args: list[str], message: str):
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith(message) and res.stderr.count("\n") == 1, res.stderr
     assert "Traceback" not in res.output and not (project / "new.yaml").exists()
+
+
+def test_name_renames_the_model_everywhere_it_is_named(project: Path):
+    from driftloop.release.plane import _declared_artifacts
+
+    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    res = _init(*ORDERS, "--force", "--name", "late-orders")
+    assert res.exit_code == 0, res.output
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["package"]["model_name"] == params["release"]["artifact"] == params["release"]["model"] == "late-orders"
+    assert "  artifact: late-orders         # dvc.yaml artifacts: key" in (project / "params.yaml").read_text()
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
+    assert list(dvc["artifacts"]) == ["late-orders"] and _declared_artifacts(project) == {"late-orders"}
+    assert dvc["artifacts"]["late-orders"]["desc"].startswith("Probability that late_min >= 10 for a row of orders")
+    assert dvc["stages"] == yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]  # nothing else changed
+    res = _init(*ORDERS, "--force", "--name", "Late Orders")
+    assert res.exit_code == 2 and res.stderr.startswith("error: --name 'Late Orders': use lowercase letters")
