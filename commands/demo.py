@@ -328,11 +328,13 @@ _CAUSE = re.compile(r"\b(?:[A-Z]\w*(?:Error|Exception)|error): \S")
 
 
 def cause_in(text: str) -> str:
-    """The line of a log that says why it failed: the last `error: ...` or `SomeError: ...` line
-    (a traceback's last line), whitespace collapsed, at most 300 characters; else the last line."""
+    """The line of a log that says why it failed: the last `error: ...` line (the project's one-line
+    errors), else the last `SomeError: ...` line (a traceback's last line), else the last line;
+    whitespace collapsed, at most 300 characters."""
     lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    ours = [line for line in lines if re.search(r"(^|\s)error: \S", line)]
     hits = [line for line in lines if _CAUSE.search(line)]
-    found = (hits or lines or ["(empty log)"])[-1]
+    found = (ours or hits or lines or ["(empty log)"])[-1]
     return found[:300]
 
 

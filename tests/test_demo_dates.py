@@ -89,6 +89,8 @@ def test_a_failed_step_is_one_error_line_with_its_cause(tmp_path, monkeypatch):
            "driftloop.errors.DataError: data.as_of=2013-08-31 with 3 month(s) selects no churn rows\n\n"
            "Finished in state Failed('Flow run encountered an exception.')\n")  # fmt: skip
     assert cause_in(log) == "driftloop.errors.DataError: data.as_of=2013-08-31 with 3 month(s) selects no churn rows"
+    stage = "error: snapshot: data.as_of=2013-08-31 selects no rows\n" + log.replace("DataError", "CalledProcessError")
+    assert cause_in(stage) == "error: snapshot: data.as_of=2013-08-31 selects no rows"  # the stage's own line first
     monkeypatch.chdir(tmp_path)
     declared(tmp_path, churn_table(n=600, months=2))  # two months: too short for a demo
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
