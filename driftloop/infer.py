@@ -354,6 +354,7 @@ def infer_declaration(
     label: str,
     source_dir: str = "data/source",
     name: str | None = None,
+    row_id: str | None = None,
 ) -> Inference:
     """Infer the `dataset:` and `data:` sections for one table (see the module docstring for the rules).
 
@@ -365,13 +366,16 @@ def infer_declaration(
         label: the label rule, `COLUMN OP VALUE`.
         source_dir: `data.source_dir`.
         name: `dataset.name` (default: `table`).
+        row_id: `dataset.row_id`, a template over columns and `{date}` (e.g. "{date}/{store}/{ts}");
+            default: the first column unique per row.
 
     Returns:
         The declaration, the reasons, the label rate and the proposed window's row count.
 
     Raises:
         DataError: too few rows, the time column missing or not dates, the label rule unparseable,
-            naming a missing column, comparing text with a number (or the reverse), or constant.
+            naming a missing column, comparing text with a number (or the reverse), or constant; no
+            row id (`row_id` not given and no column unique per row, or `row_id` not unique per row).
     """
     n = len(frame)
     if n < MIN_TABLE_ROWS:
@@ -438,11 +442,20 @@ def infer_declaration(
     for feat, (spec, why) in derived.items():
         features[feat], notes[feat] = spec, why
 
-    key = _pick_key(identifiers)
+    key = [] if row_id is not None else _pick_key(identifiers)
+    if row_id is not None:
+        _check_row_id(frame, times, row_id, table)
+    elif not key:
+        raise DataError(
+            f"no column of {table} is unique per row, so rows have no id for the replay and the label join; add an id "
+            f"column to the source once (e.g. df.insert(0, 'row_id', range(len(df))) before saving it), or pass "
+            f"--row-id '{{{time}}}/{{COLUMN}}' over columns whose values together are unique per row"
+        )
     as_of, months = propose_window(times)
     in_window = int(window_mask(times, as_of, months).sum())
     min_rows = max(100, (in_window // 2) // 100 * 100)
-    kept = [c for c in columns if c in features or c in (time, rule.column) or c in key]
+    id_cols = _row_id_columns(row_id) if row_id is not None else []
+    kept = [c for c in columns if c in features or c in (time, rule.column) or c in key or c in id_cols]
     order_by = [time] + key
     table_spec: dict[str, Any] = {"columns": kept, "order_by": order_by}
     if key:
@@ -459,7 +472,9 @@ def infer_declaration(
         "tables": {table: table_spec},
         "time": {"column": time},
     }
-    if key:
+    if row_id is not None:
+        dataset["row_id"] = row_id
+    elif key:
         dataset["row_id"] = (
             "".join("{" + k + "}" for k in key) if len(key) == 1 else "/".join("{" + k + "}" for k in key)
         )
@@ -469,6 +484,42 @@ def infer_declaration(
         dataset["slices"] = slices
     data = {"source_dir": source_dir, "as_of": as_of.isoformat(), "window_months": months}
     return Inference(dataset, data, notes, excluded, rate, in_window)
+
+
+def _row_id_columns(template: str) -> list[str]:
+    """The columns a row id template names (its fields other than `{date}`)."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise DataError(f"--row-id {template!r}: not a template ({exc}); write e.g. '{{date}}/{{id}}'") from None
+    return [f for f in fields if f != "date"]
+
+
+def _check_row_id(frame: pd.DataFrame, times: pd.Series, template: str, table: str) -> None:
+    """Refuse a `--row-id` template that names a missing column, no column, or is not unique per row.
+
+    The id must be unique and computed from the row alone: the replay sends it as the request id and
+    the labels join the prediction log on it, so a shared id would join a label to the wrong rows.
+    """
+    cols = _row_id_columns(template)
+    fields_named = "{date}" in template
+    if not cols and not fields_named:
+        raise DataError(f"--row-id {template!r}: names no column; write e.g. '{{date}}/{{id}}'")
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise DataError(f"--row-id {template!r}: no column {missing[0]!r}"
+                        f"{_did_you_mean(missing[0], list(frame.columns))}; columns: {', '.join(frame.columns)}")  # fmt: skip
+    values = {c: frame[c].astype(str) for c in cols} | {"date": times.dt.strftime("%Y-%m-%d")}
+    ids = pd.Series([template.format(**dict(zip(values, row, strict=True)))
+                     for row in zip(*values.values(), strict=True)], index=frame.index)  # fmt: skip
+    dup = ids.duplicated(keep=False)
+    if dup.any():
+        raise DataError(
+            f"--row-id {template!r}: {int(dup.sum())} of {len(ids)} rows of {table} share an id (e.g. {ids[dup].iloc[0]!r}); "
+            f"name more columns, or add an id column to the source"
+        )
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -566,12 +617,7 @@ def render_sections(inf: Inference, *, command: str = "") -> str:
     out.append(
         f"    column: {_scalar(ds['time']['column'])}{_comment('naive = UTC; a zone-aware column is read as UTC')}"
     )
-    if "row_id" in ds:
-        out.append(f"  row_id: {_scalar(ds['row_id'])}")
-    else:
-        out.append(
-            "  # no row_id: no column is unique per row; add an id column to the source for replay and labels"
-        )
+    out.append(f"  row_id: {_scalar(ds['row_id'])}{_comment('the request id of the replay and the key the labels join on; unique per row')}")
     out.append("  label:")
     out.append(
         f"    rule: {_scalar(ds['label']['rule'])}{_comment(f'true for {inf.label_rate:.1%} of labelled rows')}"

@@ -135,6 +135,21 @@ def deploy_to_pool(root: str, pool: str, model_name: str = "flight-delay", cron:
     ]
 
 
+def default_model_name(root: str) -> str:
+    """`package.model_name` of `<root>/params.yaml` (the model the deployments watch and retrain).
+
+    Raises:
+        SystemExit: the file is missing or does not load (one `error:` line).
+    """
+    from driftloop.config import PackageParams, load_section
+    from driftloop.errors import DriftloopError
+
+    try:
+        return load_section(Path(root) / "params.yaml", "package", PackageParams).model_name
+    except (DriftloopError, OSError) as exc:
+        raise SystemExit(f"error: deployments: {exc}; pass --model NAME or fix params.yaml") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m flows.deployments serve | deploy --pool NAME`."""
     from prefect import serve
@@ -144,12 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["serve", "deploy"])
     parser.add_argument("--root", default=".", help="project root")
-    parser.add_argument("--model", default="flight-delay", help="model name (package.model_name)")
+    parser.add_argument("--model", default=None, help="model name; default <root>/params.yaml package.model_name")
     parser.add_argument("--cron", default=DEFAULT_CRON, help="drift check schedule (UTC)")
     parser.add_argument("--pool", default="driftloop", help="process work pool (deploy mode)")
     args = parser.parse_args(argv)
     configure_logging()
     root = str(Path(args.root).resolve())
+    args.model = args.model or default_model_name(root)
     if args.mode == "serve":
         serve(*build_deployments(root, args.model, args.cron))
     else:

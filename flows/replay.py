@@ -10,7 +10,7 @@ Also the builders the tests and benchmarks use to write a prediction log directl
 format of driftloop/predlog.py, without a server.
 
 Usage:
-    python -m flows.replay --model flight-delay --months 7 8 --log-dir logs/predictions --max-rows 20000
+    python -m flows.replay --months 7 8 --log-dir logs/predictions --max-rows 20000
     python -m flows.replay --months 9 10 --batch 1 --loop &     # traffic that lasts a canary
 
 The server's address: --url, else DRIFTLOOP_SERVER_URL, else params.yaml release.server_url.
@@ -299,14 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     import httpx
 
     from driftloop.address import server_address
-    from driftloop.config import DataParams, load_section
+    from driftloop.config import DataParams, ReleaseParams, load_section
     from driftloop.stage import configure_logging
     from tasks.snapshot import read_source
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="server base URL; default $DRIFTLOOP_SERVER_URL, else release.server_url")
     parser.add_argument("--params", default="params.yaml", help="its dataset/data say what to read; release.server_url where to send")
-    parser.add_argument("--model", default="flight-delay")
+    parser.add_argument("--model", default=None, help="model name on the server; default params.yaml release.model")
     parser.add_argument("--months", type=int, nargs="+", default=[7, 8], help="calendar months to replay (local dates)")
     parser.add_argument("--max-rows", type=int, default=20_000, help="sample this many rows (0 = all)")
     parser.add_argument("--batch", type=int, default=100, help="rows per request")
@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         stopped = True
 
     try:
+        model = args.model or load_section(args.params, "release", ReleaseParams).model
         address = server_address(args.params, url=args.url)
         probe = httpx.get(f"{address.url}/v2/health/live", timeout=5.0)  # fail before loading the data
         if probe.status_code != 200:
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     try:
-        result = replay(address.url, args.model, rows, features=dataset.feature_names, batch=args.batch, log_dir=args.log_dir,
+        result = replay(address.url, model, rows, features=dataset.feature_names, batch=args.batch, log_dir=args.log_dir,
                         api_key=os.environ.get("DRIFTLOOP_API_KEY"), label_every=args.label_every,
                         duration_s=duration, rate=args.rate, stop=lambda: stopped, setting=address.setting)
     except DriftloopError as exc:
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     except httpx.HTTPStatusError as exc:
         raise SystemExit(
             f"error: replay: {address.url} answered {exc.response.status_code} to {exc.request.url.path}: "
-            f"{exc.response.text[:200]} (is model {args.model!r} loaded? `driftloop release` installs one)"
+            f"{exc.response.text[:200]} (is model {model!r} loaded? `driftloop release` installs one)"
         ) from None
     # the drift check's as_of is a local date (snapshot windows are), not the UTC date of the last time
     main_table = tables[dataset.main_table]

@@ -144,6 +144,7 @@ def test_yaml_text_loads_back_to_the_declaration(words, ints, null_share, seed):
     """Whatever the values (YAML-special words, quotes, colons, unicode), the text is the declaration."""
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({
+        "id": np.arange(N),
         "t": pd.Timestamp("2022-03-01") + pd.to_timedelta(rng.integers(0, 90 * 86400, N), unit="s"),
         "word": rng.choice(np.array(words, dtype=object), N),
         "code": rng.choice(ints, N),
@@ -233,3 +234,20 @@ def test_the_declaration_loads_as_the_dataset_model():
     dataset = pytest.importorskip("driftloop.dataset")
     model = dataset.Dataset.model_validate(_infer().dataset)
     assert list(model.features) == list(_infer().dataset["features"])
+
+
+def test_a_table_without_a_unique_column_needs_a_row_id():
+    """The row id is the replay's request id and the labels' join key: init never writes a declaration without one."""
+    frame = _table().drop(columns=["order_id", "comment"])  # nothing unique per row left
+    with pytest.raises(DataError, match=r"no column of orders is unique per row.*add an id column.*--row-id"):
+        _infer(frame)
+    with pytest.raises(DataError, match=r"--row-id '\{date\}/\{store\}': \d+ of 600 rows of orders share an id"):
+        _infer(frame, row_id="{date}/{store}")
+    with pytest.raises(DataError, match=r"--row-id '\{ts\}/\{shop\}': no column 'shop'; columns: ts, store"):
+        _infer(frame, row_id="{ts}/{shop}")
+    inf = _infer(frame, row_id="{ts}/{city}")
+    dataset = pytest.importorskip("driftloop.dataset").Dataset.model_validate(inf.dataset)
+    assert inf.dataset["row_id"] == "{ts}/{city}" and "city" in inf.dataset["tables"]["orders"]["columns"]
+    ids = dataset.row_ids(frame, dataset.local_date(frame))  # what the features stage writes: builds, unique
+    assert ids.is_unique and len(ids) == len(frame)
+    assert yaml.safe_load(render_sections(inf))["dataset"] == inf.dataset

@@ -103,12 +103,32 @@ def test_refusal_leaves_no_file(project: Path):
     (["--label", "late_min is big"], "error: --label 'late_min is big': cannot parse 'late_min is big'; write COLUMN OP VALUE"),
     (["--label", "lateness >= 10"], "error: --label 'lateness >= 10': no column 'lateness'"),
     (["--source", "parquet:data/source/small.parquet"], "error: the table has 120 rows; driftloop init needs at least 500"),
+    (["--source", "parquet:data/source/noid.parquet"], "error: no column of noid is unique per row, so rows have no id"),
+    (["--source", "parquet:data/source/noid.parquet", "--row-id", "{store}"], "error: --row-id '{store}': 600 of 600 rows of noid share an id"),
 ])  # fmt: skip
 def test_refuses_with_one_line(project: Path, args: list[str], message: str):
     (project / "data/source/bad.parquet").write_bytes(b"PAR1 not really a parquet file")
     _table(n=120).to_parquet(project / "data/source/small.parquet")
+    _table().drop(columns=["order_id", "comment"]).to_parquet(project / "data/source/noid.parquet")
     opts = dict(zip(ORDERS[::2], ORDERS[1::2], strict=True)) | dict(zip(args[::2], args[1::2], strict=True))
     res = _init(*[x for kv in opts.items() for x in kv], "--out", "new.yaml")
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith(message) and res.stderr.count("\n") == 1, res.stderr
     assert "Traceback" not in res.output and not (project / "new.yaml").exists()
+
+
+def test_name_renames_the_model_everywhere_it_is_named(project: Path):
+    from driftloop.release.plane import _declared_artifacts
+
+    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    res = _init(*ORDERS, "--force", "--name", "late-orders")
+    assert res.exit_code == 0, res.output
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["package"]["model_name"] == params["release"]["artifact"] == params["release"]["model"] == "late-orders"
+    assert "  artifact: late-orders         # dvc.yaml artifacts: key" in (project / "params.yaml").read_text()
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())
+    assert list(dvc["artifacts"]) == ["late-orders"] and _declared_artifacts(project) == {"late-orders"}
+    assert dvc["artifacts"]["late-orders"]["desc"].startswith("Probability that late_min >= 10 for a row of orders")
+    assert dvc["stages"] == yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]  # nothing else changed
+    res = _init(*ORDERS, "--force", "--name", "Late Orders")
+    assert res.exit_code == 2 and res.stderr.startswith("error: --name 'Late Orders': use lowercase letters")
