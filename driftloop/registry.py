@@ -296,15 +296,15 @@ class GtoRegistry:
 
         The package was built from the working tree, so the commit a version tags must hold the
         same pipeline inputs and git-kept outputs, or `driftloop rebuild` reruns another build.
-        Compared: `params.yaml`, `dvc.yaml`, `dvc.lock`, and every path the working tree's
-        `dvc.lock` lists as a stage's dep, params file or out, limited to files git tracks (in the
-        index or in `commit`): DVC-cached outputs are git-ignored, so they never count. A file
-        missing on one side counts as different.
+        Compared: `dvc.yaml`, `dvc.lock`, and every path the working tree's `dvc.lock` lists as a
+        stage's dep, params file (`params.yaml` as soon as a stage reads a key of it) or out,
+        limited to files git tracks (in the index or in `commit`): DVC-cached outputs are
+        git-ignored, so they never count. A file missing on one side counts as different.
 
         Raises:
             RegistryError: a git command fails (e.g. `commit` is unknown).
         """
-        paths = {"params.yaml", "dvc.yaml", "dvc.lock"}
+        paths = {"dvc.yaml", "dvc.lock"}
         try:
             lock = yaml.safe_load((self.root / "dvc.lock").read_text()) or {}
         except (OSError, yaml.YAMLError):

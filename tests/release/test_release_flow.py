@@ -214,7 +214,14 @@ def test_canary_waits_for_labels_and_is_judged_on_roc_auc(project, server, nycfl
 def test_register_refuses_a_commit_without_the_params_the_package_was_built_with(project):
     """dvc.lock committed, the edited params.yaml not: one error line naming it and the fix, no tag;
     after the fix, the commit that holds both is tagged (not the one that introduced dvc.lock)."""
-    project.params.write_text(project.params.read_text() + "train: {seed: 7}\n")
+    import yaml
+
+    spec = yaml.safe_load((project.root / "dvc.yaml").read_text())
+    spec["stages"]["package"]["params"] = ["train.seed"]  # the build reads a key of params.yaml
+    (project.root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    project.params.write_text(project.params.read_text() + "train: {seed: 42}\n")
+    project.git("commit", "-qam", "the package stage reads train.seed")
+    project.params.write_text(project.params.read_text().replace("seed: 42", "seed: 7"))
     project.build("v1", commit=False)
     project.git("add", "dvc.lock")
     project.git("commit", "-qm", "build v1 (params.yaml forgotten)")
