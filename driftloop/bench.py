@@ -1,6 +1,6 @@
 """On-machine speed of an ONNX graph: single-row latency and large-batch throughput, one thread.
 
-Used by the `optimize` stage (per-candidate figures for the gate) and by `bench/` (ratios).
+Used by the `gate` stage (per-candidate figures for its latency and cost rules) and by `bench/` (ratios).
 Wall-clock figures are noisy on shared machines: compare candidates measured in one run only.
 """
 

@@ -44,8 +44,10 @@ class CandidateVerdict(BaseModel):
 
     passed: bool
     rules: list[GateCheck]
-    rows_per_s: float  # rows/s at batch `throughput_batch`, one thread
+    rows_per_s: float  # rows/s at batch `throughput_batch`, one thread (measured by the gate stage)
     size_bytes: int
+    p50_ms: float | None = None  # batch-1 latency, one thread (ms); None in reports from before the gate timed it
+    p99_ms: float | None = None
 
 
 class GateReport(BaseModel):

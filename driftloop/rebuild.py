@@ -14,9 +14,11 @@ empty DVC cache:
 4. compare with the registered package.
 
 Verdict (every comparison is a `driftloop.checks.Check`):
-- lineage inputs must be equal: every stage's params and every dependency no stage produces
-  (code, the snapshot, `requirements.lock`, the champion folder) as recorded in the rebuilt
-  `dvc.lock` against the registered commit's;
+- lineage inputs must be equal: the params the package was built with (its model card's
+  `params`) against the commit's params.yaml that the rebuild runs; and every stage's params and
+  every dependency no stage produces (code, the snapshot, `requirements.lock`, the champion
+  folder) as recorded in the rebuilt `dvc.lock` against the registered commit's, for stages the
+  rebuild really reran (one it did not rerun still has the commit's entry: it fails);
 - then either every file of the package has the registered sha256 (`bit-identical`), or the
   registered candidate's rebuilt graph scores the package's reference sample within 1e-6 of the
   registered graph (`within tolerance`); every file that differs says why (a wall-clock or
@@ -28,6 +30,7 @@ Verdict (every comparison is a `driftloop.checks.Check`):
 from __future__ import annotations
 
 import graphlib
+import json
 import logging
 import os
 import shutil
@@ -45,7 +48,7 @@ import yaml
 
 from driftloop.checks import Check
 from driftloop.errors import DriftloopError
-from driftloop.io import read_json, sha256_file, write_json
+from driftloop.io import _jsonable, read_json, sha256_file, write_json
 from driftloop.paths import SNAPSHOT_DIR
 from driftloop.registry import GtoRegistry
 
@@ -150,12 +153,53 @@ def stage_order(stages: dict[str, dict]) -> tuple[list[str], list[str]]:
 
 
 # ------------------------------------------------------------------------------------ comparisons
-def compare_lineage(registered: dict[str, dict], rebuilt: dict[str, dict]) -> list[Check]:
-    """One check per stage: its params and every dependency no stage produces are unchanged."""
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def compare_built_params(built: dict | None, commit: dict | None, shown: int = 6) -> Check:
+    """The params the package was built with (its model card's `params`: the whole params.yaml the
+    `package` stage read) against the registered commit's params.yaml, key by key (dotted paths).
+
+    Why not dvc.lock alone: the commit's dvc.lock records the build's params, but a rebuild runs the
+    commit's params.yaml; when that file was not committed with the build, both locks of a rebuild
+    that stopped early still agree, while the package came from other params.
+    """
+    if not built:
+        return Check(name="lineage", subject="params.yaml", value=None, threshold=None, passed=True,
+                     reason="the model card records no params (a package from before cards did): not compared")  # fmt: skip
+    # the card went through JSON (driftloop.io.write_json): the commit's YAML goes the same way
+    a, b = _flatten(built), _flatten(json.loads(json.dumps(_jsonable(commit or {}), default=str)))
+    diffs = [f"{k}: built with {a.get(k)!r}, commit has {b.get(k, 'nothing')!r}" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]  # fmt: skip
+    more = f" (+{len(diffs) - shown} more)" if len(diffs) > shown else ""
+    return Check(
+        name="lineage", subject="params.yaml", value=None, threshold=None, passed=not diffs,
+        reason=("the commit's params.yaml is not the one the package was built with: " + "; ".join(diffs[:shown]) + more)
+        if diffs else f"the commit's params.yaml equals the model card's ({len(a)} keys)",
+    )  # fmt: skip
+
+
+def compare_lineage(
+    registered: dict[str, dict], rebuilt: dict[str, dict], not_rerun: set[str] | frozenset[str] = frozenset()
+) -> list[Check]:
+    """One check per stage: its params and every dependency no stage produces are unchanged.
+
+    `not_rerun`: stages the rebuild had to run but did not (dvc repro stopped before them). Their
+    entry in the rebuilt dvc.lock is still the registered commit's, so comparing it would prove
+    nothing: they fail.
+    """
     produced = {o for st in registered.values() for o in st["outs"]}
     checks = []
     for name, reg in registered.items():
         new = rebuilt.get(name)
+        if name in not_rerun:
+            checks.append(Check(name="lineage", subject=name, value=None, threshold=None, passed=False,
+                                reason="not rebuilt (dvc repro stopped before it): its dvc.lock entry is the "
+                                "registered commit's, nothing was compared"))  # fmt: skip
+            continue
         if new is None:
             checks.append(Check(name="lineage", subject=name, value=None, threshold=None, passed=False,
                                 reason="the rebuilt dvc.lock has no such stage (the rebuild stopped before it)"))  # fmt: skip
@@ -415,7 +459,10 @@ def rebuild_version(
     report.ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage '")]
     report.repro_log = (proc.stdout + proc.stderr)[-4000:]
     new_lock = lock_stages(yaml.safe_load((clone / "dvc.lock").read_text()) or {})
-    report.checks += compare_lineage(reg_lock, new_lock)
+    built_with = card.get("params") if isinstance(card.get("params"), dict) else None
+    report.checks.append(compare_built_params(built_with, yaml.safe_load((clone / "params.yaml").read_text())
+                                              if (clone / "params.yaml").is_file() else None))  # fmt: skip
+    report.checks += compare_lineage(reg_lock, new_lock, not_rerun=set(todo) - set(report.ran))
     outputs = compare_outputs(reg_lock, new_lock, order)
     report.checks += outputs
     if proc.returncode != 0:

@@ -250,6 +250,9 @@ class GtoRegistry:
     def producing_commit(self) -> str:
         """The newest commit whose `dvc.lock` records exactly the files now in the package folder.
 
+        Among commits with that same dvc.lock, the one that introduced it unless its other build
+        files (`uncommitted_build_files`) differ from the working tree and a later one's do not.
+
         Returns:
             The commit's hex sha.
 
@@ -266,11 +269,62 @@ class GtoRegistry:
                 continue
             digest = self._out_md5(lock)
             if digest and self._manifest(digest) == actual:
-                return commit
+                return self._committed_descendant(commit)
         raise RegistryError(
             f"{self.path}: no committed dvc.lock produced these files; run `dvc repro` and commit "
             "dvc.lock first (the version tag must point at the commit that built the package)"
         )
+
+    def _committed_descendant(self, commit: str) -> str:
+        """`commit`, or when its build files differ from the working tree, the newest later commit in
+        HEAD's history with the same dvc.lock whose build files do not (e.g. dvc.lock was committed,
+        then the params.yaml it was built with): the commit that really holds the build."""
+        if not self.uncommitted_build_files(commit):
+            return commit
+        lock = _git(self.root, "rev-parse", f"{commit}:dvc.lock").strip()
+        for later in _git(self.root, "rev-list", "--ancestry-path", f"{commit}..HEAD").split():
+            try:
+                same = _git(self.root, "rev-parse", f"{later}:dvc.lock").strip() == lock
+            except RegistryError:
+                continue
+            if same and not self.uncommitted_build_files(later):
+                return later
+        return commit  # `register_package` refuses it, naming the files
+
+    def uncommitted_build_files(self, commit: str) -> list[str]:
+        """The build's git-tracked files whose working-tree bytes differ from `commit`'s, sorted.
+
+        The package was built from the working tree, so the commit a version tags must hold the
+        same pipeline inputs and git-kept outputs, or `driftloop rebuild` reruns another build.
+        Compared: `dvc.yaml`, `dvc.lock`, and every path the working tree's `dvc.lock` lists as a
+        stage's dep, params file (`params.yaml` as soon as a stage reads a key of it) or out,
+        limited to files git tracks (in the index or in `commit`): DVC-cached outputs are
+        git-ignored, so they never count. A file missing on one side counts as different.
+
+        Raises:
+            RegistryError: a git command fails (e.g. `commit` is unknown).
+        """
+        paths = {"dvc.yaml", "dvc.lock"}
+        try:
+            lock = yaml.safe_load((self.root / "dvc.lock").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            lock = {}
+        for stage in (lock.get("stages") or {}).values():
+            for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:
+                if entry.get("path"):
+                    paths.add(Path(entry["path"]).as_posix())
+            paths |= {str(name) for name in (stage.get("params") or {})}
+        spec = sorted(p for p in paths if not Path(p).is_absolute() and not p.startswith(".."))
+        committed = {}
+        for line in _git(self.root, "ls-tree", "-r", "-z", commit, "--", *spec).split("\0"):
+            if line:
+                meta, name = line.split("\t", 1)
+                committed[name] = meta.split()[2]
+        tracked = set(committed) | {n for n in _git(self.root, "ls-files", "-z", "--", *spec).split("\0") if n}
+        present = sorted(n for n in tracked if (self.root / n).is_file())
+        hashes = _git(self.root, "hash-object", "--", *present).split() if present else []
+        here = dict(zip(present, hashes, strict=True))
+        return sorted(n for n in tracked if here.get(n) != committed.get(n))
 
     def _out_md5(self, lock: dict) -> str | None:
         for stage in (lock.get("stages") or {}).values():

@@ -62,6 +62,10 @@ class FolderRegistry:
         except (OSError, ValueError, KeyError) as exc:
             raise RegistryError(f"{self.package_dir}: no lineage id in signature.json ({exc})") from None
 
+    def uncommitted_build_files(self, commit: str) -> list[str]:
+        """No git here: the package is copied as it is. Returns []."""
+        return []
+
     def push(self, commit: str) -> int:
         """Nothing to push: `register` copies the files into the registry folder. Returns 0."""
         return 0

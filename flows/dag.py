@@ -55,11 +55,14 @@ class StageResult:
         stage: the stage's name.
         ran: True when DVC ran the command; False when the stage was up to date (cached).
         seconds: wall time of the DVC call, s.
+        rejected: the stage exited with a gate rejection, a normal outcome (see
+            `flows.training.run_dvc_stage`): not a failure.
     """
 
     stage: str
     ran: bool
     seconds: float
+    rejected: bool = False
 
 
 @contextlib.contextmanager

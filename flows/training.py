@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ from driftloop.config import DataParams, load_section, parse_section, read_param
 from driftloop.errors import DriftloopError
 from driftloop.gate_report import GATE_REPORT, GateReport
 from driftloop.paths import PACKAGE_DIR
-from flows.dag import StageFailed, StageResult, reproduce_stage, stage_order, stage_outs
+from flows.dag import USER_ERROR_EXIT, StageFailed, StageResult, reproduce_stage, stage_order, stage_outs
 from flows.release_adapter import ReleaseOutcome, register_and_release
 
 METRICS_REPORT = "reports/metrics.json"
@@ -154,10 +155,19 @@ def run_dvc_stage(root: str, stage: str, force: bool = False) -> StageResult:
     from flows.tracing import stage_span
 
     logger = get_run_logger()
+    start = time.perf_counter()
     with stage_span(f"stage {stage}", stage=stage) as span:
-        result = reproduce_stage(root, stage, force=force)
+        try:
+            result = reproduce_stage(root, stage, force=force)
+        except StageFailed as exc:
+            if not (exc.exit_code == USER_ERROR_EXIT and _gate_rejected(root, stage)):
+                raise
+            # the package stage turned the gate's reject into a rejection card and exit code 2: a
+            # recorded outcome, so this task completes (Prefect would log a Failed task otherwise)
+            result = StageResult(stage=stage, ran=True, seconds=time.perf_counter() - start, rejected=True)
         span.set_attribute("driftloop.ran", result.ran)
-    logger.info("stage %s: %s in %.2f s", stage, "ran" if result.ran else "up to date", result.seconds)
+    what = "gate rejection recorded" if result.rejected else "ran" if result.ran else "up to date"
+    logger.info("stage %s: %s in %.2f s", stage, what, result.seconds)
     return result
 
 
@@ -348,14 +358,11 @@ def _train(
     ran: dict[str, str] = {}
     rejected = False
     for stage in stage_order(root):
-        try:
-            result = run_dvc_stage.with_options(task_run_name=f"dvc-{stage}")(root, stage, force)
-        except StageFailed as exc:
-            if exc.exit_code == 2 and _gate_rejected(root, stage):
-                ran[stage] = "rejected"
-                rejected = True
-                break
-            raise
+        result = run_dvc_stage.with_options(task_run_name=f"dvc-{stage}")(root, stage, force)
+        if result.rejected:
+            ran[stage] = "rejected"
+            rejected = True
+            break
         ran[stage] = "ran" if result.ran else "cached"
     gate = publish_reports(root, window, ran)
     rejected = rejected or gate is None or not gate.passed

@@ -1,0 +1,1 @@
+"""Build-plane stages: one module per `dvc.yaml` stage, each run as `python -m tasks.<stage>`."""

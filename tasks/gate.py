@@ -18,7 +18,10 @@ params error, never a pass.
     max_batch_invariance            max |score alone - score in a batch of 1,024|
 
 The cheapest candidate is the one with the highest rows/s at batch 1,024 (then the smallest file):
-serving cost is throughput under micro-batching. The report is always written and the stage
+serving cost is throughput under micro-batching. Speed is measured here, not by `optimize`
+(`measure_speed`: every candidate side by side in this process, one ONNX Runtime thread, on test
+rows), so the candidates' hashes in dvc.lock never depend on the machine; the figures land in
+this report (a metrics file, `candidates.<name>.p50_ms / p99_ms / rows_per_s`) and differ run to run. The report is always written and the stage
 exits 0 either way: a rejection is a recorded outcome (DVC caches it like any other), and the
 `package` stage that follows turns it into a rejected package and a non-zero exit.
 """
@@ -31,10 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from driftloop.bench import make_session, measure
 from driftloop.checks import Rule
-from driftloop.config import GatesParams, load_section
+from driftloop.config import GatesParams, OptimizeParams, load_section
 from driftloop.gate_report import HEADLINE_METRICS, CandidateVerdict, GateCheck, GateReport
 from driftloop.io import read_json
+from driftloop.onnx_graph import graph_feeds
 from driftloop.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,7 @@ class Subject:
     """What a rule measures one candidate on: its optimize entry, its metrics, its parent's, the champion's."""
 
     name: str
-    candidate: dict  # candidates.json entry: family, parent, size_bytes, p99_ms, rows_per_s
+    candidate: dict  # candidates.json entry (family, parent, size_bytes) + measure_speed's p50_ms, p99_ms, rows_per_s
     metrics: dict  # evaluation.json models[name]
     parent: dict  # evaluation.json models[parent]
     champion: dict | None  # evaluation.json models["champion"], when one was scored
@@ -128,7 +135,7 @@ def gate_candidates(candidates: dict, evaluation: dict, parity: dict, gates: Gat
     """Apply the rules to every candidate and choose the cheapest that passes.
 
     Args:
-        candidates: candidates.json `candidates` (name -> family, parent, size_bytes, p99_ms, rows_per_s).
+        candidates: `measure_speed`'s table (name -> family, parent, size_bytes, p50_ms, p99_ms, rows_per_s).
         evaluation: evaluation.json (`models`: name -> metrics; `champion`).
         parity: parity.json (family -> max_abs_diff).
 
@@ -142,8 +149,8 @@ def gate_candidates(candidates: dict, evaluation: dict, parity: dict, gates: Gat
     for name, cand in candidates.items():
         subject = Subject(name, cand, metrics[name], metrics[cand["parent"]], champion, parity)
         rules = check_candidate(subject, gates)
-        per[name] = CandidateVerdict(passed=all(r.passed for r in rules), rules=rules,
-                                     rows_per_s=cand["rows_per_s"], size_bytes=cand["size_bytes"])  # fmt: skip
+        per[name] = CandidateVerdict(passed=all(r.passed for r in rules), rules=rules, rows_per_s=cand["rows_per_s"],
+                                     size_bytes=cand["size_bytes"], p50_ms=cand.get("p50_ms"), p99_ms=cand.get("p99_ms"))  # fmt: skip
     passing = sorted((n for n, c in per.items() if c.passed), key=lambda n: (-per[n].rows_per_s, per[n].size_bytes))
     chosen = passing[0] if passing else None
     rules = per[chosen].rules if chosen else [r for c in per.values() for r in c.rules if not r.passed]
@@ -158,10 +165,30 @@ def gate_candidates(candidates: dict, evaluation: dict, parity: dict, gates: Gat
     )
 
 
+def measure_speed(folder: Path, table: dict[str, dict], test: pd.DataFrame, params: OptimizeParams) -> dict[str, dict]:
+    """`table` (candidates.json's) with each candidate's speed added, measured side by side here.
+
+    Adds `p50_ms`, `p99_ms` (batch 1, ms) and `rows_per_s` (batch `params.throughput_batch`), one
+    ONNX Runtime thread (`driftloop.bench.measure`), on `test`'s rows fed to `<folder>/<file>`.
+    """
+    out = {}
+    for name, cand in table.items():
+        blob = (folder / cand["file"]).read_bytes()
+        speed = measure(
+            make_session(blob, threads=1), graph_feeds(blob, test), latency_runs=params.latency_runs,
+            batch=params.throughput_batch, batch_runs=params.throughput_runs,
+        )  # fmt: skip
+        out[name] = cand | speed
+        log.info("gate: %-17s p50 %.3f ms  p99 %.3f ms  %9.0f rows/s", name, speed["p50_ms"], speed["p99_ms"],
+                 speed["rows_per_s"])  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--candidates", required=True, type=Path, help="candidates.json from optimize")
+    parser.add_argument("--candidates", required=True, type=Path, help="folder from optimize (graphs + candidates.json)")
+    parser.add_argument("--features", required=True, type=Path, help="features folder: speed is timed on test rows")
     parser.add_argument("--evaluation", required=True, type=Path)
     parser.add_argument("--parity", required=True, type=Path)
     parser.add_argument("--report", required=True, type=Path)
@@ -169,9 +196,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         gates = load_section(args.params, "gates", GatesParams)
-        report = gate_candidates(
-            read_json(args.candidates)["candidates"], read_json(args.evaluation), read_json(args.parity), gates
-        )
+        table = measure_speed(
+            args.candidates, read_json(args.candidates / "candidates.json")["candidates"],
+            pd.read_parquet(args.features / "test.parquet"), load_section(args.params, "optimize", OptimizeParams),
+        )  # fmt: skip
+        report = gate_candidates(table, read_json(args.evaluation), read_json(args.parity), gates)
         report.write(args.report)
         if report.passed:
             log.info("gate: pass, chosen %s (%d candidates passed)", report.chosen, len(report.ranking))

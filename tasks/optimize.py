@@ -1,13 +1,13 @@
-"""Stage `optimize`: cheaper candidates of each exported family, each measured on this machine.
+"""Stage `optimize`: cheaper candidates of each exported family; every one is built, none is timed.
 
 Every family in `models/onnx/families.json` makes its candidates (`Family.candidates`: e.g.
 `hgb_fp32`; `mlp_fp32`, `mlp_int8`, `mlp_int8_dynamic`, `mlp_pruned`, `mlp_pruned_int8`; see each
-family's module), all are measured side by side in this process, then each family may drop the
-ones that do not pay (`Family.review`, e.g. dynamic INT8 slower than static).
+family's module). The set never depends on this machine's speed, so the output's hash in dvc.lock
+is the same on every machine: speed is measured by the `gate` stage (tasks/gate.py), whose report
+is a metrics file, and its latency and cost rules and its ranking decide which candidate pays.
 
 Outputs: one folder with `<candidate>.onnx` each, and `candidates.json`: per candidate its file,
-family, parent, how it was made, size (bytes), p50/p99 latency at batch 1 (ms) and rows/s at
-batch `throughput_batch`, one thread.
+family, parent, how it was made and size (bytes).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pandas as pd
 
-from driftloop.bench import make_session, measure, take_rows
+from driftloop.bench import take_rows
 from driftloop.config import ExportParams, OptimizeParams, TrainParams, load_section
 from driftloop.families import FAMILIES, FAMILIES_FILE, Candidate, CandidateContext
 from driftloop.io import atomic_path, read_json, write_json
@@ -38,31 +37,15 @@ def build_candidates(contexts: dict[str, CandidateContext]) -> dict[str, Candida
     return out
 
 
-def measure_candidates(
-    candidates: dict[str, Candidate], feeds: dict[str, np.ndarray], params: OptimizeParams
-) -> dict[str, dict]:
-    """Size and speed of each candidate, one thread, measured side by side in this process."""
+def candidate_table(candidates: dict[str, Candidate]) -> dict[str, dict]:
+    """candidates.json's table: name -> family, parent, how, file, size_bytes (no timing: see the gate)."""
     table = {}
     for name, cand in candidates.items():
-        blob = cand.graph.SerializeToString()
-        speed = measure(
-            make_session(blob, threads=1), feeds, latency_runs=params.latency_runs,
-            batch=params.throughput_batch, batch_runs=params.throughput_runs,
-        )  # fmt: skip
         family = cand.parent  # a candidate's parent is its family's FP32 graph, named after the family
         table[name] = {"family": family, "parent": cand.parent, "how": cand.how, "file": f"{name}.onnx",
-                       "size_bytes": len(blob), **speed}  # fmt: skip
-        log.info("optimize: %-17s %8d B  p50 %.3f ms  p99 %.3f ms  %9.0f rows/s", name, len(blob),
-                 speed["p50_ms"], speed["p99_ms"], speed["rows_per_s"])  # fmt: skip
+                       "size_bytes": len(cand.graph.SerializeToString())}  # fmt: skip
+        log.info("optimize: %-17s %8d B  %s", name, table[name]["size_bytes"], cand.how)
     return table
-
-
-def review_candidates(table: dict[str, dict]) -> list[str]:
-    """Let each family drop its candidates that do not pay; returns the notes."""
-    notes = []
-    for name in dict.fromkeys(c["family"] for c in table.values()):
-        notes += FAMILIES[name].review(table)
-    return notes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,8 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         candidates = build_candidates(contexts)
         feeds = graph_feeds(next(iter(candidates.values())).graph, test)  # every candidate has the same inputs
-        table = measure_candidates(candidates, feeds, params)
-        notes = review_candidates(table)
+        table = candidate_table(candidates)
         for name in table:  # every kept graph must still score the test rows
             run_graph(candidates[name].graph, take_rows(feeds, 0, 8))
         with atomic_path(args.out) as tmp:
@@ -111,15 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                 onnx.save_model(candidates[name].graph, tmp / f"{name}.onnx")
             write_json(
                 tmp / "candidates.json",
-                {
-                    "candidates": table,
-                    "notes": notes,
-                    "threads": 1,
-                    "throughput_batch": params.throughput_batch,
-                },
-            )
-        for note in notes:
-            log.info("optimize: %s", note)
+{"candidates": table})
 
     run_stage("optimize", body)
 

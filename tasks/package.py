@@ -148,15 +148,15 @@ def write_importance_plot(importance: dict, path: Path) -> None:
 
 
 def prediction_cost(speed: dict, cost: CostParams) -> dict:
-    """CPU seconds and money per million predictions, from the optimize stage's benchmark of the graph.
+    """CPU seconds and money per million predictions, from the gate stage's benchmark of the graph.
 
-    The benchmark runs ONNX Runtime on one thread (tasks/optimize.py), where wall time is CPU time
+    The benchmark runs ONNX Runtime on one thread (tasks/gate.py `measure_speed`), where wall time is CPU time
     when the core is not shared (else wall time overstates it): a single-row request costs its p50
     latency, a row in a full micro-batch 1 / rows_per_s. Inference only: HTTP, parsing and encoding
     are the server's and measured there (`driftloop_cpu_seconds_per_1k_predictions`, serving/metrics.py).
 
     Args:
-        speed: `p50_ms` (batch 1, ms) and `rows_per_s` (at the optimize stage's `throughput_batch`).
+        speed: `p50_ms` (batch 1, ms) and `rows_per_s` (at `optimize.throughput_batch`).
         cost: the price of a CPU core-hour.
 
     Returns:
@@ -168,7 +168,7 @@ def prediction_cost(speed: dict, cost: CostParams) -> dict:
         "currency": cost.currency,
         "cpu_s_per_million": cpu_s,
         "per_million": {k: v / 3600.0 * cost.cpu_hour for k, v in cpu_s.items()},
-        "source": "optimize stage benchmark, one ONNX Runtime thread (inference only)",
+        "source": "gate stage benchmark, one ONNX Runtime thread (inference only)",
     }
 
 
@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         chosen = gate.chosen
         candidates = read_json(args.candidates / "candidates.json")["candidates"]
+        timed = gate.candidates[chosen]  # the gate stage timed every candidate (optimize does not)
+        candidates[chosen] |= {"p50_ms": timed.p50_ms, "p99_ms": timed.p99_ms, "rows_per_s": timed.rows_per_s}
         lid = build_package(
             args.out, model_path=args.candidates / candidates[chosen]["file"], candidate=chosen, candidates=candidates,
             gate=gate, evaluation=read_json(args.evaluation), manifest=read_json(args.snapshot / "manifest.json"),

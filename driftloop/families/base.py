@@ -117,10 +117,6 @@ class Family(Protocol):
         """The optimized graphs to measure, evaluate and gate, named `<family>_<variant>`."""
         ...
 
-    def review(self, table: dict[str, dict]) -> list[str]:
-        """After measuring: drop this family's candidates that do not pay (edit `table`); returns notes."""
-        ...
-
 
 class SklearnPersistence:
     """`save` / `load` / `predict` of a family whose fitted model is one scikit-learn pipeline over the

@@ -62,8 +62,5 @@ class LogRegFamily(SklearnPersistence):
 
         return {f"{NAME}_fp32": Candidate(fuse(ctx.graphs[NAME]), NAME, "ORT extended fusion")}
 
-    def review(self, table: dict[str, dict]) -> list[str]:
-        return []
-
 
 FAMILY = LogRegFamily()

@@ -8,8 +8,8 @@ float input is where INT8 pays anyway.
 
     mlp_fp32            mlp.onnx with ONNX Runtime's extended graph optimizations saved (fusion)
     mlp_int8            static INT8 QDQ of the network, calibrated on `calibration_rows` training rows
-    mlp_int8_dynamic    dynamic INT8 of the network: kept only if faster than mlp_int8 at batch
-                        `throughput_batch` (it scales activations per batch, so scores depend on
+    mlp_int8_dynamic    dynamic INT8 of the network: always built; whether it is faster than mlp_int8
+                        is the gate's business (it scales activations per batch, so scores depend on
                         batch-mates: the gate's batch-invariance rule exists for it)
     mlp_pruned          hidden units physically removed (`prune_keep`), fine-tuned `finetune_epochs`
     mlp_pruned_int8     mlp_pruned, then static INT8 as above
@@ -116,18 +116,6 @@ def quantize_network(network, calibration: np.ndarray | None):
         return onnx.load(str(out))
 
 
-def drop_unhelpful_dynamic(table: dict[str, dict]) -> str | None:
-    """Dynamic INT8 stays only if it beats static INT8 on rows/s; returns the reason when dropped."""
-    if (
-        "mlp_int8_dynamic" in table
-        and "mlp_int8" in table
-        and table["mlp_int8_dynamic"]["rows_per_s"] <= table["mlp_int8"]["rows_per_s"]
-    ):
-        dyn, sta = table.pop("mlp_int8_dynamic")["rows_per_s"], table["mlp_int8"]["rows_per_s"]
-        return f"mlp_int8_dynamic dropped: {dyn:.0f} rows/s <= static INT8's {sta:.0f}"
-    return None
-
-
 class MLPFamily:
     name = NAME
     params_model = MLPParams
@@ -219,10 +207,6 @@ class MLPFamily:
             merge_preprocess(pre_graph, quantize_network(pruned_net, calib)), NAME, how + " + static INT8 QDQ"
         )
         return out
-
-    def review(self, table: dict[str, dict]) -> list[str]:
-        note = drop_unhelpful_dynamic(table)
-        return [note] if note else []
 
 
 FAMILY = MLPFamily()

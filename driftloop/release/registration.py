@@ -37,6 +37,26 @@ class PackageRegistry(ModelRegistry, Protocol):
         """Push the package files that `commit`'s dvc.lock names to the remote; returns files pushed."""
         ...
 
+    def uncommitted_build_files(self, commit: str) -> list[str]:
+        """The build's git-tracked inputs and outputs whose working-tree bytes differ from `commit`'s."""
+        ...
+
+
+def require_committed(registry: PackageRegistry, commit: str, shown: int = 8) -> None:
+    """Refuse to tag `commit` when the working tree that built the package differs from it.
+
+    Raises:
+        RegistryError: one line naming the differing files and the `git add ... && git commit` that fixes it.
+    """
+    files = registry.uncommitted_build_files(commit)
+    if files:
+        more = f" (+{len(files) - shown} more)" if len(files) > shown else ""
+        raise RegistryError(
+            f"the package was built from files that differ from commit {commit[:7]}, the one it would tag: "
+            f"{', '.join(files[:shown])}{more}; commit them (`git add {' '.join(files)} && git commit`), "
+            "then register again"
+        )
+
 
 def register_package(
     registry: PackageRegistry,
@@ -49,7 +69,8 @@ def register_package(
     """Register the package in `package` as a new version, after checking it and pushing its files.
 
     Order: verify SHA256SUMS, read the gate verdict, find the commit whose `dvc.lock` produced the
-    files, push them to the DVC remote, then tag. A failure before the tag leaves the registry as
+    files, check that the build's git-tracked inputs and outputs (params.yaml, dvc.yaml, dvc.lock,
+    the stages' deps, git-kept reports) in the working tree equal that commit's, push them to the DVC remote, then tag. A failure before the tag leaves the registry as
     it was.
 
     Args:
@@ -67,7 +88,8 @@ def register_package(
     Raises:
         PackageError: files do not match SHA256SUMS, or model_card.json lacks the verdict.
         RegistryError: the gate verdict is not `pass`, no committed dvc.lock produced the
-            package, the push failed, or the version is taken.
+            package, the working tree's build files differ from the commit (`require_committed`),
+            the push failed, or the version is taken.
     """
     folder = Path(package)
     verify_package(folder)
@@ -81,6 +103,7 @@ def register_package(
     if version is not None:
         version = normalize_version(version)
     commit = commit if commit is not None else registry.producing_commit()
+    require_committed(registry, commit)
     pushed = registry.push(commit)
     info = registry.register(
         commit, f"gate verdict: {verdict}; lineage: {lineage}", version=version, bump=bump

@@ -105,8 +105,10 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     check_readme_commit_commands(root, result.record_commit, tmp_path / "shared.git")
 
     _set_gate(root, 0.99)
-    rejected = training_flow(root=str(root), release=False)
+    with RunLog() as run_log:
+        rejected = training_flow(root=str(root), release=False)
     assert rejected.verdict == "reject" and rejected.release is None
+    assert "Failed" not in run_log.text and "gate rejection recorded" in run_log.text, run_log.text[-3000:]
     assert rejected.stages["gate"] == "ran" and rejected.stages["package"] == "rejected"
     # `params` checks the edited params.yaml (a second, cheap); nothing else before gate reruns
     assert all(v == "cached" for k, v in rejected.stages.items() if k not in ("params", "gate", "package"))

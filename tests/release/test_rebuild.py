@@ -96,3 +96,20 @@ def test_compare_package_bit_identical_within_tolerance_and_not(tmp_path):
     failed = {ch.subject or ch.name: ch.reason for ch in other if not ch.passed}
     assert diff > 1e-3 and "scores" in failed
     assert "not bit-identical" in failed["model.onnx"] and "score column comes from model.onnx" in failed["reference.parquet"]
+
+
+def test_lineage_compares_the_params_the_package_was_built_with_and_fails_stages_not_rerun():
+    """The README slip: dvc.lock committed, the edited params.yaml not. The card's params (what the
+    package was built from) differ from the commit's params.yaml, and a rebuild that stopped early
+    leaves the commit's own lock entries, which must not count as equal."""
+    from driftloop.rebuild import compare_built_params
+
+    built = {"data": {"window": {"start": "2013-04-01"}}, "train": {"seed": 42}}
+    commit = {"data": {"window": {"start": "2013-01-01"}}, "train": {"seed": 42}}
+    check = compare_built_params(built, commit)
+    assert not check.passed and "data.window.start: built with '2013-04-01', commit has '2013-01-01'" in check.reason
+    assert "train.seed" not in check.reason
+    assert compare_built_params(built, built).passed
+    stopped = {c.subject: c for c in compare_lineage(LOCK, LOCK, not_rerun={"features", "train", "gate"})}
+    assert stopped["snapshot"].passed and not any(stopped[s].passed for s in ("features", "train", "gate"))
+    assert "not rebuilt" in stopped["train"].reason

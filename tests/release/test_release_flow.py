@@ -209,3 +209,29 @@ def test_canary_waits_for_labels_and_is_judged_on_roc_auc(project, server, nycfl
     assert checks["roc_auc"].value == 0.0  # paired: stable scored the canary's rows, and ranks them alike
     assert checks["score_psi"].passed and "advisory" in checks["score_psi"].reason
     assert outcome.decision == "promoted"
+
+
+def test_register_refuses_a_commit_without_the_params_the_package_was_built_with(project):
+    """dvc.lock committed, the edited params.yaml not: one error line naming it and the fix, no tag;
+    after the fix, the commit that holds both is tagged (not the one that introduced dvc.lock)."""
+    import yaml
+
+    spec = yaml.safe_load((project.root / "dvc.yaml").read_text())
+    spec["stages"]["package"]["params"] = ["train.seed"]  # the build reads a key of params.yaml
+    (project.root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    project.params.write_text(project.params.read_text() + "train: {seed: 42}\n")
+    project.git("commit", "-qam", "the package stage reads train.seed")
+    project.params.write_text(project.params.read_text().replace("seed: 42", "seed: 7"))
+    project.build("v1", commit=False)
+    project.git("add", "dvc.lock")
+    project.git("commit", "-qm", "build v1 (params.yaml forgotten)")
+    result = cli(project, "register")
+    assert result.exit_code == 1 and result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "params.yaml" in result.output and "git add params.yaml && git commit" in result.output, result.output
+    assert "dvc.lock" not in result.output.split("git add")[0].split(":", 2)[-1]  # only what differs is named
+    assert tags(project) == []
+    project.git("commit", "-qam", "the params v1 was built with")
+    fixed = project.git("rev-parse", "HEAD").strip()
+    result = cli(project, "register")
+    assert result.exit_code == 0, result.output
+    assert project.git("rev-list", "-n1", "flight-delay@v0.0.1").strip() == fixed
