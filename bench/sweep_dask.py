@@ -32,7 +32,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
     from prefect_dask import DaskTaskRunner
 
-    from driftloop.config import FeaturesParams, TrainParams, load_section
+    from driftloop.config import FeaturesParams, SweepParams, TrainParams, load_section
     from flows.sweep import run_trial, sample_configs, sweep_flow
     from tasks.features import build_features
 
@@ -52,7 +52,7 @@ def main() -> None:
             splits[name].to_parquet(root / "data" / "features" / f"{name}.parquet", index=False)
         (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
         params = load_section(root / "params.yaml", "train", TrainParams)
-        base, configs, features = params.hgb.model_dump(), sample_configs("hgb", trials, 0), str(root / "data" / "features")
+        base, configs, features = params.hgb.model_dump(), sample_configs(load_section(root / "params.yaml", "sweep", SweepParams).space["hgb"], trials, 0), str(root / "data" / "features")
 
         t = time.perf_counter()
         raw = read_params_file(root / "params.yaml")["dataset"]

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import subprocess
 
-import pytest
 import yaml
 
 from driftloop.gate_report import GateReport
 from flows.dag import stage_order
 from flows.training import gate_markdown, training_flow
+from tests.conftest import ROOT
 from tests.flows.conftest import copy_repo
 
 
@@ -69,8 +70,10 @@ class RunLog(logging.Handler):
         return "\n".join(self.lines)
 
 
-def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
+def test_training_flow_pass_then_reject(tmp_path, prefect_harness, monkeypatch):
     root = copy_repo(tmp_path / "repo")
+    # the sweep's Dask worker processes import flows.sweep from this checkout
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     _set_gate(root, 0.5)  # a one-month window scores ~0.60 ROC AUC: let it pass first
     # The parameters the drift trigger maps from an event payload (see test_trigger.py).
     with RunLog() as run_log:
@@ -104,7 +107,15 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     assert on_disk and on_disk <= set(recorded), sorted(on_disk - set(recorded))
 
     _set_gate(root, 0.99)
+    # ... and the run sweeps first, as params.yaml's `sweep:` asks (one trial on a 1-worker LocalCluster,
+    # a space of today's value: train.hgb stays the same, so no training stage reruns)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sweep"].update(enabled=True, trials=1, workers=1, space={"hgb": {"max_leaf_nodes": {"choice": [31]}}})
+    assert params["train"]["hgb"]["max_leaf_nodes"] == 31
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rejected = training_flow(root=str(root), release=False)
+    assert rejected.sweep is not None and [t.config for t in rejected.sweep.trials] == [{"max_leaf_nodes": 31}]
+    assert 0.5 < rejected.sweep.best.valid_roc_auc < 1 and rejected.sweep.best.cpu_s > 0
     assert rejected.verdict == "reject" and rejected.release is None
     assert rejected.stages["gate"] == "ran" and rejected.stages["package"] == "rejected"
     # `params` checks the edited params.yaml (a second, cheap); nothing else before gate reruns
