@@ -55,7 +55,7 @@ def cluster():
     """A `distributed.LocalCluster` of 2 worker processes, one thread each, shared by the module."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as c:
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as c:
         yield c
 
 
