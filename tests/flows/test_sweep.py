@@ -52,10 +52,11 @@ HGB = SweepParams().space["hgb"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A `distributed.LocalCluster` of 2 worker processes, one thread each, shared by the module."""
-    from distributed import LocalCluster
+    """The sweep's `local_cluster`: 2 worker processes, one thread each, preloading flows.sweep; shared."""
+    from flows.sweep import local_cluster
 
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as c:
+    with local_cluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
+                       preload=["flows.sweep"]) as c:  # fmt: skip
         yield c
 
 
@@ -142,5 +143,12 @@ def test_sweep_command_reads_params_and_options_override(project, cluster, prefe
     configs = sample_configs(HGB, 2, seed=5)  # params' seed: the same configurations, in order
     assert [r[3:] for r in rows] == [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in c.values()] for c in configs]
     assert (project / "params.yaml").read_text() == before
+    # every worker (one restarted after the SIGKILL above) was set up for trials: imports done by the
+    # preload, one torch thread, and glibc's malloc trim threshold, not Dask's 64 KiB (more CPU per fit)
+    with Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)  # the nanny restarts the killed one
+        setup = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), __import__("torch").get_num_threads(),
+                                    "driftloop.families" in __import__("sys").modules))  # fmt: skip
+    assert len(setup) == 2 and set(setup.values()) == {(None, 1, True)}, setup
     bad = CliRunner().invoke(app, ["sweep", "--root", str(project), "--family", "mlpp"])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "sweep: family: 'mlpp'" in bad.output
