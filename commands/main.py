@@ -7,6 +7,7 @@ import typer
 from commands.backtest import backtest
 from commands.demo import demo
 from commands.status import status
+from commands.sweep import sweep
 from driftloop.cli_gc import gc
 from driftloop.cli_init import init
 from driftloop.cli_rebuild import rebuild
@@ -30,6 +31,7 @@ app.command("gc")(gc)
 app.command("demo")(demo)
 app.command("status")(status)
 app.command("backtest")(backtest)
+app.command("sweep")(sweep)
 
 
 if __name__ == "__main__":  # pragma: no cover

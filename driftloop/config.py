@@ -247,6 +247,82 @@ class ReleaseParams(Section):
     http_timeout_s: float = Field(30.0, gt=0)
 
 
+class Dimension(Section):
+    """One swept hyperparameter: exactly one of `log`, `int_log` or `choice`.
+
+    `log: [low, high]` draws a float log-uniformly in [low, high]; `int_log: [low, high]` draws the
+    same way and rounds to an int; `choice: [a, b, ...]` draws one value uniformly. Log-uniform
+    because learning rates and leaf sizes matter by their order of magnitude (Bergstra & Bengio,
+    "Random search for hyper-parameter optimization", JMLR 2012).
+    """
+
+    log: tuple[float, float] | None = None
+    int_log: tuple[int, int] | None = None
+    choice: list[int | float | str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dimension:
+        kinds = [k for k in ("log", "int_log", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of log, int_log, choice (got {', '.join(kinds) or 'none'})")
+        bounds = self.log or self.int_log
+        if bounds is not None and not 0 < bounds[0] <= bounds[1]:
+            raise ValueError(f"{kinds[0]}: [low, high] needs 0 < low <= high (got {list(bounds)})")
+        return self
+
+
+def _default_space() -> dict[str, dict[str, Dimension]]:
+    return {
+        "hgb": {
+            "learning_rate": Dimension(log=(0.03, 0.3)),
+            "max_leaf_nodes": Dimension(choice=[15, 31, 63]),
+            "min_samples_leaf": Dimension(int_log=(10, 200)),
+            "l2_regularization": Dimension(choice=[0.0, 0.1, 1.0]),
+        },
+        "mlp": {
+            "learning_rate": Dimension(log=(3e-4, 3e-3)),
+            "weight_decay": Dimension(log=(1e-6, 1e-4)),
+            "batch_size": Dimension(choice=[256, 512, 1024]),
+        },
+    }
+
+
+class SweepParams(Section):
+    """`sweep`: the hyperparameter search (`driftloop sweep`, or the training flow with `enabled`).
+
+    Never read by `dvc repro`: the sweep writes its best configuration into `train.<family>`, and
+    the DVC stages train on whatever that section says. Command-line options override every key.
+    `space.<family>.<key>` must be a key of `train.<family>`.
+    """
+
+    enabled: bool = Field(False, description="the training flow sweeps after the features stage, before train")
+    family: str = Field("hgb", description="the model family swept: a key of `space` and of `train`")
+    trials: int = Field(8, ge=1, description="configurations drawn (random search)")
+    seed: int = Field(0, description="seeds the search (the fits use train.seed)")
+    dask_address: str | None = Field(
+        None, pattern=r"^[a-z]+://", description="an existing Dask scheduler (tcp://host:8786); null = a LocalCluster"
+    )
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes (one thread each)")
+    space: dict[str, dict[str, Dimension]] = Field(default_factory=_default_space)
+
+    @model_validator(mode="after")
+    def _space_matches_train(self) -> SweepParams:
+        from driftloop.families import FAMILIES
+
+        problems = []
+        for family, dims in self.space.items():
+            if family not in FAMILIES:
+                problems.append(f"space.{family}: not a model family ({', '.join(FAMILIES)})")
+                continue
+            known = FAMILIES[family].params_model.model_fields
+            problems += [f"space.{family}.{k}: not a key of train.{family} ({', '.join(known)})" for k in dims if k not in known]
+        if self.family not in self.space:
+            problems.append(f"family: {self.family!r} has no search space; add space.{self.family} or pick one of {', '.join(self.space)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataParams,
     "dataset": Dataset,
@@ -262,6 +338,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "policy": PolicyParams,
     "release": ReleaseParams,
     "retention": RetentionParams,
+    "sweep": SweepParams,
 }
 
 S = TypeVar("S", bound=BaseModel)

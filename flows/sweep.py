@@ -1,7 +1,7 @@
 """Hyperparameter sweep: trials as Prefect tasks on a Dask cluster, the best by validation ROC AUC.
 
 A seeded random search over one model family's hyperparameters (default `hgb`): `trials`
-configurations drawn from `SPACES[family]` around params.yaml's `train.<family>`, each fitted on the
+configurations drawn from params.yaml's `sweep.space.<family>` over `train.<family>`, each fitted on the
 train split and scored (ROC AUC) on the valid split that the `features` stage wrote. Every trial is
 a Prefect task run by prefect-dask's `DaskTaskRunner`: a `distributed.LocalCluster` of worker
 processes by default, or an existing cluster (`dask_address="tcp://scheduler:8786"`). The trials
@@ -14,16 +14,20 @@ The best configuration (highest AUC; ties to the earlier trial) is written into 
 path (train -> export -> optimize -> evaluate -> gate -> package through DVC). The sweep is not a
 DVC stage: `dvc repro` runs without Dask, on whatever params.yaml says.
 
+Settings: params.yaml's `sweep` section (`driftloop.config.SweepParams`); options override them.
+
 Usage:
-    python -m flows.sweep --trials 8                        # LocalCluster, 2 worker processes
-    python -m flows.sweep --trials 32 --dask-address tcp://10.0.0.5:8786 --train-after
+    driftloop sweep                                          # params.yaml's sweep: section
+    driftloop sweep --trials 32 --dask-address tcp://10.0.0.5:8786 --train-after
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
+import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,31 +35,19 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel
 
+from driftloop.config import Dimension, SweepParams
+
 log = logging.getLogger(__name__)
 
-SPACES: dict[str, dict[str, tuple]] = {
-    # name: ("log", low, high) | ("int_log", low, high) | ("choice", *values)
-    "hgb": {
-        "learning_rate": ("log", 0.03, 0.3),
-        "max_leaf_nodes": ("choice", 15, 31, 63),
-        "min_samples_leaf": ("int_log", 10, 200),
-        "l2_regularization": ("choice", 0.0, 0.1, 1.0),
-    },
-    "mlp": {
-        "learning_rate": ("log", 3e-4, 3e-3),
-        "weight_decay": ("log", 1e-6, 1e-4),
-        "batch_size": ("choice", 256, 512, 1024),
-    },
-}
-"""The search space per family, in the family's own params names (scikit-learn's / torch's)."""
-
-
 class Trial(BaseModel):
-    """One trial: its index, the configuration (only the swept keys) and the validation ROC AUC."""
+    """One trial: its index, the configuration (only the swept keys), the validation ROC AUC, and its
+    cost: `cpu_s` (CPU seconds of the fitting thread, `time.thread_time`) and `wall_s` (seconds)."""
 
     index: int
     config: dict[str, Any]
     valid_roc_auc: float
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
 
 
 class SweepResult(BaseModel):
@@ -66,27 +58,37 @@ class SweepResult(BaseModel):
     best: Trial
 
 
-def sample_configs(family: str, trials: int, seed: int) -> list[dict[str, Any]]:
-    """`trials` configurations drawn from `SPACES[family]` with `numpy.random.default_rng(seed)`.
+def draw(dim: Dimension, rng: np.random.Generator) -> Any:
+    """One value of `dim` (see `driftloop.config.Dimension`), drawn with `rng`."""
+    if dim.choice is not None:
+        return dim.choice[int(rng.integers(len(dim.choice)))]
+    low, high = dim.log or dim.int_log  # type: ignore[misc]
+    value = math.exp(rng.uniform(math.log(low), math.log(high)))
+    return float(value) if dim.log is not None else int(round(value))
+
+
+def sample_configs(space: Mapping[str, Dimension], trials: int, seed: int) -> list[dict[str, Any]]:
+    """`trials` configurations drawn from `space` (one family's `sweep.space.<family>`) with
+    `numpy.random.default_rng(seed)`, key by key in the space's order: the same seed and space give
+    the same configurations on every machine."""
+    rng = np.random.default_rng(seed)
+    return [{name: draw(dim, rng) for name, dim in space.items()} for _ in range(trials)]
+
+
+def sweep_settings(root: str | Path = ".", **overrides: Any) -> SweepParams:
+    """params.yaml's `sweep` section with every non-None override applied (command-line options).
 
     Raises:
-        ValueError: no search space for `family`.
+        ParamsError: the section or an override is invalid, named by its dotted key (`sweep.trials`).
     """
-    if family not in SPACES:
-        raise ValueError(f"no search space for family {family!r}; known: {', '.join(SPACES)}")
-    rng = np.random.default_rng(seed)
-    configs = []
-    for _ in range(trials):
-        config: dict[str, Any] = {}
-        for name, (kind, *args) in SPACES[family].items():
-            if kind == "choice":
-                config[name] = args[int(rng.integers(len(args)))]
-            elif kind == "log":
-                config[name] = float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
-            else:  # int_log
-                config[name] = int(round(math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))))
-        configs.append(config)
-    return configs
+    from driftloop.config import load_section, parse_section
+
+    path = Path(root) / "params.yaml"
+    settings = load_section(path, "sweep", SweepParams)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return settings
+    return parse_section("sweep", {**settings.model_dump(), **given}, SweepParams, where=f"{path} + options")
 
 
 def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int,
@@ -106,6 +108,7 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
     """
     import pandas as pd
     from sklearn.metrics import roc_auc_score
+    from threadpoolctl import threadpool_limits
 
     from driftloop.config import parse_section
     from driftloop.dataset import Dataset
@@ -116,15 +119,21 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
     params = fam.params_model(**{**base, **config})
     train = pd.read_parquet(f"{features.rstrip('/')}/train.parquet")
     valid = pd.read_parquet(f"{features.rstrip('/')}/valid.parquet")
-    fitted, _ = fam.fit(train, valid, params, seed, parse_section("dataset", dataset, Dataset))
-    return float(roc_auc_score(valid[LABEL], fam.predict(fitted, valid)))
+    # One thread for OpenMP and BLAS (the families pin torch's), also on a cluster whose workers were
+    # not started with OMP_NUM_THREADS=1: two trials on two cores must not fight for them.
+    with threadpool_limits(limits=1):
+        fitted, _ = fam.fit(train, valid, params, seed, parse_section("dataset", dataset, Dataset))
+        return float(roc_auc_score(valid[LABEL], fam.predict(fitted, valid)))
 
 
 @task(name="sweep-trial", retries=1)
 def trial_task(index: int, features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int,
                dataset: dict[str, Any]) -> Trial:
-    """Prefect task of one trial (see `run_trial`)."""
-    return Trial(index=index, config=config, valid_roc_auc=run_trial(features, family, base, config, seed, dataset))
+    """Prefect task of one trial (see `run_trial`), with its CPU and wall seconds."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    auc = run_trial(features, family, base, config, seed, dataset)
+    return Trial(index=index, config=config, valid_roc_auc=auc, cpu_s=time.thread_time() - cpu,
+                 wall_s=time.perf_counter() - wall)  # fmt: skip
 
 
 def best_of(trials: list[Trial]) -> Trial:
@@ -161,72 +170,112 @@ def write_best(root: str, family: str, config: dict[str, Any]) -> None:
 
 
 @flow(name="sweep", log_prints=False)
-def sweep_flow(root: str = ".", trials: int = 8, family: str = "hgb", seed: int = 0, features: str | None = None,
-               write: bool = True, train_after: bool = False) -> SweepResult:  # fmt: skip
-    """Run `trials` trials as tasks on the flow's task runner; keep the best; optionally train on it.
+def sweep_flow(root: str = ".", trials: int | None = None, family: str | None = None, seed: int | None = None,
+               features: str | None = None, write: bool = True, train_after: bool = False) -> SweepResult:  # fmt: skip
+    """Run the sweep's trials as tasks on the flow's task runner; keep the best; optionally train on it.
 
     Args:
         root: project root (params.yaml; `features` resolves against it).
-        trials: configurations to try.
-        family: the family to sweep (a key of `SPACES`).
-        seed: the search's seed (the models use `train.seed`).
+        trials: configurations to try; None = params `sweep.trials`.
+        family: the family to sweep; None = params `sweep.family`.
+        seed: the search's seed (the models use `train.seed`); None = params `sweep.seed`.
         features: the features folder or URL; default `<root>/data/features` (the stage's out).
         write: write the best configuration into params.yaml.
         train_after: then run the training flow (DVC stages train .. package, no register/release).
 
     Returns:
         The sweep's result.
+
+    Raises:
+        ParamsError: params.yaml or an argument is invalid (named by its `sweep.` key).
     """
     from driftloop.config import TrainParams, load_section, read_params_file
 
     logger = get_run_logger()
+    settings = sweep_settings(root, trials=trials, family=family, seed=seed)
     params = load_section(Path(root) / "params.yaml", "train", TrainParams)
     dataset = read_params_file(Path(root) / "params.yaml").get("dataset")
-    base = getattr(params, family).model_dump()
+    base = getattr(params, settings.family).model_dump()
     where = features or str(Path(root).resolve() / "data" / "features")
-    futures = [trial_task.submit(i, where, family, base, c, params.seed, dataset) for i, c in enumerate(sample_configs(family, trials, seed))]
+    configs = sample_configs(settings.space[settings.family], settings.trials, settings.seed)
+    futures = [trial_task.submit(i, where, settings.family, base, c, params.seed, dataset) for i, c in enumerate(configs)]
     done = [f.result() for f in futures]
     best = best_of(done)
-    logger.info("sweep of %s: best trial %d, valid ROC AUC %.4f, %s", family, best.index, best.valid_roc_auc, best.config)
+    logger.info("sweep of %s: %d trials, %.1f CPU s; best trial %d, valid ROC AUC %.4f, %s", settings.family, len(done),
+                sum(t.cpu_s for t in done), best.index, best.valid_roc_auc, best.config)  # fmt: skip
     if write:
-        write_best(root, family, best.config)
+        write_best(root, settings.family, best.config)
     if train_after:
         from flows.training import training_flow
 
-        training_flow(root=root, register_version=False, release=False, record_branch=None)
-    return SweepResult(family=family, trials=done, best=best)
+        training_flow(root=root, register_version=False, release=False, record_branch=None, sweep=False)
+    return SweepResult(family=settings.family, trials=done, best=best)
+
+
+def dask_setup(worker: Any = None) -> None:
+    """Dask preload hook (`dask worker --preload flows.sweep`; the LocalCluster of `dask_runner` sets
+    it): on each worker process's start, before any trial, one thread for torch, and the trial's
+    imports done (scikit-learn, pandas, the model families: seconds of CPU that would otherwise land
+    in the first trial of every worker, serially, and again in a restarted worker)."""
+    import torch
+
+    torch.set_num_threads(1)
+    import pandas  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+
+    import driftloop.families  # noqa: F401
+
+
+def local_cluster(**kwargs: Any):
+    """A `distributed.LocalCluster(**kwargs)` whose worker processes keep glibc's own malloc trim
+    threshold. Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns (to hand
+    memory back sooner); with it an HGB trial took 7-15% more CPU (4 trials, 7.5-7.6 vs 8.1-8.8 CPU s,
+    alternated runs), which two workers on two cores pay in full."""
+    import dask
+    from distributed import LocalCluster
+
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536":  # left in this process by an earlier nanny
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_")
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(**kwargs)
 
 
 def dask_runner(address: str | None = None, n_workers: int = 2):
-    """prefect-dask's `DaskTaskRunner`: on `address` (an existing scheduler), else a `LocalCluster`
-    of `n_workers` worker processes with one thread each (scikit-learn fits hold the GIL in parts)."""
+    """prefect-dask's `DaskTaskRunner`: on `address` (an existing scheduler), else a `local_cluster`
+    of `n_workers` worker processes with one thread each, preloading `dask_setup` (scikit-learn
+    fits hold the GIL in parts; distributed's nanny starts them with OMP_NUM_THREADS=1, and
+    `run_trial` limits threads itself: two trials never fight over cores)."""
     from prefect_dask import DaskTaskRunner
 
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "processes": True, "threads_per_worker": 1,
-                                          "dashboard_address": None})  # fmt: skip
+    return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs={
+        "n_workers": n_workers, "processes": True, "threads_per_worker": 1, "dashboard_address": ":0",
+        "preload": [__name__]})  # fmt: skip
+
+
+def run_sweep(root: str = ".", *, trials: int | None = None, family: str | None = None, seed: int | None = None,
+              dask_address: str | None = None, workers: int | None = None, features: str | None = None,
+              write: bool = True, train_after: bool = False) -> SweepResult:  # fmt: skip
+    """`sweep_flow` on the Dask runner params.yaml's `sweep` section names; every non-None argument
+    overrides its key (the command line's options). `driftloop sweep` and the training flow call this.
+
+    Raises:
+        ParamsError: params.yaml or an argument is invalid.
+    """
+    settings = sweep_settings(root, trials=trials, family=family, seed=seed, dask_address=dask_address, workers=workers)
+    runner = dask_runner(settings.dask_address, settings.workers)
+    return sweep_flow.with_options(task_runner=runner)(
+        root=str(root), trials=settings.trials, family=settings.family, seed=settings.seed, features=features,
+        write=write, train_after=train_after,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m flows.sweep [--trials N] [--family hgb] [--dask-address tcp://...] [--train-after]`."""
-    from driftloop.stage import configure_logging
+    """`python -m flows.sweep [driftloop sweep's options]`: the same command as `driftloop sweep`."""
+    from commands.sweep import app
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=".")
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--family", default="hgb", choices=sorted(SPACES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dask-address", default=None, help="an existing Dask scheduler; default a LocalCluster")
-    parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
-    parser.add_argument("--train-after", action="store_true", help="then run the training flow on the best")
-    args = parser.parse_args(argv)
-    configure_logging()
-    runner = dask_runner(args.dask_address, args.workers)
-    result = sweep_flow.with_options(task_runner=runner)(
-        root=args.root, trials=args.trials, family=args.family, seed=args.seed, train_after=args.train_after
-    )
-    log.info("best: %s", result.best.model_dump())
+    app(argv)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from driftloop.gate_report import GATE_REPORT, GateReport
 from driftloop.paths import PACKAGE_DIR
 from flows.dag import USER_ERROR_EXIT, StageFailed, StageResult, reproduce_stage, stage_order, stage_outs
 from flows.release_adapter import ReleaseOutcome, register_and_release
+from flows.sweep import SweepResult, run_sweep
 
 METRICS_REPORT = "reports/metrics.json"
 REPORT_LINKS: tuple[str, ...] = (
@@ -77,6 +78,7 @@ class TrainingResult(BaseModel):
         failed_rules: "candidate: rule: reason" for every failed rule when rejected.
         release: what the release plane did.
         record_commit: sha of the branch commit recording the run, when one was made.
+        sweep: the sweep's trials and best configuration, when the run swept.
     """
 
     verdict: Literal["pass", "reject"]
@@ -88,6 +90,7 @@ class TrainingResult(BaseModel):
     failed_rules: list[str] = []
     release: ReleaseOutcome | None = None
     record_commit: str | None = None
+    sweep: SweepResult | None = None
 
 
 def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
@@ -304,6 +307,7 @@ def training_flow(
     force: bool = False,
     record_branch: str | None = "driftloop/runs",
     server_url: str | None = None,
+    sweep: bool | None = None,
 ) -> TrainingResult | State:
     """Run the build plane (dvc.yaml, stage by stage) on a snapshot window, then register and release.
 
@@ -322,6 +326,9 @@ def training_flow(
             (HEAD and the working tree untouched); the registry tags that commit. None or ""
             records nothing, and registration then needs dvc.lock committed on HEAD.
         server_url: the model server; None = params `release.server_url`.
+        sweep: run the hyperparameter sweep (`flows.sweep.run_sweep`, params `sweep:`, on Dask)
+            right after the stage that writes the features, and train on its best configuration
+            (written into params.yaml's `train.<family>`); None = params `sweep.enabled`.
 
     Returns:
         The run's `TrainingResult`; a gate rejection is `verdict="reject"`, not an exception.
@@ -342,7 +349,7 @@ def training_flow(
     window = _resolve_window(root, as_of, window_months)
     try:
         with training_lock(root, current_holder(f"{window.window_months} month(s) to {window.as_of}")):
-            return _train(root, window, register_version, release, force, record_branch, server_url)
+            return _train(root, window, register_version, release, force, record_branch, server_url, sweep)
     except TrainingBusy as exc:
         logger.warning("%s", exc)
         return Cancelled(message=str(exc))
@@ -350,20 +357,29 @@ def training_flow(
 
 def _train(
     root: str, window: TrainingWindow, register_version: bool, release: bool, force: bool,
-    record_branch: str | None, server_url: str | None,
+    record_branch: str | None, server_url: str | None, sweep: bool | None,
 ) -> TrainingResult:  # fmt: skip
     """The training flow's body, run while the project lock is held (arguments as in `training_flow`)."""
     logger = get_run_logger()
     set_window(root, window)
     ran: dict[str, str] = {}
     rejected = False
-    for stage in stage_order(root):
+    order = stage_order(root)
+    sweep_after = _features_stage(root) if _sweep_on(root, sweep) else None
+    swept = None
+    for stage in order:
         result = run_dvc_stage.with_options(task_run_name=f"dvc-{stage}")(root, stage, force)
         if result.rejected:
             ran[stage] = "rejected"
             rejected = True
             break
         ran[stage] = "ran" if result.ran else "cached"
+        if stage == sweep_after:
+            swept = run_sweep(root)
+            # The sweep edited params.yaml: the stages so far see it again (only the whole-file
+            # params check reruns; snapshot .. features read no train key), so dvc.lock stays whole.
+            for earlier in order[: order.index(stage) + 1]:
+                run_dvc_stage.with_options(task_run_name=f"dvc-{earlier}-after-sweep")(root, earlier, False)
     gate = publish_reports(root, window, ran)
     rejected = rejected or gate is None or not gate.passed
     verdict = "reject" if rejected else "pass"
@@ -373,17 +389,37 @@ def _train(
         logger.warning("gate rejected every candidate; nothing packaged or released:\n  %s", "\n  ".join(failed))
         result = TrainingResult(
             verdict="reject", reason="gate rejected every candidate", window=window, stages=ran,
-            failed_rules=failed, record_commit=commit,
+            failed_rules=failed, record_commit=commit, sweep=swept,
         )  # fmt: skip
     else:
         outcome = release_package(root, commit, release, server_url) if register_version else None
         how = f"release: {outcome.status} ({outcome.reason})" if outcome else "registration disabled"
         result = TrainingResult(
             verdict="pass", reason=f"gate passed; {how}", window=window, chosen=gate.chosen, stages=ran,
-            metrics=gate.chosen_metrics or {}, release=outcome, record_commit=commit,
+            metrics=gate.chosen_metrics or {}, release=outcome, record_commit=commit, sweep=swept,
         )  # fmt: skip
     logger.info("training: %s (%s)", result.verdict, result.reason)
     return result
+
+
+def _sweep_on(root: str, sweep: bool | None) -> bool:
+    if sweep is not None:
+        return sweep
+    from driftloop.config import SweepParams
+
+    return load_section(Path(root) / "params.yaml", "sweep", SweepParams).enabled
+
+
+def _features_stage(root: str) -> str:
+    """The stage that writes `data/features` (the sweep's input).
+
+    Raises:
+        StageFailed: no stage of dvc.yaml writes it (not transient).
+    """
+    for name, outs in stage_outs(root).items():
+        if "data/features" in outs:
+            return name
+    raise StageFailed("sweep", "no stage of dvc.yaml writes data/features, the sweep's input", exit_code=None, transient=False)
 
 
 def _gate_rejected(root: str, stage: str) -> bool:

@@ -6,9 +6,9 @@ AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) and `s3://` URLs; nothing in the code know
 
 - The model server logs predictions to `s3://driftloop/logs`, labels are written there, and the
   drift check flow (monitor.log_dir = that URL) reads the window back: every row, every label.
-- A project whose default DVC remote is `s3://driftloop/dvc`: registering a version pushes the
+- A project whose default DVC remote is `s3://driftloop/dvc`: `driftloop register` pushes the
   package there; with the local cache and the workspace copy gone, `dvc pull` brings it back, and
-  the release plane fetches the version from the remote and releases it to a live server.
+  `driftloop release` fetches the version from the remote and releases it to a live server.
 """
 
 from __future__ import annotations
@@ -121,8 +121,15 @@ def run(cmd: list[str], cwd: Path) -> str:
     return out.stdout
 
 
-def test_dvc_remote_on_s3_push_pull_and_release(s3, tmp_path):
-    from driftloop.release import open_plane, register_package, release_version
+def test_register_and_release_commands_with_the_dvc_remote_on_s3(s3, tmp_path):
+    """`driftloop register` pushes the package to the S3 remote; after `dvc pull` from it, `driftloop
+    release` (no local cache) fetches the version from S3 and the live server loads those bytes. Both
+    commands run through their typer app (`commands.main`), the S3 endpoint only in their environment."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from commands.main import app
     from tests.release.conftest import DVC_YAML, GIT, gated, release_params
 
     root = tmp_path / "project"
@@ -143,20 +150,28 @@ def test_dvc_remote_on_s3_push_pull_and_release(s3, tmp_path):
     run([*git, "add", "dvc.lock", "dvc.yaml"], root)
     run([*git, "commit", "-qm", "build v1"], root)
 
+    aws = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
+    cli = CliRunner()
+
+    def driftloop(*args: str) -> str:  # the `driftloop` command line, its environment only the usual AWS_* variables
+        result = cli.invoke(app, list(args), env={**aws, "COLUMNS": "200"})
+        assert result.exit_code == 0, f"driftloop {' '.join(args)}: {result.output[-2000:]} {result.exception!r}"
+        return result.output
     (tmp_path / "model_repository").mkdir()
     settings = ServeSettings(repository=tmp_path / "model_repository", flush_interval_s=0.2)
     with running_server(create_app(settings)) as url:
-        plane = open_plane(root, server_url=url)
-        version = register_package(plane.registry, plane.package_dir).version  # pushes to S3
+        out = driftloop("register", "--root", str(root))  # pushes to S3
+        version = re.search(r"registered (v\S+) at", out).group(1)
         assert keys(s3, "dvc/files/md5/")
         # `dvc pull` in a workspace without the cache or the package: back from S3.
         shutil.rmtree(root / ".dvc" / "cache")
         shutil.rmtree(root / "artifacts" / "model")
         run(["dvc", "pull", "-q"], root)
         assert (root / "artifacts" / "model" / "SHA256SUMS").read_text() == sums
-        # The release plane fetches the version from the remote (no cache again) and serves it.
+        # `driftloop release` fetches the version from the remote (no cache again) and serves it.
         shutil.rmtree(root / ".dvc" / "cache")
-        release_version(plane, version)
+        out = driftloop("release", version, "--root", str(root), "--url", url)
+        assert f"promoted {version}" in out, out
         ready = httpx.get(f"{url}/v2/models/{MODEL}/ready", timeout=10)
         assert ready.status_code == 200
         copy = next((tmp_path / "model_repository" / MODEL).glob("*/SHA256SUMS"))

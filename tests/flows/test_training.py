@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import subprocess
 
 import yaml
@@ -69,8 +70,10 @@ class RunLog(logging.Handler):
         return "\n".join(self.lines)
 
 
-def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
+def test_training_flow_pass_then_reject(tmp_path, prefect_harness, monkeypatch):
     root = copy_repo(tmp_path / "repo")
+    # the sweep's Dask worker processes import flows.sweep from this checkout
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     _set_gate(root, 0.5)  # a one-month window scores ~0.60 ROC AUC: let it pass first
     # The parameters the drift trigger maps from an event payload (see test_trigger.py).
     with RunLog() as run_log:
@@ -105,8 +108,16 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness):
     check_readme_commit_commands(root, result.record_commit, tmp_path / "shared.git")
 
     _set_gate(root, 0.99)
+    # ... and the run sweeps first, as params.yaml's `sweep:` asks (one trial on a 1-worker LocalCluster,
+    # a space of today's value: train.hgb stays the same, so no training stage reruns)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sweep"].update(enabled=True, trials=1, workers=1, space={"hgb": {"max_leaf_nodes": {"choice": [31]}}})
+    assert params["train"]["hgb"]["max_leaf_nodes"] == 31
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with RunLog() as run_log:
         rejected = training_flow(root=str(root), release=False)
+    assert rejected.sweep is not None and [t.config for t in rejected.sweep.trials] == [{"max_leaf_nodes": 31}]
+    assert 0.5 < rejected.sweep.best.valid_roc_auc < 1 and rejected.sweep.best.cpu_s > 0
     assert rejected.verdict == "reject" and rejected.release is None
     assert "Failed" not in run_log.text and "gate rejection recorded" in run_log.text, run_log.text[-3000:]
     assert rejected.stages["gate"] == "ran" and rejected.stages["package"] == "rejected"

@@ -15,6 +15,7 @@ from driftloop.config import (
     SECTIONS,
     DataParams,
     GatesParams,
+    SweepParams,
     TrainParams,
     check_params,
     load_section,
@@ -151,7 +152,7 @@ def test_two_wrong_sections_and_a_root_key_in_one_line(params_file):
 def test_missing_sections_are_named_once(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("data: {}\n")
-    with pytest.raises(ParamsError, match=r"missing section\(s\) dataset, features, .*release, retention; add them") as info:
+    with pytest.raises(ParamsError, match=r"missing section\(s\) dataset, features, .*release, retention, sweep; add them") as info:
         check_params(path)
     assert str(info.value).count("missing section") == 1
 
@@ -168,3 +169,31 @@ def test_source_is_a_dataset_key_and_the_folder_a_data_key(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"dataset: missing section; add it \(`driftloop init` writes one"):
         load_section(path, "dataset", Dataset)
+
+
+def test_params_stage_accepts_the_sweep_section_and_names_a_bad_key(tmp_path, capsys, monkeypatch):
+    """The `params` stage of dvc.yaml (tasks/params.py) passes the repo's `sweep:` section and stops on
+    an unknown key, a space key that `train.<family>` lacks, or a dimension with two kinds, in one line."""
+    from tasks.params import main
+
+    monkeypatch.chdir(ROOT)  # data.source_dir is relative to the project
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert raw["sweep"]["enabled"] is False  # dvc repro's path never sweeps unless asked
+    good, bad, out = tmp_path / "good.yaml", tmp_path / "bad.yaml", tmp_path / "params.json"
+    good.write_text(yaml.safe_dump(raw))
+    main(["--params", str(good), "--out", str(out)])
+    assert out.is_file()
+    raw["sweep"]["trails"] = 16
+    raw["sweep"]["space"]["hgb"]["max_leaf_nodes"] = {"choice": [15, 31], "log": [10, 100]}
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as info:
+        main(["--params", str(bad), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "Traceback" not in err
+    assert err.startswith("error: params: ")
+    assert "sweep.trails: unknown key (did you mean trials?)" in err
+    assert "sweep.space.hgb.max_leaf_nodes: give exactly one of log, int_log, choice (got log, choice)" in err
+    raw["sweep"].pop("trails")
+    raw["sweep"]["space"]["hgb"] = {"max_leafs": {"choice": [15]}}
+    with pytest.raises(ParamsError, match=r"sweep: space\.hgb\.max_leafs: not a key of train\.hgb \(.*max_leaf_nodes"):
+        parse_section("sweep", raw["sweep"], SweepParams)
