@@ -47,11 +47,11 @@ def measure_candidates(
         blob = cand.graph.SerializeToString()
         speed = measure(
             make_session(blob, threads=1), feeds, latency_runs=params.latency_runs,
-            batch=params.throughput_batch, batch_runs=params.throughput_runs,
+            batch=params.throughput_batch, batch_runs=params.throughput_runs, clock=params.latency_clock,
         )  # fmt: skip
         family = cand.parent  # a candidate's parent is its family's FP32 graph, named after the family
         table[name] = {"family": family, "parent": cand.parent, "how": cand.how, "file": f"{name}.onnx",
-                       "size_bytes": len(blob), **speed}  # fmt: skip
+                       "size_bytes": len(blob), **speed, "latency_clock": params.latency_clock}  # fmt: skip
         log.info("optimize: %-17s %8d B  p50 %.3f ms  p99 %.3f ms  %9.0f rows/s", name, len(blob),
                  speed["p50_ms"], speed["p99_ms"], speed["rows_per_s"])  # fmt: skip
     return table
