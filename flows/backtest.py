@@ -31,6 +31,13 @@ the last `monitor.window_hours / 24` replayed days (their log files), and the ti
 stands for is those days' real span; the policy's clock (cooldown, daily limit) is the replayed
 day's end.
 
+Parallel: each policy is a function of its settings and the data (`run_policy(PolicySpec)`: plain
+data, the replayed rows read by path), so the policies run as Prefect tasks on prefect-dask's
+`DaskTaskRunner` (`run_backtest(workers=2)`: a `LocalCluster` of worker processes, as
+`flows.sweep.dask_runner` builds it; or an existing scheduler), the costliest first, one task per
+worker at a time; each worker runs its policy's server, replay, checks and builds. The figures are
+the same as one policy after another in one process (`workers=0`): the tests compare them.
+
 Resumable: after each day with no release under way, the policy's state (registry, model
 repository, champion, policy state: hard links, since every writer replaces files atomically)
 and the list of its log and label files are checkpointed; a resumed run restores the newest
