@@ -111,3 +111,16 @@ def test_measurements_and_dynamic_rule(candidates, splits, params):
     table["mlp_int8_dynamic"]["rows_per_s"] = table["mlp_int8"]["rows_per_s"] - 1
     notes = review_candidates(table)
     assert len(notes) == 1 and "dropped" in notes[0] and "mlp_int8_dynamic" not in table
+
+
+def test_latency_clock_cpu_times_single_rows_on_the_thread_cpu_clock(candidates, splits, params, monkeypatch):
+    import itertools
+
+    import driftloop.bench
+
+    ticks = itertools.count()
+    monkeypatch.setitem(driftloop.bench.CLOCKS, "cpu", lambda: next(ticks) * 1e-3)  # 1 ms per reading: by construction
+    one = {"mlp_fp32": Candidate(candidates["mlp_fp32"][0], "mlp", candidates["mlp_fp32"][1]["how"])}
+    opt = OptimizeParams(**{**params["optimize"], "latency_clock": "cpu", "latency_runs": 30, "throughput_runs": 1})
+    row = measure_candidates(one, to_onnx_feeds(splits["test"].head(256)), opt)["mlp_fp32"]
+    assert row["latency_clock"] == "cpu" and row["p50_ms"] == pytest.approx(1.0) and row["p99_ms"] == pytest.approx(1.0)
