@@ -131,7 +131,7 @@ def test_a_killed_run_resumes_to_the_same_figures(uninterrupted, tmp_path):
     out, result = uninterrupted
     initial = out / "work" / "initial" / "project" / "artifacts" / "model"
     args = [sys.executable, "-m", "commands", "backtest", "--start", "2013-04-01", "--end", "2013-04-17",
-            "--policy", "weekly", "--rows-per-day", "200", "--window-months", "1", "--out", str(tmp_path),
+            "--policy", "weekly", "--rows-per-day", "200", "--window-months", "1", "--out", str(tmp_path), "--workers", "0",
             "--initial-package", str(initial), *[f"--set={k}={json.dumps(v)}" for k, v in BUILD.items()],
             *[f"--release={k}={json.dumps(v)}" for k, v in RELEASE.items()]]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
