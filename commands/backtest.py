@@ -50,6 +50,12 @@ def backtest(
     work: Annotated[Path | None, typer.Option(help="scratch and resume state; default <out>/work")] = None,
     fresh: Annotated[bool, typer.Option(help="discard a previous run's state instead of resuming it")] = False,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Dask worker processes running the policies in parallel (0: one after another here)")
+    ] = 2,
+    dask_address: Annotated[
+        str | None, typer.Option(help="an existing Dask scheduler, tcp://host:8786 (instead of a local cluster)")
+    ] = None,
     initial_package: Annotated[
         Path | None, typer.Option(help="start from this package (built on the window before START)", hidden=True)
     ] = None,
@@ -59,7 +65,9 @@ def backtest(
     Every policy starts from the model built on the months before START; each day's flights go to
     the model server, labels follow, the policy decides, retrains are built (dvc.yaml's stages),
     gated against the champion and released by canary. Writes OUT/backtest.json and
-    OUT/backtest.html (renders offline). Killed? Run the same command again: it resumes.
+    OUT/backtest.html (renders offline). The policies run in parallel as Prefect tasks on Dask (a
+    local cluster of --workers processes, or --dask-address). Killed? Run the same command again:
+    it resumes.
 
     Example:
 
@@ -102,7 +110,7 @@ def backtest(
 
         try:
             result = run_backtest(config, root=root, out_dir=out, work_dir=work, fresh=fresh, on_day=on_day,
-                                  initial_package=initial_package)
+                                  initial_package=initial_package, workers=workers, dask_address=dask_address)
         except DriftloopError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

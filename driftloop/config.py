@@ -12,7 +12,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -95,6 +95,9 @@ class OptimizeParams(Section):
     prune_keep: float = Field(0.5, gt=0, le=1, description="share of hidden units kept by structured pruning")
     finetune_epochs: int = Field(2, ge=0)
     latency_runs: int = Field(300, ge=10, description="single-row calls timed for p50/p99")
+    latency_clock: Literal["wall", "cpu"] = Field(
+        "wall", description="p50/p99 as wall time, or as the calling thread's CPU time (a shared, loaded machine)"
+    )
     throughput_batch: int = Field(1024, ge=1)
     throughput_runs: int = Field(20, ge=1)
 

@@ -2,7 +2,9 @@
 
 Real parts throughout: the project's dvc.yaml stages in-process (HGB at 20 iterations, a
 one-month window), the real server over HTTP, the real gate and release plane (canary at 50%
-on 60 single-row requests, so it decides within one replayed day).
+on 60 single-row requests, so it decides within one replayed day). The two policies run in
+parallel as Prefect tasks on a real `distributed.LocalCluster` of 2 worker processes; the
+killed-and-resumed weekly run runs in this process, and its figures must equal the cluster's.
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ def config(*policies: str) -> BacktestConfig:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, prefect_harness):
+    """never and weekly in parallel on 2 Dask worker processes (through Prefect), with a progress callback."""
     out = tmp_path_factory.mktemp("backtest")
-    result = run_backtest(config("never", "weekly"), root=ROOT, out_dir=out)
+    seen: dict[str, int] = {}
+    result = run_backtest(config("never", "weekly"), root=ROOT, out_dir=out, workers=2,
+                          on_day=lambda name, done, counts: seen.__setitem__(name, done))  # fmt: skip
+    assert seen == {"never": 17, "weekly": 17}  # read from each worker's progress.json
     return out, result
 
 
@@ -114,7 +120,8 @@ def test_the_html_report_renders_offline(uninterrupted):
 
 def _comparable(figures: dict) -> dict:
     """Everything but CPU and wall times, and the canary's reasons (they quote measured latencies)."""
-    out = {k: v for k, v in figures.items() if k not in ("training_cpu_s", "training_wall_s", "builds", "events")}
+    times = ("training_cpu_s", "training_wall_s", "process_cpu_s", "wall_s", "builds", "events")
+    out = {k: v for k, v in figures.items() if k not in times}
     out["builds"] = [{k: v for k, v in b.items() if k not in ("cpu_s", "wall_s")} for b in figures["builds"]]
     out["events"] = [{k: v for k, v in e.items() if k not in ("cpu_s", "reason")} for e in figures["events"]]
     return out
@@ -124,7 +131,7 @@ def test_a_killed_run_resumes_to_the_same_figures(uninterrupted, tmp_path):
     out, result = uninterrupted
     initial = out / "work" / "initial" / "project" / "artifacts" / "model"
     args = [sys.executable, "-m", "commands", "backtest", "--start", "2013-04-01", "--end", "2013-04-17",
-            "--policy", "weekly", "--rows-per-day", "200", "--window-months", "1", "--out", str(tmp_path),
+            "--policy", "weekly", "--rows-per-day", "200", "--window-months", "1", "--out", str(tmp_path), "--workers", "0",
             "--initial-package", str(initial), *[f"--set={k}={json.dumps(v)}" for k, v in BUILD.items()],
             *[f"--release={k}={json.dumps(v)}" for k, v in RELEASE.items()]]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -140,5 +147,22 @@ def test_a_killed_run_resumes_to_the_same_figures(uninterrupted, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "backtest.json").exists()
-    resumed = run_backtest(config("weekly"), root=ROOT, out_dir=tmp_path, initial_package=initial)
+    resumed = run_backtest(config("weekly"), root=ROOT, out_dir=tmp_path, initial_package=initial)  # in-process
+    # the same figures as the uninterrupted run on the Dask cluster: same builds, verdicts, log, AUCs
     assert _comparable(resumed.figures["policies"]["weekly"]) == _comparable(result.figures["policies"]["weekly"])
+
+
+def test_labels_arrive_after_the_delay_and_the_drift_policy_decides_daily(uninterrupted, tmp_path):
+    out, _ = uninterrupted
+    initial = out / "work" / "initial" / "project" / "artifacts" / "model"
+    delayed = BacktestConfig(policies=("drift",), start=dt.date(2013, 4, 1), end=dt.date(2013, 4, 5), rows_per_day=50,
+                             label_delay_days=2, build={**DEFAULT_BUILD, **BUILD}, release={**DEFAULT_RELEASE, **RELEASE})  # fmt: skip
+    drift = run_backtest(delayed, root=ROOT, out_dir=tmp_path, initial_package=initial).figures["policies"]["drift"]
+    labels = sorted(p.name for p in (tmp_path / "work" / "drift" / "logs" / "flight-delay" / "labels").glob("*.parquet"))
+    # day d's labels are written at the end of day d + 2: Apr 1-3 by Apr 5, Apr 4-5 after the span
+    assert labels == [f"bt-2013-04-0{d}.parquet" for d in (1, 2, 3)]
+    assert drift["rows"] == 5 * 50 and drift["weekly"][0]["labelled"] == 3 * 50
+    # the drift check and policy ran every day but the last and kept the model: 50-200 rows < policy.min_rows
+    assert [d["decision"] for d in drift["days"]] == ["keep"] * 4 + ["last day"]
+    assert [d["detail"] for d in drift["days"][:4]] == ["insufficient evidence"] * 4
+    assert drift["retrains"] == 0 and drift["process_cpu_s"] > 0

@@ -109,3 +109,13 @@ def test_cpu_cost_rule_caps_single_row_cpu_per_million():
     assert report.chosen == "mlp_fp32"  # the fastest in batches costs too much one row at a time
     failed = [r for r in report.candidates["mlp_int8"].rules if not r.passed]
     assert [r.name for r in failed] == ["max_cpu_s_per_million"] and failed[0].value == pytest.approx(60.0)
+
+
+def test_latency_rule_says_which_clock_measured_it():
+    candidates = copy.deepcopy(CANDIDATES)
+    for c in candidates.values():
+        c["latency_clock"] = "cpu"
+    candidates["hgb_fp32"]["p99_ms"] = 7.0  # over the 5 ms budget on the thread's CPU clock
+    report = gate_candidates(candidates, EVALUATION, PARITY, GatesParams(**RULES))
+    rule = next(r for r in report.candidates["hgb_fp32"].rules if r.name == "max_p99_latency_ms")
+    assert not rule.passed and "(thread CPU time)" in rule.reason

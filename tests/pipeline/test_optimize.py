@@ -117,3 +117,19 @@ def test_every_candidate_is_kept_and_timed_by_the_gate_only(candidates, splits, 
     timed = measure_speed(tmp_path, table, splits["test"].head(512), opt)
     for name, row in timed.items():
         assert row | table[name] == row and 0 < row["p50_ms"] <= row["p99_ms"] and row["rows_per_s"] > 0, name
+        assert row["latency_clock"] == "wall"
+
+
+def test_latency_clock_cpu_times_single_rows_on_the_thread_cpu_clock(candidates, splits, params, monkeypatch, tmp_path):
+    import itertools
+
+    import driftloop.bench
+
+    ticks = itertools.count()
+    monkeypatch.setitem(driftloop.bench.CLOCKS, "cpu", lambda: next(ticks) * 1e-3)  # 1 ms per reading: by construction
+    one = {"mlp_fp32": Candidate(candidates["mlp_fp32"][0], "mlp", candidates["mlp_fp32"][1]["how"])}
+    table = candidate_table(one)
+    onnx.save_model(one["mlp_fp32"].graph, tmp_path / table["mlp_fp32"]["file"])
+    opt = OptimizeParams(**{**params["optimize"], "latency_clock": "cpu", "latency_runs": 30, "throughput_runs": 1})
+    row = measure_speed(tmp_path, table, splits["test"].head(256), opt)["mlp_fp32"]
+    assert row["latency_clock"] == "cpu" and row["p50_ms"] == pytest.approx(1.0) and row["p99_ms"] == pytest.approx(1.0)
