@@ -72,7 +72,9 @@ def test_rebuild_reproduces_the_registered_version_from_an_empty_cache(rebuilt, 
     assert report["ran"] == ["validate", "features", "train", "export", "optimize", "evaluate", "gate", "package"]
     checks = report["checks"]
     lineage = [c for c in checks if c["name"] == "lineage"]
-    assert len(lineage) == len(report["pulled"]) + len(report["ran"]) and all(c["passed"] for c in lineage)  # one per stage
+    assert all(c["passed"] for c in lineage)  # one per stage, and the model card's params against the commit's
+    assert [c["subject"] for c in lineage if c["subject"] != "params.yaml"] == report["pulled"] + report["ran"]
+    assert [c for c in lineage if c["subject"] == "params.yaml"], lineage
     files = {c["subject"]: c for c in checks if c["name"] == "file_sha256"}
     assert set(files) == {"model.onnx", "signature.json", "model_card.json", "model_card.md", "reference.parquet", "SHA256SUMS"}
     assert all(c["passed"] or c["reason"] for c in files.values())  # every difference says why
