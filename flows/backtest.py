@@ -393,7 +393,7 @@ class PolicyRun:
     monitor: MonitorParams
     policy: PolicyParams
     initial_package: Path
-    time_column: str = "time_hour"  # the dataset declaration's `time.column` (the reference's time)
+    time_column: str  # the dataset declaration's `time.column` (the reference's time)
     on_day: Callable[[str, int, dict[str, int]], None] | None = None
     url: str = ""
     # state (persisted in progress.json at each checkpoint)
