@@ -57,7 +57,7 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -900,10 +900,21 @@ COST_ORDER: tuple[str, ...] = ("weekly", "drift", "monthly", "never")
 the longest run starts at once and the cheap ones fill the other worker."""
 
 
-def dask_cluster_config() -> dict[str, Any]:
-    """Dask settings for the backtest's cluster: a worker takes one task at a time, the rest wait on the
-    scheduler (the default saturation 1.1 would hand two 5-minute policies to one worker up front)."""
-    return {"distributed.scheduler.worker-saturation": 1.0}
+@contextlib.contextmanager
+def dask_cluster_config() -> Iterator[None]:
+    """Dask settings for the backtest's cluster, for the `with` block: a worker takes one task at a time,
+    the rest wait on the scheduler (the default saturation 1.1 would hand two 5-minute policies to one
+    worker up front).
+
+    `distributed` is imported first: it adds its defaults to dask's config on first import, and a
+    `dask.config.set` of a key in a section that does not exist yet removes the whole section on exit,
+    so every later LocalCluster in this process failed (`KeyError: 'comm'`).
+    """
+    import dask
+    import distributed  # noqa: F401
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        yield
 
 
 @contextlib.contextmanager
@@ -1050,13 +1061,11 @@ def run_backtest(
                         release=release_raw, rows_path=str(rows_path), columns=columns, initial_package=str(initial))
              for name in config.policies]  # fmt: skip
     if workers or dask_address:
-        import dask
-
         from flows.sweep import dask_runner
 
         ordered = sorted(specs, key=lambda s: COST_ORDER.index(s.name) if s.name in COST_ORDER else -1)
         poller = _ProgressPoller(specs, on_day) if on_day is not None else contextlib.nullcontext()
-        with prefect_api(), dask.config.set(dask_cluster_config()), poller:
+        with prefect_api(), dask_cluster_config(), poller:
             _backtest_flow().with_options(task_runner=dask_runner(dask_address, max(1, workers)))(ordered)
     else:
         for spec in specs:

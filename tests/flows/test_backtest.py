@@ -166,3 +166,21 @@ def test_labels_arrive_after_the_delay_and_the_drift_policy_decides_daily(uninte
     assert [d["decision"] for d in drift["days"]] == ["keep"] * 4 + ["last day"]
     assert [d["detail"] for d in drift["days"][:4]] == ["insufficient evidence"] * 4
     assert drift["retrains"] == 0 and drift["process_cpu_s"] > 0
+
+
+_CONFIG_THEN_CLUSTER = """
+import dask
+from flows.backtest import dask_cluster_config
+with dask_cluster_config():
+    assert dask.config.get("distributed.scheduler.worker-saturation") == 1.0
+print(dask.config.get("distributed.comm.require-encryption"))  # what LocalCluster's Security() reads first
+"""
+
+
+def test_the_cluster_config_leaves_distributeds_defaults_in_place():
+    """In a fresh interpreter (distributed not imported yet), as when the backtest runs first in a
+    process: after the backtest's Dask settings, a later LocalCluster still finds distributed's config."""
+    done = subprocess.run([sys.executable, "-c", _CONFIG_THEN_CLUSTER], cwd=Path(__file__).parents[2], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] in ("False", "None"), done.stdout
