@@ -312,6 +312,7 @@ class DataPlane:
             self.stats.fail(mv.name, mv.version, time.perf_counter() - start)
             raise
         observe_scores(self.metrics, mv, scores)
+        rt = self._trace()  # a sampled request's span data, else None
         log_start = log_end = None
         if self.predlog is not None:
             log_start = time.perf_counter()
@@ -324,8 +325,8 @@ class DataPlane:
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 service_ms=timing.get("run_s", float("nan")) * 1000.0,
             )
-            log_end = time.perf_counter() if self.tracing is not None else None
-        if (rt := self._trace()) is not None:
+            log_end = time.perf_counter() if rt is not None else None
+        if rt is not None:
             rt.phases = (queued, timing.get("queue_s", 0.0), timing.get("run_s", 0.0), log_start, log_end)
             rt.attributes["driftloop.rows"] = rows
         return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))

@@ -86,6 +86,23 @@ def root_bound(sampler: Sampler) -> int | None:
     return None
 
 
+class HashedResource(Resource):
+    """The SDK's `Resource` with its hash computed once.
+
+    The OTLP encoder (`encode_spans`) groups a batch's spans by resource, hashing each span's, and
+    `Resource.__hash__` JSON-encodes the attributes every time: ~3.5 us a span, a fifth of the
+    library's encoding of a phase span (bench/serve_tracing.py). A resource never changes after it is
+    made (its attributes are immutable), so its hash is taken once; equality is the SDK's.
+    """
+
+    def __init__(self, attributes, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 class RequestTrace:
     """One sampled request's span data, filled in as the request goes (`current()`); its spans are
     made at the end (`Tracing.finish`).
@@ -135,7 +152,8 @@ class Tracing:
     """
 
     def __init__(self, exporter: SpanExporter | None = None, service_name: str = "driftloop-server") -> None:
-        resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        created = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        resource = HashedResource(created.attributes, created.schema_url)
         self.provider = TracerProvider(resource=resource)  # its sampler: the SDK's reading of OTEL_TRACES_SAMPLER
         self.sampler = self.provider.sampler
         self.processor: SpanProcessor | None = None
@@ -213,32 +231,43 @@ class Tracing:
                 "exception.stacktrace": "".join(traceback.format_exception(error)),
                 "exception.escaped": "True",
             }),)  # fmt: skip
-        phases = ()
-        if rt.phases is not None:
-            queued, queue_s, run_s, log_start, log_end = rt.phases
-            parsed, batch_start = rt.parsed, queued + queue_s
-            phases = [] if parsed is None else [("parse", rt.start, parsed)]
-            phases += [("validate", rt.start if parsed is None else parsed, queued),
-                       ("queue wait", queued, batch_start), ("inference", batch_start, batch_start + run_s)]  # fmt: skip
-            if log_start is not None and log_end is not None:
-                phases.append(("log write", log_start, log_end))
-            phases = tuple((phase, wall_ns(t0), wall_ns(max(t0, t1))) for phase, t0, t1 in phases)
+        marks = None if rt.phases is None else (rt.start, rt.parsed, *rt.phases)
         self.processor.on_end(ServerSpan(
             name, SpanContext(rt.trace_id, rt.span_id, False, _SAMPLED, rt.trace_state), rt.parent,
             self._resource, attrs, events, kind=SpanKind.SERVER,
             status=_ERROR if attrs.get("http.response.status_code", 0) >= 500 else _UNSET,
-            start_time=wall_ns(rt.start), end_time=wall_ns(end), instrumentation_scope=self._scope, phases=phases,
+            start_time=wall_ns(rt.start), end_time=wall_ns(end), instrumentation_scope=self._scope, marks=marks,
         ))  # fmt: skip
 
 
 class ServerSpan(ReadableSpan):
-    """A request's finished SERVER span carrying its phases, `((name, start_ns, end_ns), ...)`, whose
-    child spans are made on the export thread (`expand`): the
-    request hands the processor one span, not six."""
+    """A request's finished SERVER span carrying the `perf_counter()` readings of its phases, whose
+    child spans are made on the export thread (`phases`, `expand`): the request hands the processor one
+    span, not six, and does no arithmetic for them.
 
-    def __init__(self, *args: Any, phases: tuple[tuple[str, int, int], ...] = (), **kwargs: Any) -> None:
+    Args:
+        marks: (start, parsed, queued, queue_s, run_s, log_start, log_end) of a scored request (the
+            `RequestTrace`'s `start`, `parsed` and `phases`), else None; `phases` reads them.
+    """
+
+    def __init__(self, *args: Any, marks: tuple | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.phases = phases
+        self.marks = marks
+
+    @property
+    def phases(self) -> tuple[tuple[str, int, int], ...]:
+        """((name, start_ns, end_ns), ...): parse (when the body was decoded), validate, queue wait,
+        inference, log write (when logged), in epoch nanoseconds; () for a request not scored."""
+        if self.marks is None:
+            return ()
+        start, parsed, queued, queue_s, run_s, log_start, log_end = self.marks
+        batch_start = queued + queue_s
+        phases = [] if parsed is None else [("parse", start, parsed)]
+        phases += [("validate", start if parsed is None else parsed, queued),
+                   ("queue wait", queued, batch_start), ("inference", batch_start, batch_start + run_s)]  # fmt: skip
+        if log_start is not None and log_end is not None:
+            phases.append(("log write", log_start, log_end))
+        return tuple((phase, wall_ns(t0), wall_ns(max(t0, t1))) for phase, t0, t1 in phases)
 
 
 def expand(spans) -> list:
@@ -247,13 +276,12 @@ def expand(spans) -> list:
     out = []
     for span in spans:
         out.append(span)
-        phases = getattr(span, "phases", ())
-        if phases:
+        if getattr(span, "marks", None) is not None:
             ctx, new_id = span.context, _IDS.generate_span_id
             resource, scope = span.resource, span.instrumentation_scope
             out += [ReadableSpan(name, SpanContext(ctx.trace_id, new_id(), False, _SAMPLED, ctx.trace_state), ctx,
                                  resource, start_time=t0, end_time=t1, instrumentation_scope=scope)
-                    for name, t0, t1 in phases]  # fmt: skip
+                    for name, t0, t1 in span.phases]  # fmt: skip
     return out
 
 
