@@ -282,10 +282,8 @@ class DataPlane:
         if rt is None:
             return self.repository.route(name, request_id, version)
         rt.parsed = time.perf_counter()  # routed right after decoding: parse ends here
-        rt.attributes["driftloop.request_id"] = request_id
-        mv = self.repository.route(name, request_id, version)
-        rt.attributes.update({"driftloop.model": mv.name, "driftloop.model_version": mv.version,
-                              "driftloop.lineage_id": mv.lineage_id})  # fmt: skip
+        rt.request_id = request_id
+        rt.version = mv = self.repository.route(name, request_id, version)  # its span's attributes
         return mv
 
     async def score(
@@ -328,7 +326,7 @@ class DataPlane:
             log_end = time.perf_counter() if rt is not None else None
         if rt is not None:
             rt.phases = (queued, timing.get("queue_s", 0.0), timing.get("run_s", 0.0), log_start, log_end)
-            rt.attributes["driftloop.rows"] = rows
+            rt.rows = rows
         return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))
 
     def scored(self, mv: ModelVersion, rows: int, start: float, encoded: float, timing: tuple[float, float, float]) -> None:
