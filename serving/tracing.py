@@ -203,10 +203,6 @@ class RequestTrace(ReadableSpan):
         return tuple((phase, wall_ns(t0), wall_ns(max(t0, t1))) for phase, t0, t1 in phases)
 
 
-ServerSpan = RequestTrace
-"""A request's SERVER span as the exporters get it (materialized)."""
-
-
 REQUEST_TRACE: ContextVar[RequestTrace | None] = ContextVar("driftloop_request_trace", default=None)
 """The sampled request of this task (set by the `Observe` middleware around the app), else None."""
 
