@@ -3,9 +3,10 @@
 `DRIFTLOOP_TRACING=1` in a flow's environment turns them on, with the same `OTEL_*` configuration as
 the server (serving/tracing.py: sampler, OTLP exporter; service name `driftloop-flows` unless
 `OTEL_SERVICE_NAME` says otherwise). Otherwise the spans go to OpenTelemetry's global tracer, a no-op
-unless the process configured an SDK itself. Spans: each DVC stage the training flow runs
-(`stage <name>`), and the drift check's steps (`drift read-window`, `drift read-reference`,
-`drift measure`), with `driftloop.*` attributes (stage, model, version, rows, verdict).
+unless the process configured an SDK itself. Spans: the training flow's run (`training`: as_of,
+window_months, verdict) with each DVC stage it runs as a child (`stage <name>`: stage, ran), and the
+drift check's steps (`drift read-window`, `drift read-reference`, `drift measure`), with `driftloop.*`
+attributes (stage, model, version, rows, verdict).
 """
 
 from __future__ import annotations

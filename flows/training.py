@@ -343,13 +343,18 @@ def training_flow(
     from prefect.states import Cancelled
 
     from flows.runlock import TrainingBusy, current_holder, training_lock
+    from flows.tracing import stage_span
 
     logger = get_run_logger()
     root = os.fspath(Path(root).resolve())
     window = _resolve_window(root, as_of, window_months)
     try:
         with training_lock(root, current_holder(f"{window.window_months} month(s) to {window.as_of}")):
-            return _train(root, window, register_version, release, force, record_branch, server_url, sweep)
+            # the run's span: each stage's span (`run_dvc_stage`) is its child
+            with stage_span("training", as_of=window.as_of.isoformat(), window_months=window.window_months) as span:
+                result = _train(root, window, register_version, release, force, record_branch, server_url, sweep)
+                span.set_attribute("driftloop.verdict", result.verdict)
+                return result
     except TrainingBusy as exc:
         logger.warning("%s", exc)
         return Cancelled(message=str(exc))

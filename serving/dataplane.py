@@ -282,10 +282,8 @@ class DataPlane:
         if rt is None:
             return self.repository.route(name, request_id, version)
         rt.parsed = time.perf_counter()  # routed right after decoding: parse ends here
-        rt.attributes["driftloop.request_id"] = request_id
-        mv = self.repository.route(name, request_id, version)
-        rt.attributes.update({"driftloop.model": mv.name, "driftloop.model_version": mv.version,
-                              "driftloop.lineage_id": mv.lineage_id})  # fmt: skip
+        rt.request_id = request_id
+        rt.version = mv = self.repository.route(name, request_id, version)  # its span's attributes
         return mv
 
     async def score(
@@ -312,6 +310,7 @@ class DataPlane:
             self.stats.fail(mv.name, mv.version, time.perf_counter() - start)
             raise
         observe_scores(self.metrics, mv, scores)
+        rt = self._trace()  # a sampled request's span data, else None
         log_start = log_end = None
         if self.predlog is not None:
             log_start = time.perf_counter()
@@ -324,10 +323,10 @@ class DataPlane:
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 service_ms=timing.get("run_s", float("nan")) * 1000.0,
             )
-            log_end = time.perf_counter() if self.tracing is not None else None
-        if (rt := self._trace()) is not None:
+            log_end = time.perf_counter() if rt is not None else None
+        if rt is not None:
             rt.phases = (queued, timing.get("queue_s", 0.0), timing.get("run_s", 0.0), log_start, log_end)
-            rt.attributes["driftloop.rows"] = rows
+            rt.rows = rows
         return scores, (queued - start, timing.get("queue_s", 0.0), timing.get("run_s", 0.0))
 
     def scored(self, mv: ModelVersion, rows: int, start: float, encoded: float, timing: tuple[float, float, float]) -> None:

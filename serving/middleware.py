@@ -51,8 +51,8 @@ class Observe:
         await self._observe(scope, receive, send)  # tracing off, or not sampled: nothing else happens
 
     async def _traced(self, rt: Any, scope: Scope, receive: Receive, send: Send) -> None:
-        """`_observe` of a sampled request: its `RequestTrace` is current while the app runs, and its
-        spans are made at the end (serving/tracing.py)."""
+        """`_observe` of a sampled request: its `RequestTrace` is current while the app runs, and is
+        handed to the span processor at the end (serving/tracing.py)."""
         token = self._current.set(rt)
         status, endpoint, error = 500, "unmatched", None
         try:
@@ -62,9 +62,7 @@ class Observe:
             raise
         finally:
             self._current.reset(token)
-            method = scope["method"]
-            self.tracing.finish(rt, f"{method} {endpoint}", {"http.request.method": method, "http.route": endpoint,
-                                                              "http.response.status_code": status}, error)  # fmt: skip
+            self.tracing.finish(rt, scope["method"], endpoint, status, error)
 
     async def _observe(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str]:
         """Check the key, run the app, count the request; returns (status, route template)."""

@@ -22,16 +22,23 @@ Cost (bench/serve_tracing.py; target <= 5 % of single-row req/s at a 10 % sampli
   sampler's own test (`trace_id & TRACE_ID_LIMIT < bound`, what `TraceIdRatioBased.should_sample`
   computes); any other case asks the SDK's sampler (`Sampler.should_sample`). An unsampled request
   then costs nothing more: no span object, no context, no attributes, no clock reads.
-- A sampled request carries a small `RequestTrace` (a context variable) that the handler fills with
-  the readings it takes anyway. At its end it hands the `BatchSpanProcessor` (the SDK's processor for
-  export: a queue, exported by its own thread in batches) one finished span, a `ServerSpan` carrying
-  its phases as (name, start, end); their spans are made on the export thread. No span is started and
-  ended through the tracer, no context is attached.
-- Every exporter (the library's OTLP/HTTP one by default) gets the phases as spans of their own
-  (`PhaseSpans`) and encodes them itself. A hand-written OTLP encoder halved the export thread's CPU
-  (10% sampling: 0.966x the untraced req/cpu-s instead of 0.92x-0.94x) but reached into the exporter's
-  private HTTP client; the library's encoding is kept (the project's rule: a well-kept library over
-  our own code outside the product, even a slower one).
+- A sampled request carries a `RequestTrace` (a context variable) that the handler fills with the
+  readings it takes anyway (clock readings, the request id, the `ModelVersion` that answered). At its
+  end it is handed as it is to the `BatchSpanProcessor` (the SDK's processor for export: a queue,
+  exported by its own thread in batches): no span context, span id, attribute dict or timestamp is
+  made on the request's path. A sampled request runs cold (one in ten at 10%), so every step it
+  skips counts several times over; no span is started and ended through the tracer, no context is
+  attached.
+- On the export thread (`PhaseSpans`), each `RequestTrace` is made into its SERVER span
+  (`materialize`) followed by its phases as spans of their own (`expand`), and the exporter (the
+  library's OTLP/HTTP one by default) encodes them itself. The resource's hash is taken once
+  (`HashedResource`: the OTLP encoder hashes every span's resource, a JSON dump of its attributes).
+  A hand-written OTLP encoder halved the export thread's CPU but reached into the exporter's private
+  HTTP client; the library's encoding is kept (the project's rule: a well-kept library over our own
+  code outside the product, even a slower one). What it costs: ~100 us of export-thread CPU per
+  sampled request (six spans; in a warm loop, batches of 512), of which the library's protobuf
+  messages are most (`_encode_span` alone ~20 us for the request span with its 8 attributes, ~7 us a
+  phase span); the HTTP post ~0.9 ms per batch.
 
 Everything else is the OpenTelemetry SDK's, configured by the standard environment variables:
 `OTEL_SERVICE_NAME` (default "driftloop-server"), `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`
@@ -60,11 +67,14 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased,
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+_IDS = RandomIdGenerator()  # the span ids of the spans made on the export thread
+
 _OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
 _LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
+_PENDING = SpanContext(1, 1, False, _SAMPLED)  # a RequestTrace's context until it is materialized
 
 
 def wall_ns(perf_s: float) -> int:
@@ -86,29 +96,111 @@ def root_bound(sampler: Sampler) -> int | None:
     return None
 
 
-class RequestTrace:
-    """One sampled request's span data, filled in as the request goes (`current()`); its spans are
-    made at the end (`Tracing.finish`).
+class HashedResource(Resource):
+    """The SDK's `Resource` with its hash computed once.
 
-    Attributes:
-        trace_id, span_id: the request span's ids; parent: the caller's span context, or None.
-        start: `perf_counter()` at arrival; parsed: when the body was decoded (routing starts), or None.
-        attributes: the request span's attributes (`driftloop.*` set by the data plane).
-        phases: (queued, queue_s, run_s, log_start, log_end) of a scored request, else None: seconds,
-            `perf_counter()` readings except the two durations (log_* None: no prediction log).
+    The OTLP encoder (`encode_spans`) groups a batch's spans by resource, hashing each span's, and
+    `Resource.__hash__` JSON-encodes the attributes every time: ~3.5 us a span, a fifth of the
+    library's encoding of a phase span (bench/serve_tracing.py). A resource never changes after it is
+    made (its attributes are immutable), so its hash is taken once; equality is the SDK's.
     """
 
-    __slots__ = ("trace_id", "span_id", "parent", "trace_state", "start", "parsed", "attributes", "phases")
+    def __init__(self, attributes, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
 
-    def __init__(self, trace_id: int, span_id: int, parent: SpanContext | None, trace_state, start: float) -> None:
+    def __hash__(self) -> int:
+        return self._hash
+
+
+class RequestTrace(ReadableSpan):
+    """One sampled request: filled in as the request goes (`current()`), handed to the processor as
+    it ends (`Tracing.finish`), and made into its SERVER span on the export thread (`materialize`).
+
+    A `ReadableSpan` whose fields are set late: until `materialize` its `context` is a placeholder
+    with the sampled flag (all the `BatchSpanProcessor` reads of a span it is given) and nothing else
+    of a span is set; `PhaseSpans` materializes every one before its exporter sees it. So a sampled
+    request's own work is a few assignments and the processor's queue append: making the span
+    context, span ids, attributes and timestamps is the export thread's, in its batch loop.
+
+    Attributes (set by the request):
+        trace_id: the request span's trace id; parent (the SDK's property): the caller's span
+            context, or None; trace_state: the sampler's, or None.
+        start: `perf_counter()` at arrival; parsed: when the body was decoded (routing starts), or None.
+        request_id, version: the request id and the `ModelVersion` that answered (set when routed).
+        rows: rows scored; phases: (queued, queue_s, run_s, log_start, log_end) of a scored request,
+            else None: seconds, `perf_counter()` readings except the two durations (log_* None: no
+            prediction log).
+        span_attributes: more attributes for the request span (merged before the HTTP ones), or None.
+        end, http (method, route template, status code), error: set by `Tracing.finish`.
+    """
+
+    _context = _PENDING  # until `materialize`
+    parsed: float | None = None  # class defaults: a request sets only what it reads
+    request_id: str | None = None
+    version: Any = None
+    rows: int | None = None
+    phases: tuple[float, float, float, float | None, float | None] | None = None
+    span_attributes: dict[str, Any] | None = None
+    materialized = False
+
+    def __init__(self, trace_id: int, parent: SpanContext | None, trace_state, start: float) -> None:
+        # ReadableSpan.__init__ is `materialize`'s, on the export thread
+        self._parent = parent
         self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent = parent
         self.trace_state = trace_state
         self.start = start
-        self.parsed: float | None = None
-        self.attributes: dict[str, Any] = {}
-        self.phases: tuple[float, float, float, float | None, float | None] | None = None
+
+    def materialize(self, resource: Resource, scope: InstrumentationScope) -> None:
+        """Set the span's fields from the request's readings (once): its SpanContext (a new span id
+        from `random`, as the SDK's `RandomIdGenerator` draws it), the `driftloop.*` and HTTP
+        attributes, ERROR status on a 5xx, the escaped exception as the standard `exception` event."""
+        if self.materialized:
+            return
+        attrs: dict[str, Any] = {}
+        if self.request_id is not None:
+            attrs["driftloop.request_id"] = self.request_id
+        if self.version is not None:
+            mv = self.version
+            attrs.update({"driftloop.model": mv.name, "driftloop.model_version": mv.version,
+                          "driftloop.lineage_id": mv.lineage_id})  # fmt: skip
+        if self.rows is not None:
+            attrs["driftloop.rows"] = self.rows
+        if self.span_attributes:
+            attrs.update(self.span_attributes)
+        method, route, status = self.http
+        attrs.update({"http.request.method": method, "http.route": route, "http.response.status_code": status})
+        events = ()
+        if (error := self.error) is not None:
+            module, qualname = type(error).__module__, type(error).__qualname__
+            events = (Event("exception", {
+                "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+                "exception.message": str(error),
+                "exception.stacktrace": "".join(traceback.format_exception(error)),
+                "exception.escaped": "True",
+            }),)  # fmt: skip
+        context = SpanContext(self.trace_id, _IDS.generate_span_id(), False, _SAMPLED, self.trace_state)
+        ReadableSpan.__init__(
+            self, f"{method} {route}", context, self._parent, resource, attrs, events, kind=SpanKind.SERVER,
+            status=_ERROR if status >= 500 else _UNSET, start_time=wall_ns(self.start),
+            end_time=wall_ns(self.end), instrumentation_scope=scope,
+        )  # fmt: skip
+        self.materialized = True
+
+    @property
+    def phases_ns(self) -> tuple[tuple[str, int, int], ...]:
+        """((name, start_ns, end_ns), ...): parse (when the body was decoded), validate, queue wait,
+        inference, log write (when logged), in epoch nanoseconds; () for a request not scored."""
+        if self.phases is None:
+            return ()
+        start, parsed, (queued, queue_s, run_s, log_start, log_end) = self.start, self.parsed, self.phases
+        batch_start = queued + queue_s
+        phases = [] if parsed is None else [("parse", start, parsed)]
+        phases += [("validate", start if parsed is None else parsed, queued),
+                   ("queue wait", queued, batch_start), ("inference", batch_start, batch_start + run_s)]  # fmt: skip
+        if log_start is not None and log_end is not None:
+            phases.append(("log write", log_start, log_end))
+        return tuple((phase, wall_ns(t0), wall_ns(max(t0, t1))) for phase, t0, t1 in phases)
 
 
 REQUEST_TRACE: ContextVar[RequestTrace | None] = ContextVar("driftloop_request_trace", default=None)
@@ -135,7 +227,8 @@ class Tracing:
     """
 
     def __init__(self, exporter: SpanExporter | None = None, service_name: str = "driftloop-server") -> None:
-        resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        created = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        resource = HashedResource(created.attributes, created.schema_url)
         self.provider = TracerProvider(resource=resource)  # its sampler: the SDK's reading of OTEL_TRACES_SAMPLER
         self.sampler = self.provider.sampler
         self.processor: SpanProcessor | None = None
@@ -147,13 +240,12 @@ class Tracing:
                 exporter = ConsoleSpanExporter()
             elif kind != "none":
                 exporter = otlp_exporter()
-        if exporter is not None:
-            self.processor = BatchSpanProcessor(PhaseSpans(exporter))  # each request's phases as spans
+        scope = InstrumentationScope("driftloop.serving")
+        if exporter is not None:  # request spans made and their phases added on the export thread
+            self.processor = BatchSpanProcessor(PhaseSpans(exporter, resource, scope))
             self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer(f"driftloop.{service_name.removeprefix('driftloop-')}")
         self._bound = root_bound(self.sampler)
-        self._resource = resource
-        self._scope = InstrumentationScope("driftloop.serving")
         self._ids = RandomIdGenerator()
 
     def begin(self, scope: dict[str, Any]) -> RequestTrace | None:
@@ -172,11 +264,11 @@ class Tracing:
             if self._bound is not None:
                 if trace_id & _LIMIT >= self._bound:
                     return None
-                return RequestTrace(trace_id, self._ids.generate_span_id(), None, None, time.perf_counter())
+                return RequestTrace(trace_id, None, None, time.perf_counter())
             result = self.sampler.should_sample(None, trace_id, scope["method"], SpanKind.SERVER)
             if not result.decision.is_sampled():
                 return None
-            return RequestTrace(trace_id, self._ids.generate_span_id(), None, result.trace_state, time.perf_counter())
+            return RequestTrace(trace_id, None, result.trace_state, time.perf_counter())
         start = time.perf_counter()
         context = propagate.extract({k.decode("latin-1"): v.decode("latin-1") for k, v in headers})
         parent = trace.get_current_span(context).get_span_context()
@@ -187,87 +279,55 @@ class Tracing:
         if not result.decision.is_sampled():
             return None
         state = result.trace_state if result.trace_state is not None else (parent.trace_state if parent else None)
-        return RequestTrace(trace_id, self._ids.generate_span_id(), parent, state, start)
+        return RequestTrace(trace_id, parent, state, start)
 
-    def finish(self, rt: RequestTrace, name: str, attributes: dict[str, Any], error: BaseException | None) -> None:
-        """Hand the request's spans to the processor: the SERVER span, then its phases (when scored).
+    def finish(self, rt: RequestTrace, method: str, route: str, status: int, error: BaseException | None) -> None:
+        """Hand the sampled request to the processor; its spans are made on the export thread.
 
         Args:
             rt: from `begin`, as the request filled it.
-            name: the span name (`{method} {route}`).
-            attributes: the HTTP attributes, added to `rt.attributes`; a `http.response.status_code`
-                >= 500 sets the status to ERROR.
+            method, route: the HTTP method and route template (the span's name is `{method} {route}`).
+            status: the response status code; >= 500 sets the span's status to ERROR.
             error: an exception that escaped the app (recorded as an `exception` event), or None.
         """
-        end = time.perf_counter()
-        if self.processor is None:
-            return
-        attrs = rt.attributes
-        attrs.update(attributes)
-        events = ()
-        if error is not None:
-            module, qualname = type(error).__module__, type(error).__qualname__
-            events = (Event("exception", {
-                "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
-                "exception.message": str(error),
-                "exception.stacktrace": "".join(traceback.format_exception(error)),
-                "exception.escaped": "True",
-            }),)  # fmt: skip
-        phases = ()
-        if rt.phases is not None:
-            queued, queue_s, run_s, log_start, log_end = rt.phases
-            parsed, batch_start = rt.parsed, queued + queue_s
-            phases = [] if parsed is None else [("parse", rt.start, parsed)]
-            phases += [("validate", rt.start if parsed is None else parsed, queued),
-                       ("queue wait", queued, batch_start), ("inference", batch_start, batch_start + run_s)]  # fmt: skip
-            if log_start is not None and log_end is not None:
-                phases.append(("log write", log_start, log_end))
-            phases = tuple((phase, wall_ns(t0), wall_ns(max(t0, t1))) for phase, t0, t1 in phases)
-        self.processor.on_end(ServerSpan(
-            name, SpanContext(rt.trace_id, rt.span_id, False, _SAMPLED, rt.trace_state), rt.parent,
-            self._resource, attrs, events, kind=SpanKind.SERVER,
-            status=_ERROR if attrs.get("http.response.status_code", 0) >= 500 else _UNSET,
-            start_time=wall_ns(rt.start), end_time=wall_ns(end), instrumentation_scope=self._scope, phases=phases,
-        ))  # fmt: skip
+        rt.end = time.perf_counter()
+        rt.http = (method, route, status)
+        rt.error = error
+        if self.processor is not None:
+            self.processor.on_end(rt)
 
 
-class ServerSpan(ReadableSpan):
-    """A request's finished SERVER span carrying its phases, `((name, start_ns, end_ns), ...)`, whose
-    child spans are made on the export thread (`expand`): the
-    request hands the processor one span, not six."""
-
-    def __init__(self, *args: Any, phases: tuple[tuple[str, int, int], ...] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.phases = phases
-
-
-def expand(spans) -> list:
-    """`spans` with each `ServerSpan`'s phases after it as spans of their own (INTERNAL, children of the
+def expand(spans, resource: Resource | None = None, scope: InstrumentationScope | None = None) -> list:
+    """`spans` with each request span (`RequestTrace`, materialized here with `resource` and `scope`
+    when it is not yet) followed by its phases as spans of their own (INTERNAL, children of the
     request span, new span ids from `random`, as the SDK's `RandomIdGenerator` draws them)."""
     out = []
     for span in spans:
-        out.append(span)
-        phases = getattr(span, "phases", ())
-        if phases:
+        if isinstance(span, RequestTrace):
+            span.materialize(resource, scope)
+            out.append(span)
             ctx, new_id = span.context, _IDS.generate_span_id
-            resource, scope = span.resource, span.instrumentation_scope
+            resource_, scope_ = span.resource, span.instrumentation_scope
             out += [ReadableSpan(name, SpanContext(ctx.trace_id, new_id(), False, _SAMPLED, ctx.trace_state), ctx,
-                                 resource, start_time=t0, end_time=t1, instrumentation_scope=scope)
-                    for name, t0, t1 in phases]  # fmt: skip
+                                 resource_, start_time=t0, end_time=t1, instrumentation_scope=scope_)
+                    for name, t0, t1 in span.phases_ns]  # fmt: skip
+        else:
+            out.append(span)
     return out
 
 
-_IDS = RandomIdGenerator()
-
 
 class PhaseSpans(SpanExporter):
-    """The exporter (OTLP, console, in-memory), given `expand(spans)`."""
+    """The exporter (OTLP, console, in-memory), given `expand(spans)`: every request span materialized
+    with `resource` and `scope` (the app's), followed by its phases' spans."""
 
-    def __init__(self, inner: SpanExporter) -> None:
+    def __init__(self, inner: SpanExporter, resource: Resource | None = None,
+                 scope: InstrumentationScope | None = None) -> None:  # fmt: skip
         self.inner = inner
+        self.resource, self.scope = resource, scope
 
     def export(self, spans):
-        return self.inner.export(expand(spans))
+        return self.inner.export(expand(spans, self.resource, self.scope))
 
     def shutdown(self) -> None:
         self.inner.shutdown()

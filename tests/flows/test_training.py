@@ -10,10 +10,13 @@ import os
 import subprocess
 
 import yaml
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from driftloop.gate_report import GateReport
 from flows.dag import stage_order
+from flows.tracing import set_tracer
 from flows.training import gate_markdown, training_flow
+from serving.tracing import Tracing
 from tests.conftest import ROOT
 from tests.flows.conftest import copy_repo
 
@@ -76,10 +79,27 @@ def test_training_flow_pass_then_reject(tmp_path, prefect_harness, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     _set_gate(root, 0.5)  # a one-month window scores ~0.60 ROC AUC: let it pass first
     # The parameters the drift trigger maps from an event payload (see test_trigger.py).
-    with RunLog() as run_log:
-        result = training_flow(as_of=dt.date(2013, 2, 14), window_months=1, root=str(root), release=False)
+    spans = InMemorySpanExporter()
+    tracing = Tracing(spans, service_name="driftloop-flows")  # the flows' spans, as DRIFTLOOP_TRACING=1 makes them
+    set_tracer(tracing.tracer)
+    try:
+        with RunLog() as run_log:
+            result = training_flow(as_of=dt.date(2013, 2, 14), window_months=1, root=str(root), release=False)
+    finally:
+        set_tracer(None)
     assert result.verdict == "pass", result.reason
     assert list(result.stages) == stage_order(root) and set(result.stages.values()) == {"ran"}
+    # the run's span, with one child span per stage, in order, each saying it ran
+    tracing.provider.force_flush()
+    (run,) = [s for s in spans.get_finished_spans() if s.name == "training"]
+    assert dict(run.attributes) == {"driftloop.as_of": "2013-02-14", "driftloop.window_months": 1, "driftloop.verdict": "pass"}
+    assert run.parent is None and run.resource.attributes["service.name"] == "driftloop-flows"
+    stages = [s for s in spans.get_finished_spans() if s.name.startswith("stage ")]
+    assert [s.name for s in stages] == [f"stage {stage}" for stage in stage_order(root)]
+    assert [dict(s.attributes) for s in stages] == [{"driftloop.stage": stage, "driftloop.ran": True} for stage in stage_order(root)]
+    for stage in stages:
+        assert stage.parent.span_id == run.context.span_id and stage.context.trace_id == run.context.trace_id
+        assert run.start_time <= stage.start_time <= stage.end_time <= run.end_time
     assert (root / "artifacts" / "model" / "reference.parquet").is_file()
     card = yaml.safe_load((root / "artifacts" / "model" / "model_card.json").read_text())
     assert card["data"]["window"] == {"start": "2013-01-15", "end": "2013-02-14"}

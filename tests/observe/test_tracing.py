@@ -123,7 +123,7 @@ def test_the_drift_checks_steps_are_spans(tmp_path):
 
 
 def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_encodes_them(monkeypatch):
-    """A request's `ServerSpan` (with and without a caller, an escaped exception, a 5xx) becomes its span
+    """A request's `RequestTrace` (with and without a caller, an escaped exception, a 5xx) becomes its span
     and its phases' spans (`expand`); the server's OTLP/HTTP exporter, behind the phase expansion, posts
     the library's own message for them, and for an SDK span (events, list attributes, error status), to
     a collector on loopback."""
@@ -134,7 +134,7 @@ def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_e
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.trace import Status, StatusCode
 
-    from serving.tracing import PhaseSpans, ServerSpan, Tracing, expand, otlp_exporter
+    from serving.tracing import PhaseSpans, RequestTrace, Tracing, expand, otlp_exporter
 
     exporter = InMemorySpanExporter()
     tracing = Tracing(exporter)
@@ -142,15 +142,23 @@ def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_e
         headers = [(b"traceparent", caller.encode())] if caller else []
         rt = tracing.begin({"headers": headers, "method": "POST"})
         rt.parsed = rt.start + 1e-4
-        rt.attributes.update({"driftloop.request_id": "r-1", "driftloop.rows": 2, "driftloop.x": 0.5, "b": True})
+        rt.request_id, rt.rows = "r-1", 2
+        rt.span_attributes = {"driftloop.x": 0.5, "b": True}
         rt.phases = (rt.start + 2e-4, 1e-4, 3e-4, rt.start + 7e-4, rt.start + 8e-4)
-        tracing.finish(rt, "POST /v1/models/{name}:predict", {"http.response.status_code": status}, error)
+        tracing.finish(rt, "POST", "/v1/models/{name}:predict", status, error)
     with tracing.tracer.start_as_current_span("stage", attributes={"driftloop.list": [1, 2]}) as span:
         span.add_event("checked", {"n": 1})
         span.set_status(Status(StatusCode.ERROR, "failed"))
     tracing.provider.force_flush()
     spans = exporter.get_finished_spans()  # the phases as spans (`expand`)
-    assert len(spans) == 2 + 2 * 5 + 1 and sum(isinstance(s, ServerSpan) for s in spans) == 2
+    assert len(spans) == 2 + 2 * 5 + 1 and sum(isinstance(s, RequestTrace) for s in spans) == 2
+    ok, failed = [s for s in spans if isinstance(s, RequestTrace)]  # made on the export thread
+    assert ok.name == "POST /v1/models/{name}:predict" and ok.parent.span_id == int(PARENT, 16)
+    assert ok.attributes == {"driftloop.request_id": "r-1", "driftloop.rows": 2, "driftloop.x": 0.5, "b": True,
+                             "http.request.method": "POST", "http.route": "/v1/models/{name}:predict",
+                             "http.response.status_code": 200}  # fmt: skip
+    assert ok.status.status_code == StatusCode.UNSET and failed.status.status_code == StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"] and failed.events[0].attributes["exception.message"] == "boom"
     server_spans = [s for s in spans if s.kind == SpanKind.SERVER or s.name == "stage"]  # as the processor had them
 
     def library(seed: int):  # the phase spans' ids are drawn as they are made: the same seed, the same ids
