@@ -31,6 +31,7 @@ import functools
 import re
 import typing
 import weakref
+from itertools import accumulate
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
 
@@ -38,20 +39,23 @@ import msgspec
 import numpy as np
 
 from driftloop.schema import OUTPUT, TensorSpec
-from serving.columns import _INT64_MAX, _INT64_MIN
+from serving.columns import _INT64_MAX, _INT64_MIN, binary_block, binary_column
 from serving.request_models import MAX_REQUEST_ID, REQUEST_ID_PATTERN, InferenceRequest, Limits
-from serving.wire import count_byte, count_keys
+from serving.wire import RequestError, count_byte, count_keys, fixed_width_ascii
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _EXACT_INTEGERS = 2**53  # a float column's number at or beyond it may have been a large integer: general path
 _DATA, _SHAPE, _PARAMETERS = attrgetter("data"), attrgetter("shape"), attrgetter("parameters")
+_DATATYPE, _SIZE = attrgetter("datatype"), attrgetter("parameters.binary_data_size")
+_ITEMSIZE = {"INT64": 8, "FP32": 4, "FP64": 8}
 _NUMPY = {"INT64": np.int64, "FP32": np.float32, "FP64": np.float64}
 
 
 class _Decoders:
     """The two decoders of one (inputs, string limit): JSON bodies, and binary extension headers."""
 
-    __slots__ = ("specs", "json", "header", "groups", "names", "json_types", "__weakref__")
+    __slots__ = ("specs", "json", "header", "groups", "names", "json_types", "header_types", "datatypes", "numeric",
+                 "itemsizes", "runs", "__weakref__")
 
     def __init__(self, specs: tuple[TensorSpec, ...], max_string_length: int) -> None:
         self.specs = specs
@@ -76,11 +80,25 @@ class _Decoders:
                              ("parameters", dict[str, Any], None)], **common))  # fmt: skip
             header_tensors.append(msgspec.defstruct(
                 f"Header{i}", [("shape", _Shape), ("datatype", Annotated[str, msgspec.Meta(max_length=16)]),
-                               ("parameters", dict[str, Any])], **common))  # fmt: skip
+                               ("parameters", _BinaryParameters)], **common))  # fmt: skip
             header_tensors[-1].data = None  # read by `v2_feeds` as `RequestInput.data`: binary data has none
         self.json = msgspec.json.Decoder(_request_type(json_tensors))
         self.json_types = json_tensors  # in the signature's order
         self.header = msgspec.json.Decoder(_request_type(header_tensors))
+        self.header_types = header_tensors
+        # The binary layout of a header listing every input in the signature's order and datatypes:
+        # runs of adjacent columns of one datatype and nullability, (first, end, specs) each.
+        self.datatypes = [s.datatype for s in specs]
+        numeric = [i for i, s in enumerate(specs) if s.datatype != "BYTES"]
+        self.numeric = _take(numeric) if numeric else lambda values: ()  # their sizes, from all sizes
+        self.itemsizes = [_ITEMSIZE[s.datatype] for s in specs if s.datatype != "BYTES"]
+        self.runs: list[tuple[int, int, list[TensorSpec]]] = []
+        for i, spec in enumerate(specs):
+            last = self.runs[-1] if self.runs else None
+            if last is not None and last[1] == i and (last[2][0].datatype, last[2][0].nullable) == (spec.datatype, spec.nullable):
+                self.runs[-1] = (last[0], i + 1, [*last[2], spec])
+            else:
+                self.runs.append((i, i + 1, [spec]))
         # Columns converted together: one numpy array per datatype (and per column for BYTES).
         groups: dict[str, list[int]] = {}
         for i, spec in enumerate(specs):
@@ -93,6 +111,19 @@ class _Decoders:
 # request model reads as 7, fails here: the general path takes it).
 _Shape = Annotated[list[Annotated[int, msgspec.Meta(le=2**53)]], msgspec.Meta(min_length=1, max_length=4)]
 _Number = Annotated[float, msgspec.Meta(gt=-_EXACT_INTEGERS, lt=_EXACT_INTEGERS)]
+
+
+class _BinaryParameters(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A binary tensor's `parameters` holding `binary_data_size` only (other keys: the general path).
+
+    Read by `v2_feeds` as the dict it is there (`.get`); its value is checked there (an integer
+    >= 0), as for any request.
+    """
+
+    binary_data_size: int
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.binary_data_size if key == "binary_data_size" else default
 
 
 def _take(indices: list[int]) -> Any:
@@ -292,11 +323,14 @@ def _no_duplicate_keys(body: bytes, request: Any, json: bool) -> bool:
     if request.parameters is not None:
         keys += 1
         extra.append(request.parameters)
-    for t in request.inputs:
-        if t.parameters is not None:
-            keys += json  # a header's tensors always have it (among the 4 below); a JSON one may
-            extra.append(t.parameters)
-    keys += 4 * len(request.inputs)  # name, shape, datatype, and data (JSON) or parameters (header)
+    if json:
+        for t in request.inputs:
+            if t.parameters is not None:
+                keys += 1
+                extra.append(t.parameters)
+        keys += 4 * len(request.inputs)  # name, shape, datatype, data
+    else:  # name, shape, datatype, parameters and its one key, binary_data_size
+        keys += 5 * len(request.inputs)
     if request.outputs is not None:
         keys += 1
         for o in request.outputs:
@@ -320,3 +354,61 @@ def _no_duplicate_keys(body: bytes, request: Any, json: bool) -> bool:
         if json and type(t.data[0] if t.data else None) is str:
             colons += "".join(t.data).count(":")
     return found == keys + colons
+
+
+def binary_feeds(typed: TypedV2, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
+    """Feeds of a binary request whose header lists every input in the signature's order and datatypes.
+
+    The accepting path of `v2_feeds` (and its `_binary_feeds`) for the layout clients send, with
+    the per-tensor checks made a list at a time against the layout precomputed per signature:
+    every shape `[n, 1]` or `[n]`, every size >= 0 and together the whole binary tail, each numeric
+    tensor `n` values of its datatype. Then the same decoding: `binary_block` per run of adjacent
+    numeric columns, `fixed_width_ascii` per run of adjacent BYTES tensors of one size (else
+    `binary_column` per tensor). None for anything else (another order or datatype, any value that
+    one of them refuses): then `v2_feeds` decides, naming the field.
+    """
+    inputs = typed.request.inputs
+    dec = typed.decoders
+    binary = typed.binary
+    if list(map(type, inputs)) != dec.header_types or list(map(_DATATYPE, inputs)) != dec.datatypes:
+        return None  # an input missing, another order, another declared datatype
+    k = len(inputs)
+    shapes = list(map(_SHAPE, inputs))
+    n = shapes[0][0]
+    if not 1 <= n <= limits.max_rows or shapes.count([n, 1]) + shapes.count([n]) != k:
+        return None
+    sizes = list(map(_SIZE, inputs))
+    if min(sizes) < 0 or sum(sizes) != len(binary) or dec.numeric(sizes) != tuple(n * i for i in dec.itemsizes):
+        return None
+    ends = list(accumulate(sizes))
+    feeds: dict[str, np.ndarray] = {}
+    for first, end, specs in dec.runs:
+        start = ends[first] - sizes[first]
+        buf = binary[start : ends[end - 1]]
+        kind = specs[0].datatype
+        if kind != "BYTES":
+            arrays = binary_block(specs, kind, buf, n)
+            if arrays is None:
+                return None
+            feeds.update(zip([s.name for s in specs], arrays, strict=True))
+            continue
+        i = first
+        while i < end:  # adjacent BYTES tensors of one size: one fixed-width decoding
+            j = i + 1
+            while j < end and sizes[j] == sizes[i]:
+                j += 1
+            part = binary[ends[i] - sizes[i] : ends[j - 1]]
+            block = fixed_width_ascii(part, n * (j - i), limits.max_string_length) if j - i > 1 else None
+            if block is not None:
+                for m in range(i, j):
+                    feeds[dec.names[m]] = block[(m - i) * n : (m - i + 1) * n]
+            else:
+                for m in range(i, j):
+                    try:
+                        feeds[dec.names[m]] = binary_column(
+                            "", dec.specs[m], "BYTES", binary[ends[m] - sizes[m] : ends[m]], n, limits
+                        )
+                    except RequestError:
+                        return None
+            i = j
+    return feeds, n

@@ -140,15 +140,35 @@ def fixed_width_ascii(buf: memoryview, n: int, max_string_length: int) -> np.nda
     width = int.from_bytes(buf[:4], "little")
     if width == 0 or width > max_string_length or len(buf) != n * (4 + width):
         return None
-    records = np.frombuffer(buf, dtype=_element_dtype(width))
-    if (records["size"] != width).any():
+    # One pass checks every byte against its place in the layout: each length prefix must be
+    # `width` exactly, each character in 1..127 (no NUL, which the S dtype would drop; ASCII).
+    # Unsigned bytes wrap, so `byte - low > span` is `not low <= byte <= low + span`.
+    low, span = _layout(width, n)
+    flat = np.frombuffer(buf, dtype=np.uint8)
+    if (np.subtract(flat, low[: len(flat)]) > span[: len(flat)]).any():
         return None
-    chars = np.ascontiguousarray(records["text"]).view(np.uint8)
-    if chars.min() == 0 or chars.max() >= 0x80:  # NUL (which the S dtype would drop); non-ASCII
-        return None
+    chars = np.ascontiguousarray(flat.view(_element_dtype(width))["text"]).view(np.uint8)
     # ASCII code points are the bytes themselves: widen each byte to a UCS-4 code unit (numpy's
     # `U` layout) instead of `astype(U)`, which decodes element by element (57 us vs 1 us a column).
     return chars.astype(np.uint32).view(f"U{width}").reshape(n, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_rows(width: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    element = 4 + width
+    low = np.tile(np.frombuffer(width.to_bytes(4, "little") + b"\x01" * width, dtype=np.uint8), rows)
+    span = np.tile(np.array([0] * 4 + [126] * width, dtype=np.uint8), rows)
+    low.flags.writeable = span.flags.writeable = False
+    assert len(low) == rows * element
+    return low, span
+
+
+def _layout(width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low, span) per byte of `n` elements of `width` characters: the prefix bytes exactly, then 1..127.
+
+    Built once per width and power-of-two row count (callers slice them to their length).
+    """
+    return _layout_rows(width, 1 << max(n - 1, 0).bit_length())
 
 
 @functools.lru_cache(maxsize=256)

@@ -34,7 +34,7 @@ from serving.http import (
     request_id_of,
 )
 from serving.repository import ModelNotFound
-from serving.v2_typed import decoders, typed_v2
+from serving.v2_typed import binary_feeds, decoders, typed_v2
 from serving.validation import (
     InferenceRequest,
     RecordsRequest,
@@ -88,7 +88,8 @@ def router(plane: DataPlane) -> APIRouter:
             elif typed.feeds is not None:  # JSON: validated while decoding
                 feeds, rows = typed.feeds, typed.rows
             else:  # binary: the header was checked (duplicate keys included); the tensors are checked here
-                feeds, rows = v2_feeds(body, mv.signature, limits, binary=binary)
+                fed = binary_feeds(typed, limits)
+                feeds, rows = fed if fed is not None else v2_feeds(body, mv.signature, limits, binary=binary)
         except RequestError:
             plane.failed(mv, start)
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import orjson
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from driftloop.schema import Signature, output_specs
 from serving.testing import TEST_INPUTS, synthetic_rows, v2_binary_payload, v2_payload
 from serving.v2_tensors import parse_v2, v2_feeds
-from serving.v2_typed import decoders, typed_v2
+from serving.v2_typed import binary_feeds, decoders, typed_v2
 from serving.validation import Limits, RequestError
 
 MODEL = "flight_delay"
@@ -189,12 +190,40 @@ def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplica
 
 _BINARY, _HEADER_SIZE = v2_binary_payload(synthetic_rows(3, seed=5, null_fraction=0.3))
 _HEADER = orjson.loads(_BINARY[:_HEADER_SIZE])
-_TAIL = _BINARY[_HEADER_SIZE:]
+_BLOBS: dict[str, bytes] = {}
+_offset = _HEADER_SIZE
+for _t in _HEADER["inputs"]:
+    _BLOBS[_t["name"]] = _BINARY[_offset : _offset + _t["parameters"]["binary_data_size"]]
+    _offset += _t["parameters"]["binary_data_size"]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _set_element(blobs: dict[str, bytes], column: str, position: int, value) -> None:
+    """One element of a tensor's bytes replaced: a number in its wire type, or a BYTES element."""
+    spec = next(s for s in TEST_INPUTS if s.name == column)
+    if spec.datatype == "BYTES":
+        items, raw, i = [], blobs[column], 0
+        while i < len(raw):
+            size = int.from_bytes(raw[i : i + 4], "little")
+            items.append(raw[i + 4 : i + 4 + size])
+            i += 4 + size
+        items[position] = value.encode() if isinstance(value, str) else b"\xff\xfe"
+        blobs[column] = b"".join(len(v).to_bytes(4, "little") + v for v in items)
+        return
+    if isinstance(value, str) or value is None:
+        return
+    wire = np.int64 if spec.datatype == "INT64" else np.float32
+    array = np.frombuffer(blobs[column], dtype=wire).copy()
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array[position] = value
+    except (OverflowError, ValueError):
+        return
+    blobs[column] = array.tobytes()
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    edits=st.lists(st.tuples(st.just("tensor"), _COLUMN, st.just("reorder")), max_size=1) | st.lists(
+    edits=st.just([]) | st.lists(st.tuples(st.just("tensor"), _COLUMN, st.just("reorder")), max_size=1) | st.lists(
         st.one_of(
             st.tuples(st.just("datatype"), _COLUMN, st.sampled_from(["INT32", "FP64", "BYTES", "UINT64", "FP16", 3])),
             st.tuples(st.just("shape"), _COLUMN, st.sampled_from(["n", "n1", "n2", "m1", "01", "n11", "x", "f1", "big"])),
@@ -206,16 +235,25 @@ _TAIL = _BINARY[_HEADER_SIZE:]
         ),
         max_size=2,
     ),
-    top=st.lists(_TOP, max_size=1) | st.just([]),
-    duplicate=st.sampled_from([None] * 4 + ["top", "name", "datatype", "shape"]),
-    length=st.sampled_from(["exact"] * 4 + ["short", "long", "zero", "text"]),
+    top=st.sampled_from([[]] * 3 + [None]).flatmap(lambda t: st.just(t) if t is not None else st.lists(_TOP, max_size=1)),
+    duplicate=st.sampled_from([None] * 8 + ["top", "name", "datatype", "shape"]),
+    length=st.sampled_from(["exact"] * 8 + ["short", "long", "zero", "text", "trailing"]),
     nullable=st.booleans(),
+    values=st.just([]) | st.lists(st.tuples(_COLUMN, st.integers(0, 2), st.sampled_from(
+        [math.nan, math.inf, -math.inf, 1e39, 2**62, -1, 0.5, "JFK", "LONG", "", "É", "A\x00C", "AB:", None])), max_size=2),
 )  # fmt: skip
-def test_typed_binary_header_agrees_with_the_general_path(edits, top, duplicate, length, nullable):
+def test_typed_binary_header_agrees_with_the_general_path(edits, top, duplicate, length, nullable, values):
     """A binary request whose header `typed_v2` accepts gets the general path's answer, error or
-    arrays, from `v2_feeds` on the typed request; a header it refuses goes to `parse_v2`."""
+    arrays, from `v2_feeds` on the typed request, and `binary_feeds` (the layout clients send,
+    decoded a list at a time) accepts only what the general path accepts, with the same arrays; a
+    header `typed_v2` refuses goes to `parse_v2`. Values NaN in a non-nullable column, infinite,
+    non-ASCII, with a NUL or of another length included."""
     version = _version(nullable)
     header = copy.deepcopy(_HEADER)
+    blobs = dict(_BLOBS)
+    for column, position, value in values:
+        _set_element(blobs, column, position, value)
+        next(t for t in header["inputs"] if t["name"] == column)["parameters"]["binary_data_size"] = len(blobs[column])
     for edit in edits:
         tensor = next((t for t in header["inputs"] if t.get("name") == edit[1]), None)
         if tensor is None:
@@ -238,13 +276,20 @@ def test_typed_binary_header_agrees_with_the_general_path(edits, top, duplicate,
     head = json.dumps(header, separators=(",", ":")).encode()
     if duplicate:
         head = _duplicate_key(head, duplicate)
-    body = head + _TAIL
+    body = head + b"".join(blobs.get(t.get("name"), b"") for t in header["inputs"] if isinstance(t, dict))
     size = {"exact": str(len(head)), "short": str(len(head) - 1), "long": str(len(body) + 1), "zero": "0",
-            "text": "x"}[length]  # fmt: skip
+            "text": "x", "trailing": str(len(head))}[length]  # fmt: skip
+    if length == "trailing":  # a byte past the last tensor
+        body += b"\x00"
     typed = typed_v2(body, size, decoders(version, LIMITS), LIMITS)
     if typed is None:
         return
     general = _general(body, size, version.signature)
+    fast = binary_feeds(typed, LIMITS)
+    if fast is not None:
+        assert not isinstance(general[0], int), f"binary_feeds accepted; general: {general}"
+        assert fast[1] == general[2]
+        _same_feeds(fast[0], general[1])
     try:
         answer = v2_feeds(typed.request, version.signature, LIMITS, binary=typed.binary)
     except RequestError as exc:
@@ -276,7 +321,7 @@ def test_typed_decoding_takes_the_plain_bodies(rows):
     body, size = v2_binary_payload(frame)
     typed = typed_v2(body, str(size), dec, LIMITS)
     assert typed is not None and typed.feeds is None and len(typed.binary) == len(body) - size
-    feeds, n = v2_feeds(typed.request, version.signature, LIMITS, binary=typed.binary)
+    feeds, n = binary_feeds(typed, LIMITS)  # the layout clients send: decoded a list at a time
     _same_feeds(feeds, _general(body, str(size), version.signature)[1])
 
 
