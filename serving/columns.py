@@ -237,8 +237,7 @@ def binary_block(specs: list[TensorSpec], declared: str, buf: memoryview, n: int
             out = arr.astype(_FLOAT_DTYPE[kind], copy=False)
         if (np.isinf(out) if nullable else ~np.isfinite(out)).any():
             return None
-    block = out.reshape(len(specs), n, 1)
-    return [block[i] for i in range(len(specs))]
+    return list(out.reshape(len(specs), n, 1))  # a contiguous [n, 1] view per tensor
 
 
 _MISSING = object()

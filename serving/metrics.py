@@ -106,7 +106,7 @@ class _BulkChild:
     def __init__(self, bounds: np.ndarray) -> None:
         self._bounds = bounds
         self._bound_list = bounds.tolist()
-        self._counts = np.zeros(len(bounds), dtype=np.float64)  # per bucket, not cumulative
+        self._counts = np.zeros(len(bounds) + 1, dtype=np.float64)  # per bucket, not cumulative; then NaN
         self._sum = 0.0
         self._created = time.time()
         self._lock = threading.Lock()
@@ -133,17 +133,17 @@ class _BulkChild:
         if len(values) == 1:  # a single row: cheaper without the array steps
             self.observe(values.item())
             return
-        index = np.searchsorted(self._bounds, values.astype(np.float64, copy=False), side="left")
-        counts = np.bincount(index, minlength=len(self._bounds) + 1)[: len(self._bounds)]  # NaN: the last
-        total = float(values.sum(dtype=np.float64))
+        wide = values.astype(np.float64, copy=False)
+        counts = np.bincount(np.searchsorted(self._bounds, wide, side="left"), minlength=len(self._bounds) + 1)
+        total = float(wide.sum())
         with self._lock:
-            self._counts += counts
+            self._counts += counts  # one slot past the last bucket: NaN's (never exposed)
             self._sum += total
 
     def samples(self) -> tuple[list[float], float, float]:
         """(cumulative count per bucket, sum, creation time), read under the lock."""
         with self._lock:
-            return np.cumsum(self._counts).tolist(), self._sum, self._created
+            return np.cumsum(self._counts[:-1]).tolist(), self._sum, self._created
 
 
 class BulkHistogram:

@@ -41,7 +41,7 @@ import numpy as np
 from driftloop.schema import OUTPUT, TensorSpec
 from serving.columns import _INT64_MAX, _INT64_MIN, binary_block, binary_column
 from serving.request_models import MAX_REQUEST_ID, REQUEST_ID_PATTERN, InferenceRequest, Limits
-from serving.wire import RequestError, count_byte, count_keys, fixed_width_ascii
+from serving.wire import RequestError, count_byte, count_keys, fixed_width_ascii, fixed_width_columns
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _EXACT_INTEGERS = 2**53  # a float column's number at or beyond it may have been a large integer: general path
@@ -92,13 +92,15 @@ class _Decoders:
         numeric = [i for i, s in enumerate(specs) if s.datatype != "BYTES"]
         self.numeric = _take(numeric) if numeric else lambda values: ()  # their sizes, from all sizes
         self.itemsizes = [_ITEMSIZE[s.datatype] for s in specs if s.datatype != "BYTES"]
-        self.runs: list[tuple[int, int, list[TensorSpec]]] = []
+        runs: list[tuple[int, int, list[TensorSpec]]] = []
         for i, spec in enumerate(specs):
-            last = self.runs[-1] if self.runs else None
-            if last is not None and last[1] == i and (last[2][0].datatype, last[2][0].nullable) == (spec.datatype, spec.nullable):
-                self.runs[-1] = (last[0], i + 1, [*last[2], spec])
+            last = runs[-1] if runs else None
+            if last is not None and (last[2][0].datatype, last[2][0].nullable) == (spec.datatype, spec.nullable):
+                runs[-1] = (last[0], i + 1, [*last[2], spec])
             else:
-                self.runs.append((i, i + 1, [spec]))
+                runs.append((i, i + 1, [spec]))
+        # (first, end, specs, names, datatype) of each run
+        self.runs = [(a, b, run, [s.name for s in run], run[0].datatype) for a, b, run in runs]
         # Columns converted together: one numpy array per datatype (and per column for BYTES).
         groups: dict[str, list[int]] = {}
         for i, spec in enumerate(specs):
@@ -192,11 +194,12 @@ class TypedV2:
         binary: the bytes after the JSON header, or None.
     """
 
-    __slots__ = ("request", "decoders", "feeds", "rows", "binary")
+    __slots__ = ("request", "decoders", "feeds", "rows", "binary", "header")
 
     def __init__(self, request: Any, dec: _Decoders, feeds: dict[str, np.ndarray] | None, rows: int,
                  binary: memoryview | None) -> None:  # fmt: skip
         self.request, self.decoders, self.feeds, self.rows, self.binary = request, dec, feeds, rows, binary
+        self.header: _Header | None = None
 
 
 def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limits: Limits) -> TypedV2 | None:
@@ -234,15 +237,45 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
     if not 0 < size <= len(body):
         return None
     header = body[:size]
-    if b"\\" in header:
-        return None
-    try:
-        request = dec.header.decode(header)
-    except msgspec.MsgspecError:
-        return None
-    if not _plain_request(request) or not _no_duplicate_keys(header, request, False):
-        return None
-    return TypedV2(request, dec, None, 0, memoryview(body)[size:])
+    key = (header, dec, limits)
+    entry = _HEADERS.get(key) if size <= _HEADER_CACHE_BYTES else None
+    if entry is None:
+        if b"\\" in header:
+            return None
+        try:
+            request = dec.header.decode(header)
+        except msgspec.MsgspecError:
+            return None
+        if not _plain_request(request) or not _no_duplicate_keys(header, request, False):
+            return None
+        entry = _Header(request)
+        if size <= _HEADER_CACHE_BYTES:
+            if len(_HEADERS) >= _HEADER_CACHE_SIZE:
+                del _HEADERS[next(iter(_HEADERS))]  # the oldest
+            _HEADERS[key] = entry
+    typed = TypedV2(entry.request, dec, None, 0, memoryview(body)[size:])
+    typed.header = entry
+    return typed
+
+
+class _Header:
+    """A binary request's header the typed path accepted: its request, and the layout `binary_feeds`
+    derives from it (None until computed, False when not the plain layout)."""
+
+    __slots__ = ("request", "layout")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.layout: Any = None
+
+
+# Accepted binary headers by their exact bytes (with the decoders and limits that read them): a
+# client sending batches of one shape (fixed-width strings, one batch size) sends the same header
+# every time, and decoding and checking it again would give the same request and layout. A pure
+# memo: the tensors' bytes are decoded and checked on every request. Bounded in entries and size.
+_HEADER_CACHE_SIZE = 64
+_HEADER_CACHE_BYTES = 16 * 1024
+_HEADERS: dict[tuple[bytes, _Decoders, Limits], _Header] = {}
 
 
 def _plain_request(request: Any) -> bool:
@@ -363,34 +396,35 @@ def binary_feeds(typed: TypedV2, limits: Limits) -> tuple[dict[str, np.ndarray],
     the per-tensor checks made a list at a time against the layout precomputed per signature:
     every shape `[n, 1]` or `[n]`, every size >= 0 and together the whole binary tail, each numeric
     tensor `n` values of its datatype. Then the same decoding: `binary_block` per run of adjacent
-    numeric columns, `fixed_width_ascii` per run of adjacent BYTES tensors of one size (else
-    `binary_column` per tensor). None for anything else (another order or datatype, any value that
+    numeric columns; per run of adjacent BYTES tensors `fixed_width_columns` (each tensor of one
+    width), else `fixed_width_ascii` per group of one size, else `binary_column` per tensor. None for anything else (another order or datatype, any value that
     one of them refuses): then `v2_feeds` decides, naming the field.
     """
-    inputs = typed.request.inputs
     dec = typed.decoders
     binary = typed.binary
-    if list(map(type, inputs)) != dec.header_types or list(map(_DATATYPE, inputs)) != dec.datatypes:
-        return None  # an input missing, another order, another declared datatype
-    k = len(inputs)
-    shapes = list(map(_SHAPE, inputs))
-    n = shapes[0][0]
-    if not 1 <= n <= limits.max_rows or shapes.count([n, 1]) + shapes.count([n]) != k:
+    header = typed.header
+    layout = None if header is None else header.layout
+    if layout is None:
+        layout = _plain_layout(typed.request.inputs, dec, limits)
+        if header is not None:
+            header.layout = layout
+    if layout is False:
         return None
-    sizes = list(map(_SIZE, inputs))
-    if min(sizes) < 0 or sum(sizes) != len(binary) or dec.numeric(sizes) != tuple(n * i for i in dec.itemsizes):
+    n, sizes, ends = layout
+    if ends[-1] != len(binary):  # the tensors' sizes add up to the binary tail
         return None
-    ends = list(accumulate(sizes))
     feeds: dict[str, np.ndarray] = {}
-    for first, end, specs in dec.runs:
-        start = ends[first] - sizes[first]
-        buf = binary[start : ends[end - 1]]
-        kind = specs[0].datatype
+    for first, end, specs, names, kind in dec.runs:
+        buf = binary[ends[first] - sizes[first] : ends[end - 1]]
         if kind != "BYTES":
             arrays = binary_block(specs, kind, buf, n)
             if arrays is None:
                 return None
-            feeds.update(zip([s.name for s in specs], arrays, strict=True))
+            feeds.update(zip(names, arrays, strict=True))
+            continue
+        columns = fixed_width_columns(buf, n, sizes[first:end], limits.max_string_length)
+        if columns is not None:  # every tensor of the run of one width: decoded together
+            feeds.update(zip(names, columns, strict=True))
             continue
         i = first
         while i < end:  # adjacent BYTES tensors of one size: one fixed-width decoding
@@ -412,3 +446,18 @@ def binary_feeds(typed: TypedV2, limits: Limits) -> tuple[dict[str, np.ndarray],
                         return None
             i = j
     return feeds, n
+
+
+def _plain_layout(inputs: list[Any], dec: _Decoders, limits: Limits) -> tuple[int, list[int], list[int]] | bool:
+    """(rows, sizes, ends) of a header listing every input in the signature's order and datatypes,
+    each `[n, 1]` or `[n]`, sizes >= 0, numeric ones `n` values of their datatype; else False."""
+    if list(map(type, inputs)) != dec.header_types or list(map(_DATATYPE, inputs)) != dec.datatypes:
+        return False  # an input missing, another order, another declared datatype
+    shapes = list(map(_SHAPE, inputs))
+    n = shapes[0][0]
+    if not 1 <= n <= limits.max_rows or shapes.count([n, 1]) + shapes.count([n]) != len(inputs):
+        return False
+    sizes = list(map(_SIZE, inputs))
+    if min(sizes) < 0 or dec.numeric(sizes) != tuple(map(n.__mul__, dec.itemsizes)):
+        return False
+    return n, sizes, list(accumulate(sizes))

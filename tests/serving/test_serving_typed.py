@@ -402,3 +402,55 @@ def test_a_version_with_other_inputs_answers_by_its_own_signature(make_repo, sta
         assert r.status_code == 400 and f"inputs[{column}]" in r.json()["error"], (version, r.text)
         r = client.post(f"/v2/models/{MODEL}/versions/{version}/infer", json={**payload, "model_version": None})
         assert r.status_code in (400, 422), r.text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    columns=st.lists(
+        st.lists(st.sampled_from(["UA", "AA", "JFK", "EWR", "B6", "", "É", "A\x00", "LONGER", "a:b", "x" * 16, "x" * 17]),
+                 min_size=3, max_size=3) | st.sampled_from([["UA"] * 3, ["JFK", "LGA", "EWR"], ["B6", "9E", "DL"]]),
+        min_size=1, max_size=3,
+    ),
+)  # fmt: skip
+def test_bytes_columns_decoded_together_agree_with_one_at_a_time(columns):
+    """`fixed_width_columns` (every BYTES tensor of a run at once) gives what `bytes_elements` gives
+    for each tensor, or None; the first sighting of a layout is None (nothing built yet)."""
+    from serving.wire import _COLUMNS_SEEN, bytes_elements, fixed_width_columns
+
+    blobs = [b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in column) for column in columns]
+    buf = memoryview(b"".join(blobs))
+    sizes = [len(b) for b in blobs]
+    _COLUMNS_SEEN.clear()
+    assert fixed_width_columns(buf, 3, sizes, 16) is None
+    got = fixed_width_columns(buf, 3, sizes, 16)
+    if got is None:
+        return
+    for blob, column, array in zip(blobs, columns, got, strict=True):
+        expected = bytes_elements("x", memoryview(blob), 3, 16)  # raises on anything refused
+        assert array.dtype.kind == "U" and array.shape == (3, 1) and list(array[:, 0]) == list(expected) == column
+
+
+def test_a_header_seen_before_is_still_checked_against_its_limits_and_tensors():
+    """Accepted binary headers are kept by their bytes (a client sends the same one for every batch
+    of one shape); the limits and every request's tensors are still checked."""
+    version = _version(False)  # temp and dewp not nullable
+    blobs = dict(_BLOBS)
+    for column in ("temp", "dewp"):
+        for position in range(3):
+            _set_element(blobs, column, position, 1.5)
+    head = _BINARY[:_HEADER_SIZE]
+    body = head + b"".join(blobs[t["name"]] for t in _HEADER["inputs"])
+    for _ in range(2):  # the second time from the kept header
+        typed = typed_v2(body, str(_HEADER_SIZE), decoders(version, LIMITS), LIMITS)
+        assert binary_feeds(typed, LIMITS) is not None
+    small = Limits(max_rows=2, max_string_length=16)
+    typed = typed_v2(body, str(_HEADER_SIZE), decoders(version, small), small)
+    assert binary_feeds(typed, small) is None  # 3 rows: over these limits (the general path's 413)
+    typed = typed_v2(body + b"\x00", str(_HEADER_SIZE), decoders(version, LIMITS), LIMITS)
+    assert binary_feeds(typed, LIMITS) is None  # a byte past the last tensor
+    _set_element(blobs, "dewp", 1, math.nan)
+    body = head + b"".join(blobs[t["name"]] for t in _HEADER["inputs"])
+    typed = typed_v2(body, str(_HEADER_SIZE), decoders(version, LIMITS), LIMITS)
+    assert typed is not None and binary_feeds(typed, LIMITS) is None
+    with pytest.raises(RequestError, match=r"inputs\[dewp\]: row 1"):
+        v2_feeds(typed.request, version.signature, LIMITS, binary=typed.binary)
