@@ -6,7 +6,7 @@ Names (all prefixed `driftloop_`):
     batch_rows{model, version}                    histogram rows per session.run
     queue_rows                                    gauge     rows waiting for the batcher
     loaded_versions{model}                        gauge     versions loaded per model
-    score{model, version}                         histogram predicted probabilities
+    score{model, version}                         histogram predicted probabilities (a batch per observation: `BulkHistogram`)
     prediction_log_rows_pending                   gauge     rows buffered, not yet on disk
     queue_capacity_rows                           gauge     `max_queue_rows`: the queue's bound (429 past it)
     traffic_percent{model, version}               gauge     effective traffic split, percent (0 = loaded, no traffic)

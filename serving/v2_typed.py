@@ -31,7 +31,7 @@ import functools
 import re
 import typing
 import weakref
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
 
@@ -48,7 +48,7 @@ _EXACT_INTEGERS = 2**53  # a float column's number at or beyond it may have been
 _DATA, _SHAPE, _PARAMETERS = attrgetter("data"), attrgetter("shape"), attrgetter("parameters")
 _DATATYPE, _SIZE = attrgetter("datatype"), attrgetter("parameters.binary_data_size")
 _ITEMSIZE = {"INT64": 8, "FP32": 4, "FP64": 8}
-_NUMPY = {"INT64": np.int64, "FP32": np.float32, "FP64": np.float64}
+_NUMPY = {"BYTES": object, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64}
 
 
 class _Decoders:
@@ -246,6 +246,9 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
             request = dec.header.decode(header)
         except msgspec.MsgspecError:
             return None
+        inputs = request.inputs
+        if len(set(map(type, inputs))) != len(inputs):  # an input twice: the general path names it
+            return None
         if not _plain_request(request) or not _no_duplicate_keys(header, request, False):
             return None
         entry = _Header(request)
@@ -279,12 +282,9 @@ _HEADERS: dict[tuple[bytes, _Decoders, Limits], _Header] = {}
 
 
 def _plain_request(request: Any) -> bool:
-    """The checks the decoder cannot make: the id's pattern, inputs each once, outputs named `probability`."""
+    """Two checks the decoder cannot make: the id's pattern, the outputs named `probability`."""
     rid = request.id
     if rid is not None and _REQUEST_ID.fullmatch(rid) is None:  # ^...$ with fullmatch: no final newline
-        return False
-    inputs = request.inputs
-    if len({type(t) for t in inputs}) != len(inputs):  # an input twice: the general path names it
         return False
     outputs = request.outputs
     if outputs:
@@ -295,16 +295,23 @@ def _plain_request(request: Any) -> bool:
 
 
 def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
-    """Feeds of a JSON request whose every input is present once, declared in its own datatype."""
+    """Feeds of a JSON request whose every input is present once, declared in its own datatype.
+
+    Attribute by attribute over all tensors (C-level maps and list counts), not tensor by tensor.
+    """
     inputs = request.inputs
-    specs = dec.specs
-    k = len(specs)
-    if len(inputs) != k:  # each struct type at most once (checked): all present
-        return None
-    # Attribute by attribute over all tensors (C-level maps), not tensor by tensor.
+    k = len(dec.specs)
+    types = list(map(type, inputs))
+    if types != dec.json_types:  # not every input once in the signature's order
+        if len(types) != k or len(set(types)) != k:  # one missing, or one twice: the general path names it
+            return None
+        ordered: list[Any] = [None] * k
+        for t in inputs:
+            ordered[t.index] = t
+        inputs = ordered
     column = list(map(_DATA, inputs))
     n = len(column[0])
-    if not 1 <= n <= limits.max_rows or set(map(len, column)) != {n}:
+    if not 1 <= n <= limits.max_rows or list(map(len, column)).count(n) != k:
         return None
     shapes = list(map(_SHAPE, inputs))
     if shapes.count([n, 1]) + shapes.count([n]) != k:
@@ -314,20 +321,16 @@ def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str,
         for p in parameters:  # binary data announced without the extension: the general path's 400
             if p is not None and "binary_data_size" in p:
                 return None
-    if list(map(type, inputs)) != dec.json_types:  # not in the signature's order
-        ordered: list[Any] = [None] * k
-        for t, data in zip(inputs, column, strict=True):
-            ordered[t.index] = data
-        column = ordered
     feeds: dict[str, np.ndarray] = {}
     for kind, take, names in dec.groups:
         values = take(column)
-        if kind == "BYTES":  # str objects, as `column_array` keeps them
-            block = np.array(values, dtype=object)
-        elif kind == "INT64":  # the decoder kept every value within INT64
-            block = np.array(values, dtype=np.int64)
-        else:  # null (nullable columns only) is NaN
+        size = len(names) * n
+        try:  # one flat pass (`fromiter`); null (nullable floats only: NaN) needs `np.array`
+            block = np.fromiter(chain.from_iterable(values), _NUMPY[kind], size)
+        except TypeError:
             block = np.array(values, dtype=_NUMPY[kind])
+        # BYTES: str objects, as `column_array` keeps them; INT64: the decoder kept each within
+        # INT64; FP32/FP64: below 2**53 in magnitude, so finite in FP32 too.
         feeds.update(zip(names, block.reshape(len(names), n, 1), strict=True))  # a contiguous [n, 1] view each
     return feeds, n
 
@@ -357,10 +360,12 @@ def _no_duplicate_keys(body: bytes, request: Any, json: bool) -> bool:
         keys += 1
         extra.append(request.parameters)
     if json:
-        for t in request.inputs:
-            if t.parameters is not None:
-                keys += 1
-                extra.append(t.parameters)
+        parameters = list(map(_PARAMETERS, request.inputs))
+        if parameters.count(None) != len(parameters):
+            for p in parameters:
+                if p is not None:
+                    keys += 1
+                    extra.append(p)
         keys += 4 * len(request.inputs)  # name, shape, datatype, data
     else:  # name, shape, datatype, parameters and its one key, binary_data_size
         keys += 5 * len(request.inputs)

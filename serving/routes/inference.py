@@ -7,6 +7,10 @@ as `tritonclient` does by default) gets the scores as raw little-endian FP32 aft
 whose length is in the response's `Inference-Header-Content-Length`. Bodies may be gzip- or
 deflate-compressed both ways (`Content-Encoding` / `Accept-Encoding`).
 
+A v2 body is first decoded by `serving.v2_typed` (msgspec structs typed from the signature of a
+loaded version, checked against the routed one); whatever that path does not accept goes to
+`parse_v2` + `v2_feeds`, which answer as they always did.
+
 These handlers take a `Request` and return a `Response` with no dependency injection, so
 `serving.app` also dispatches them ahead of FastAPI's router (the measured fast path).
 """

@@ -147,7 +147,7 @@ def _duplicate_key(body: bytes, where: str) -> bytes:
     return body.replace(b'{"name":"hour"', b"{" + target + b'"name":"hour"', 1)
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 3),
     edits=st.lists(_VALID_EDIT, max_size=3) | st.lists(_TENSOR_EDIT, max_size=2),
@@ -221,7 +221,7 @@ def _set_element(blobs: dict[str, bytes], column: str, position: int, value) -> 
     blobs[column] = array.tobytes()
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     edits=st.just([]) | st.lists(st.tuples(st.just("tensor"), _COLUMN, st.just("reorder")), max_size=1) | st.lists(
         st.one_of(
