@@ -246,8 +246,8 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
             request = dec.header.decode(header)
         except msgspec.MsgspecError:
             return None
-        inputs = request.inputs
-        if len(set(map(type, inputs))) != len(inputs):  # an input twice: the general path names it
+        types = list(map(type, request.inputs))
+        if types != dec.header_types and len(set(types)) != len(types):  # an input twice: the general path names it
             return None
         if not _plain_request(request) or not _no_duplicate_keys(header, request, False):
             return None
