@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -101,10 +101,14 @@ class TextfileCollector:
 class _BulkChild:
     """One label set of a `BulkHistogram`: counts per bucket (numpy) and the sum, behind one lock."""
 
-    __slots__ = ("_bounds", "_bound_list", "_counts", "_sum", "_created", "_lock")
+    __slots__ = ("_bounds", "_bounds32", "_bound_list", "_counts", "_sum", "_created", "_lock")
 
     def __init__(self, bounds: np.ndarray) -> None:
         self._bounds = bounds
+        # Each bound's float32 floor (the largest float32 not above it): for a float32 value,
+        # `value <= bound` exactly when `value <= floor`, so float32 scores need no float64 copy.
+        below = bounds.astype(np.float32)
+        self._bounds32 = np.where(below > bounds, np.nextafter(below, np.float32(-np.inf)), below)
         self._bound_list = bounds.tolist()
         self._counts = np.zeros(len(bounds) + 1, dtype=np.float64)  # per bucket, not cumulative; then NaN
         self._sum = 0.0
@@ -133,9 +137,14 @@ class _BulkChild:
         if len(values) == 1:  # a single row: cheaper without the array steps
             self.observe(values.item())
             return
-        wide = values.astype(np.float64, copy=False)
-        counts = np.bincount(np.searchsorted(self._bounds, wide, side="left"), minlength=len(self._bounds) + 1)
-        total = float(wide.sum())
+        if values.dtype == np.float32:  # no float64 copy: a float32 is <= a bound iff <= its float32 floor
+            index = np.searchsorted(self._bounds32, values, side="left")
+            total = float(values.sum(dtype=np.float64))
+        else:
+            wide = values.astype(np.float64, copy=False)
+            index = np.searchsorted(self._bounds, wide, side="left")
+            total = float(wide.sum())
+        counts = np.bincount(index, minlength=len(self._bounds) + 1)
         with self._lock:
             self._counts += counts  # one slot past the last bucket: NaN's (never exposed)
             self._sum += total
@@ -209,19 +218,14 @@ class ServerMetrics:
         self.requests = Counter(
             "driftloop_requests_total", "HTTP requests", ["endpoint", "status"], registry=r
         )
-        self.latency = Histogram(
-            "driftloop_request_latency_seconds",
-            "request latency",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        # The histograms observed on every request or batch are `BulkHistogram`s: the same samples as
+        # prometheus-client's `Histogram`, one lock and a bisection per observation instead of two
+        # locks and a Python loop over the buckets.
+        self.latency = BulkHistogram(
+            "driftloop_request_latency_seconds", "request latency", ["endpoint"], LATENCY_BUCKETS, r
         )
-        self.batch_rows = Histogram(
-            "driftloop_batch_rows",
-            "rows per session.run",
-            ["model", "version"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self.batch_rows = BulkHistogram(
+            "driftloop_batch_rows", "rows per session.run", ["model", "version"], BATCH_BUCKETS, r
         )
         self.queue_rows = Gauge("driftloop_queue_rows", "rows waiting for the batcher", registry=r)
         self.loaded_versions = Gauge("driftloop_loaded_versions", "loaded versions", ["model"], registry=r)
@@ -235,12 +239,8 @@ class ServerMetrics:
         self.traffic = Gauge(
             "driftloop_traffic_percent", "effective traffic split, percent", ["model", "version"], registry=r
         )
-        self.inference = Histogram(
-            "driftloop_inference_seconds",
-            "seconds inside session.run per batch",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.inference = BulkHistogram(
+            "driftloop_inference_seconds", "seconds inside session.run per batch", ["model", "version"], LATENCY_BUCKETS, r
         )
         self.predictions = Counter(
             "driftloop_predictions", "rows scored", ["model", "version"], registry=r

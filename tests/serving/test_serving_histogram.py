@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import SCORE_BUCKETS, BulkHistogram
+from serving.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, SCORE_BUCKETS, BulkHistogram
 
-_EDGES = [0.0, 0.1, 0.2, 0.30000000000000004, 0.3, 1.0, -0.0, math.inf, -math.inf, math.nan, 1e-45, 0.99999994]
+_EDGES = [0.0, 0.1, 0.2, 0.30000000000000004, 0.3, 1.0, -0.0, math.inf, -math.inf, math.nan, 1e-45, 0.99999994,
+          0.0005, 0.001, 0.0025, 2.0, 4.0, 512.0, 1024.0, 4096.0, 1023.0]
 
 
 def _samples(registry: CollectorRegistry) -> dict:
@@ -32,14 +33,15 @@ def _samples(registry: CollectorRegistry) -> dict:
         st.lists(st.floats(width=32) | st.sampled_from(_EDGES), min_size=1, max_size=40), min_size=1, max_size=4
     ),
     dtype=st.sampled_from([np.float32, np.float64]),
+    buckets=st.sampled_from([SCORE_BUCKETS, LATENCY_BUCKETS, BATCH_BUCKETS]),
 )
-def test_bulk_observation_is_one_observe_per_value(batches, dtype):
+def test_bulk_observation_is_one_observe_per_value(batches, dtype, buckets):
     """Bucket counts, count and sum equal `Histogram.observe` per value: bounds, NaN, infinities,
-    float32 values next to a bound, single values and batches alike."""
+    float32 values next to a bound, single values and batches alike, for each bucket set served."""
     library, bulk = CollectorRegistry(), CollectorRegistry()
-    reference = Histogram("driftloop_score", "predicted probability", ["model", "version"], buckets=SCORE_BUCKETS,
+    reference = Histogram("driftloop_score", "predicted probability", ["model", "version"], buckets=buckets,
                           registry=library)  # fmt: skip
-    ours = BulkHistogram("driftloop_score", "predicted probability", ["model", "version"], SCORE_BUCKETS, bulk)
+    ours = BulkHistogram("driftloop_score", "predicted probability", ["model", "version"], buckets, bulk)
     for values in batches:
         array = np.asarray(values, dtype=dtype).reshape(-1, 1)
         for v in array[:, 0]:
