@@ -254,7 +254,7 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
         entry = _Header(request)
         if size <= _HEADER_CACHE_BYTES:
             if len(_HEADERS) >= _HEADER_CACHE_SIZE:
-                del _HEADERS[next(iter(_HEADERS))]  # the oldest
+                _HEADERS.clear()  # atomic (servers on other threads share it); a client's next header refills it
             _HEADERS[key] = entry
     typed = TypedV2(entry.request, dec, None, 0, memoryview(body)[size:])
     typed.header = entry
