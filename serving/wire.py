@@ -140,14 +140,23 @@ def fixed_width_ascii(buf: memoryview, n: int, max_string_length: int) -> np.nda
     width = int.from_bytes(buf[:4], "little")
     if width == 0 or width > max_string_length or len(buf) != n * (4 + width):
         return None
-    # One pass checks every byte against its place in the layout: each length prefix must be
-    # `width` exactly, each character in 1..127 (no NUL, which the S dtype would drop; ASCII).
-    # Unsigned bytes wrap, so `byte - low > span` is `not low <= byte <= low + span`.
-    low, span = _layout(width, n)
+    # Each length prefix must be `width` exactly, each character in 1..127 (no NUL, which the S
+    # dtype would drop; ASCII).
     flat = np.frombuffer(buf, dtype=np.uint8)
-    if (np.subtract(flat, low[: len(flat)]) > span[: len(flat)]).any():
-        return None
-    chars = np.ascontiguousarray(flat.view(_element_dtype(width))["text"]).view(np.uint8)
+    records = flat.view(_element_dtype(width))
+    if len(flat) <= _LAYOUT_MAX_BYTES:
+        # One pass checks every byte against its place in the layout. Unsigned bytes wrap, so
+        # `byte - low > span` is `not low <= byte <= low + span`.
+        low, span = _layout(width, n)
+        if (np.subtract(flat, low[: len(flat)]) > span[: len(flat)]).any():
+            return None
+        chars = np.ascontiguousarray(records["text"]).view(np.uint8)
+    else:  # the same rule in two steps, without building a layout that large
+        if (records["size"] != width).any():
+            return None
+        chars = np.ascontiguousarray(records["text"]).view(np.uint8)
+        if chars.min() == 0 or chars.max() >= 0x80:
+            return None
     # ASCII code points are the bytes themselves: widen each byte to a UCS-4 code unit (numpy's
     # `U` layout) instead of `astype(U)`, which decodes element by element (57 us vs 1 us a column).
     return chars.astype(np.uint32).view(f"U{width}").reshape(n, 1)
@@ -218,7 +227,10 @@ def _columns_layout(widths: tuple[int, ...], n: int) -> tuple[np.ndarray, np.nda
     return (*arrays, bounds)
 
 
-@functools.lru_cache(maxsize=64)
+_LAYOUT_MAX_BYTES = 1 << 18  # bytes of one tensor checked against a layout (kept: at most 2 x 512 KiB each)
+
+
+@functools.lru_cache(maxsize=16)
 def _layout_rows(width: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     element = 4 + width
     low = np.tile(np.frombuffer(width.to_bytes(4, "little") + b"\x01" * width, dtype=np.uint8), rows)

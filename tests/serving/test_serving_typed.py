@@ -454,3 +454,20 @@ def test_a_header_seen_before_is_still_checked_against_its_limits_and_tensors():
     assert typed is not None and binary_feeds(typed, LIMITS) is None
     with pytest.raises(RequestError, match=r"inputs\[dewp\]: row 1"):
         v2_feeds(typed.request, version.signature, LIMITS, binary=typed.binary)
+
+
+@pytest.mark.parametrize("layout_max", [0, 1 << 18])
+@pytest.mark.parametrize("values", [["JFK", "LGA", "EWR"], ["JFK", "LG\x00", "EWR"], ["JFK", "LGÉ", "EWR"],
+                                    ["JFK", "LG", "EWR"], ["A", "B", "C"], ["", "", ""]])  # fmt: skip
+def test_fixed_width_bytes_with_and_without_a_layout(values, layout_max, monkeypatch):
+    """`fixed_width_ascii` checks a tensor against a kept layout, or (too large to keep) in two
+    steps: either way it returns what `bytes_elements` returns, or None."""
+    import serving.wire as wire
+
+    monkeypatch.setattr(wire, "_LAYOUT_MAX_BYTES", layout_max)
+    buf = memoryview(b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values))
+    got = wire.fixed_width_ascii(buf, len(values), 16)
+    valid = all(v and v.isascii() and "\x00" not in v for v in values) and len({len(v) for v in values}) == 1
+    assert (got is not None) == valid
+    if got is not None:
+        assert list(got[:, 0]) == list(wire.bytes_elements("x", buf, len(values), 16)) == values
