@@ -53,6 +53,10 @@ _WIRE_DTYPE = {
 }
 
 
+_WIRE = {name: np.dtype(dt) for name, dt in _WIRE_DTYPE.items()}
+_INT64 = np.dtype(np.int64)
+
+
 def _what(x: Any) -> str:
     return "null" if x is None else f"{type(x).__name__} {x!r}"[:120]
 
@@ -226,19 +230,22 @@ def binary_block(specs: list[TensorSpec], declared: str, buf: memoryview, n: int
         One `[n, 1]` array per spec, in the column's dtype, or None.
     """
     kind, nullable = specs[0].datatype, specs[0].nullable
-    wire = np.dtype(_WIRE_DTYPE[declared])
+    wire = _WIRE[declared]
     if kind == "BYTES" or declared == "UINT64" or len(buf) != len(specs) * n * wire.itemsize:
         return None
     arr = np.frombuffer(buf, dtype=wire)
     if kind == "INT64":
-        out = arr.astype(np.int64, copy=False)
+        out = arr if wire == _INT64 else arr.astype(np.int64)
     else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = arr.astype(_FLOAT_DTYPE[kind], copy=False)
+        out_dtype = _FLOAT_DTYPE[kind]
+        if wire == out_dtype:  # already the column's dtype: no conversion, nothing can overflow
+            out = arr
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = arr.astype(out_dtype)
         if (np.isinf(out) if nullable else ~np.isfinite(out)).any():
             return None
-    block = out.reshape(len(specs), n, 1)
-    return [block[i] for i in range(len(specs))]
+    return list(out.reshape(len(specs), n, 1))  # a contiguous [n, 1] view per tensor
 
 
 _MISSING = object()

@@ -40,35 +40,9 @@ TRAFFIC_SUM_TOLERANCE = 0.01  # percent; the release plane re-sends the server's
 _TRITON_TYPE = {"BYTES": "TYPE_STRING", "INT64": "TYPE_INT64", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64"}
 
 
-_BOUNDS: dict[tuple[float, ...], np.ndarray] = {}
-
-
-def _bounds(child: Any) -> np.ndarray:
-    """The histogram child's upper bounds as a float64 array (one per bucket list, built once)."""
-    key = tuple(child._upper_bounds)
-    bounds = _BOUNDS.get(key)
-    if bounds is None:
-        bounds = _BOUNDS[key] = np.asarray(key, dtype=np.float64)
-    return bounds
-
-
 def observe_scores(metrics: ServerMetrics, mv: ModelVersion, scores: np.ndarray) -> None:
-    """Add every score to the score histogram (bulk, not one `observe` per row)."""
-    child = metrics.version_children(mv.name, mv.version)[4]
-    values = scores.reshape(-1)
-    if len(values) == 1:
-        child.observe(float(values[0]))
-        return
-    try:  # prometheus-client keeps per-bucket (non-cumulative) counters; bulk-add them.
-        bounds = _bounds(child)
-        index = np.searchsorted(bounds, values.astype(np.float64), side="left")
-        for i, count in enumerate(np.bincount(index, minlength=len(bounds)).tolist()):
-            if count:
-                child._buckets[i].inc(count)
-        child._sum.inc(float(values.sum(dtype=np.float64)))
-    except AttributeError:  # pragma: no cover - a future prometheus-client
-        for v in values:
-            child.observe(float(v))
+    """Add every score to the score histogram (one bulk observation: `serving.metrics.BulkHistogram`)."""
+    metrics.version_children(mv.name, mv.version)[4].observe_many(scores)
 
 
 def _no_trace() -> None:

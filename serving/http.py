@@ -55,6 +55,23 @@ def model_headers(mv: ModelVersion, request_id: str | None = None) -> dict[str, 
     return headers
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The first value of a request header (latin-1, as Starlette decodes it), or None.
+
+    One pass over the raw ASGI headers. `request.headers.get` builds a `Headers` mapping and, for
+    a header the request lacks (the usual case for `x-request-id`), raises and catches a KeyError
+    inside `Mapping.get`: about 2 us per lookup on every scoring request.
+
+    Args:
+        request: the request.
+        name: the header's name, lowercase (ASGI servers lowercase the names they pass).
+    """
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 _ACCEPTED_TYPES = (JSON, BINARY)
 
 
@@ -185,7 +202,7 @@ def encode_response(
         status: HTTP status.
     """
     if len(body) >= GZIP_MIN_BYTES:
-        accept = request.headers.get("accept-encoding", "")
+        accept = header(request, b"accept-encoding") or ""
         if "gzip" in accept:
             body = gzip.compress(body, compresslevel=1)
             headers["content-encoding"] = "gzip"
@@ -205,7 +222,7 @@ def request_id_of(request: Request, fallback: str | None = None) -> str:
             without a leading or trailing space (`serving.validation.REQUEST_ID_PATTERN`, the
             rule the OpenAPI document states).
     """
-    rid = request.headers.get("x-request-id")
+    rid = header(request, b"x-request-id")
     if rid is None:
         rid = fallback
         if rid is None:

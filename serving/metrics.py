@@ -6,7 +6,7 @@ Names (all prefixed `driftloop_`):
     batch_rows{model, version}                    histogram rows per session.run
     queue_rows                                    gauge     rows waiting for the batcher
     loaded_versions{model}                        gauge     versions loaded per model
-    score{model, version}                         histogram predicted probabilities
+    score{model, version}                         histogram predicted probabilities (a batch per observation: `BulkHistogram`)
     prediction_log_rows_pending                   gauge     rows buffered, not yet on disk
     queue_capacity_rows                           gauge     `max_queue_rows`: the queue's bound (429 past it)
     traffic_percent{model, version}               gauge     effective traffic split, percent (0 = loaded, no traffic)
@@ -38,13 +38,20 @@ drift check's gauges (`flows/monitoring.py`: `driftloop_drift_share`, `driftloop
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,117 @@ class TextfileCollector:
             yield from families
 
 
+class _BulkChild:
+    """One label set of a `BulkHistogram`: counts per bucket (numpy) and the sum, behind one lock."""
+
+    __slots__ = ("_bounds", "_bounds32", "_bound_list", "_counts", "_sum", "_created", "_lock")
+
+    def __init__(self, bounds: np.ndarray) -> None:
+        self._bounds = bounds
+        # Each bound's float32 floor (the largest float32 not above it): for a float32 value,
+        # `value <= bound` exactly when `value <= floor`, so float32 scores need no float64 copy.
+        below = bounds.astype(np.float32)
+        self._bounds32 = np.where(below > bounds, np.nextafter(below, np.float32(-np.inf)), below)
+        self._bound_list = bounds.tolist()
+        self._counts = np.zeros(len(bounds) + 1, dtype=np.float64)  # per bucket, not cumulative; then NaN
+        self._sum = 0.0
+        self._created = time.time()
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        """Observe one value (`prometheus_client.Histogram.observe`: the first bucket with `value <= le`).
+
+        NaN (no bucket: it compares False with every bound, +Inf included) adds to the sum only.
+        """
+        value = float(value)
+        i = bisect_left(self._bound_list, value) if value == value else len(self._bound_list)
+        with self._lock:
+            if i < len(self._bound_list):
+                self._counts[i] += 1
+            self._sum += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe every value of an array, as `observe` once per value would.
+
+        The bucket index of every value at once, compared in float64 as `observe` compares Python
+        floats (`searchsorted(side="left")` is `bisect_left`), NaN past the last bucket.
+        """
+        values = np.asarray(values).reshape(-1)
+        if len(values) == 1:  # a single row: cheaper without the array steps
+            self.observe(values.item())
+            return
+        if values.dtype == np.float32:  # no float64 copy: a float32 is <= a bound iff <= its float32 floor
+            index = np.searchsorted(self._bounds32, values, side="left")
+            total = float(values.sum(dtype=np.float64))
+        else:
+            wide = values.astype(np.float64, copy=False)
+            index = np.searchsorted(self._bounds, wide, side="left")
+            total = float(wide.sum())
+        counts = np.bincount(index, minlength=len(self._bounds) + 1)
+        with self._lock:
+            self._counts += counts  # one slot past the last bucket: NaN's (never exposed)
+            self._sum += total
+
+    def samples(self) -> tuple[list[float], float, float]:
+        """(cumulative count per bucket, sum, creation time), read under the lock."""
+        with self._lock:
+            return np.cumsum(self._counts[:-1]).tolist(), self._sum, self._created
+
+
+class BulkHistogram:
+    """A labelled Prometheus histogram that also takes a whole array in one call (`observe_many`).
+
+    prometheus-client (0.26) has no bulk observe: a `Histogram` child takes `observe(value)` per
+    value (a lock and a counter update each: 1,000 of them for one 1,000-row request), and its
+    per-bucket counters are private. This keeps each label set's counts in numpy (bucket indices
+    by `np.searchsorted`, counts by `np.bincount`: a few array operations and one lock per call)
+    and exposes them through the library's documented custom-collector API
+    (`HistogramMetricFamily`), with the samples a `Histogram` of the same name, labels and buckets
+    exposes (`_bucket{le}` cumulative, `_count`, `_sum`, `_created`).
+
+    Args:
+        name, documentation, labelnames, buckets: as `prometheus_client.Histogram` (+Inf is added).
+        registry: registered there.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...], registry: CollectorRegistry
+    ) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
+        self._bounds = np.asarray(bounds, dtype=np.float64)
+        self._le = [floatToGoString(b) for b in bounds]
+        self._children: dict[tuple[str, ...], _BulkChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> _BulkChild:
+        """The child of these label values (created on first use, as `Histogram.labels`)."""
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values, got {len(key)}")
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._children.setdefault(key, _BulkChild(self._bounds))
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, child in list(self._children.items()):
+            cumulative, total, created = child.samples()
+            family.add_metric(list(key), list(zip(self._le, cumulative, strict=True)), total)
+            family.samples.append(Sample(self.name + "_created", dict(zip(self.labelnames, key, strict=True)), created))
+        yield family
+
+
 class ServerMetrics:
     """The server's collectors, registered on a fresh registry."""
 
@@ -100,28 +218,19 @@ class ServerMetrics:
         self.requests = Counter(
             "driftloop_requests_total", "HTTP requests", ["endpoint", "status"], registry=r
         )
-        self.latency = Histogram(
-            "driftloop_request_latency_seconds",
-            "request latency",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        # The histograms observed on every request or batch are `BulkHistogram`s: the same samples as
+        # prometheus-client's `Histogram`, one lock and a bisection per observation instead of two
+        # locks and a Python loop over the buckets.
+        self.latency = BulkHistogram(
+            "driftloop_request_latency_seconds", "request latency", ["endpoint"], LATENCY_BUCKETS, r
         )
-        self.batch_rows = Histogram(
-            "driftloop_batch_rows",
-            "rows per session.run",
-            ["model", "version"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
+        self.batch_rows = BulkHistogram(
+            "driftloop_batch_rows", "rows per session.run", ["model", "version"], BATCH_BUCKETS, r
         )
         self.queue_rows = Gauge("driftloop_queue_rows", "rows waiting for the batcher", registry=r)
         self.loaded_versions = Gauge("driftloop_loaded_versions", "loaded versions", ["model"], registry=r)
-        self.score = Histogram(
-            "driftloop_score",
-            "predicted probability",
-            ["model", "version"],
-            buckets=SCORE_BUCKETS,
-            registry=r,
+        self.score = BulkHistogram(  # observed a whole batch at a time (`observe_many`)
+            "driftloop_score", "predicted probability", ["model", "version"], SCORE_BUCKETS, r
         )
         self.log_pending = Gauge("driftloop_prediction_log_rows_pending", "rows not yet on disk", registry=r)
         self.queue_capacity = Gauge(
@@ -130,12 +239,8 @@ class ServerMetrics:
         self.traffic = Gauge(
             "driftloop_traffic_percent", "effective traffic split, percent", ["model", "version"], registry=r
         )
-        self.inference = Histogram(
-            "driftloop_inference_seconds",
-            "seconds inside session.run per batch",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.inference = BulkHistogram(
+            "driftloop_inference_seconds", "seconds inside session.run per batch", ["model", "version"], LATENCY_BUCKETS, r
         )
         self.predictions = Counter(
             "driftloop_predictions", "rows scored", ["model", "version"], registry=r

@@ -476,6 +476,19 @@ class ModelRepository:
         return entry.versions[items[-1][0]]
 
     # ------------------------------------------------------------------ queries
+    def peek(self, name: str, version: str | None = None) -> ModelVersion | None:
+        """A loaded version of `name` (`version` when given), without routing; None when there is none.
+
+        For work that must start before the request is routed (typed decoding of its body, which
+        depends on the inputs the versions share); the routed version is checked against it after.
+        """
+        entry = self._table.get(name)
+        if entry is None:
+            return None
+        if version is not None:
+            return entry.versions.get(version)
+        return next(iter(entry.versions.values()), None)
+
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """A loaded version (None = the one with the largest traffic share, ties to the newest).
 

@@ -38,6 +38,8 @@ Every failure is a `RequestError` with an HTTP status and a message that names t
 The code lives by concern: `serving.request_models` (the pydantic bodies, patterns, limits),
 `serving.columns` (one column's rules), `serving.v2_tensors` (v2 JSON and binary),
 `serving.records` (records), over `serving.wire` (JSON without duplicate keys, BYTES elements).
+`serving.v2_typed` is the v2 fast path ahead of them (msgspec structs typed from the signature):
+it only accepts, and what it accepts they accept with the same arrays (hypothesis tests).
 This module keeps the names the rest of the server and the tests import.
 """
 

@@ -7,6 +7,10 @@ as `tritonclient` does by default) gets the scores as raw little-endian FP32 aft
 whose length is in the response's `Inference-Header-Content-Length`. Bodies may be gzip- or
 deflate-compressed both ways (`Content-Encoding` / `Accept-Encoding`).
 
+A v2 body is first decoded by `serving.v2_typed` (msgspec structs typed from the signature of a
+loaded version, checked against the routed one); whatever that path does not accept goes to
+`parse_v2` + `v2_feeds`, which answer as they always did.
+
 These handlers take a `Request` and return a `Response` with no dependency injection, so
 `serving.app` also dispatches them ahead of FastAPI's router (the measured fast path).
 """
@@ -27,12 +31,14 @@ from serving.http import (
     BINARY,
     encode_response,
     guarded,
+    header,
     model_headers,
     openapi_body,
     read_body,
     request_id_of,
 )
 from serving.repository import ModelNotFound
+from serving.v2_typed import binary_feeds, decoders, typed_v2
 from serving.validation import (
     InferenceRequest,
     RecordsRequest,
@@ -53,11 +59,20 @@ def router(plane: DataPlane) -> APIRouter:
     retry = plane.settings.retry_after_s
     max_body = plane.settings.max_body_bytes
     limits = plane.limits
+    repository = plane.repository
 
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         start = time.perf_counter()
         raw = await read_body(request, max_body)
-        body, parsed, binary = parse_v2(raw, request.headers.get("inference-header-content-length"))
+        header_length = header(request, b"inference-header-content-length")
+        # The typed decoding (serving/v2_typed.py) needs the inputs: those of a loaded version of the
+        # model, checked against the routed version below; None: the general path from the raw body.
+        hint = repository.peek(name, version)
+        typed = None if hint is None else typed_v2(raw, header_length, decoders(hint, limits), limits)
+        if typed is not None:
+            body, parsed, binary = typed.request, None, typed.binary
+        else:
+            body, parsed, binary = parse_v2(raw, header_length)
         if body.model_name is not None and body.model_name != name:
             raise RequestError(400, f"model_name: the body names {body.model_name!r}, the URL {name!r}")
         if body.model_version is not None:
@@ -69,7 +84,16 @@ def router(plane: DataPlane) -> APIRouter:
         request_id = request_id_of(request, body.id)
         mv = plane.route(name, request_id, version)
         try:
-            feeds, rows = v2_feeds(body, mv.signature, limits, body=raw, parsed=parsed, binary=binary)
+            if typed is not None and mv is not hint and decoders(mv, limits) is not typed.decoders:  # other inputs
+                typed = None
+                body, parsed, binary = parse_v2(raw, header_length)
+            if typed is None:
+                feeds, rows = v2_feeds(body, mv.signature, limits, body=raw, parsed=parsed, binary=binary)
+            elif typed.feeds is not None:  # JSON: validated while decoding
+                feeds, rows = typed.feeds, typed.rows
+            else:  # binary: the header was checked (duplicate keys included); the tensors are checked here
+                fed = binary_feeds(typed, limits)
+                feeds, rows = fed if fed is not None else v2_feeds(body, mv.signature, limits, binary=binary)
         except RequestError:
             plane.failed(mv, start)
             raise

@@ -1,0 +1,468 @@
+"""Typed decoding of v2 infer bodies (msgspec): the fast path ahead of `parse_v2` + `v2_feeds`.
+
+`parse_v2` parses the JSON into dicts and lists (orjson), walks it to vouch for the request model
+(`_plain_v2`), then `v2_feeds` walks it again per tensor and per value. Here msgspec decodes the
+body straight into structs typed from the routed version's signature, so the parser itself checks
+most of the rules while it reads, with no dict per tensor:
+  * the request's fields and lengths (`InferenceRequest`), every key known, no nulls;
+  * each tensor is a struct chosen by its `name` (a tagged union: an unknown input fails here),
+    declared in the column's own datatype (`Literal`), `data` typed per column: strings of at most
+    `max_string_length` characters (BYTES), integers within INT64 (INT64), numbers below 2**53 in
+    magnitude (FP32/FP64: exact as integers and finite in FP32, so the conversion below cannot
+    overflow; null only in a nullable column); a JSON tensor carries `data`, a binary header's
+    tensor carries `parameters.binary_data_size` instead (its data is checked by `v2_feeds`).
+
+What is left is checked here on the decoded structs (every input once, one row count, shapes
+`[n, 1]` or `[n]`, the outputs, the request id's pattern, the duplicate-key count); the values
+then go to numpy one array per datatype, the same code at every row count. Anything the decoder refuses or this path does not vouch for (another declared
+datatype, nested `data`, a backslash escape, a ':' count that does not match, a number of 2**53
+or more, any error) returns None, and the general path decides from the raw body as before, with
+its own message: this path only accepts, never refuses, so errors and their order are the general
+path's by construction. The hypothesis tests in tests/serving check that whatever it accepts, the
+general path accepts with the same request fields and the same arrays.
+
+The decoders depend on the signature's inputs and the string limit; they are built once per
+(inputs, limit) and shared by the versions that have the same inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import typing
+import weakref
+from itertools import accumulate, chain
+from operator import attrgetter, itemgetter
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from driftloop.schema import OUTPUT, TensorSpec
+from serving.columns import _INT64_MAX, _INT64_MIN, binary_block, binary_column
+from serving.request_models import MAX_REQUEST_ID, REQUEST_ID_PATTERN, InferenceRequest, Limits
+from serving.wire import RequestError, count_byte, count_keys, fixed_width_ascii, fixed_width_columns
+
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+_EXACT_INTEGERS = 2**53  # a float column's number at or beyond it may have been a large integer: general path
+_DATA, _SHAPE, _PARAMETERS = attrgetter("data"), attrgetter("shape"), attrgetter("parameters")
+_DATATYPE, _SIZE = attrgetter("datatype"), attrgetter("parameters.binary_data_size")
+_ITEMSIZE = {"INT64": 8, "FP32": 4, "FP64": 8}
+_NUMPY = {"BYTES": object, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64}
+
+
+class _Decoders:
+    """The two decoders of one (inputs, string limit): JSON bodies, and binary extension headers."""
+
+    __slots__ = ("specs", "json", "header", "groups", "names", "json_types", "header_types", "datatypes", "numeric",
+                 "itemsizes", "runs", "__weakref__")
+
+    def __init__(self, specs: tuple[TensorSpec, ...], max_string_length: int) -> None:
+        self.specs = specs
+        self.names = [s.name for s in specs]
+        json_tensors, header_tensors = [], []
+        for i, spec in enumerate(specs):
+            kind = spec.datatype
+            if kind == "BYTES":
+                value: Any = Annotated[str, msgspec.Meta(max_length=max_string_length)]
+            elif kind == "INT64":
+                value = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
+            elif kind in ("FP32", "FP64"):
+                # Numbers below 2**53 in magnitude only (else the general path): exact as integers,
+                # finite in FP32 too, so one conversion per block cannot overflow.
+                value = _Number | None if spec.nullable else _Number
+            else:  # pragma: no cover - a datatype the server does not score (BOOL): no typed path
+                raise ValueError(kind)
+            common = {"tag_field": "name", "tag": spec.name, "forbid_unknown_fields": True, "gc": False,
+                      "namespace": {"name": spec.name, "index": i}}  # fmt: skip
+            json_tensors.append(msgspec.defstruct(
+                f"Json{i}", [("shape", _Shape), ("datatype", Literal[kind]), ("data", list[value]),
+                             ("parameters", dict[str, Any], None)], **common))  # fmt: skip
+            header_tensors.append(msgspec.defstruct(
+                f"Header{i}", [("shape", _Shape), ("datatype", Annotated[str, msgspec.Meta(max_length=16)]),
+                               ("parameters", _BinaryParameters)], **common))  # fmt: skip
+            header_tensors[-1].data = None  # read by `v2_feeds` as `RequestInput.data`: binary data has none
+        self.json = msgspec.json.Decoder(_request_type(json_tensors))
+        self.json_types = json_tensors  # in the signature's order
+        self.header = msgspec.json.Decoder(_request_type(header_tensors))
+        self.header_types = header_tensors
+        # The binary layout of a header listing every input in the signature's order and datatypes:
+        # runs of adjacent columns of one datatype and nullability, (first, end, specs) each.
+        self.datatypes = [s.datatype for s in specs]
+        numeric = [i for i, s in enumerate(specs) if s.datatype != "BYTES"]
+        self.numeric = _take(numeric) if numeric else lambda values: ()  # their sizes, from all sizes
+        self.itemsizes = [_ITEMSIZE[s.datatype] for s in specs if s.datatype != "BYTES"]
+        runs: list[tuple[int, int, list[TensorSpec]]] = []
+        for i, spec in enumerate(specs):
+            last = runs[-1] if runs else None
+            if last is not None and (last[2][0].datatype, last[2][0].nullable) == (spec.datatype, spec.nullable):
+                runs[-1] = (last[0], i + 1, [*last[2], spec])
+            else:
+                runs.append((i, i + 1, [spec]))
+        # (first, end, specs, names, datatype) of each run
+        self.runs = [(a, b, run, [s.name for s in run], run[0].datatype) for a, b, run in runs]
+        # Columns converted together: one numpy array per datatype (and per column for BYTES).
+        groups: dict[str, list[int]] = {}
+        for i, spec in enumerate(specs):
+            groups.setdefault(spec.datatype, []).append(i)
+        # (datatype, columns' values from a list in the signature's order, names)
+        self.groups = [(kind, _take(indices), [specs[i].name for i in indices]) for kind, indices in groups.items()]
+
+
+# `RequestInput.shape`: 1..4 dimensions, each an integer of at most 2**53 (JSON's 7.0, which the
+# request model reads as 7, fails here: the general path takes it).
+_Shape = Annotated[list[Annotated[int, msgspec.Meta(le=2**53)]], msgspec.Meta(min_length=1, max_length=4)]
+_Number = Annotated[float, msgspec.Meta(gt=-_EXACT_INTEGERS, lt=_EXACT_INTEGERS)]
+
+
+class _BinaryParameters(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A binary tensor's `parameters` holding `binary_data_size` only (other keys: the general path).
+
+    Read by `v2_feeds` as the dict it is there (`.get`); its value is checked there (an integer
+    >= 0), as for any request.
+    """
+
+    binary_data_size: int
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.binary_data_size if key == "binary_data_size" else default
+
+
+def _take(indices: list[int]) -> Any:
+    """A function picking these items of a list, as a tuple (C-level `itemgetter` for several)."""
+    if len(indices) == 1:
+        i = indices[0]
+        return lambda values: (values[i],)
+    return itemgetter(*indices)
+
+
+_Output = msgspec.defstruct(
+    "Output", [("name", Annotated[str, msgspec.Meta(max_length=256)]), ("parameters", dict[str, Any], None)],
+    forbid_unknown_fields=True, gc=False,
+)  # fmt: skip
+
+
+def _request_type(tensors: list[type]) -> type:
+    """The request struct over these tensor structs (the fields and limits of `InferenceRequest`)."""
+    return msgspec.defstruct(
+        "Request",
+        [
+            ("inputs", Annotated[list[typing.Union[tuple(tensors)]], msgspec.Meta(min_length=1)]),  # noqa: UP007
+            ("id", Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID)], None),
+            ("model_name", Annotated[str, msgspec.Meta(max_length=256)], None),
+            ("model_version", Annotated[str, msgspec.Meta(max_length=64)], None),
+            ("parameters", dict[str, Any], None),
+            ("outputs", list[_Output], None),
+        ],
+        forbid_unknown_fields=True,
+        gc=False,
+        namespace={"binary_output": InferenceRequest.binary_output},
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _decoders_for(inputs: tuple[tuple[str, str, bool], ...], max_string_length: int) -> _Decoders | None:
+    specs = tuple(TensorSpec(name=n, datatype=d, shape=[-1, 1], nullable=nu) for n, d, nu in inputs)
+    if any(s.datatype not in ("BYTES", "INT64", "FP32", "FP64") or len(s.name) > 256 for s in specs):
+        return None  # BOOL is not scored; a name longer than `RequestInput.name` allows is a 422 there
+    return _Decoders(specs, max_string_length)
+
+
+_BY_VERSION: weakref.WeakKeyDictionary[Any, tuple[int, _Decoders | None]] = weakref.WeakKeyDictionary()
+
+
+def decoders(mv: Any, limits: Limits) -> _Decoders | None:
+    """The decoders of a loaded version's inputs (looked up once per version), or None (no typed path).
+
+    Versions with the same inputs share one `_Decoders`, so `decoders(a) is decoders(b)` says a body
+    decoded for `a` fits `b`.
+    """
+    cached = _BY_VERSION.get(mv)
+    if cached is None or cached[0] != limits.max_string_length:
+        key = tuple((s.name, s.datatype, s.nullable) for s in mv.signature.inputs)
+        cached = _BY_VERSION[mv] = (limits.max_string_length, _decoders_for(key, limits.max_string_length))
+    return cached[1]
+
+
+class TypedV2:
+    """A v2 request the typed path vouched for.
+
+    Attributes:
+        request: the request (the attributes of `InferenceRequest` the routes read, and `binary_output()`).
+        decoders: the decoders it was read with (it fits a version with `decoders(mv) is this`).
+        feeds, rows: the validated feeds of a JSON body; None for a binary one (`binary` holds its tail).
+        binary: the bytes after the JSON header, or None.
+    """
+
+    __slots__ = ("request", "decoders", "feeds", "rows", "binary", "header")
+
+    def __init__(self, request: Any, dec: _Decoders, feeds: dict[str, np.ndarray] | None, rows: int,
+                 binary: memoryview | None) -> None:  # fmt: skip
+        self.request, self.decoders, self.feeds, self.rows, self.binary = request, dec, feeds, rows, binary
+        self.header: _Header | None = None
+
+
+def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limits: Limits) -> TypedV2 | None:
+    """Decode a v2 infer body with the typed decoders; None whenever the general path must decide.
+
+    Args:
+        body: the raw body (JSON, or the binary extension's header and tensors).
+        header_length: the `Inference-Header-Content-Length` header, or None (plain JSON).
+        dec: `decoders(mv, limits)` of the version expected to answer (None: no typed path).
+        limits: row and string limits (the string limit is the decoders').
+
+    Returns:
+        The request with its feeds (JSON) or its binary tail, or None. Never raises a `RequestError`:
+        a body this path does not accept goes to `parse_v2`, which names the field.
+    """
+    if dec is None:
+        return None
+    if header_length is None:
+        if b"\\" in body:  # an escape: the ':' count below would not be exact
+            return None
+        try:
+            request = dec.json.decode(body)
+        except msgspec.MsgspecError:
+            return None
+        if not _plain_request(request):
+            return None
+        fed = _json_feeds(request, dec, limits)
+        if fed is None or not _no_duplicate_keys(body, request, True):
+            return None
+        return TypedV2(request, dec, fed[0], fed[1], None)
+    try:
+        size = int(header_length)
+    except ValueError:
+        return None
+    if not 0 < size <= len(body):
+        return None
+    header = body[:size]
+    key = (header, dec, limits)
+    entry = _HEADERS.get(key) if size <= _HEADER_CACHE_BYTES else None
+    if entry is None:
+        if b"\\" in header:
+            return None
+        try:
+            request = dec.header.decode(header)
+        except msgspec.MsgspecError:
+            return None
+        types = list(map(type, request.inputs))
+        if types != dec.header_types and len(set(types)) != len(types):  # an input twice: the general path names it
+            return None
+        if not _plain_request(request) or not _no_duplicate_keys(header, request, False):
+            return None
+        entry = _Header(request)
+        if size <= _HEADER_CACHE_BYTES:
+            if len(_HEADERS) >= _HEADER_CACHE_SIZE:
+                _HEADERS.clear()  # atomic (servers on other threads share it); a client's next header refills it
+            _HEADERS[key] = entry
+    typed = TypedV2(entry.request, dec, None, 0, memoryview(body)[size:])
+    typed.header = entry
+    return typed
+
+
+class _Header:
+    """A binary request's header the typed path accepted: its request, and the layout `binary_feeds`
+    derives from it (None until computed, False when not the plain layout)."""
+
+    __slots__ = ("request", "layout")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.layout: Any = None
+
+
+# Accepted binary headers by their exact bytes (with the decoders and limits that read them): a
+# client sending batches of one shape (fixed-width strings, one batch size) sends the same header
+# every time, and decoding and checking it again would give the same request and layout. A pure
+# memo: the tensors' bytes are decoded and checked on every request. Bounded in entries and size.
+_HEADER_CACHE_SIZE = 64
+_HEADER_CACHE_BYTES = 16 * 1024
+_HEADERS: dict[tuple[bytes, _Decoders, Limits], _Header] = {}
+
+
+def _plain_request(request: Any) -> bool:
+    """Two checks the decoder cannot make: the id's pattern, the outputs named `probability`."""
+    rid = request.id
+    if rid is not None and _REQUEST_ID.fullmatch(rid) is None:  # ^...$ with fullmatch: no final newline
+        return False
+    outputs = request.outputs
+    if outputs:
+        for o in outputs:
+            if o.name != OUTPUT:
+                return False
+    return True
+
+
+def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
+    """Feeds of a JSON request whose every input is present once, declared in its own datatype.
+
+    Attribute by attribute over all tensors (C-level maps and list counts), not tensor by tensor.
+    """
+    inputs = request.inputs
+    k = len(dec.specs)
+    types = list(map(type, inputs))
+    if types != dec.json_types:  # not every input once in the signature's order
+        if len(types) != k or len(set(types)) != k:  # one missing, or one twice: the general path names it
+            return None
+        ordered: list[Any] = [None] * k
+        for t in inputs:
+            ordered[t.index] = t
+        inputs = ordered
+    column = list(map(_DATA, inputs))
+    n = len(column[0])
+    if not 1 <= n <= limits.max_rows or list(map(len, column)).count(n) != k:
+        return None
+    shapes = list(map(_SHAPE, inputs))
+    if shapes.count([n, 1]) + shapes.count([n]) != k:
+        return None
+    parameters = list(map(_PARAMETERS, inputs))
+    if parameters.count(None) != k:
+        for p in parameters:  # binary data announced without the extension: the general path's 400
+            if p is not None and "binary_data_size" in p:
+                return None
+    feeds: dict[str, np.ndarray] = {}
+    for kind, take, names in dec.groups:
+        values = take(column)
+        size = len(names) * n
+        try:  # one flat pass (`fromiter`); null (nullable floats only: NaN) needs `np.array`
+            block = np.fromiter(chain.from_iterable(values), _NUMPY[kind], size)
+        except TypeError:
+            block = np.array(values, dtype=_NUMPY[kind])
+        # BYTES: str objects, as `column_array` keeps them; INT64: the decoder kept each within
+        # INT64; FP32/FP64: below 2**53 in magnitude, so finite in FP32 too.
+        feeds.update(zip(names, block.reshape(len(names), n, 1), strict=True))  # a contiguous [n, 1] view each
+    return feeds, n
+
+
+def _no_duplicate_keys(body: bytes, request: Any, json: bool) -> bool:
+    """True when the body's ':' count proves the decoder kept every key it read (no duplicate).
+
+    The exact count of `serving.wire.check_duplicate_keys`, on the structs: keys of every object the
+    decoder kept plus ':' inside strings. A body without a backslash (checked by the caller) has a
+    ':' for each key and each such character, so a duplicate key (which the decoder overwrites)
+    leaves one more. False sends the body to the general path, which names the key.
+
+    Args:
+        body: the JSON (a binary request's header).
+        request: its decoded struct.
+        json: True for a JSON body (tensors with `data`), False for a binary header.
+    """
+    keys = 1  # "inputs"
+    extra = []  # free-form objects, counted by walking them
+    if request.id is not None:
+        keys += 1
+    if request.model_name is not None:
+        keys += 1
+    if request.model_version is not None:
+        keys += 1
+    if request.parameters is not None:
+        keys += 1
+        extra.append(request.parameters)
+    if json:
+        parameters = list(map(_PARAMETERS, request.inputs))
+        if parameters.count(None) != len(parameters):
+            for p in parameters:
+                if p is not None:
+                    keys += 1
+                    extra.append(p)
+        keys += 4 * len(request.inputs)  # name, shape, datatype, data
+    else:  # name, shape, datatype, parameters and its one key, binary_data_size
+        keys += 5 * len(request.inputs)
+    if request.outputs is not None:
+        keys += 1
+        for o in request.outputs:
+            keys += 1
+            if o.parameters is not None:
+                keys += 1
+                extra.append(o.parameters)
+    colons = 0
+    for obj in extra:
+        a, b = count_keys(obj)
+        keys, colons = keys + a, colons + b
+    found = count_byte(body, b":")
+    if found == keys:
+        return True
+    for value in (request.id, request.model_name, request.model_version):
+        if value is not None:
+            colons += value.count(":")
+    colons += sum(o.name.count(":") for o in request.outputs or ())
+    for t in request.inputs:
+        colons += t.name.count(":") + t.datatype.count(":")
+        if json and type(t.data[0] if t.data else None) is str:
+            colons += "".join(t.data).count(":")
+    return found == keys + colons
+
+
+def binary_feeds(typed: TypedV2, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
+    """Feeds of a binary request whose header lists every input in the signature's order and datatypes.
+
+    The accepting path of `v2_feeds` (and its `_binary_feeds`) for the layout clients send, with
+    the per-tensor checks made a list at a time against the layout precomputed per signature:
+    every shape `[n, 1]` or `[n]`, every size >= 0 and together the whole binary tail, each numeric
+    tensor `n` values of its datatype. Then the same decoding: `binary_block` per run of adjacent
+    numeric columns; per run of adjacent BYTES tensors `fixed_width_columns` (each tensor of one
+    width), else `fixed_width_ascii` per group of one size, else `binary_column` per tensor. None for anything else (another order or datatype, any value that
+    one of them refuses): then `v2_feeds` decides, naming the field.
+    """
+    dec = typed.decoders
+    binary = typed.binary
+    header = typed.header
+    layout = None if header is None else header.layout
+    if layout is None:
+        layout = _plain_layout(typed.request.inputs, dec, limits)
+        if header is not None:
+            header.layout = layout
+    if layout is False:
+        return None
+    n, sizes, ends = layout
+    if ends[-1] != len(binary):  # the tensors' sizes add up to the binary tail
+        return None
+    feeds: dict[str, np.ndarray] = {}
+    for first, end, specs, names, kind in dec.runs:
+        buf = binary[ends[first] - sizes[first] : ends[end - 1]]
+        if kind != "BYTES":
+            arrays = binary_block(specs, kind, buf, n)
+            if arrays is None:
+                return None
+            feeds.update(zip(names, arrays, strict=True))
+            continue
+        columns = fixed_width_columns(buf, n, sizes[first:end], limits.max_string_length)
+        if columns is not None:  # every tensor of the run of one width: decoded together
+            feeds.update(zip(names, columns, strict=True))
+            continue
+        i = first
+        while i < end:  # adjacent BYTES tensors of one size: one fixed-width decoding
+            j = i + 1
+            while j < end and sizes[j] == sizes[i]:
+                j += 1
+            part = binary[ends[i] - sizes[i] : ends[j - 1]]
+            block = fixed_width_ascii(part, n * (j - i), limits.max_string_length) if j - i > 1 else None
+            if block is not None:
+                for m in range(i, j):
+                    feeds[dec.names[m]] = block[(m - i) * n : (m - i + 1) * n]
+            else:
+                for m in range(i, j):
+                    try:
+                        feeds[dec.names[m]] = binary_column(
+                            "", dec.specs[m], "BYTES", binary[ends[m] - sizes[m] : ends[m]], n, limits
+                        )
+                    except RequestError:
+                        return None
+            i = j
+    return feeds, n
+
+
+def _plain_layout(inputs: list[Any], dec: _Decoders, limits: Limits) -> tuple[int, list[int], list[int]] | bool:
+    """(rows, sizes, ends) of a header listing every input in the signature's order and datatypes,
+    each `[n, 1]` or `[n]`, sizes >= 0, numeric ones `n` values of their datatype; else False."""
+    if list(map(type, inputs)) != dec.header_types or list(map(_DATATYPE, inputs)) != dec.datatypes:
+        return False  # an input missing, another order, another declared datatype
+    shapes = list(map(_SHAPE, inputs))
+    n = shapes[0][0]
+    if not 1 <= n <= limits.max_rows or shapes.count([n, 1]) + shapes.count([n]) != len(inputs):
+        return False
+    sizes = list(map(_SIZE, inputs))
+    if min(sizes) < 0 or dec.numeric(sizes) != tuple(map(n.__mul__, dec.itemsizes)):
+        return False
+    return n, sizes, list(accumulate(sizes))
