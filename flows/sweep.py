@@ -226,17 +226,40 @@ def dask_setup(worker: Any = None) -> None:
     import driftloop.families  # noqa: F401
 
 
+# Dask settings of the sweep's own LocalCluster (measured with 2 single-thread worker processes on 2
+# cores, the bench's 8 HGB trials; `python bench/sweep_dask.py` prints the CPU of each part):
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns (to hand memory back
+    # sooner); with it an HGB trial took 7-15% more CPU (4 trials, 7.5-7.6 vs 8.1-8.8 CPU s,
+    # alternated runs), which two workers on two cores pay in full. None: glibc's own threshold.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # The statistical profiler behind the dashboard's Profile page samples each worker's running
+    # stack every 10 ms (0.2-0.8 CPU s of the workers' event loops per 8-trial sweep, and a wake-up
+    # every 10 ms while idle); nobody reads the dashboard of a cluster that lives for one sweep.
+    "distributed.worker.profile.enabled": False,
+    # The event-loop health check of the scheduler, each nanny and each worker runs every 20 ms by
+    # default (250 wake-ups a second for 2 workers); every 200 ms it still sees a loop blocked for
+    # `distributed.admin.tick.limit` (3 s). Both together: idle cluster 90-135 -> 35-45 mCPU s/s.
+    "distributed.admin.tick.interval": "200ms",
+}
+
+
 def local_cluster(**kwargs: Any):
-    """A `distributed.LocalCluster(**kwargs)` whose worker processes keep glibc's own malloc trim
-    threshold. Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns (to hand
-    memory back sooner); with it an HGB trial took 7-15% more CPU (4 trials, 7.5-7.6 vs 8.1-8.8 CPU s,
-    alternated runs), which two workers on two cores pay in full."""
+    """A `distributed.LocalCluster(**kwargs)` under `LOCAL_CLUSTER_CONFIG`: the scheduler and the
+    nannies read it when they start, and each nanny hands a frozen copy to the worker processes it
+    spawns, also to the one it restarts after a crash (a nanny's own copy shares its nested dicts
+    with `dask.config.config`, which the `dask.config.set` block restores on exit). Only for a
+    cluster the sweep starts itself; an existing cluster (`dask_address`) keeps its operator's."""
+    import copy
+
     import dask
-    from distributed import LocalCluster
+    from distributed import LocalCluster  # before dask.config.set: it registers the distributed section
 
     if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536":  # left in this process by an earlier nanny
         os.environ.pop("MALLOC_TRIM_THRESHOLD_")
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+        if kwargs.get("processes", True):  # worker processes behind nannies (`distributed.Nanny(config=)`)
+            kwargs = {**kwargs, "config": copy.deepcopy(dask.config.config)}
         return LocalCluster(**kwargs)
 
 
