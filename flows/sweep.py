@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from driftloop.config import Dimension, SweepParams
@@ -126,7 +127,13 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
         return float(roc_auc_score(valid[LABEL], fam.predict(fitted, valid)))
 
 
-@task(name="sweep-trial", retries=1)
+# No cache, no result file: Prefect's default cache key (task source + flow run id + inputs) can only
+# match within one sweep, where every trial is a different configuration, and the inputs name the
+# features by path, not content, so a key across runs would hand back a trial of older data. The
+# Trial (a few hundred bytes) returns through Dask; writing it to the worker's result storage (as
+# PREFECT_RESULTS_PERSIST_BY_DEFAULT=true would) saves nothing. (The default key costs ~0.1 ms a
+# trial: this is for meaning, not speed.)
+@task(name="sweep-trial", retries=1, cache_policy=NO_CACHE, persist_result=False)
 def trial_task(index: int, features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int,
                dataset: dict[str, Any]) -> Trial:
     """Prefect task of one trial (see `run_trial`), with its CPU and wall seconds."""
