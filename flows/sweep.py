@@ -128,11 +128,11 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
 
 
 # No cache, no result file: Prefect's default cache key (task source + flow run id + inputs) can only
-# match within one sweep, where every trial is a different configuration, and the inputs name the
-# features by path, not content, so a key across runs would hand back a trial of older data. The
-# Trial (a few hundred bytes) returns through Dask; writing it to the worker's result storage (as
-# PREFECT_RESULTS_PERSIST_BY_DEFAULT=true would) saves nothing. (The default key costs ~0.1 ms a
-# trial: this is for meaning, not speed.)
+# match within one sweep, where every trial is a different configuration; a key without the run id
+# would be wrong, as the inputs name the features by path, not content (a new snapshot at the same
+# path would get trials fitted on the old one). The Trial (a few hundred bytes) returns through
+# Dask; writing it to the worker's result storage (as PREFECT_RESULTS_PERSIST_BY_DEFAULT=true would)
+# saves nothing. (The default key costs ~0.1 ms a trial: this is for meaning, not speed.)
 @task(name="sweep-trial", retries=1, cache_policy=NO_CACHE, persist_result=False)
 def trial_task(index: int, features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int,
                dataset: dict[str, Any]) -> Trial:
@@ -241,12 +241,14 @@ LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
     # alternated runs), which two workers on two cores pay in full. None: glibc's own threshold.
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     # The statistical profiler behind the dashboard's Profile page samples each worker's running
-    # stack every 10 ms (0.2-0.8 CPU s of the workers' event loops per 8-trial sweep, and a wake-up
-    # every 10 ms while idle); nobody reads the dashboard of a cluster that lives for one sweep.
+    # stack every 10 ms (0.2-0.9 CPU s per 8-trial sweep, and a wake-up every 10 ms while idle);
+    # nobody reads the dashboard of a cluster that lives for one sweep.
     "distributed.worker.profile.enabled": False,
     # The event-loop health check of the scheduler, each nanny and each worker runs every 20 ms by
     # default (250 wake-ups a second for 2 workers); every 200 ms it still sees a loop blocked for
-    # `distributed.admin.tick.limit` (3 s). Both together: idle cluster 90-135 -> 35-45 mCPU s/s.
+    # `distributed.admin.tick.limit` (3 s). Both together, 3 runs each, alternated: the workers'
+    # event loops took 0.17-0.21 CPU s per sweep, not 1.25-2.0; the idle cluster (workers, scheduler,
+    # nannies) 33-45 mCPU s/s, not 87-137.
     "distributed.admin.tick.interval": "200ms",
 }
 
