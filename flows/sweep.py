@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from driftloop.config import Dimension, SweepParams
@@ -126,7 +127,13 @@ def run_trial(features: str, family: str, base: dict[str, Any], config: dict[str
         return float(roc_auc_score(valid[LABEL], fam.predict(fitted, valid)))
 
 
-@task(name="sweep-trial", retries=1)
+# No cache, no result file: Prefect's default cache key (task source + flow run id + inputs) can only
+# match within one sweep, where every trial is a different configuration; a key without the run id
+# would be wrong, as the inputs name the features by path, not content (a new snapshot at the same
+# path would get trials fitted on the old one). The Trial (a few hundred bytes) returns through
+# Dask; writing it to the worker's result storage (as PREFECT_RESULTS_PERSIST_BY_DEFAULT=true would)
+# saves nothing. (The default key costs ~0.1 ms a trial: this is for meaning, not speed.)
+@task(name="sweep-trial", retries=1, cache_policy=NO_CACHE, persist_result=False)
 def trial_task(index: int, features: str, family: str, base: dict[str, Any], config: dict[str, Any], seed: int,
                dataset: dict[str, Any]) -> Trial:
     """Prefect task of one trial (see `run_trial`), with its CPU and wall seconds."""
@@ -226,17 +233,42 @@ def dask_setup(worker: Any = None) -> None:
     import driftloop.families  # noqa: F401
 
 
+# Dask settings of the sweep's own LocalCluster (measured with 2 single-thread worker processes on 2
+# cores, the bench's 8 HGB trials; `python bench/sweep_dask.py` prints the CPU of each part):
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns (to hand memory back
+    # sooner); with it an HGB trial took 7-15% more CPU (4 trials, 7.5-7.6 vs 8.1-8.8 CPU s,
+    # alternated runs), which two workers on two cores pay in full. None: glibc's own threshold.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # The statistical profiler behind the dashboard's Profile page samples each worker's running
+    # stack every 10 ms (0.2-0.9 CPU s per 8-trial sweep, and a wake-up every 10 ms while idle);
+    # nobody reads the dashboard of a cluster that lives for one sweep.
+    "distributed.worker.profile.enabled": False,
+    # The event-loop health check of the scheduler, each nanny and each worker runs every 20 ms by
+    # default (250 wake-ups a second for 2 workers); every 200 ms it still sees a loop blocked for
+    # `distributed.admin.tick.limit` (3 s). Both together, 3 runs each, alternated: the workers'
+    # event loops took 0.17-0.21 CPU s per sweep, not 1.25-2.0; the idle cluster (workers, scheduler,
+    # nannies) 33-45 mCPU s/s, not 87-137.
+    "distributed.admin.tick.interval": "200ms",
+}
+
+
 def local_cluster(**kwargs: Any):
-    """A `distributed.LocalCluster(**kwargs)` whose worker processes keep glibc's own malloc trim
-    threshold. Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns (to hand
-    memory back sooner); with it an HGB trial took 7-15% more CPU (4 trials, 7.5-7.6 vs 8.1-8.8 CPU s,
-    alternated runs), which two workers on two cores pay in full."""
+    """A `distributed.LocalCluster(**kwargs)` under `LOCAL_CLUSTER_CONFIG`: the scheduler and the
+    nannies read it when they start, and each nanny hands a frozen copy to the worker processes it
+    spawns, also to the one it restarts after a crash (a nanny's own copy shares its nested dicts
+    with `dask.config.config`, which the `dask.config.set` block restores on exit). Only for a
+    cluster the sweep starts itself; an existing cluster (`dask_address`) keeps its operator's."""
+    import copy
+
     import dask
-    from distributed import LocalCluster
+    from distributed import LocalCluster  # before dask.config.set: it registers the distributed section
 
     if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536":  # left in this process by an earlier nanny
         os.environ.pop("MALLOC_TRIM_THRESHOLD_")
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+        if kwargs.get("processes", True):  # worker processes behind nannies (`distributed.Nanny(config=)`)
+            kwargs = {**kwargs, "config": copy.deepcopy(dask.config.config)}
         return LocalCluster(**kwargs)
 
 

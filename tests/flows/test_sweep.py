@@ -144,11 +144,19 @@ def test_sweep_command_reads_params_and_options_override(project, cluster, prefe
     assert [r[3:] for r in rows] == [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in c.values()] for c in configs]
     assert (project / "params.yaml").read_text() == before
     # every worker (one restarted after the SIGKILL above) was set up for trials: imports done by the
-    # preload, one torch thread, and glibc's malloc trim threshold, not Dask's 64 KiB (more CPU per fit)
+    # preload, one torch thread, glibc's malloc trim threshold, not Dask's 64 KiB (more CPU per fit),
+    # no statistical profiler and the event-loop check every 200 ms, not 20 (CPU the trials lose)
+    def worker_setup(dask_worker) -> tuple:
+        import sys
+
+        import torch
+
+        return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), torch.get_num_threads(), "driftloop.families" in sys.modules,
+                "profile" in dask_worker.periodic_callbacks, dask_worker.periodic_callbacks["tick"].callback_time)  # fmt: skip
+
     with Client(cluster) as client:
         client.wait_for_workers(2, timeout=120)  # the nanny restarts the killed one
-        setup = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), __import__("torch").get_num_threads(),
-                                    "driftloop.families" in __import__("sys").modules))  # fmt: skip
-    assert len(setup) == 2 and set(setup.values()) == {(None, 1, True)}, setup
+        setup = client.run(worker_setup)
+    assert len(setup) == 2 and set(setup.values()) == {(None, 1, True, False, 200)}, setup
     bad = CliRunner().invoke(app, ["sweep", "--root", str(project), "--family", "mlpp"])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "sweep: family: 'mlpp'" in bad.output
