@@ -21,18 +21,8 @@ tracing off in the same round:
 Reported: the median ratio over rounds and its range (min-max). Target: tracing on keeps >= 95% of
 single-row req/s (median CPU ratio off/on >= 0.95).
 
-With `--http` the same comparison runs on three real server processes (`driftloop serve` with the
-prediction log on and one ORT thread; the traced one with `--tracing` and the OTEL_* variables
-above), loaded in turn, the order rotating, by serving.loadgen's closed loop at concurrency 16
-(`--seconds` per burst) from this process. Each server's CPU is its whole process's (every thread:
-uvicorn's HTTP parsing, the event loop, inference, the prediction-log writer, the span exporter)
-from the start of a round to its end, whichever burst it lands in, over the requests it answered in
-that round: single-row req/s on a CPU-bound server is its inverse. This is the issue's measure
-(single-row req/s of the server); the in-process figure leaves uvicorn's share out and is the stricter one.
-
 Run: .venv/bin/python bench/serve_tracing.py [--rounds 20 --requests 200]
-     .venv/bin/python bench/serve_tracing.py --http [--rounds 10 --seconds 2]
-Writes bench/results/serve_tracing.json (serve_tracing_http.json with --http).
+Writes bench/results/serve_tracing.json.
 """
 
 from __future__ import annotations
@@ -69,77 +59,12 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 
 
-def over_http(opts: argparse.Namespace) -> None:
-    """The `--http` mode (see the module's docstring): three `driftloop serve` processes."""
-    import psutil
-
-    from serving.loadgen import run_load, stop_process, wait_ready
-
-    tmp = Path(tempfile.mkdtemp(prefix="serve_tracing_http_"))
-    build_test_package(tmp / "repo" / MODEL / "1", model_name=MODEL)
-    sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])
-    otel = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(opts.ratio),
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
-            "OTEL_SERVICE_NAME": "driftloop-bench"}  # fmt: skip
-    names = ["tracing off", "tracing off (control)", f"tracing on, {opts.ratio:.0%}"]
-    driftloop = str(Path(sys.executable).parent / "driftloop")
-    servers: dict[str, tuple[subprocess.Popen, str]] = {}
-    body = orjson.dumps(records_payload(synthetic_rows(1, seed=1)))
-    try:
-        for i, name in enumerate(names):
-            port = free_port()
-            args = [driftloop, "serve", "--repository", str(tmp / "repo"), "--port", str(port), "--intra-op-threads", "1",
-                    "--log-dir", str(tmp / f"logs-{i}"), "--log-level", "warning"]  # fmt: skip
-            env = {**os.environ, **otel} if "on" in name.split(",")[0] else dict(os.environ)
-            if "on" in name.split(",")[0]:
-                args.append("--tracing")
-            proc = subprocess.Popen(args, env=env)
-            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc=proc)
-            servers[name] = (proc, f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict")
-        cpu = {name: psutil.Process(proc.pid) for name, (proc, _) in servers.items()}
-
-        def cpu_s(name: str) -> float:
-            t = cpu[name].cpu_times()
-            return t.user + t.system
-
-        for _proc, url in servers.values():  # warm-up: sessions, allocators, the exporter's connection
-            run_load(url, body, concurrency=16, seconds=1.0, warmup_s=0.0)
-        per_round: dict[str, list[tuple[float, float]]] = {k: [] for k in names}  # (cpu s/req, wall s/req)
-        for r in range(opts.rounds):
-            start = {name: cpu_s(name) for name in names}
-            done: dict[str, tuple[int, float]] = {}
-            for name in names[r % 3:] + names[: r % 3]:
-                res = run_load(servers[name][1], body, concurrency=16, seconds=opts.seconds, warmup_s=0.0)
-                if res.errors:
-                    raise SystemExit(f"error: {name} answered {res.errors} non-2xx responses")
-                done[name] = (res.requests, res.seconds)
-            for name in names:
-                requests, seconds = done[name]
-                per_round[name].append(((cpu_s(name) - start[name]) / requests, seconds / requests))
-    finally:
-        for proc, _ in servers.values():
-            stop_process(proc)
-        sink.terminate()
-        sink.wait(10)
-    report(per_round, names, opts, "serve_tracing_http",
-           f"driftloop serve processes over loopback HTTP (prediction log on, 1 ORT thread); {opts.rounds} rounds of "
-           f"{opts.seconds} s bursts at concurrency 16 per server, the order rotating; CPU = the server process's "
-           "(every thread) over the round, per request it answered; ratio = req/s over tracing off's in the same round, "
-           "median (range) over rounds.")  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="rounds (median and range of their ratios reported)")
     parser.add_argument("--requests", type=int, default=200, help="single-row requests per app per round, interleaved")
     parser.add_argument("--ratio", type=float, default=0.1, help="sampling ratio of the traced app")
-    parser.add_argument("--http", action="store_true", help="real server processes over loopback HTTP")
-    parser.add_argument("--seconds", type=float, default=2.0, help="--http: seconds of load per server per round")
     opts = parser.parse_args()
-    if opts.http:
-        over_http(opts)
-        return
     tmp = Path(tempfile.mkdtemp(prefix="serve_tracing_"))
     build_test_package(tmp / "repo" / MODEL / "1", model_name=MODEL)
     port = free_port()
@@ -207,16 +132,6 @@ def main() -> None:
     finally:
         sink.terminate()
         sink.wait(10)
-    report(per_round, list(apps), opts, "serve_tracing",
-           f"In-process ASGI calls; {opts.rounds} interleaved rounds of {opts.requests} single-row "
-           "requests per app; ratio = req/s over the tracing-off round of the same round, median "
-           "(range) over rounds; CPU = process CPU time (inference and exporter threads included).")
-
-
-def report(per_round: dict[str, list[tuple[float, float]]], names: list[str], opts: argparse.Namespace, bench: str,
-           note: str) -> None:  # fmt: skip
-    """Print and write the figures: per app, CPU and wall per request, and their ratios to tracing off's."""
-    off_name = names[0]
     off = per_round[off_name]
 
     def ratios(name: str, k: int) -> list[float]:
@@ -250,10 +165,13 @@ def report(per_round: dict[str, list[tuple[float, float]]], names: list[str], op
         f["ratio_range"] = p["cpu ratio range"] if "cpu" in f["name"] else p["wall ratio range"]
         if f["target"] is not None:
             f["met"] = bool(f["ratio"] >= 0.95)
-    print_table(bench, points, ["app", "cpu us/req", "cpu us/req range", "req/cpu-s", "req/s (wall)",
+    print_table("serve_tracing", points, ["app", "cpu us/req", "cpu us/req range", "req/cpu-s", "req/s (wall)",
                                           "req/s range", "cpu ratio", "cpu ratio range", "wall ratio",
                                           "wall ratio range"])  # fmt: skip
-    out = write_results(bench, figures, points, note)
+    out = write_results("serve_tracing", figures, points,
+                        f"In-process ASGI calls; {opts.rounds} interleaved rounds of {opts.requests} single-row "
+                        "requests per app; ratio = req/s over the tracing-off round of the same round, median "
+                        "(range) over rounds; CPU = process CPU time (inference and exporter threads included).")
     for f in figures:
         target = f" (target {f['target']}: {'met' if f['met'] else 'NOT met'})" if f["target"] else ""
         print(f"{f['name']}: {f['value']:,.0f} {f['unit']} = {f['ratio']:.3f}x {f['baseline']} "
