@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -133,12 +133,13 @@ def parse_records(body: bytes) -> list[dict[str, Any]]:
 
 
 _NEXT_RECORD = re.compile(rb"\}\s*,\s*\{")  # where one record ends and the next begins
+_astuple = msgspec.structs.astuple
 _EXACT_INTEGERS = 2**53  # floats at or beyond this may have come from a large integer: the general path decides
 
 
 @functools.lru_cache(maxsize=32)
-def _typed_decoder(inputs: tuple[tuple[str, str, bool], ...]) -> tuple[msgspec.json.Decoder, list[attrgetter]]:
-    """A msgspec decoder of records bodies with exactly these columns, and one getter per column.
+def _typed_decoder(inputs: tuple[tuple[str, str, bool], ...]) -> msgspec.json.Decoder:
+    """A msgspec decoder of records bodies with exactly these columns.
 
     Each record is a struct with every column required and no other key; BYTES is `str`, INT64
     `int`, FP32/FP64 `float` (JSON integers included), `| None` only for a nullable float column.
@@ -153,7 +154,7 @@ def _typed_decoder(inputs: tuple[tuple[str, str, bool], ...]) -> tuple[msgspec.j
         forbid_unknown_fields=True, gc=False,
     )  # fmt: skip
     envelope = msgspec.defstruct("Records", [("instances", list[record])], forbid_unknown_fields=True)
-    return msgspec.json.Decoder(envelope), [attrgetter(f"c{i}") for i in range(len(inputs))]
+    return msgspec.json.Decoder(envelope)
 
 
 def records_fast(body: bytes, signature: Signature, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
@@ -174,7 +175,7 @@ def records_fast(body: bytes, signature: Signature, limits: Limits) -> tuple[dic
     if _NEXT_RECORD.search(body) is None:  # at most one record (or an odd layout): not worth a decode
         return None
     specs = signature.inputs
-    decoder, getters = _typed_decoder(tuple((s.name, s.datatype, s.nullable) for s in specs))
+    decoder = _typed_decoder(tuple((s.name, s.datatype, s.nullable) for s in specs))
     try:
         rows = decoder.decode(body).instances
     except msgspec.MsgspecError:
@@ -182,17 +183,20 @@ def records_fast(body: bytes, signature: Signature, limits: Limits) -> tuple[dic
     n = len(rows)
     if not 2 <= n <= limits.max_rows:  # one record: `one_record` is cheaper (18 vs 30 us)
         return None
+    # Rows to columns in C: each struct to a tuple of its fields (the signature's order), then one
+    # transposition (3x less CPU than one attribute getter per column over the rows).
+    columns = list(zip(*map(_astuple, rows), strict=True))
     feeds: dict[str, np.ndarray] = {}
     floats: dict[str, list[int]] = {}  # float dtype -> column indices, converted as one block each
-    for i, (spec, getter) in enumerate(zip(specs, getters, strict=True)):
+    for i, spec in enumerate(specs):
         kind = spec.datatype
         if kind == "INT64":
             try:
-                arr = np.fromiter(map(getter, rows), np.int64, n)
+                arr = np.fromiter(columns[i], np.int64, n)
             except OverflowError:  # beyond INT64
                 return None
         elif kind == "BYTES":
-            values = list(map(getter, rows))
+            values = columns[i]
             if max(map(len, values)) > limits.max_string_length:
                 return None
             arr = np.empty(n, dtype=object)
@@ -201,17 +205,17 @@ def records_fast(body: bytes, signature: Signature, limits: Limits) -> tuple[dic
             floats.setdefault(kind, []).append(i)
             continue
         feeds[spec.name] = arr.reshape(-1, 1)
-    for kind, columns in floats.items():
+    for kind, indices in floats.items():
         # One [columns, n] float64 array (null -> NaN; only nullable columns can hold one), then
         # one range check, one conversion and one finiteness check for all of them.
-        wide = np.array([list(map(getters[i], rows)) for i in columns], dtype=np.float64)
+        wide = np.array([columns[i] for i in indices], dtype=np.float64)
         if (np.abs(wide) >= _EXACT_INTEGERS).any():  # NaN (null) compares False
             return None
         with np.errstate(over="ignore"):
             block = wide.astype(_FLOAT_DTYPE[kind], copy=False)
         if np.isinf(block).any():
             return None
-        for row, i in enumerate(columns):
+        for row, i in enumerate(indices):
             feeds[specs[i].name] = block[row].reshape(-1, 1)
     feeds = {s.name: feeds[s.name] for s in specs}  # the signature's order, as the general path has it
 
