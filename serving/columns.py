@@ -8,6 +8,7 @@ the rules listed in `serving.validation`; the hypothesis tests check they agree.
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,12 @@ _INT64 = np.dtype(np.int64)
 
 
 def _what(x: Any) -> str:
-    return "null" if x is None else f"{type(x).__name__} {x!r}"[:120]
+    # `reprlib` for containers: a JSON array or object may nest deeper than `repr` can recurse
+    # (orjson reads 1024 levels) or hold millions of items; it shows a few, to a few levels.
+    if x is None:
+        return "null"
+    shown = reprlib.repr(x) if type(x) in (list, dict) else repr(x)
+    return f"{type(x).__name__} {shown}"[:120]
 
 
 def _first(values: Any, ok: Any) -> tuple[int, Any]:

@@ -16,7 +16,7 @@ What is left is checked here on the decoded structs (every input once, one row c
 `[n, 1]` or `[n]`, the outputs, the request id's pattern, the duplicate-key count); the values
 then go to numpy one array per datatype, the same code at every row count. Anything the decoder refuses or this path does not vouch for (another declared
 datatype, nested `data`, a backslash escape, a ':' count that does not match, a number of 2**53
-or more, any error) returns None, and the general path decides from the raw body as before, with
+or more, an integer orjson would not read as one, nesting deeper than the stack, any error) returns None, and the general path decides from the raw body as before, with
 its own message: this path only accepts, never refuses, so errors and their order are the general
 path's by construction. The hypothesis tests in tests/serving check that whatever it accepts, the
 general path accepts with the same request fields and the same arrays.
@@ -110,8 +110,9 @@ class _Decoders:
 
 
 # `RequestInput.shape`: 1..4 dimensions, each an integer of at most 2**53 (JSON's 7.0, which the
-# request model reads as 7, fails here: the general path takes it).
-_Shape = Annotated[list[Annotated[int, msgspec.Meta(le=2**53)]], msgspec.Meta(min_length=1, max_length=4)]
+# request model reads as 7, fails here: the general path takes it) and at least -2**63 (orjson reads
+# a smaller one as a float, or past float64 refuses the body: the general path answers).
+_Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=2**53)]], msgspec.Meta(min_length=1, max_length=4)]
 _Number = Annotated[float, msgspec.Meta(gt=-_EXACT_INTEGERS, lt=_EXACT_INTEGERS)]
 
 
@@ -119,10 +120,11 @@ class _BinaryParameters(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A binary tensor's `parameters` holding `binary_data_size` only (other keys: the general path).
 
     Read by `v2_feeds` as the dict it is there (`.get`); its value is checked there (an integer
-    >= 0), as for any request.
+    >= 0), as for any request. Within INT64: orjson reads an integer past 64 bits as a float (which
+    `v2_feeds` refuses with its own message) and one past float64 not at all.
     """
 
-    binary_data_size: int
+    binary_data_size: Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.binary_data_size if key == "binary_data_size" else default
@@ -222,7 +224,7 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
             return None
         try:
             request = dec.json.decode(body)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):  # nesting deeper than the stack: msgspec's RecursionError
             return None
         if not _plain_request(request):
             return None
@@ -244,7 +246,7 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
             return None
         try:
             request = dec.header.decode(header)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             return None
         types = list(map(type, request.inputs))
         if types != dec.header_types and len(set(types)) != len(types):  # an input twice: the general path names it
@@ -282,15 +284,42 @@ _HEADERS: dict[tuple[bytes, _Decoders, Limits], _Header] = {}
 
 
 def _plain_request(request: Any) -> bool:
-    """Two checks the decoder cannot make: the id's pattern, the outputs named `probability`."""
+    """Checks the decoder cannot make: the id's pattern, the outputs named `probability`, integers
+    in the free-form `parameters` that orjson reads as the same integers."""
     rid = request.id
     if rid is not None and _REQUEST_ID.fullmatch(rid) is None:  # ^...$ with fullmatch: no final newline
+        return False
+    if request.parameters and not _orjson_integers(request.parameters):
         return False
     outputs = request.outputs
     if outputs:
         for o in outputs:
-            if o.name != OUTPUT:
+            if o.name != OUTPUT or (o.parameters and not _orjson_integers(o.parameters)):
                 return False
+    return True
+
+
+_ORJSON_INT_MIN, _ORJSON_INT_MAX = -(2**63), 2**64 - 1
+
+
+def _orjson_integers(obj: dict[str, Any]) -> bool:
+    """True when every integer in a free-form object is one orjson reads as that integer.
+
+    msgspec (`Any`) reads any integer literal as an int; orjson, which the general path parses with,
+    reads one outside [-2**63, 2**64 - 1] as a float and refuses one past float64 (a 422): such a
+    body goes to the general path. Walked with a stack (the object may nest deeper than Python's
+    recursion limit).
+    """
+    stack: list[Any] = [obj]
+    while stack:
+        value = stack.pop()
+        t = type(value)
+        if t is dict:
+            stack.extend(value.values())
+        elif t is list:
+            stack.extend(value)
+        elif t is int and not _ORJSON_INT_MIN <= value <= _ORJSON_INT_MAX:
+            return False
     return True
 
 
@@ -319,7 +348,7 @@ def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str,
     parameters = list(map(_PARAMETERS, inputs))
     if parameters.count(None) != k:
         for p in parameters:  # binary data announced without the extension: the general path's 400
-            if p is not None and "binary_data_size" in p:
+            if p is not None and ("binary_data_size" in p or not _orjson_integers(p)):
                 return None
     feeds: dict[str, np.ndarray] = {}
     for kind, take, names in dec.groups:

@@ -65,24 +65,27 @@ def _no_constant(name: str) -> Any:
 
 
 def count_keys(obj: Any) -> tuple[int, int]:
-    """(keys in every object, ':' characters inside every string) of a parsed JSON value."""
-    t = type(obj)
-    if t is str:
-        return 0, obj.count(":")
-    if t is dict:
-        keys, colons = len(obj), 0
-        for k, v in obj.items():
-            a, b = count_keys(v)
-            keys, colons = keys + a, colons + b + k.count(":")
-        return keys, colons
-    if t is list:
-        keys = colons = 0
-        for v in obj:
-            if type(v) in (dict, list, str):
-                a, b = count_keys(v)
-                keys, colons = keys + a, colons + b
-        return keys, colons
-    return 0, 0
+    """(keys in every object, ':' characters inside every string) of a parsed JSON value.
+
+    Walked with a stack, not recursion: orjson reads values nested up to 1024 levels, deeper than
+    Python's default recursion limit (a RecursionError here was a 500).
+    """
+    keys = colons = 0
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        t = type(value)
+        if t is str:
+            colons += value.count(":")
+        elif t is dict:
+            keys += len(value)
+            for k, v in value.items():
+                colons += k.count(":")
+                if type(v) in (dict, list, str):
+                    stack.append(v)
+        elif t is list:
+            stack.extend(v for v in value if type(v) in (dict, list, str))
+    return keys, colons
 
 
 _SIMD_COUNT_FROM = 4096  # bytes; below it `bytes.count` is as fast as numpy's set-up
