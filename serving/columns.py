@@ -34,6 +34,9 @@ _INT_RANGE = {
 }
 _INT64_MIN, _INT64_MAX = _INT_RANGE["INT64"]
 _FLOAT_DTYPE = {"FP32": np.float32, "FP64": np.float64}
+# A float at or beyond this in magnitude may have been written as a large integer (JSON numbers are
+# exact integers only below it): the typed fast paths leave such a body to the general path.
+_EXACT_INTEGERS = 2**53
 _ACCEPTED = {
     "BYTES": ("BYTES",),
     "INT64": tuple(_INT_RANGE),

@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 
 from driftloop.schema import Signature, TensorSpec
-from serving.columns import _FLOAT_DTYPE, _MISSING, column_array, one_record
+from serving.columns import _EXACT_INTEGERS, _FLOAT_DTYPE, _MISSING, column_array, one_record
 from serving.request_models import Limits, RecordsRequest
 from serving.wire import RequestError, check_duplicate_keys, loads
 
@@ -134,7 +134,6 @@ def parse_records(body: bytes) -> list[dict[str, Any]]:
 
 _NEXT_RECORD = re.compile(rb"\}\s*,\s*\{")  # where one record ends and the next begins
 _astuple = msgspec.structs.astuple
-_EXACT_INTEGERS = 2**53  # floats at or beyond this may have come from a large integer: the general path decides
 
 
 @functools.lru_cache(maxsize=32)

@@ -38,17 +38,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
-from driftloop.schema import OUTPUT, TensorSpec
-from serving.columns import _INT64_MAX, _INT64_MIN, binary_block, binary_column
+from driftloop.schema import NUMPY_DTYPE, OUTPUT, TensorSpec
+from serving.columns import _EXACT_INTEGERS, _INT64_MAX, _INT64_MIN, _WIRE, binary_block, binary_column
 from serving.request_models import MAX_REQUEST_ID, REQUEST_ID_PATTERN, InferenceRequest, Limits
 from serving.wire import RequestError, count_byte, count_keys, fixed_width_ascii, fixed_width_columns
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
-_EXACT_INTEGERS = 2**53  # a float column's number at or beyond it may have been a large integer: general path
 _DATA, _SHAPE, _PARAMETERS = attrgetter("data"), attrgetter("shape"), attrgetter("parameters")
 _DATATYPE, _SIZE = attrgetter("datatype"), attrgetter("parameters.binary_data_size")
-_ITEMSIZE = {"INT64": 8, "FP32": 4, "FP64": 8}
-_NUMPY = {"BYTES": object, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64}
 
 
 class _Decoders:
@@ -91,7 +88,7 @@ class _Decoders:
         self.datatypes = [s.datatype for s in specs]
         numeric = [i for i, s in enumerate(specs) if s.datatype != "BYTES"]
         self.numeric = _take(numeric) if numeric else lambda values: ()  # their sizes, from all sizes
-        self.itemsizes = [_ITEMSIZE[s.datatype] for s in specs if s.datatype != "BYTES"]
+        self.itemsizes = [_WIRE[s.datatype].itemsize for s in specs if s.datatype != "BYTES"]
         runs: list[tuple[int, int, list[TensorSpec]]] = []
         for i, spec in enumerate(specs):
             last = runs[-1] if runs else None
@@ -355,9 +352,9 @@ def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str,
         values = take(column)
         size = len(names) * n
         try:  # one flat pass (`fromiter`); null (nullable floats only: NaN) needs `np.array`
-            block = np.fromiter(chain.from_iterable(values), _NUMPY[kind], size)
+            block = np.fromiter(chain.from_iterable(values), NUMPY_DTYPE[kind], size)
         except TypeError:
-            block = np.array(values, dtype=_NUMPY[kind])
+            block = np.array(values, dtype=NUMPY_DTYPE[kind])
         # BYTES: str objects, as `column_array` keeps them; INT64: the decoder kept each within
         # INT64; FP32/FP64: below 2**53 in magnitude, so finite in FP32 too.
         feeds.update(zip(names, block.reshape(len(names), n, 1), strict=True))  # a contiguous [n, 1] view each
