@@ -29,16 +29,14 @@ Cost (bench/serve_tracing.py; target <= 5 % of single-row req/s at a 10 % sampli
   made on the request's path. A sampled request runs cold (one in ten at 10%), so every step it
   skips counts several times over; no span is started and ended through the tracer, no context is
   attached.
-- On the export thread (`PhaseSpans`), each `RequestTrace` is made into its SERVER span
-  (`materialize`) followed by its phases as spans of their own (`expand`), and the exporter (the
-  library's OTLP/HTTP one by default) encodes them itself. The resource's hash is taken once
-  (`HashedResource`: the OTLP encoder hashes every span's resource, a JSON dump of its attributes).
-  A hand-written OTLP encoder halved the export thread's CPU but reached into the exporter's private
-  HTTP client; the library's encoding is kept (the project's rule: a well-kept library over our own
-  code outside the product, even a slower one). What it costs: ~100 us of export-thread CPU per
-  sampled request (six spans; in a warm loop, batches of 512), of which the library's protobuf
-  messages are most (`_encode_span` alone ~20 us for the request span with its 8 attributes, ~7 us a
-  phase span); the HTTP post ~0.9 ms per batch.
+- On the export thread, the OTLP exporter (serving/otlp.py: the library's `OTLPSpanExporter`) encodes
+  each `RequestTrace` straight from its readings into the library's protobuf classes, the same bytes the
+  library's encoder gives for its span and its phases' spans (proved by a hypothesis test), in ~20 us
+  instead of ~100 us per sampled request (six spans, batches of 512). Any other exporter (console,
+  in-memory) is given the spans themselves (`PhaseSpans`): each `RequestTrace` made into its SERVER
+  span (`materialize`) followed by its phases as spans of their own (`expand`). The resource's hash is
+  taken once (`HashedResource`: the OTLP encoder hashes every span's resource, a JSON dump of its
+  attributes).
 
 Everything else is the OpenTelemetry SDK's, configured by the standard environment variables:
 `OTEL_SERVICE_NAME` (default "driftloop-server"), `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`
@@ -143,6 +141,7 @@ class RequestTrace(ReadableSpan):
     phases: tuple[float, float, float, float | None, float | None] | None = None
     span_attributes: dict[str, Any] | None = None
     materialized = False
+    _span_id: int | None = None
 
     def __init__(self, trace_id: int, parent: SpanContext | None, trace_state, start: float) -> None:
         # ReadableSpan.__init__ is `materialize`'s, on the export thread
@@ -151,12 +150,16 @@ class RequestTrace(ReadableSpan):
         self.trace_state = trace_state
         self.start = start
 
-    def materialize(self, resource: Resource, scope: InstrumentationScope) -> None:
-        """Set the span's fields from the request's readings (once): its SpanContext (a new span id
-        from `random`, as the SDK's `RandomIdGenerator` draws it), the `driftloop.*` and HTTP
-        attributes, ERROR status on a 5xx, the escaped exception as the standard `exception` event."""
-        if self.materialized:
-            return
+    def span_id(self) -> int:
+        """The request span's id: drawn on first use from `random` (as the SDK's `RandomIdGenerator`
+        draws it), then the same for every exporter that encodes this request."""
+        if self._span_id is None:
+            self._span_id = _IDS.generate_span_id()
+        return self._span_id
+
+    def request_attributes(self) -> dict[str, Any]:
+        """The request span's attributes: `driftloop.request_id`, `driftloop.model`, `.model_version`,
+        `.lineage_id` (when routed), `driftloop.rows` (when scored), `span_attributes`, then the HTTP ones."""
         attrs: dict[str, Any] = {}
         if self.request_id is not None:
             attrs["driftloop.request_id"] = self.request_id
@@ -170,20 +173,32 @@ class RequestTrace(ReadableSpan):
             attrs.update(self.span_attributes)
         method, route, status = self.http
         attrs.update({"http.request.method": method, "http.route": route, "http.response.status_code": status})
-        events = ()
-        if (error := self.error) is not None:
-            module, qualname = type(error).__module__, type(error).__qualname__
-            events = (Event("exception", {
-                "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
-                "exception.message": str(error),
-                "exception.stacktrace": "".join(traceback.format_exception(error)),
-                "exception.escaped": "True",
-            }),)  # fmt: skip
-        context = SpanContext(self.trace_id, _IDS.generate_span_id(), False, _SAMPLED, self.trace_state)
+        return attrs
+
+    def exception_events(self) -> tuple[Event, ...]:
+        """The standard `exception` event of an exception that escaped the app, at the request's end; ()."""
+        if (error := self.error) is None:
+            return ()
+        module, qualname = type(error).__module__, type(error).__qualname__
+        return (Event("exception", {
+            "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+            "exception.message": str(error),
+            "exception.stacktrace": "".join(traceback.format_exception(error)),
+            "exception.escaped": "True",
+        }, timestamp=wall_ns(self.end)),)  # fmt: skip
+
+    def materialize(self, resource: Resource, scope: InstrumentationScope) -> None:
+        """Set the span's fields from the request's readings (once): its SpanContext (`span_id()`),
+        `request_attributes()`, ERROR status
+        on a 5xx, `exception_events()`."""
+        if self.materialized:
+            return
+        method, route, status = self.http
+        context = SpanContext(self.trace_id, self.span_id(), False, _SAMPLED, self.trace_state)
         ReadableSpan.__init__(
-            self, f"{method} {route}", context, self._parent, resource, attrs, events, kind=SpanKind.SERVER,
-            status=_ERROR if status >= 500 else _UNSET, start_time=wall_ns(self.start),
-            end_time=wall_ns(self.end), instrumentation_scope=scope,
+            self, f"{method} {route}", context, self._parent, resource, self.request_attributes(),
+            self.exception_events(), kind=SpanKind.SERVER, status=_ERROR if status >= 500 else _UNSET,
+            start_time=wall_ns(self.start), end_time=wall_ns(self.end), instrumentation_scope=scope,
         )  # fmt: skip
         self.materialized = True
 
@@ -232,17 +247,21 @@ class Tracing:
         self.provider = TracerProvider(resource=resource)  # its sampler: the SDK's reading of OTEL_TRACES_SAMPLER
         self.sampler = self.provider.sampler
         self.processor: SpanProcessor | None = None
-        if exporter is None:
+        scope = InstrumentationScope("driftloop.serving")
+        if exporter is not None:
+            exporter = PhaseSpans(exporter, resource, scope)  # request spans made, phases added on export
+        else:
             kind = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
             if kind == "console":
                 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-                exporter = ConsoleSpanExporter()
+                exporter = PhaseSpans(ConsoleSpanExporter(), resource, scope)
             elif kind != "none":
-                exporter = otlp_exporter()
-        scope = InstrumentationScope("driftloop.serving")
-        if exporter is not None:  # request spans made and their phases added on the export thread
-            self.processor = BatchSpanProcessor(PhaseSpans(exporter, resource, scope))
+                from serving.otlp import RequestSpanExporter
+
+                exporter = RequestSpanExporter(resource, scope)  # encodes request traces as they are
+        if exporter is not None:
+            self.processor = BatchSpanProcessor(exporter)
             self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer(f"driftloop.{service_name.removeprefix('driftloop-')}")
         self._bound = root_bound(self.sampler)
@@ -334,11 +353,3 @@ class PhaseSpans(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
-
-
-def otlp_exporter():
-    """The OTLP/HTTP span exporter, configured by the `OTEL_EXPORTER_OTLP_*` variables (the library's own:
-    encoding, retries, compression, headers and timeout are all its)."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter()

@@ -7,6 +7,8 @@ import random
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -124,9 +126,9 @@ def test_the_drift_checks_steps_are_spans(tmp_path):
 
 def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_encodes_them(monkeypatch):
     """A request's `RequestTrace` (with and without a caller, an escaped exception, a 5xx) becomes its span
-    and its phases' spans (`expand`); the server's OTLP/HTTP exporter, behind the phase expansion, posts
-    the library's own message for them, and for an SDK span (events, list attributes, error status), to
-    a collector on loopback."""
+    and its phases' spans (`expand`); the server's OTLP/HTTP exporter posts the library's own message for
+    them (encoded from the readings: serving/otlp.py), and for a batch with an SDK span (events, list
+    attributes, error status) too, to a collector on loopback."""
     import http.server
     import threading
 
@@ -134,7 +136,8 @@ def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_e
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.trace import Status, StatusCode
 
-    from serving.tracing import PhaseSpans, RequestTrace, Tracing, expand, otlp_exporter
+    from serving.otlp import RequestSpanExporter
+    from serving.tracing import RequestTrace, Tracing, expand
 
     exporter = InMemorySpanExporter()
     tracing = Tracing(exporter)
@@ -161,9 +164,9 @@ def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_e
     assert [e.name for e in failed.events] == ["exception"] and failed.events[0].attributes["exception.message"] == "boom"
     server_spans = [s for s in spans if s.kind == SpanKind.SERVER or s.name == "stage"]  # as the processor had them
 
-    def library(seed: int):  # the phase spans' ids are drawn as they are made: the same seed, the same ids
+    def library(spans, seed: int):  # the phase spans' ids are drawn as they are made: the same seed, the same ids
         random.seed(seed)
-        return encode_spans(expand(server_spans))
+        return encode_spans(expand(spans))
 
     received: list[bytes] = []
 
@@ -181,8 +184,73 @@ def test_a_request_span_and_its_phases_reach_the_collector_as_the_otlp_library_e
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{server.server_port}/v1/traces")
-        random.seed(4)
-        assert PhaseSpans(otlp_exporter()).export(server_spans).name == "SUCCESS"
+        exporter = RequestSpanExporter(tracing.provider.resource, ok.instrumentation_scope)
+        assert exporter._short  # the pinned library has the client the short encoding posts with
+        requests = [s for s in server_spans if isinstance(s, RequestTrace)]
+        for seed, batch in [(4, requests), (5, server_spans)]:  # request traces only: the short encoding
+            random.seed(seed)
+            assert exporter.export(batch).name == "SUCCESS"
     finally:
         server.shutdown()
-    assert ExportTraceServiceRequest.FromString(received[0]) == library(4)
+    assert len(received) == 2
+    assert ExportTraceServiceRequest.FromString(received[0]) == library(requests, 4)
+    assert ExportTraceServiceRequest.FromString(received[1]) == library(server_spans, 5)
+
+
+ATTRIBUTE_VALUES = st.recursive(
+    st.none() | st.booleans() | st.text(max_size=8) | st.integers(-(2**70), 2**70) | st.floats() | st.binary(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(st.fixed_dictionaries({
+    "caller": st.sampled_from([None, "01", "00"]), "state": st.sampled_from([None, "vendor=a,other=b"]),
+    "status": st.sampled_from([200, 400, 422, 500, 503]), "error": st.sampled_from([None, ValueError("boom"), KeyError(3)]),
+    "routed": st.booleans(), "parsed": st.booleans(), "scored": st.booleans(), "logged": st.booleans(),
+    "attributes": st.none() | st.dictionaries(st.text(max_size=6), ATTRIBUTE_VALUES, max_size=4),
+}), min_size=1, max_size=4), seed=st.integers(0, 2**32))  # fmt: skip
+def test_the_short_encoding_is_the_librarys_for_any_request_trace(requests, seed):
+    """`encode_request_traces` gives byte for byte the message the OTLP library encodes from `expand`'s spans
+    (same resource and scope, the same span ids drawn from the same `random` state), for any mix of callers,
+    trace states, statuses, escaped exceptions, phases and attribute values (those the library cannot
+    encode, e.g. integers beyond 64 bits, skipped by both)."""
+    from types import SimpleNamespace
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    from serving.otlp import encode_request_traces
+    from serving.tracing import RequestTrace, Tracing, expand
+
+    resource = Tracing(InMemorySpanExporter()).provider.resource
+    scope = InstrumentationScope("driftloop.serving", "1.2", attributes={"k": "v"})
+
+    def traces():
+        out = []
+        for i, r in enumerate(requests):
+            state = TraceState.from_header([r["state"]]) if r["state"] else None
+            parent = (SpanContext(int(TRACE_ID, 16), int(PARENT, 16), True, TraceFlags(int(r["caller"], 16)), state)
+                      if r["caller"] else None)  # fmt: skip
+            rt = RequestTrace(TraceIdRatioBased.TRACE_ID_LIMIT - i, parent, state, 1000.0 + i)
+            if r["parsed"]:
+                rt.parsed = rt.start + 1e-4
+            if r["routed"]:
+                rt.request_id = f"r-{i}"
+                rt.version = SimpleNamespace(name=MODEL, version=str(i), lineage_id="lin")
+            if r["scored"]:
+                rt.rows = i + 1
+                rt.phases = (rt.start + 2e-4, 1e-4, 3e-4, *((rt.start + 7e-4, rt.start + 8e-4) if r["logged"] else (None, None)))
+            rt.span_attributes = r["attributes"]
+            rt.end, rt.http, rt.error = rt.start + 1e-3, ("POST", "/v2/models/{name}/infer", r["status"]), r["error"]
+            out.append(rt)
+        return out
+
+    random.seed(seed)
+    ours = encode_request_traces(traces(), resource, scope).SerializeToString(deterministic=True)
+    random.seed(seed)
+    library = encode_spans(expand(traces(), resource, scope)).SerializeToString(deterministic=True)
+    assert ours == library
