@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson  # noqa: E402
-from serve_common import MODEL, figure, free_port, print_table, server_args, write_results  # noqa: E402
+from serve_common import MODEL, figure, free_port, print_table, scratch_dir, server_args, write_results  # noqa: E402
 
 from serving.loadgen import run_load, start_process, stop_process  # noqa: E402
 from serving.testing import build_test_package, records_payload, synthetic_rows  # noqa: E402
@@ -32,7 +31,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--concurrency", type=int, default=64)
     opts = parser.parse_args()
-    repo = Path(tempfile.mkdtemp(prefix="serve_batching_")) / "repo"
+    repo = scratch_dir("serve_batching_") / "repo"
     build_test_package(repo / MODEL / "1", model_name=MODEL, mlp_width=opts.width)
     body = orjson.dumps(records_payload(synthetic_rows(1, seed=1)))
 

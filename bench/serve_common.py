@@ -6,8 +6,11 @@ all traffic stays on 127.0.0.1.
 """
 
 import argparse
+import atexit
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +20,13 @@ if str(ROOT) not in sys.path:
 MODEL = "flight_delay"
 
 from common import figure, print_table, write_results  # noqa: E402,F401  (re-exported for the serve benches)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder (`tempfile.mkdtemp`), removed with everything in it when the benchmark exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
-from serve_common import MODEL  # noqa: E402
+from serve_common import MODEL, scratch_dir  # noqa: E402
 
 from driftloop.schema import feeds_for  # noqa: E402
 from serving.repository import ModelRepository  # noqa: E402
@@ -46,7 +46,7 @@ from serving.testing import (
 
 def _import_base(tree: Path):
     """`serving.validation` and `serving.predlog` of another tree, as package `serving_base`."""
-    folder = Path(tempfile.mkdtemp(prefix="serve_decode_base_"))
+    folder = scratch_dir("serve_decode_base_")
     shutil.copytree(tree / "serving", folder / "serving_base")
     for path in (folder / "serving_base").rglob("*.py"):
         text = path.read_text()
@@ -72,7 +72,7 @@ def main() -> None:
     if opts.base is not None:
         trees = {"base": _import_base(opts.base), **trees}
 
-    tmp = Path(tempfile.mkdtemp(prefix="serve_decode_"))
+    tmp = scratch_dir("serve_decode_")
     build_test_package(tmp / "repo" / MODEL / "1", model_name=MODEL)
     signature = ModelRepository(tmp / "repo").load(MODEL, "1").signature
     rows = synthetic_rows(1000, seed=2, null_fraction=opts.null_fraction)

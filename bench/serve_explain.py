@@ -23,7 +23,6 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson  # noqa: E402
 import pandas as pd  # noqa: E402
-from serve_common import MODEL, ROOT, figure, print_table, write_results  # noqa: E402
+from serve_common import MODEL, ROOT, figure, print_table, scratch_dir, write_results  # noqa: E402
 from serve_cpu import _call  # noqa: E402
 
 from driftloop.schema import Signature, feeds_for  # noqa: E402
@@ -50,7 +49,7 @@ def main() -> None:
     package = ROOT / "artifacts" / "model"
     if not (package / "model.onnx").is_file():
         sys.exit(f"error: {package / 'model.onnx'} is missing: run `dvc checkout` (or `make repro`) for the trained package")
-    tmp = Path(tempfile.mkdtemp(prefix="serve_explain_"))
+    tmp = scratch_dir("serve_explain_")
     shutil.copytree(package, tmp / "repo" / MODEL / "1")
     card = json.loads((package / "model_card.json").read_text())
     signature = Signature.model_validate_json((package / "signature.json").read_text())

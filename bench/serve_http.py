@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson  # noqa: E402
-from serve_common import MODEL, figure, free_port, print_table, server_args, write_results  # noqa: E402
+from serve_common import MODEL, figure, free_port, print_table, scratch_dir, server_args, write_results  # noqa: E402
 
 from serving.loadgen import run_load, start_process, stop_process  # noqa: E402
 from serving.testing import (  # noqa: E402
@@ -40,7 +39,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     opts = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="serve_http_"))
+    tmp = scratch_dir("serve_http_")
     repo = tmp / "repo"
     build_test_package(repo / MODEL / "1", model_name=MODEL)
     one = orjson.dumps(records_payload(synthetic_rows(1, seed=1)))

@@ -33,7 +33,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson  # noqa: E402
-from serve_common import MODEL, figure, free_port, print_table, write_results  # noqa: E402
+from serve_common import MODEL, figure, free_port, print_table, scratch_dir, write_results  # noqa: E402
 from serve_cpu import _call  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
@@ -65,7 +64,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="single-row requests per app per round, interleaved")
     parser.add_argument("--ratio", type=float, default=0.1, help="sampling ratio of the traced app")
     opts = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="serve_tracing_"))
+    tmp = scratch_dir("serve_tracing_")
     build_test_package(tmp / "repo" / MODEL / "1", model_name=MODEL)
     port = free_port()
     sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
