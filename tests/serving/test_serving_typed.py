@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftloop.schema import Signature, output_specs
-from serving.testing import TEST_INPUTS, synthetic_rows, v2_binary_payload, v2_payload
+from driftloop.schema import Signature, TensorSpec, output_specs
+from serving import columns
+from serving.testing import TEST_INPUTS, records_payload, synthetic_rows, v2_binary_payload, v2_payload
 from serving.v2_tensors import parse_v2, v2_feeds
 from serving.v2_typed import binary_feeds, decoders, typed_v2
 from serving.validation import Limits, RequestError
@@ -61,6 +62,8 @@ def _same_feeds(got: dict, expected: dict) -> None:
     for name, arr in expected.items():
         assert got[name].dtype == arr.dtype and got[name].shape == arr.shape, name
         np.testing.assert_array_equal(got[name], arr)  # NaN (null) equals NaN
+        if arr.dtype.kind == "f":  # and -0.0 stays -0.0 (`assert_array_equal` takes it for 0.0)
+            np.testing.assert_array_equal(np.signbit(got[name]), np.signbit(arr))
 
 
 _VALUES = st.one_of(
@@ -156,11 +159,21 @@ def _duplicate_key(body: bytes, where: str) -> bytes:
     ascii_only=st.booleans(),
     corrupt=st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.sampled_from(list(b'0 1:,."{}[]-eE+n\xff'))),
     nullable=st.booleans(),
+    few=st.sampled_from([0, columns._FEW_VALUES]),
 )
-def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplicate, ascii_only, corrupt, nullable):
+def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplicate, ascii_only, corrupt, nullable, few):
     """Whatever `typed_v2` accepts (values out of a datatype's range, wrong types, shapes, keys,
     duplicate keys and inputs, ids, outputs, bytes of broken JSON included), `parse_v2` +
-    `v2_feeds` accept with the same request fields and the same arrays."""
+    `v2_feeds` accept with the same request fields and the same arrays; with the numbers of a
+    few rows converted either way (`few`: `number_block`'s packing path, or its few-values path)."""
+    saved, columns._FEW_VALUES = columns._FEW_VALUES, few
+    try:
+        _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable)
+    finally:
+        columns._FEW_VALUES = saved
+
+
+def _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable) -> None:
     version = _version(nullable)
     obj = {"inputs": [{"name": c, "datatype": s.datatype, "shape": [n, 1], "data": [_ROW[c]] * n}
                       for c, s in zip(COLUMNS, TEST_INPUTS, strict=True)]}  # fmt: skip
@@ -471,3 +484,82 @@ def test_fixed_width_bytes_with_and_without_a_layout(values, layout_max, monkeyp
     assert (got is not None) == valid
     if got is not None:
         assert list(got[:, 0]) == list(wire.bytes_elements("x", buf, len(values), 16)) == values
+
+
+_EDGE_FLOATS = [0.0, -0.0, 2.0**53, -(2.0**53), 2.0**53 - 1, 9007199254740991.5, 3.4e38, 3.5e38, 1e39, 1e308, 5e-324]
+_EDGE_INTS = [0, -1, 2**53, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**30]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["INT64", "FP32", "FP64"]),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 30)),
+    data=st.data(),
+    few=st.sampled_from([0, columns._FEW_VALUES]),
+)
+def test_number_block_declines_exactly_the_numbers_out_of_range(kind, shape, data, few):
+    """`number_block` (the typed paths' numbers -> numpy) returns None exactly when a value is past
+    INT64 (INT64) or of 2**53 or more in magnitude (floats; ints given to a float column beyond
+    2**53 reach it as such floats), and otherwise the arrays `column_array` (the general path)
+    makes, dtype, NaN for null and the sign of zero included; by either of its two paths."""
+    k, n = shape
+    if kind == "INT64":
+        value = st.integers(-(2**63), 2**63 - 1) | st.sampled_from(_EDGE_INTS) | st.integers(-(2**70), 2**70)
+    else:  # what msgspec gives a `float | None` field: floats (JSON integers too, as floats), None
+        value = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(_EDGE_FLOATS) | st.none()
+    cols = data.draw(st.lists(st.lists(value, min_size=n, max_size=n), min_size=k, max_size=k))
+    saved, columns._FEW_VALUES = columns._FEW_VALUES, few
+    try:
+        block = columns.number_block(tuple(cols), kind, n)
+    finally:
+        columns._FEW_VALUES = saved
+    flat = [x for c in cols for x in c]
+    if kind == "INT64":
+        out_of_range = any(not -(2**63) <= x < 2**63 for x in flat)
+    else:
+        out_of_range = any(x is not None and abs(x) >= 2**53 for x in flat)
+    assert (block is None) == out_of_range
+    if block is None:
+        return
+    spec = TensorSpec(name="x", datatype=kind, shape=[-1, 1], nullable=True)
+    assert block.shape == (k, n) and block.flags.c_contiguous
+    _same_feeds({i: block[i].reshape(-1, 1) for i in range(k)},
+                {i: columns.column_array("x", spec, c, LIMITS) for i, c in enumerate(cols)})  # fmt: skip
+
+
+_BULK = synthetic_rows(40, seed=3)  # 40 rows: 9 FP32 and 4 INT64 columns are packed, not the few-values path
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "taken"),
+    [("temp", 1e39, False), ("temp", -1e39, False), ("temp", 1e308, False), ("temp", 2**53, False),
+     ("temp", -(2**53), False), ("temp", 2**64, False), ("temp", 9007199254740991.5, False), ("temp", 3.4e38, False),
+     ("temp", 2**53 - 1, True), ("temp", -(2**53) + 1, True), ("temp", -0.0, True), ("temp", -0, True),
+     ("temp", None, True), ("temp", 5e-324, True), ("hour", 2**63 - 1, True), ("hour", -(2**63), True),
+     ("hour", 2**63, False), ("hour", -(2**63) - 1, False), ("hour", 2**64, False)],
+)  # fmt: skip
+def test_bulk_fast_paths_take_exactly_the_numbers_in_their_range(column, value, taken):
+    """v2 JSON (`typed_v2`) and records (`records_fast`) at 40 rows: each takes the body exactly
+    when the value is within INT64 (INT64) or below 2**53 in magnitude (floats: the general path
+    decides the rest), and then gives the general path's arrays, -0.0 and null (NaN) included."""
+    from serving.validation import parse_records, records_fast, records_feeds
+
+    version = _version(True)
+    obj = v2_payload(_BULK)
+    next(t for t in obj["inputs"] if t["name"] == column)["data"][7] = value
+    body = json.dumps(obj, separators=(",", ":")).encode()  # any integer (orjson stops at 64 bits)
+    typed = typed_v2(body, None, decoders(version, LIMITS), LIMITS)
+    assert (typed is not None) == taken
+    if typed is not None:
+        request, feeds, rows = _general(body, None, version.signature)
+        assert typed.rows == rows == 40
+        _same_feeds(typed.feeds, feeds)
+    instances = json.loads(json.dumps(records_payload(_BULK)))
+    instances["instances"][7][column] = value
+    body = json.dumps(instances, separators=(",", ":")).encode()
+    fast = records_fast(body, version.signature, LIMITS)
+    assert (fast is not None) == taken
+    if fast is not None:
+        expected, rows = records_feeds(parse_records(body), version.signature, LIMITS, body=body)
+        assert fast[1] == rows == 40 and list(fast[0]) == list(expected)
+        _same_feeds(fast[0], expected)
