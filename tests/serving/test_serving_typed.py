@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftloop.schema import Signature, TensorSpec, output_specs
-from serving import columns
+from serving import columns, v2_typed
 from serving.testing import TEST_INPUTS, records_payload, synthetic_rows, v2_binary_payload, v2_payload
 from serving.v2_tensors import parse_v2, v2_feeds
 from serving.v2_typed import binary_feeds, decoders, typed_v2
 from serving.validation import Limits, RequestError
+from serving.wire import json_fixed_width_ascii
 
 MODEL = "flight_delay"
 LIMITS = Limits(max_rows=500, max_string_length=16)
@@ -60,6 +61,9 @@ def _same_request(a, b) -> None:
 def _same_feeds(got: dict, expected: dict) -> None:
     assert sorted(got) == sorted(expected)
     for name, arr in expected.items():
+        if arr.dtype == object and got[name].dtype.kind == "U":  # fixed-width strings (`json_fixed_width_ascii`)
+            assert got[name].shape == arr.shape and got[name].tolist() == arr.tolist(), name  # the same `str`s
+            continue
         assert got[name].dtype == arr.dtype and got[name].shape == arr.shape, name
         np.testing.assert_array_equal(got[name], arr)  # NaN (null) equals NaN
         if arr.dtype.kind == "f":  # and -0.0 stays -0.0 (`assert_array_equal` takes it for 0.0)
@@ -159,21 +163,27 @@ def _duplicate_key(body: bytes, where: str) -> bytes:
     ascii_only=st.booleans(),
     corrupt=st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.sampled_from(list(b'0 1:,."{}[]-eE+n\xff'))),
     nullable=st.booleans(),
-    few=st.sampled_from([0, columns._FEW_VALUES]),
+    bulk=st.booleans(),
+    spaced=st.booleans(),
 )
-def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplicate, ascii_only, corrupt, nullable, few):
+def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplicate, ascii_only, corrupt, nullable, bulk,
+                                                          spaced):  # fmt: skip
     """Whatever `typed_v2` accepts (values out of a datatype's range, wrong types, shapes, keys,
     duplicate keys and inputs, ids, outputs, bytes of broken JSON included), `parse_v2` +
-    `v2_feeds` accept with the same request fields and the same arrays; with the numbers of a
-    few rows converted either way (`few`: `number_block`'s packing path, or its few-values path)."""
-    saved, columns._FEW_VALUES = columns._FEW_VALUES, few
+    `v2_feeds` accept with the same request fields and the same arrays; with a few rows converted
+    as bulk requests are (`bulk`: numbers packed by `number_block`, strings read fixed-width by
+    `json_fixed_width_ascii`) or as small ones are, written compact or `spaced` (as Python's
+    `json.dumps` writes by default)."""
+    saved = columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS
+    if bulk:
+        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS = 0, 1
     try:
-        _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable)
+        _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced)
     finally:
-        columns._FEW_VALUES = saved
+        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS = saved
 
 
-def _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable) -> None:
+def _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced=False) -> None:
     version = _version(nullable)
     obj = {"inputs": [{"name": c, "datatype": s.datatype, "shape": [n, 1], "data": [_ROW[c]] * n}
                       for c, s in zip(COLUMNS, TEST_INPUTS, strict=True)]}  # fmt: skip
@@ -182,9 +192,11 @@ def _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable) -
     for key, value in top:
         obj[key] = value
     try:
-        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+        body = json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":"), ensure_ascii=ascii_only).encode()
     except ValueError:  # an integer too long for the standard library to print
         return
+    if duplicate and spaced:
+        return  # `_duplicate_key` edits the compact form
     if duplicate:
         body = _duplicate_key(body, duplicate)
     if corrupt[0] == 0:  # one byte in six bodies
@@ -563,3 +575,29 @@ def test_bulk_fast_paths_take_exactly_the_numbers_in_their_range(column, value, 
         expected, rows = records_feeds(parse_records(body), version.signature, LIMITS, body=body)
         assert fast[1] == rows == 40 and list(fast[0]) == list(expected)
         _same_feeds(fast[0], expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.text(max_size=4), min_size=1, max_size=6)
+    | st.integers(1, 6).flatmap(lambda w: st.lists(st.text(st.characters(max_codepoint=0x7F), min_size=w, max_size=w),
+                                                   min_size=1, max_size=6)),
+    separators=st.sampled_from([(",", ":"), (", ", ": ")]),
+    ascii_only=st.booleans(),
+    extra=st.integers(-1, 1),
+)  # fmt: skip
+def test_json_fixed_width_strings_are_the_strings_a_parser_reads(values, separators, ascii_only, extra):
+    """`json_fixed_width_ascii` on a JSON array of strings (quotes, backslashes, control and
+    non-ASCII characters, mixed lengths, both separators) gives the strings `json.loads` reads, as
+    `[n, 1]` fixed-width unicode, or None; and None when told another count of strings."""
+    raw = json.dumps(values, separators=separators, ensure_ascii=ascii_only).encode()
+    n = len(values) + extra
+    got = json_fixed_width_ascii(raw, n, LIMITS.max_string_length)
+    if extra:
+        assert got is None
+        return
+    plain = (len(set(map(len, values))) == 1 and 0 < len(values[0]) <= LIMITS.max_string_length
+             and all(0x20 <= ord(c) <= 0x7F and c not in '"\\' for v in values for c in v))  # fmt: skip
+    assert (got is not None) == plain
+    if got is not None:
+        assert got.dtype.kind == "U" and got.shape == (n, 1) and got[:, 0].tolist() == json.loads(raw)
