@@ -38,7 +38,7 @@ import functools
 import re
 import typing
 import weakref
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
 
@@ -63,40 +63,43 @@ _DATATYPE, _SIZE = attrgetter("datatype"), attrgetter("parameters.binary_data_si
 
 
 class _Decoders:
-    """The two decoders of one (inputs, string limit): JSON bodies, and binary extension headers."""
+    """The decoders of one (inputs, string limit): JSON bodies (bulk and small), binary extension headers."""
 
-    __slots__ = ("specs", "json", "header", "groups", "names", "json_types", "header_types", "datatypes", "numeric",
+    __slots__ = ("specs", "json", "small", "header", "groups", "names", "header_types", "datatypes", "numeric",
                  "itemsizes", "runs", "strings", "__weakref__")
 
     def __init__(self, specs: tuple[TensorSpec, ...], max_string_length: int) -> None:
         self.specs = specs
         self.names = [s.name for s in specs]
-        json_tensors, header_tensors = [], []
+        string = Annotated[str, msgspec.Meta(max_length=max_string_length)]
+        raw_tensors, small_tensors, header_tensors = [], [], []
         for i, spec in enumerate(specs):
             kind = spec.datatype
-            if kind == "BYTES":  # its bytes: `_strings` reads them (no `str` object per value when it can)
-                data: Any = msgspec.Raw
-            elif kind == "INT64":  # any integer: `number_block` declines one past INT64
-                data = list[int]
+            if kind == "INT64":  # any integer: `number_block` declines one past INT64
+                data: Any = list[int]
             elif kind in ("FP32", "FP64"):
                 # Any number (a JSON integer too, as a float): `number_block` declines one of 2**53
                 # or more in magnitude with one vectorized test (a bound per value here cost ~10%).
                 data = list[float | None] if spec.nullable else list[float]
-            else:  # pragma: no cover - a datatype the server does not score (BOOL): no typed path
+            elif kind != "BYTES":  # pragma: no cover - a datatype the server does not score (BOOL): no typed path
                 raise ValueError(kind)
             common = {"tag_field": "name", "tag": spec.name, "forbid_unknown_fields": True, "gc": False,
                       "namespace": {"name": spec.name, "index": i}}  # fmt: skip
-            json_tensors.append(msgspec.defstruct(
-                f"Json{i}", [("shape", _Shape), ("datatype", Literal[kind]), ("data", data),
-                             ("parameters", dict[str, Any], None)], **common))  # fmt: skip
+            # BYTES `data`: its raw JSON in bulk (`_strings` reads it), strings in small bodies.
+            for tensors, strings in ((raw_tensors, msgspec.Raw), (small_tensors, list[string])):
+                tensors.append(msgspec.defstruct(
+                    f"Json{i}", [("shape", _Shape), ("datatype", Literal[kind]),
+                                 ("data", strings if kind == "BYTES" else data), ("parameters", dict[str, Any], None)],
+                    **common))  # fmt: skip
             header_tensors.append(msgspec.defstruct(
                 f"Header{i}", [("shape", _Shape), ("datatype", Annotated[str, msgspec.Meta(max_length=16)]),
                                ("parameters", _BinaryParameters)], **common))  # fmt: skip
             header_tensors[-1].data = None  # read by `v2_feeds` as `RequestInput.data`: binary data has none
-        self.json = msgspec.json.Decoder(_request_type(json_tensors))
-        self.json_types = json_tensors  # in the signature's order
-        # A BYTES tensor's `data` that `json_fixed_width_ascii` does not take, value by value.
-        self.strings = msgspec.json.Decoder(list[Annotated[str, msgspec.Meta(max_length=max_string_length)]])
+        # (decoder, tensor types in the signature's order) of JSON bodies: bulk ones, small ones.
+        self.json = msgspec.json.Decoder(_request_type(raw_tensors)), raw_tensors
+        self.small = msgspec.json.Decoder(_request_type(small_tensors)), small_tensors
+        # A BYTES tensor's raw `data` that `json_fixed_width_ascii` does not take, value by value.
+        self.strings = msgspec.json.Decoder(list[string])
         self.header = msgspec.json.Decoder(_request_type(header_tensors))
         self.header_types = header_tensors
         # The binary layout of a header listing every input in the signature's order and datatypes:
@@ -234,13 +237,14 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
     if header_length is None:
         if b"\\" in body:  # an escape: the ':' count below would not be exact
             return None
+        decoder, types = dec.json if len(body) >= _RAW_STRINGS_BYTES else dec.small
         try:
-            request = dec.json.decode(body)
+            request = decoder.decode(body)
         except (msgspec.MsgspecError, RecursionError):  # nesting deeper than the stack: msgspec's RecursionError
             return None
         if not _plain_request(request):
             return None
-        fed = _json_feeds(request, dec, limits)
+        fed = _json_feeds(request, dec, types, limits)
         if fed is None or not _no_duplicate_keys(body, request, True):
             return None
         return TypedV2(request, dec, fed[0], fed[1], None)
@@ -335,15 +339,17 @@ def _orjson_integers(obj: dict[str, Any]) -> bool:
     return True
 
 
-def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
+def _json_feeds(request: Any, dec: _Decoders, tensor_types: list[type], limits: Limits
+                ) -> tuple[dict[str, np.ndarray], int] | None:  # fmt: skip
     """Feeds of a JSON request whose every input is present once, declared in its own datatype.
 
     Attribute by attribute over all tensors (C-level maps and list counts), not tensor by tensor.
+    `tensor_types`: the tensor structs of the decoder that read it, in the signature's order.
     """
     inputs = request.inputs
     k = len(dec.specs)
     types = list(map(type, inputs))
-    if types != dec.json_types:  # not every input once in the signature's order
+    if types != tensor_types:  # not every input once in the signature's order
         if len(types) != k or len(set(types)) != k:  # one missing, or one twice: the general path names it
             return None
         ordered: list[Any] = [None] * k
@@ -363,7 +369,7 @@ def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str,
     feeds: dict[str, np.ndarray] = {}
     for kind, take, names in dec.groups:
         values = take(column)
-        if kind == "BYTES":
+        if kind == "BYTES" and type(values[0]) is not list:  # raw JSON (bulk bodies): column by column
             for name, raw in zip(names, values, strict=True):
                 strings = _strings(raw, n, dec, limits)
                 if strings is None:
@@ -372,20 +378,26 @@ def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str,
             continue
         if list(map(len, values)).count(n) != len(values):
             return None
-        block = number_block(values, kind, n)  # within INT64; below 2**53 in magnitude, so finite in FP32 too
-        if block is None:
-            return None
+        if kind == "BYTES":  # the decoder's `str`s (of at most the limit), as `column_array` keeps them
+            block = np.fromiter(chain.from_iterable(values), object, len(names) * n)
+        else:  # within INT64; below 2**53 in magnitude, so finite in FP32 too (else None)
+            block = number_block(values, kind, n)
+            if block is None:
+                return None
         feeds.update(zip(names, block.reshape(len(names), n, 1), strict=True))  # a contiguous [n, 1] view each
     return feeds, n
 
 
+# From this body size (about 100 rows of the flight schema), BYTES tensors are read from their raw
+# JSON (`_strings`); below it the decoder makes their `str`s (3 decoder calls a request cost ~1 us).
+_RAW_STRINGS_BYTES = 16 * 1024
 # From this many rows, `json_fixed_width_ascii` (about 5 us of fixed numpy cost a column) costs less
 # than decoding `str` objects (about 20 ns each, and ONNX Runtime reads them ~10 ns slower each).
 _FIXED_WIDTH_ROWS = 128
 
 
 def _strings(raw: msgspec.Raw, n: int, dec: _Decoders, limits: Limits) -> np.ndarray | None:
-    """A BYTES tensor's `data` (its raw JSON, valid) -> `[n, 1]` array, or None (the general path).
+    """A BYTES tensor's `data` as its raw JSON (valid) -> `[n, 1]` array, or None (the general path).
 
     From `_FIXED_WIDTH_ROWS` rows, fixed-width ASCII strings straight from the bytes
     (`json_fixed_width_ascii`: a unicode array, no `str` per value); else decoded value by value
@@ -459,8 +471,13 @@ def _no_duplicate_keys(body: bytes, request: Any, json: bool) -> bool:
     colons += sum(o.name.count(":") for o in request.outputs or ())
     for t in request.inputs:
         colons += t.name.count(":") + t.datatype.count(":")
-        if json and type(t.data) is msgspec.Raw:  # a BYTES tensor's array: ':' only inside its strings
-            colons += count_byte(memoryview(t.data), b":")
+        if not json:
+            continue
+        data = t.data
+        if type(data) is msgspec.Raw:  # a BYTES tensor's raw array: ':' only inside its strings
+            colons += count_byte(memoryview(data), b":")
+        elif data and type(data[0]) is str:  # a BYTES tensor's strings
+            colons += "".join(data).count(":")
     return found == keys + colons
 
 

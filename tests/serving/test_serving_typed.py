@@ -171,16 +171,16 @@ def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplica
     """Whatever `typed_v2` accepts (values out of a datatype's range, wrong types, shapes, keys,
     duplicate keys and inputs, ids, outputs, bytes of broken JSON included), `parse_v2` +
     `v2_feeds` accept with the same request fields and the same arrays; with a few rows converted
-    as bulk requests are (`bulk`: numbers packed by `number_block`, strings read fixed-width by
-    `json_fixed_width_ascii`) or as small ones are, written compact or `spaced` (as Python's
+    as bulk requests are (`bulk`: numbers packed by `number_block`, strings read from their raw
+    JSON, fixed-width by `json_fixed_width_ascii`) or as small ones are, written compact or `spaced` (as Python's
     `json.dumps` writes by default)."""
-    saved = columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS
+    saved = columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS, v2_typed._RAW_STRINGS_BYTES
     if bulk:
-        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS = 0, 1
+        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS, v2_typed._RAW_STRINGS_BYTES = 0, 1, 0
     try:
         _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced)
     finally:
-        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS = saved
+        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS, v2_typed._RAW_STRINGS_BYTES = saved
 
 
 def _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced=False) -> None:
