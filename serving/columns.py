@@ -284,8 +284,6 @@ def number_block(columns: Sequence[Sequence[Any]], kind: str, n: int) -> np.ndar
     Returns:
         C-contiguous `[len(columns), n]` int64 / float32 / float64 array (writable), or None.
     """
-    if len(columns) * n <= _FEW_VALUES:  # a few rows: numpy's fixed costs would dominate
-        return _few_numbers(columns, kind, n)
     wide = np.empty((len(columns), n), dtype=np.int64 if kind == "INT64" else np.float64)
     pack = _packer(n, "q" if kind == "INT64" else "d")
     step = 8 * n
@@ -308,30 +306,6 @@ def number_block(columns: Sequence[Sequence[Any]], kind: str, n: int) -> np.ndar
     if (np.abs(wide) >= _EXACT_INTEGERS).any():  # NaN (null) compares False
         return None
     return wide.astype(np.float32) if kind == "FP32" else wide
-
-
-# Up to this many values, `_few_numbers` (one `np.fromiter`, the bound checked per value in
-# Python) costs less than packing per column and a vectorized check (~7 us more for one row).
-_FEW_VALUES = 64
-
-
-def _few_numbers(columns: Sequence[Sequence[Any]], kind: str, n: int) -> np.ndarray | None:
-    """`number_block` for a few values: the same rules and result."""
-    size = len(columns) * n
-    if kind == "INT64":
-        try:
-            return np.fromiter(chain.from_iterable(columns), np.int64, size).reshape(-1, n)
-        except OverflowError:  # past INT64
-            return None
-    flat = list(chain.from_iterable(columns))
-    bound = _EXACT_INTEGERS
-    try:
-        if not (-bound < min(flat) and max(flat) < bound):
-            return None
-    except TypeError:  # a null (None does not compare): value by value
-        if not all(x is None or -bound < x < bound for x in flat):
-            return None
-    return np.fromiter(flat, _FLOAT_DTYPE[kind], size).reshape(-1, n)  # None -> NaN
 
 
 _PACKERS: dict[tuple[int, str], Any] = {}

@@ -6,27 +6,29 @@ body straight into structs typed from the routed version's signature, so the par
 most of the rules while it reads, with no dict per tensor:
   * the request's fields and lengths (`InferenceRequest`), every key known, no nulls;
   * each tensor is a struct chosen by its `name` (a tagged union: an unknown input fails here),
-    declared in the column's own datatype (`Literal`), `data` typed per column: a list of integers
-    (INT64) or of numbers (FP32/FP64; null only in a nullable column), and for BYTES its raw JSON
-    (valid: msgspec checks it while skipping it), read by `_strings`; a JSON tensor carries
-    `data`, a binary header's tensor carries `parameters.binary_data_size` instead (its data is
-    checked by `v2_feeds`).
+    declared in the column's own datatype (`Literal`), `data` typed per column; a JSON tensor
+    carries `data`, a binary header's tensor carries `parameters.binary_data_size` instead (its
+    data is checked by `v2_feeds`).
+
+JSON bodies are read by one of two decoders, by size (`_BULK_BYTES`). A small body's values are
+checked while parsing (strings of at most `max_string_length` characters, integers within INT64,
+numbers below 2**53 in magnitude: exact as integers and finite in FP32; null only in a nullable
+column), then go to numpy in one `np.fromiter` per datatype. A bulk body's numbers are read
+unbounded and checked on the arrays (`serving.columns.number_block`: the same ranges, about 10%
+less CPU a request than a bound per value), and its BYTES tensors are read from their raw JSON
+(valid: msgspec checks it while skipping it) by `_strings`: fixed-width ASCII strings straight
+from their bytes into a unicode array (`json_fixed_width_ascii`), others decoded value by value.
 
 What is left is checked here on the decoded structs (every input once, one row count, shapes
-`[n, 1]` or `[n]`, the outputs, the request id's pattern, the duplicate-key count). The values
-then go to numpy one array per datatype (BYTES: per column), with the value rules checked on
-the arrays, not per value while parsing (a bound per value in the decoder cost ~10% of a request):
-`number_block` (integers within INT64; numbers below 2**53 in magnitude, so exact as integers
-and finite in FP32) and `_strings` (strings of at most `max_string_length` characters; in bulk,
-fixed-width ASCII strings straight from their bytes). Anything the decoder refuses or this path
-does not vouch for (another declared datatype, nested `data`, a backslash escape, a ':' count
-that does not match, a number out of those ranges, an integer orjson would not read as one,
-nesting deeper than the stack, any error) returns None, and the general path decides from the
-raw body as before, with its own message: this path only accepts, never refuses, so errors and
-their order are the general path's by construction. The hypothesis tests in tests/serving check
-that whatever it accepts, the general path accepts with the same request fields and the same
-arrays (a BYTES column may be fixed-width unicode where the general path has `str` objects: the
-same strings, which ONNX Runtime reads faster).
+`[n, 1]` or `[n]`, the outputs, the request id's pattern, the duplicate-key count). Anything the
+decoder refuses or this path does not vouch for (another declared datatype, nested `data`, a
+backslash escape, a ':' count that does not match, a number out of those ranges, an integer
+orjson would not read as one, nesting deeper than the stack, any error) returns None, and the
+general path decides from the raw body as before, with its own message: this path only accepts,
+never refuses, so errors and their order are the general path's by construction. The hypothesis
+tests in tests/serving check that whatever it accepts (either decoder), the general path accepts
+with the same request fields and the same arrays (a BYTES column may be fixed-width unicode where
+the general path has `str` objects: the same strings, which ONNX Runtime reads faster).
 
 The decoders depend on the signature's inputs and the string limit; they are built once per
 (inputs, limit) and shared by the versions that have the same inputs.
@@ -45,8 +47,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
-from driftloop.schema import OUTPUT, TensorSpec
-from serving.columns import _INT64_MAX, _INT64_MIN, _WIRE, binary_block, binary_column, number_block
+from driftloop.schema import NUMPY_DTYPE, OUTPUT, TensorSpec
+from serving.columns import (
+    _EXACT_INTEGERS,
+    _INT64_MAX,
+    _INT64_MIN,
+    _WIRE,
+    binary_block,
+    binary_column,
+    number_block,
+)
 from serving.request_models import MAX_REQUEST_ID, REQUEST_ID_PATTERN, InferenceRequest, Limits
 from serving.wire import (
     RequestError,
@@ -75,29 +85,32 @@ class _Decoders:
         raw_tensors, small_tensors, header_tensors = [], [], []
         for i, spec in enumerate(specs):
             kind = spec.datatype
-            if kind == "INT64":  # any integer: `number_block` declines one past INT64
-                data: Any = list[int]
+            # `data` of a bulk body: BYTES as its raw JSON (`_strings` reads it), numbers unbounded
+            # (`number_block` checks their range on the arrays: a bound per value here cost ~10%).
+            # Of a small body: every value checked while parsing (strings of at most the limit,
+            # integers within INT64, numbers below 2**53 in magnitude), then one `np.fromiter`.
+            if kind == "BYTES":
+                bulk: Any = msgspec.Raw
+                small: Any = list[string]
+            elif kind == "INT64":
+                bulk, small = list[int], list[_Int64]
             elif kind in ("FP32", "FP64"):
-                # Any number (a JSON integer too, as a float): `number_block` declines one of 2**53
-                # or more in magnitude with one vectorized test (a bound per value here cost ~10%).
-                data = list[float | None] if spec.nullable else list[float]
-            elif kind != "BYTES":  # pragma: no cover - a datatype the server does not score (BOOL): no typed path
+                bulk, small = (list[float | None], list[_Number | None]) if spec.nullable else (list[float], list[_Number])
+            else:  # pragma: no cover - a datatype the server does not score (BOOL): no typed path
                 raise ValueError(kind)
             common = {"tag_field": "name", "tag": spec.name, "forbid_unknown_fields": True, "gc": False,
                       "namespace": {"name": spec.name, "index": i}}  # fmt: skip
-            # BYTES `data`: its raw JSON in bulk (`_strings` reads it), strings in small bodies.
-            for tensors, strings in ((raw_tensors, msgspec.Raw), (small_tensors, list[string])):
+            for tensors, data in ((raw_tensors, bulk), (small_tensors, small)):
                 tensors.append(msgspec.defstruct(
-                    f"Json{i}", [("shape", _Shape), ("datatype", Literal[kind]),
-                                 ("data", strings if kind == "BYTES" else data), ("parameters", dict[str, Any], None)],
-                    **common))  # fmt: skip
+                    f"Json{i}", [("shape", _Shape), ("datatype", Literal[kind]), ("data", data),
+                                 ("parameters", dict[str, Any], None)], **common))  # fmt: skip
             header_tensors.append(msgspec.defstruct(
                 f"Header{i}", [("shape", _Shape), ("datatype", Annotated[str, msgspec.Meta(max_length=16)]),
                                ("parameters", _BinaryParameters)], **common))  # fmt: skip
             header_tensors[-1].data = None  # read by `v2_feeds` as `RequestInput.data`: binary data has none
-        # (decoder, tensor types in the signature's order) of JSON bodies: bulk ones, small ones.
-        self.json = msgspec.json.Decoder(_request_type(raw_tensors)), raw_tensors
-        self.small = msgspec.json.Decoder(_request_type(small_tensors)), small_tensors
+        # (decoder, tensor types in the signature's order, bulk?) of JSON bodies: bulk ones, small ones.
+        self.json = msgspec.json.Decoder(_request_type(raw_tensors)), raw_tensors, True
+        self.small = msgspec.json.Decoder(_request_type(small_tensors)), small_tensors, False
         # A BYTES tensor's raw `data` that `json_fixed_width_ascii` does not take, value by value.
         self.strings = msgspec.json.Decoder(list[string])
         self.header = msgspec.json.Decoder(_request_type(header_tensors))
@@ -129,6 +142,8 @@ class _Decoders:
 # request model reads as 7, fails here: the general path takes it) and at least -2**63 (orjson reads
 # a smaller one as a float, or past float64 refuses the body: the general path answers).
 _Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=2**53)]], msgspec.Meta(min_length=1, max_length=4)]
+_Int64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
+_Number = Annotated[float, msgspec.Meta(gt=-_EXACT_INTEGERS, lt=_EXACT_INTEGERS)]
 
 
 class _BinaryParameters(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -237,14 +252,14 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
     if header_length is None:
         if b"\\" in body:  # an escape: the ':' count below would not be exact
             return None
-        decoder, types = dec.json if len(body) >= _RAW_STRINGS_BYTES else dec.small
+        decoder, types, bulk = dec.json if len(body) >= _BULK_BYTES else dec.small
         try:
             request = decoder.decode(body)
         except (msgspec.MsgspecError, RecursionError):  # nesting deeper than the stack: msgspec's RecursionError
             return None
         if not _plain_request(request):
             return None
-        fed = _json_feeds(request, dec, types, limits)
+        fed = _json_feeds(request, dec, types, bulk, limits)
         if fed is None or not _no_duplicate_keys(body, request, True):
             return None
         return TypedV2(request, dec, fed[0], fed[1], None)
@@ -339,12 +354,13 @@ def _orjson_integers(obj: dict[str, Any]) -> bool:
     return True
 
 
-def _json_feeds(request: Any, dec: _Decoders, tensor_types: list[type], limits: Limits
+def _json_feeds(request: Any, dec: _Decoders, tensor_types: list[type], bulk: bool, limits: Limits
                 ) -> tuple[dict[str, np.ndarray], int] | None:  # fmt: skip
     """Feeds of a JSON request whose every input is present once, declared in its own datatype.
 
     Attribute by attribute over all tensors (C-level maps and list counts), not tensor by tensor.
-    `tensor_types`: the tensor structs of the decoder that read it, in the signature's order.
+    `tensor_types`: the tensor structs of the decoder that read it, in the signature's order;
+    `bulk`: read by the bulk decoder (raw BYTES, numbers unbounded), else by the small one.
     """
     inputs = request.inputs
     k = len(dec.specs)
@@ -369,7 +385,7 @@ def _json_feeds(request: Any, dec: _Decoders, tensor_types: list[type], limits: 
     feeds: dict[str, np.ndarray] = {}
     for kind, take, names in dec.groups:
         values = take(column)
-        if kind == "BYTES" and type(values[0]) is not list:  # raw JSON (bulk bodies): column by column
+        if bulk and kind == "BYTES":  # raw JSON: column by column
             for name, raw in zip(names, values, strict=True):
                 strings = _strings(raw, n, dec, limits)
                 if strings is None:
@@ -378,19 +394,21 @@ def _json_feeds(request: Any, dec: _Decoders, tensor_types: list[type], limits: 
             continue
         if list(map(len, values)).count(n) != len(values):
             return None
-        if kind == "BYTES":  # the decoder's `str`s (of at most the limit), as `column_array` keeps them
-            block = np.fromiter(chain.from_iterable(values), object, len(names) * n)
-        else:  # within INT64; below 2**53 in magnitude, so finite in FP32 too (else None)
+        if bulk:  # within INT64; below 2**53 in magnitude, so finite in FP32 too (else None)
             block = number_block(values, kind, n)
             if block is None:
                 return None
+        else:  # checked by the decoder: one flat pass; null (nullable floats only) -> NaN
+            # BYTES: str objects, as `column_array` keeps them.
+            block = np.fromiter(chain.from_iterable(values), NUMPY_DTYPE[kind], len(names) * n)
         feeds.update(zip(names, block.reshape(len(names), n, 1), strict=True))  # a contiguous [n, 1] view each
     return feeds, n
 
 
-# From this body size (about 100 rows of the flight schema), BYTES tensors are read from their raw
-# JSON (`_strings`); below it the decoder makes their `str`s (3 decoder calls a request cost ~1 us).
-_RAW_STRINGS_BYTES = 16 * 1024
+# From this body size (about 100 rows of the flight schema) the bulk decoder reads the body: its
+# conversions cost less per value and more per request (a few numpy calls a column) than the
+# small decoder's, which keeps a single row's cost (the bulk one would add ~2 us to its ~20 us).
+_BULK_BYTES = 16 * 1024
 # From this many rows, `json_fixed_width_ascii` (about 5 us of fixed numpy cost a column) costs less
 # than decoding `str` objects (about 20 ns each, and ONNX Runtime reads them ~10 ns slower each).
 _FIXED_WIDTH_ROWS = 128

@@ -170,17 +170,17 @@ def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplica
                                                           spaced):  # fmt: skip
     """Whatever `typed_v2` accepts (values out of a datatype's range, wrong types, shapes, keys,
     duplicate keys and inputs, ids, outputs, bytes of broken JSON included), `parse_v2` +
-    `v2_feeds` accept with the same request fields and the same arrays; with a few rows converted
-    as bulk requests are (`bulk`: numbers packed by `number_block`, strings read from their raw
-    JSON, fixed-width by `json_fixed_width_ascii`) or as small ones are, written compact or `spaced` (as Python's
-    `json.dumps` writes by default)."""
-    saved = columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS, v2_typed._RAW_STRINGS_BYTES
+    `v2_feeds` accept with the same request fields and the same arrays; with a few rows read as
+    bulk bodies are (`bulk`: numbers unbounded, then `number_block`; strings from their raw JSON,
+    fixed-width by `json_fixed_width_ascii`) or as small ones are, written compact or `spaced` (as
+    Python's `json.dumps` writes by default)."""
+    saved = v2_typed._BULK_BYTES, v2_typed._FIXED_WIDTH_ROWS
     if bulk:
-        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS, v2_typed._RAW_STRINGS_BYTES = 0, 1, 0
+        v2_typed._BULK_BYTES, v2_typed._FIXED_WIDTH_ROWS = 0, 1
     try:
         _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced)
     finally:
-        columns._FEW_VALUES, v2_typed._FIXED_WIDTH_ROWS, v2_typed._RAW_STRINGS_BYTES = saved
+        v2_typed._BULK_BYTES, v2_typed._FIXED_WIDTH_ROWS = saved
 
 
 def _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced=False) -> None:
@@ -507,24 +507,19 @@ _EDGE_INTS = [0, -1, 2**53, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10*
     kind=st.sampled_from(["INT64", "FP32", "FP64"]),
     shape=st.tuples(st.integers(1, 3), st.integers(1, 30)),
     data=st.data(),
-    few=st.sampled_from([0, columns._FEW_VALUES]),
 )
-def test_number_block_declines_exactly_the_numbers_out_of_range(kind, shape, data, few):
+def test_number_block_declines_exactly_the_numbers_out_of_range(kind, shape, data):
     """`number_block` (the typed paths' numbers -> numpy) returns None exactly when a value is past
     INT64 (INT64) or of 2**53 or more in magnitude (floats; ints given to a float column beyond
     2**53 reach it as such floats), and otherwise the arrays `column_array` (the general path)
-    makes, dtype, NaN for null and the sign of zero included; by either of its two paths."""
+    makes, dtype, NaN for null and the sign of zero included."""
     k, n = shape
     if kind == "INT64":
         value = st.integers(-(2**63), 2**63 - 1) | st.sampled_from(_EDGE_INTS) | st.integers(-(2**70), 2**70)
     else:  # what msgspec gives a `float | None` field: floats (JSON integers too, as floats), None
         value = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(_EDGE_FLOATS) | st.none()
     cols = data.draw(st.lists(st.lists(value, min_size=n, max_size=n), min_size=k, max_size=k))
-    saved, columns._FEW_VALUES = columns._FEW_VALUES, few
-    try:
-        block = columns.number_block(tuple(cols), kind, n)
-    finally:
-        columns._FEW_VALUES = saved
+    block = columns.number_block(tuple(cols), kind, n)
     flat = [x for c in cols for x in c]
     if kind == "INT64":
         out_of_range = any(not -(2**63) <= x < 2**63 for x in flat)
@@ -539,7 +534,7 @@ def test_number_block_declines_exactly_the_numbers_out_of_range(kind, shape, dat
                 {i: columns.column_array("x", spec, c, LIMITS) for i, c in enumerate(cols)})  # fmt: skip
 
 
-_BULK = synthetic_rows(40, seed=3)  # 40 rows: 9 FP32 and 4 INT64 columns are packed, not the few-values path
+_BULK = synthetic_rows(40, seed=3)
 
 
 @pytest.mark.parametrize(
@@ -550,12 +545,15 @@ _BULK = synthetic_rows(40, seed=3)  # 40 rows: 9 FP32 and 4 INT64 columns are pa
      ("temp", None, True), ("temp", 5e-324, True), ("hour", 2**63 - 1, True), ("hour", -(2**63), True),
      ("hour", 2**63, False), ("hour", -(2**63) - 1, False), ("hour", 2**64, False)],
 )  # fmt: skip
-def test_bulk_fast_paths_take_exactly_the_numbers_in_their_range(column, value, taken):
-    """v2 JSON (`typed_v2`) and records (`records_fast`) at 40 rows: each takes the body exactly
-    when the value is within INT64 (INT64) or below 2**53 in magnitude (floats: the general path
-    decides the rest), and then gives the general path's arrays, -0.0 and null (NaN) included."""
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "small"])
+def test_fast_paths_take_exactly_the_numbers_in_their_range(column, value, taken, bulk, monkeypatch):
+    """v2 JSON (`typed_v2`, read as a bulk body or a small one) and records (`records_fast`) at 40
+    rows: each takes the body exactly when the value is within INT64 (INT64) or below 2**53 in
+    magnitude (floats: the general path decides the rest), and then gives the general path's
+    arrays, -0.0 and null (NaN) included."""
     from serving.validation import parse_records, records_fast, records_feeds
 
+    monkeypatch.setattr(v2_typed, "_BULK_BYTES", 0 if bulk else 10**9)
     version = _version(True)
     obj = v2_payload(_BULK)
     next(t for t in obj["inputs"] if t["name"] == column)["data"][7] = value
