@@ -10,7 +10,7 @@ import math
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from driftloop.schema import Signature, TensorSpec, output_specs
@@ -584,6 +584,8 @@ def test_fast_paths_take_exactly_the_numbers_in_their_range(column, value, taken
     ascii_only=st.booleans(),
     extra=st.integers(-1, 1),
 )  # fmt: skip
+@example(values=["\x7fJ|"], separators=(",", ":"), ascii_only=True, extra=0)  # DEL: escaped by `json.dumps`
+@example(values=["\x7fJ|", "abc"], separators=(", ", ": "), ascii_only=False, extra=0)  # DEL as itself
 def test_json_fixed_width_strings_are_the_strings_a_parser_reads(values, separators, ascii_only, extra):
     """`json_fixed_width_ascii` on a JSON array of strings (quotes, backslashes, control and
     non-ASCII characters, mixed lengths, both separators) gives the strings `json.loads` reads, as
@@ -595,7 +597,8 @@ def test_json_fixed_width_strings_are_the_strings_a_parser_reads(values, separat
         assert got is None
         return
     plain = (len(set(map(len, values))) == 1 and 0 < len(values[0]) <= LIMITS.max_string_length
-             and all(0x20 <= ord(c) <= 0x7F and c not in '"\\' for v in values for c in v))  # fmt: skip
+             and b"\\" not in raw  # no escape (a quote, a backslash; controls, DEL or more if `ascii_only`)
+             and all(0x20 <= ord(c) <= 0x7F for v in values for c in v))  # fmt: skip
     assert (got is not None) == plain
     if got is not None:
         assert got.dtype.kind == "U" and got.shape == (n, 1) and got[:, 0].tolist() == json.loads(raw)
