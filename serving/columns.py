@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import reprlib
+import struct
+from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -255,6 +258,68 @@ def binary_block(specs: list[TensorSpec], declared: str, buf: memoryview, n: int
         if (np.isinf(out) if nullable else ~np.isfinite(out)).any():
             return None
     return list(out.reshape(len(specs), n, 1))  # a contiguous [n, 1] view per tensor
+
+
+def number_block(columns: Sequence[Sequence[Any]], kind: str, n: int) -> np.ndarray | None:
+    """Decoded JSON numbers of columns of one datatype -> one `[len(columns), n]` array; None to decline.
+
+    The accepting path of `column_array` for values a typed decoder (msgspec) produced: INT64
+    columns hold Python ints (unbounded: a JSON integer past INT64 is declined here), FP32/FP64
+    columns Python floats, or None for null in a nullable column (the caller's decoder types
+    them). Each column is packed by `struct` straight into the array's buffer (about 2x less
+    CPU than `np.fromiter`: no numpy scalar conversion per value); from the first float column
+    holding a null on, `np.fromiter` converts the rest (null -> NaN, as `np.array` gives the
+    general path).
+
+    Rules, as the general path's: an integer outside INT64, or a number of 2**53 or more in
+    magnitude (checked on the float64 values, one vectorized test; such a number may stand for a
+    JSON integer the general path reads exactly, and every float below it is finite in FP32),
+    returns None and the general path decides, naming the row.
+
+    Args:
+        columns: one sequence of `n` values per column (lists or tuples).
+        kind: their datatype: "INT64", "FP32" or "FP64".
+        n: rows (the length of every column).
+
+    Returns:
+        C-contiguous `[len(columns), n]` int64 / float32 / float64 array (writable), or None.
+    """
+    wide = np.empty((len(columns), n), dtype=np.int64 if kind == "INT64" else np.float64)
+    pack = _packer(n, "q" if kind == "INT64" else "d")
+    step = 8 * n
+    for i, values in enumerate(columns):
+        try:
+            pack(wide, i * step, *values)
+        except struct.error:  # an integer past INT64 (or not an int); a null in a float column
+            if kind == "INT64":
+                return None
+            # `np.fromiter` from here on (None -> NaN), as one block: a null-free column after a
+            # column with nulls is rare (nulls are a property of a feature, present in most batches).
+            rest = np.fromiter(chain.from_iterable(columns[i:]), np.float64, (len(columns) - i) * n).reshape(-1, n)
+            if i == 0:
+                wide = rest
+            else:
+                wide[i:] = rest
+            break
+    if kind == "INT64":
+        return wide
+    if (np.abs(wide) >= _EXACT_INTEGERS).any():  # NaN (null) compares False
+        return None
+    return wide.astype(np.float32) if kind == "FP32" else wide
+
+
+_PACKERS: dict[tuple[int, str], Any] = {}
+
+
+def _packer(n: int, code: str) -> Any:
+    """`struct.Struct(f"={n}{code}").pack_into` (native order, as numpy's), kept per (n, code): one per batch size."""
+    key = (n, code)
+    pack = _PACKERS.get(key)
+    if pack is None:
+        if len(_PACKERS) >= 256:
+            _PACKERS.clear()  # bounded: a client sending every batch size rebuilds a few
+        pack = _PACKERS[key] = struct.Struct(f"={n}{code}").pack_into
+    return pack
 
 
 _MISSING = object()

@@ -6,20 +6,29 @@ body straight into structs typed from the routed version's signature, so the par
 most of the rules while it reads, with no dict per tensor:
   * the request's fields and lengths (`InferenceRequest`), every key known, no nulls;
   * each tensor is a struct chosen by its `name` (a tagged union: an unknown input fails here),
-    declared in the column's own datatype (`Literal`), `data` typed per column: strings of at most
-    `max_string_length` characters (BYTES), integers within INT64 (INT64), numbers below 2**53 in
-    magnitude (FP32/FP64: exact as integers and finite in FP32, so the conversion below cannot
-    overflow; null only in a nullable column); a JSON tensor carries `data`, a binary header's
-    tensor carries `parameters.binary_data_size` instead (its data is checked by `v2_feeds`).
+    declared in the column's own datatype (`Literal`), `data` typed per column; a JSON tensor
+    carries `data`, a binary header's tensor carries `parameters.binary_data_size` instead (its
+    data is checked by `v2_feeds`).
+
+JSON bodies are read by one of two decoders, by size (`_BULK_BYTES`). A small body's values are
+checked while parsing (strings of at most `max_string_length` characters, integers within INT64,
+numbers below 2**53 in magnitude: exact as integers and finite in FP32; null only in a nullable
+column), then go to numpy in one `np.fromiter` per datatype. A bulk body's numbers are read
+unbounded and checked on the arrays (`serving.columns.number_block`: the same ranges, about 10%
+less CPU a request than a bound per value), and its BYTES tensors are read from their raw JSON
+(valid: msgspec checks it while skipping it) by `_strings`: fixed-width ASCII strings straight
+from their bytes into a unicode array (`json_fixed_width_ascii`), others decoded value by value.
 
 What is left is checked here on the decoded structs (every input once, one row count, shapes
-`[n, 1]` or `[n]`, the outputs, the request id's pattern, the duplicate-key count); the values
-then go to numpy one array per datatype, the same code at every row count. Anything the decoder refuses or this path does not vouch for (another declared
-datatype, nested `data`, a backslash escape, a ':' count that does not match, a number of 2**53
-or more, an integer orjson would not read as one, nesting deeper than the stack, any error) returns None, and the general path decides from the raw body as before, with
-its own message: this path only accepts, never refuses, so errors and their order are the general
-path's by construction. The hypothesis tests in tests/serving check that whatever it accepts, the
-general path accepts with the same request fields and the same arrays.
+`[n, 1]` or `[n]`, the outputs, the request id's pattern, the duplicate-key count). Anything the
+decoder refuses or this path does not vouch for (another declared datatype, nested `data`, a
+backslash escape, a ':' count that does not match, a number out of those ranges, an integer
+orjson would not read as one, nesting deeper than the stack, any error) returns None, and the
+general path decides from the raw body as before, with its own message: this path only accepts,
+never refuses, so errors and their order are the general path's by construction. The hypothesis
+tests in tests/serving check that whatever it accepts (either decoder), the general path accepts
+with the same request fields and the same arrays (a BYTES column may be fixed-width unicode where
+the general path has `str` objects: the same strings, which ONNX Runtime reads faster).
 
 The decoders depend on the signature's inputs and the string limit; they are built once per
 (inputs, limit) and shared by the versions that have the same inputs.
@@ -39,9 +48,24 @@ import msgspec
 import numpy as np
 
 from driftloop.schema import NUMPY_DTYPE, OUTPUT, TensorSpec
-from serving.columns import _EXACT_INTEGERS, _INT64_MAX, _INT64_MIN, _WIRE, binary_block, binary_column
+from serving.columns import (
+    _EXACT_INTEGERS,
+    _INT64_MAX,
+    _INT64_MIN,
+    _WIRE,
+    binary_block,
+    binary_column,
+    number_block,
+)
 from serving.request_models import MAX_REQUEST_ID, REQUEST_ID_PATTERN, InferenceRequest, Limits
-from serving.wire import RequestError, count_byte, count_keys, fixed_width_ascii, fixed_width_columns
+from serving.wire import (
+    RequestError,
+    count_byte,
+    count_keys,
+    fixed_width_ascii,
+    fixed_width_columns,
+    json_fixed_width_ascii,
+)
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _DATA, _SHAPE, _PARAMETERS = attrgetter("data"), attrgetter("shape"), attrgetter("parameters")
@@ -49,38 +73,46 @@ _DATATYPE, _SIZE = attrgetter("datatype"), attrgetter("parameters.binary_data_si
 
 
 class _Decoders:
-    """The two decoders of one (inputs, string limit): JSON bodies, and binary extension headers."""
+    """The decoders of one (inputs, string limit): JSON bodies (bulk and small), binary extension headers."""
 
-    __slots__ = ("specs", "json", "header", "groups", "names", "json_types", "header_types", "datatypes", "numeric",
-                 "itemsizes", "runs", "__weakref__")
+    __slots__ = ("specs", "json", "small", "header", "groups", "names", "header_types", "datatypes", "numeric",
+                 "itemsizes", "runs", "strings", "__weakref__")
 
     def __init__(self, specs: tuple[TensorSpec, ...], max_string_length: int) -> None:
         self.specs = specs
         self.names = [s.name for s in specs]
-        json_tensors, header_tensors = [], []
+        string = Annotated[str, msgspec.Meta(max_length=max_string_length)]
+        raw_tensors, small_tensors, header_tensors = [], [], []
         for i, spec in enumerate(specs):
             kind = spec.datatype
+            # `data` of a bulk body: BYTES as its raw JSON (`_strings` reads it), numbers unbounded
+            # (`number_block` checks their range on the arrays: a bound per value here cost ~10%).
+            # Of a small body: every value checked while parsing (strings of at most the limit,
+            # integers within INT64, numbers below 2**53 in magnitude), then one `np.fromiter`.
             if kind == "BYTES":
-                value: Any = Annotated[str, msgspec.Meta(max_length=max_string_length)]
+                bulk: Any = msgspec.Raw
+                small: Any = list[string]
             elif kind == "INT64":
-                value = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
+                bulk, small = list[int], list[_Int64]
             elif kind in ("FP32", "FP64"):
-                # Numbers below 2**53 in magnitude only (else the general path): exact as integers,
-                # finite in FP32 too, so one conversion per block cannot overflow.
-                value = _Number | None if spec.nullable else _Number
+                bulk, small = (list[float | None], list[_Number | None]) if spec.nullable else (list[float], list[_Number])
             else:  # pragma: no cover - a datatype the server does not score (BOOL): no typed path
                 raise ValueError(kind)
             common = {"tag_field": "name", "tag": spec.name, "forbid_unknown_fields": True, "gc": False,
                       "namespace": {"name": spec.name, "index": i}}  # fmt: skip
-            json_tensors.append(msgspec.defstruct(
-                f"Json{i}", [("shape", _Shape), ("datatype", Literal[kind]), ("data", list[value]),
-                             ("parameters", dict[str, Any], None)], **common))  # fmt: skip
+            for tensors, data in ((raw_tensors, bulk), (small_tensors, small)):
+                tensors.append(msgspec.defstruct(
+                    f"Json{i}", [("shape", _Shape), ("datatype", Literal[kind]), ("data", data),
+                                 ("parameters", dict[str, Any], None)], **common))  # fmt: skip
             header_tensors.append(msgspec.defstruct(
                 f"Header{i}", [("shape", _Shape), ("datatype", Annotated[str, msgspec.Meta(max_length=16)]),
                                ("parameters", _BinaryParameters)], **common))  # fmt: skip
             header_tensors[-1].data = None  # read by `v2_feeds` as `RequestInput.data`: binary data has none
-        self.json = msgspec.json.Decoder(_request_type(json_tensors))
-        self.json_types = json_tensors  # in the signature's order
+        # (decoder, tensor types in the signature's order, bulk?) of JSON bodies: bulk ones, small ones.
+        self.json = msgspec.json.Decoder(_request_type(raw_tensors)), raw_tensors, True
+        self.small = msgspec.json.Decoder(_request_type(small_tensors)), small_tensors, False
+        # A BYTES tensor's raw `data` that `json_fixed_width_ascii` does not take, value by value.
+        self.strings = msgspec.json.Decoder(list[string])
         self.header = msgspec.json.Decoder(_request_type(header_tensors))
         self.header_types = header_tensors
         # The binary layout of a header listing every input in the signature's order and datatypes:
@@ -110,6 +142,7 @@ class _Decoders:
 # request model reads as 7, fails here: the general path takes it) and at least -2**63 (orjson reads
 # a smaller one as a float, or past float64 refuses the body: the general path answers).
 _Shape = Annotated[list[Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=2**53)]], msgspec.Meta(min_length=1, max_length=4)]
+_Int64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
 _Number = Annotated[float, msgspec.Meta(gt=-_EXACT_INTEGERS, lt=_EXACT_INTEGERS)]
 
 
@@ -219,13 +252,14 @@ def typed_v2(body: bytes, header_length: str | None, dec: _Decoders | None, limi
     if header_length is None:
         if b"\\" in body:  # an escape: the ':' count below would not be exact
             return None
+        decoder, types, bulk = dec.json if len(body) >= _BULK_BYTES else dec.small
         try:
-            request = dec.json.decode(body)
+            request = decoder.decode(body)
         except (msgspec.MsgspecError, RecursionError):  # nesting deeper than the stack: msgspec's RecursionError
             return None
         if not _plain_request(request):
             return None
-        fed = _json_feeds(request, dec, limits)
+        fed = _json_feeds(request, dec, types, bulk, limits)
         if fed is None or not _no_duplicate_keys(body, request, True):
             return None
         return TypedV2(request, dec, fed[0], fed[1], None)
@@ -320,45 +354,85 @@ def _orjson_integers(obj: dict[str, Any]) -> bool:
     return True
 
 
-def _json_feeds(request: Any, dec: _Decoders, limits: Limits) -> tuple[dict[str, np.ndarray], int] | None:
+def _json_feeds(request: Any, dec: _Decoders, tensor_types: list[type], bulk: bool, limits: Limits
+                ) -> tuple[dict[str, np.ndarray], int] | None:  # fmt: skip
     """Feeds of a JSON request whose every input is present once, declared in its own datatype.
 
     Attribute by attribute over all tensors (C-level maps and list counts), not tensor by tensor.
+    `tensor_types`: the tensor structs of the decoder that read it, in the signature's order;
+    `bulk`: read by the bulk decoder (raw BYTES, numbers unbounded), else by the small one.
     """
     inputs = request.inputs
     k = len(dec.specs)
     types = list(map(type, inputs))
-    if types != dec.json_types:  # not every input once in the signature's order
+    if types != tensor_types:  # not every input once in the signature's order
         if len(types) != k or len(set(types)) != k:  # one missing, or one twice: the general path names it
             return None
         ordered: list[Any] = [None] * k
         for t in inputs:
             ordered[t.index] = t
         inputs = ordered
-    column = list(map(_DATA, inputs))
-    n = len(column[0])
-    if not 1 <= n <= limits.max_rows or list(map(len, column)).count(n) != k:
-        return None
     shapes = list(map(_SHAPE, inputs))
-    if shapes.count([n, 1]) + shapes.count([n]) != k:
+    n = shapes[0][0]
+    if not 1 <= n <= limits.max_rows or shapes.count([n, 1]) + shapes.count([n]) != k:
         return None
     parameters = list(map(_PARAMETERS, inputs))
     if parameters.count(None) != k:
         for p in parameters:  # binary data announced without the extension: the general path's 400
             if p is not None and ("binary_data_size" in p or not _orjson_integers(p)):
                 return None
+    column = list(map(_DATA, inputs))  # a list of numbers, or a BYTES tensor's raw JSON
     feeds: dict[str, np.ndarray] = {}
     for kind, take, names in dec.groups:
         values = take(column)
-        size = len(names) * n
-        try:  # one flat pass (`fromiter`); null (nullable floats only: NaN) needs `np.array`
-            block = np.fromiter(chain.from_iterable(values), NUMPY_DTYPE[kind], size)
-        except TypeError:
-            block = np.array(values, dtype=NUMPY_DTYPE[kind])
-        # BYTES: str objects, as `column_array` keeps them; INT64: the decoder kept each within
-        # INT64; FP32/FP64: below 2**53 in magnitude, so finite in FP32 too.
+        if bulk and kind == "BYTES":  # raw JSON: column by column
+            for name, raw in zip(names, values, strict=True):
+                strings = _strings(raw, n, dec, limits)
+                if strings is None:
+                    return None
+                feeds[name] = strings
+            continue
+        if list(map(len, values)).count(n) != len(values):
+            return None
+        if bulk:  # within INT64; below 2**53 in magnitude, so finite in FP32 too (else None)
+            block = number_block(values, kind, n)
+            if block is None:
+                return None
+        else:  # checked by the decoder: one flat pass; null (nullable floats only) -> NaN
+            # BYTES: str objects, as `column_array` keeps them.
+            block = np.fromiter(chain.from_iterable(values), NUMPY_DTYPE[kind], len(names) * n)
         feeds.update(zip(names, block.reshape(len(names), n, 1), strict=True))  # a contiguous [n, 1] view each
     return feeds, n
+
+
+# From this body size (about 100 rows of the flight schema) the bulk decoder reads the body: its
+# conversions cost less per value and more per request (a few numpy calls a column) than the
+# small decoder's, which keeps a single row's cost (the bulk one would add ~2 us to its ~20 us).
+_BULK_BYTES = 16 * 1024
+# From this many rows, `json_fixed_width_ascii` (about 5 us of fixed numpy cost a column) costs less
+# than decoding `str` objects (about 20 ns each, and ONNX Runtime reads them ~10 ns slower each).
+_FIXED_WIDTH_ROWS = 128
+
+
+def _strings(raw: msgspec.Raw, n: int, dec: _Decoders, limits: Limits) -> np.ndarray | None:
+    """A BYTES tensor's `data` as its raw JSON (valid) -> `[n, 1]` array, or None (the general path).
+
+    From `_FIXED_WIDTH_ROWS` rows, fixed-width ASCII strings straight from the bytes
+    (`json_fixed_width_ascii`: a unicode array, no `str` per value); else decoded value by value
+    into `str` objects (an object array, as `column_array` keeps them). Either way `n` strings of
+    at most the string limit.
+    """
+    if n >= _FIXED_WIDTH_ROWS:
+        fixed = json_fixed_width_ascii(raw, n, limits.max_string_length)
+        if fixed is not None:
+            return fixed
+    try:
+        values = dec.strings.decode(raw)
+    except (msgspec.MsgspecError, RecursionError):  # not a list of strings (a deep one: RecursionError)
+        return None
+    if len(values) != n:
+        return None
+    return np.fromiter(values, object, n).reshape(n, 1)
 
 
 def _no_duplicate_keys(body: bytes, request: Any, json: bool) -> bool:
@@ -415,8 +489,13 @@ def _no_duplicate_keys(body: bytes, request: Any, json: bool) -> bool:
     colons += sum(o.name.count(":") for o in request.outputs or ())
     for t in request.inputs:
         colons += t.name.count(":") + t.datatype.count(":")
-        if json and type(t.data[0] if t.data else None) is str:
-            colons += "".join(t.data).count(":")
+        if not json:
+            continue
+        data = t.data
+        if type(data) is msgspec.Raw:  # a BYTES tensor's raw array: ':' only inside its strings
+            colons += count_byte(memoryview(data), b":")
+        elif data and type(data[0]) is str:  # a BYTES tensor's strings
+            colons += "".join(data).count(":")
     return found == keys + colons
 
 

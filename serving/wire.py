@@ -282,3 +282,55 @@ def bytes_elements(field: str, buf: memoryview, n: int, max_string_length: int) 
     if pos != len(raw):
         raise RequestError(400, f"{field}: binary data holds {len(raw) - pos} bytes past its {n} elements")
     return out
+
+
+def json_fixed_width_ascii(raw: bytes | memoryview, n: int, max_string_length: int) -> np.ndarray | None:
+    """A JSON array of `n` strings of one length, printable ASCII without escapes (airport or
+    carrier codes), as written by JSON encoders (`,` or `, ` between items, no other space),
+    straight from its bytes into a fixed-width unicode `[n, 1]` array: no `str` object per value.
+
+    The accepting path of parsing the array and `column_array`'s BYTES rules: the same characters
+    (a string without a backslash is its bytes, and ASCII bytes are their code points), of at most
+    `max_string_length`. ONNX Runtime takes the array as a string tensor (and reads it faster than
+    an object array of `str`: about 30 us less per 1,000-row request at 3 columns here).
+
+    Returns None for anything else (another layout, lengths, a character outside 0x20..0x7F, a quote
+    or backslash inside a string, an empty string, more than `_LAYOUT_MAX_BYTES`), which a JSON
+    decoder then reads value by value. The caller checks that `raw` is valid JSON.
+    """
+    size = len(raw)
+    if n < 1 or size > _LAYOUT_MAX_BYTES:
+        return None
+    if n == 1 or (size - 1) % n == 0:
+        sep, width = 1, (size - 1) // n - 3  # ["AA","BB"]; one item: no separator either way
+    elif size % n == 0:
+        sep, width = 2, size // n - 4  # ["AA", "BB"]
+    else:
+        return None
+    if not 1 <= width <= max_string_length:
+        return None
+    data = bytes(raw)
+    if b"\\" in data or data.count(b'"') != 2 * n:  # an escape; a quote inside a string
+        return None
+    flat = np.frombuffer(data, dtype=np.uint8)
+    low, span = _json_strings_layout(width, n, sep)
+    # Unsigned bytes wrap, so `byte - low > span` is `not low <= byte <= low + span`: brackets,
+    # quotes and separators exactly, characters 0x20..0x7F (no quote: counted above).
+    if (np.subtract(flat, low) > span).any():
+        return None
+    # The characters in place: row i starts after `["` and i items with their separators.
+    chars = np.ndarray((n, width), dtype=np.uint8, buffer=data, offset=2, strides=(width + 2 + sep, 1))
+    return chars.astype(np.uint32).view(f"U{width}")  # ASCII bytes widened to UCS-4 code units: [n, 1]
+
+
+@functools.lru_cache(maxsize=16)
+def _json_strings_layout(width: int, n: int, sep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low, span) per byte of a JSON array of `n` strings of `width` characters, `sep` bytes between."""
+    item = [0x22] + [0x20] * width + [0x22] + [0x2C, 0x20][:sep]
+    item_span = [0] + [0x5F] * width + [0] + [0] * sep
+    low = np.array([0x5B] + item * n, dtype=np.uint8)[: -sep or None]
+    span = np.array([0] + item_span * n, dtype=np.uint8)[: -sep or None]
+    low = np.append(low, np.uint8(0x5D))
+    span = np.append(span, np.uint8(0))
+    low.flags.writeable = span.flags.writeable = False
+    return low, span

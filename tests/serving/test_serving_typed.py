@@ -10,14 +10,16 @@ import math
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from driftloop.schema import Signature, output_specs
-from serving.testing import TEST_INPUTS, synthetic_rows, v2_binary_payload, v2_payload
+from driftloop.schema import Signature, TensorSpec, output_specs
+from serving import columns, v2_typed
+from serving.testing import TEST_INPUTS, records_payload, synthetic_rows, v2_binary_payload, v2_payload
 from serving.v2_tensors import parse_v2, v2_feeds
 from serving.v2_typed import binary_feeds, decoders, typed_v2
 from serving.validation import Limits, RequestError
+from serving.wire import json_fixed_width_ascii
 
 MODEL = "flight_delay"
 LIMITS = Limits(max_rows=500, max_string_length=16)
@@ -59,8 +61,13 @@ def _same_request(a, b) -> None:
 def _same_feeds(got: dict, expected: dict) -> None:
     assert sorted(got) == sorted(expected)
     for name, arr in expected.items():
+        if arr.dtype == object and got[name].dtype.kind == "U":  # fixed-width strings (`json_fixed_width_ascii`)
+            assert got[name].shape == arr.shape and got[name].tolist() == arr.tolist(), name  # the same `str`s
+            continue
         assert got[name].dtype == arr.dtype and got[name].shape == arr.shape, name
         np.testing.assert_array_equal(got[name], arr)  # NaN (null) equals NaN
+        if arr.dtype.kind == "f":  # and -0.0 stays -0.0 (`assert_array_equal` takes it for 0.0)
+            np.testing.assert_array_equal(np.signbit(got[name]), np.signbit(arr))
 
 
 _VALUES = st.one_of(
@@ -156,11 +163,27 @@ def _duplicate_key(body: bytes, where: str) -> bytes:
     ascii_only=st.booleans(),
     corrupt=st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.sampled_from(list(b'0 1:,."{}[]-eE+n\xff'))),
     nullable=st.booleans(),
+    bulk=st.booleans(),
+    spaced=st.booleans(),
 )
-def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplicate, ascii_only, corrupt, nullable):
+def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplicate, ascii_only, corrupt, nullable, bulk,
+                                                          spaced):  # fmt: skip
     """Whatever `typed_v2` accepts (values out of a datatype's range, wrong types, shapes, keys,
     duplicate keys and inputs, ids, outputs, bytes of broken JSON included), `parse_v2` +
-    `v2_feeds` accept with the same request fields and the same arrays."""
+    `v2_feeds` accept with the same request fields and the same arrays; with a few rows read as
+    bulk bodies are (`bulk`: numbers unbounded, then `number_block`; strings from their raw JSON,
+    fixed-width by `json_fixed_width_ascii`) or as small ones are, written compact or `spaced` (as
+    Python's `json.dumps` writes by default)."""
+    saved = v2_typed._BULK_BYTES, v2_typed._FIXED_WIDTH_ROWS
+    if bulk:
+        v2_typed._BULK_BYTES, v2_typed._FIXED_WIDTH_ROWS = 0, 1
+    try:
+        _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced)
+    finally:
+        v2_typed._BULK_BYTES, v2_typed._FIXED_WIDTH_ROWS = saved
+
+
+def _check_typed_json(n, edits, top, duplicate, ascii_only, corrupt, nullable, spaced=False) -> None:
     version = _version(nullable)
     obj = {"inputs": [{"name": c, "datatype": s.datatype, "shape": [n, 1], "data": [_ROW[c]] * n}
                       for c, s in zip(COLUMNS, TEST_INPUTS, strict=True)]}  # fmt: skip
@@ -169,9 +192,11 @@ def test_typed_json_decoding_agrees_with_the_general_path(n, edits, top, duplica
     for key, value in top:
         obj[key] = value
     try:
-        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+        body = json.dumps(obj, separators=(", ", ": ") if spaced else (",", ":"), ensure_ascii=ascii_only).encode()
     except ValueError:  # an integer too long for the standard library to print
         return
+    if duplicate and spaced:
+        return  # `_duplicate_key` edits the compact form
     if duplicate:
         body = _duplicate_key(body, duplicate)
     if corrupt[0] == 0:  # one byte in six bodies
@@ -471,3 +496,109 @@ def test_fixed_width_bytes_with_and_without_a_layout(values, layout_max, monkeyp
     assert (got is not None) == valid
     if got is not None:
         assert list(got[:, 0]) == list(wire.bytes_elements("x", buf, len(values), 16)) == values
+
+
+_EDGE_FLOATS = [0.0, -0.0, 2.0**53, -(2.0**53), 2.0**53 - 1, 9007199254740991.5, 3.4e38, 3.5e38, 1e39, 1e308, 5e-324]
+_EDGE_INTS = [0, -1, 2**53, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**30]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["INT64", "FP32", "FP64"]),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 30)),
+    data=st.data(),
+)
+def test_number_block_declines_exactly_the_numbers_out_of_range(kind, shape, data):
+    """`number_block` (the typed paths' numbers -> numpy) returns None exactly when a value is past
+    INT64 (INT64) or of 2**53 or more in magnitude (floats; ints given to a float column beyond
+    2**53 reach it as such floats), and otherwise the arrays `column_array` (the general path)
+    makes, dtype, NaN for null and the sign of zero included."""
+    k, n = shape
+    if kind == "INT64":
+        value = st.integers(-(2**63), 2**63 - 1) | st.sampled_from(_EDGE_INTS) | st.integers(-(2**70), 2**70)
+    else:  # what msgspec gives a `float | None` field: floats (JSON integers too, as floats), None
+        value = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(_EDGE_FLOATS) | st.none()
+    cols = data.draw(st.lists(st.lists(value, min_size=n, max_size=n), min_size=k, max_size=k))
+    block = columns.number_block(tuple(cols), kind, n)
+    flat = [x for c in cols for x in c]
+    if kind == "INT64":
+        out_of_range = any(not -(2**63) <= x < 2**63 for x in flat)
+    else:
+        out_of_range = any(x is not None and abs(x) >= 2**53 for x in flat)
+    assert (block is None) == out_of_range
+    if block is None:
+        return
+    spec = TensorSpec(name="x", datatype=kind, shape=[-1, 1], nullable=True)
+    assert block.shape == (k, n) and block.flags.c_contiguous
+    _same_feeds({i: block[i].reshape(-1, 1) for i in range(k)},
+                {i: columns.column_array("x", spec, c, LIMITS) for i, c in enumerate(cols)})  # fmt: skip
+
+
+_BULK = synthetic_rows(40, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "taken"),
+    [("temp", 1e39, False), ("temp", -1e39, False), ("temp", 1e308, False), ("temp", 2**53, False),
+     ("temp", -(2**53), False), ("temp", 2**64, False), ("temp", 9007199254740991.5, False), ("temp", 3.4e38, False),
+     ("temp", 2**53 - 1, True), ("temp", -(2**53) + 1, True), ("temp", -0.0, True), ("temp", -0, True),
+     ("temp", None, True), ("temp", 5e-324, True), ("hour", 2**63 - 1, True), ("hour", -(2**63), True),
+     ("hour", 2**63, False), ("hour", -(2**63) - 1, False), ("hour", 2**64, False)],
+)  # fmt: skip
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "small"])
+def test_fast_paths_take_exactly_the_numbers_in_their_range(column, value, taken, bulk, monkeypatch):
+    """v2 JSON (`typed_v2`, read as a bulk body or a small one) and records (`records_fast`) at 40
+    rows: each takes the body exactly when the value is within INT64 (INT64) or below 2**53 in
+    magnitude (floats: the general path decides the rest), and then gives the general path's
+    arrays, -0.0 and null (NaN) included."""
+    from serving.validation import parse_records, records_fast, records_feeds
+
+    monkeypatch.setattr(v2_typed, "_BULK_BYTES", 0 if bulk else 10**9)
+    version = _version(True)
+    obj = v2_payload(_BULK)
+    next(t for t in obj["inputs"] if t["name"] == column)["data"][7] = value
+    body = json.dumps(obj, separators=(",", ":")).encode()  # any integer (orjson stops at 64 bits)
+    typed = typed_v2(body, None, decoders(version, LIMITS), LIMITS)
+    assert (typed is not None) == taken
+    if typed is not None:
+        request, feeds, rows = _general(body, None, version.signature)
+        assert typed.rows == rows == 40
+        _same_feeds(typed.feeds, feeds)
+    instances = json.loads(json.dumps(records_payload(_BULK)))
+    instances["instances"][7][column] = value
+    body = json.dumps(instances, separators=(",", ":")).encode()
+    fast = records_fast(body, version.signature, LIMITS)
+    assert (fast is not None) == taken
+    if fast is not None:
+        expected, rows = records_feeds(parse_records(body), version.signature, LIMITS, body=body)
+        assert fast[1] == rows == 40 and list(fast[0]) == list(expected)
+        _same_feeds(fast[0], expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.text(max_size=4), min_size=1, max_size=6)
+    | st.integers(1, 6).flatmap(lambda w: st.lists(st.text(st.characters(max_codepoint=0x7F), min_size=w, max_size=w),
+                                                   min_size=1, max_size=6)),
+    separators=st.sampled_from([(",", ":"), (", ", ": ")]),
+    ascii_only=st.booleans(),
+    extra=st.integers(-1, 1),
+)  # fmt: skip
+@example(values=["\x7fJ|"], separators=(",", ":"), ascii_only=True, extra=0)  # DEL: escaped by `json.dumps`
+@example(values=["\x7fJ|", "abc"], separators=(", ", ": "), ascii_only=False, extra=0)  # DEL as itself
+def test_json_fixed_width_strings_are_the_strings_a_parser_reads(values, separators, ascii_only, extra):
+    """`json_fixed_width_ascii` on a JSON array of strings (quotes, backslashes, control and
+    non-ASCII characters, mixed lengths, both separators) gives the strings `json.loads` reads, as
+    `[n, 1]` fixed-width unicode, or None; and None when told another count of strings."""
+    raw = json.dumps(values, separators=separators, ensure_ascii=ascii_only).encode()
+    n = len(values) + extra
+    got = json_fixed_width_ascii(raw, n, LIMITS.max_string_length)
+    if extra:
+        assert got is None
+        return
+    plain = (len(set(map(len, values))) == 1 and 0 < len(values[0]) <= LIMITS.max_string_length
+             and b"\\" not in raw  # no escape (a quote, a backslash; controls, DEL or more if `ascii_only`)
+             and all(0x20 <= ord(c) <= 0x7F for v in values for c in v))  # fmt: skip
+    assert (got is not None) == plain
+    if got is not None:
+        assert got.dtype.kind == "U" and got.shape == (n, 1) and got[:, 0].tolist() == json.loads(raw)
