@@ -278,7 +278,7 @@ def v2_feeds(
     if binary is not None and len(request.inputs) == len(specs):
         feeds_b = _binary_feeds(request, specs, limits, binary)
         if feeds_b is not None:  # the common bulk request, decoded in blocks
-            return feeds_b
+            return _in_order(feeds_b[0], specs), feeds_b[1]
     n_rows: int | None = None
     feeds: dict[str, np.ndarray] = {}
     offset = 0
@@ -330,7 +330,13 @@ def v2_feeds(
             body, keys, lambda: colons + sum("".join(feeds[c][:, 0]).count(":") for c in bytes_columns)
         )
     assert n_rows is not None
-    return feeds, n_rows
+    return _in_order(feeds, specs), n_rows
+
+
+def _in_order(feeds: dict[str, np.ndarray], specs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
+    """The feeds in the signature's order (tensors may come in any order), as every path gives them:
+    the prediction log's columns follow it."""
+    return feeds if list(feeds) == list(specs) else {name: feeds[name] for name in specs}
 
 
 def _one_row_v2(

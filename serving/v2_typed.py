@@ -76,7 +76,7 @@ class _Decoders:
     """The decoders of one (inputs, string limit): JSON bodies (bulk and small), binary extension headers."""
 
     __slots__ = ("specs", "json", "small", "header", "groups", "names", "header_types", "datatypes", "numeric",
-                 "itemsizes", "runs", "strings", "__weakref__")
+                 "itemsizes", "runs", "strings", "regroup", "__weakref__")
 
     def __init__(self, specs: tuple[TensorSpec, ...], max_string_length: int) -> None:
         self.specs = specs
@@ -136,6 +136,10 @@ class _Decoders:
             groups.setdefault(spec.datatype, []).append(i)
         # (datatype, columns' values from a list in the signature's order, names)
         self.groups = [(kind, _take(indices), [specs[i].name for i in indices]) for kind, indices in groups.items()]
+        # Columns of one datatype not adjacent (e.g. FP32, INT64, FP32): the feeds, built a group at a
+        # time, are put back in the signature's order, as every other path gives them (the
+        # prediction log's columns follow it).
+        self.regroup = [i for indices in groups.values() for i in indices] != list(range(len(specs)))
 
 
 # `RequestInput.shape`: 1..4 dimensions, each an integer of at most 2**53 (JSON's 7.0, which the
@@ -402,6 +406,8 @@ def _json_feeds(request: Any, dec: _Decoders, tensor_types: list[type], bulk: bo
             # BYTES: str objects, as `column_array` keeps them.
             block = np.fromiter(chain.from_iterable(values), NUMPY_DTYPE[kind], len(names) * n)
         feeds.update(zip(names, block.reshape(len(names), n, 1), strict=True))  # a contiguous [n, 1] view each
+    if dec.regroup:
+        feeds = {name: feeds[name] for name in dec.names}
     return feeds, n
 
 

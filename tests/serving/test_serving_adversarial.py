@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import orjson
 import pytest
 
-from driftloop.schema import Signature, output_specs
+from driftloop.schema import Signature, TensorSpec, output_specs
 from serving.testing import TEST_INPUTS, synthetic_rows, v2_binary_payload, v2_payload
 from serving.v2_tensors import parse_v2, v2_feeds
 from serving.v2_typed import binary_feeds, decoders, typed_v2
@@ -154,3 +155,62 @@ def test_the_server_answers_these_bodies_as_the_general_path(shared_server):
     body = orjson.dumps({"instances": records}).replace(b'"DEEP"', b"[" * DEEP + b"]" * DEEP)
     r = shared_server.post(f"/v1/models/{MODEL}:predict", content=body, headers=json_type)
     assert r.status_code == 400 and "instances[*].carrier" in r.text, r.text
+
+
+# Inputs whose datatypes interleave (a feature added at the end of a signature, say): the typed path
+# converts a datatype at a time, the general path a tensor at a time.
+_MIXED_INPUTS = [
+    TensorSpec(name="a", datatype="FP32", shape=[-1, 1], nullable=True),
+    TensorSpec(name="b", datatype="INT64", shape=[-1, 1]),
+    TensorSpec(name="c", datatype="BYTES", shape=[-1, 1]),
+    TensorSpec(name="d", datatype="FP32", shape=[-1, 1], nullable=True),
+    TensorSpec(name="e", datatype="INT64", shape=[-1, 1]),
+]
+_MIXED = Signature(model_name=MODEL, lineage_id="x", inputs=_MIXED_INPUTS, outputs=output_specs())
+
+
+class _MixedVersion:
+    signature = _MIXED
+
+
+def _mixed_tensors(n: int) -> list[dict]:
+    data = {"a": [0.5, None] * (n // 2) + [1.5] * (n % 2), "b": list(range(n)), "c": ["KJFK-TERMINAL-4"] * n,
+            "d": [1017.25] * n, "e": [-7] * n}  # fmt: skip
+    return [{"name": s.name, "shape": [n, 1], "datatype": s.datatype, "data": data[s.name]} for s in _MIXED_INPUTS]
+
+
+@pytest.mark.parametrize("n", [3, 480], ids=["small", "bulk"])
+def test_feeds_are_in_the_signature_order_on_every_path(n):
+    """The typed JSON path used to give the feeds grouped by datatype (a, d, b, e, c) and the general
+    path in the request's order; the prediction log's columns follow the feeds, so one version's
+    log files had their columns in an order that depended on the path. Now every path gives the
+    signature's order, whatever the order of the request's tensors."""
+    names = [s.name for s in _MIXED_INPUTS]
+    tensors = _mixed_tensors(n)
+    version = _MixedVersion()
+    for order in (tensors, tensors[::-1]):
+        body = orjson.dumps({"inputs": order})
+        assert (len(body) >= 16 * 1024) == (n > 3)  # the bulk decoder (raw strings, number blocks), or the small one
+        typed = typed_v2(body, None, decoders(version, LIMITS), LIMITS)
+        assert typed is not None and list(typed.feeds) == names
+        request, parsed, binary = parse_v2(body, None)
+        feeds, rows = v2_feeds(request, _MIXED, LIMITS, body=body, parsed=parsed, binary=binary)
+        assert rows == n and list(feeds) == names
+        for name in names:  # the same values (BYTES: fixed-width unicode in bulk, else str objects)
+            np.testing.assert_array_equal(typed.feeds[name], feeds[name], strict=name != "c")
+    # The binary extension in the request's reverse order: the general path (the typed one takes the signature's order only)
+    header = {"inputs": []}
+    blobs = []
+    for t in tensors[::-1]:
+        if t["datatype"] == "BYTES":
+            blob = b"".join(len(v).to_bytes(4, "little") + v.encode() for v in t["data"])
+        else:
+            dtype = "<f4" if t["datatype"] == "FP32" else "<i8"
+            blob = np.array([np.nan if v is None else v for v in t["data"]], dtype=dtype).tobytes()
+        header["inputs"].append({**{k: t[k] for k in ("name", "shape", "datatype")}, "parameters": {"binary_data_size": len(blob)}})
+        blobs.append(blob)
+    head = orjson.dumps(header)
+    request, parsed, binary = parse_v2(head + b"".join(blobs), str(len(head)))
+    feeds, rows = v2_feeds(request, _MIXED, LIMITS, binary=binary)
+    assert rows == n and list(feeds) == names
+
