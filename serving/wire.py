@@ -312,11 +312,13 @@ def json_fixed_width_ascii(raw: bytes | memoryview, n: int, max_string_length: i
     data = bytes(raw)
     if b"\\" in data or data.count(b'"') != 2 * n:  # an escape; a quote inside a string
         return None
-    flat = np.frombuffer(data, dtype=np.uint8)
-    low, span = _json_strings_layout(width, n, sep)
-    # Unsigned bytes wrap, so `byte - low > span` is `not low <= byte <= low + span`: brackets,
+    if data[-1] != 0x5D:  # `]`; every byte before it is checked against the layout
+        return None
+    flat = np.frombuffer(data, dtype=np.uint8, count=size - 1)
+    low, span = _json_strings_layout(width, 1 << max(n - 1, 0).bit_length(), sep)
+    # Unsigned bytes wrap, so `byte - low > span` is `not low <= byte <= low + span`: the bracket,
     # quotes and separators exactly, characters 0x20..0x7F (no quote: counted above).
-    if (np.subtract(flat, low) > span).any():
+    if (np.subtract(flat, low[: size - 1]) > span[: size - 1]).any():
         return None
     # The characters in place: row i starts after `["` and i items with their separators.
     chars = np.ndarray((n, width), dtype=np.uint8, buffer=data, offset=2, strides=(width + 2 + sep, 1))
@@ -324,13 +326,16 @@ def json_fixed_width_ascii(raw: bytes | memoryview, n: int, max_string_length: i
 
 
 @functools.lru_cache(maxsize=16)
-def _json_strings_layout(width: int, n: int, sep: int) -> tuple[np.ndarray, np.ndarray]:
-    """(low, span) per byte of a JSON array of `n` strings of `width` characters, `sep` bytes between."""
-    item = [0x22] + [0x20] * width + [0x22] + [0x2C, 0x20][:sep]
-    item_span = [0] + [0x5F] * width + [0] + [0] * sep
-    low = np.array([0x5B] + item * n, dtype=np.uint8)[: -sep or None]
-    span = np.array([0] + item_span * n, dtype=np.uint8)[: -sep or None]
-    low = np.append(low, np.uint8(0x5D))
-    span = np.append(span, np.uint8(0))
+def _json_strings_layout(width: int, rows: int, sep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low, span) per byte of `[` then `rows` strings of `width` characters, each with `sep` bytes after it.
+
+    Built once per width, separator and power-of-two row count by tiling one item (a layout per
+    exact row count, built from Python lists, cost 10-30x the decoding it saves whenever the row
+    count changed); callers check a prefix: `[`, `n` items, the separators between them.
+    """
+    item_low = np.array([0x22] + [0x20] * width + [0x22, 0x2C, 0x20][: 1 + sep], dtype=np.uint8)
+    item_span = np.array([0] + [0x5F] * width + [0] * (1 + sep), dtype=np.uint8)
+    low = np.concatenate((np.array([0x5B], dtype=np.uint8), np.tile(item_low, rows)))
+    span = np.concatenate((np.zeros(1, dtype=np.uint8), np.tile(item_span, rows)))
     low.flags.writeable = span.flags.writeable = False
     return low, span

@@ -15,6 +15,7 @@ from serving.testing import TEST_INPUTS, synthetic_rows, v2_binary_payload, v2_p
 from serving.v2_tensors import parse_v2, v2_feeds
 from serving.v2_typed import binary_feeds, decoders, typed_v2
 from serving.validation import Limits, RequestError, parse_records, records_fast, records_feeds
+from serving.wire import _json_strings_layout, json_fixed_width_ascii
 
 MODEL = "flight_delay"
 LIMITS = Limits(max_rows=500, max_string_length=16)
@@ -214,3 +215,17 @@ def test_feeds_are_in_the_signature_order_on_every_path(n):
     feeds, rows = v2_feeds(request, _MIXED, LIMITS, binary=binary)
     assert rows == n and list(feeds) == names
 
+
+def test_fixed_width_json_strings_need_no_layout_per_row_count():
+    """`json_fixed_width_ascii` built its byte layout from Python lists for each exact row count (16
+    kept): a client whose batch size changes at every request paid 10-30x the decoding it saved
+    (about 0.25 ms a column at 1,000 rows). The layout is now one per power-of-two row count, sliced."""
+    _json_strings_layout.cache_clear()
+    for n in range(128, 1129):
+        raw = orjson.dumps(["EWR", "JFK"] * (n // 2) + ["LGA"] * (n % 2))
+        got = json_fixed_width_ascii(raw, n, LIMITS.max_string_length)
+        assert got is not None and got.shape == (n, 1) and got[-1, 0] == ("LGA" if n % 2 else "JFK")
+    assert _json_strings_layout.cache_info().misses == 5  # 128, 256, 512, 1024, 2048 rows
+    spaced = json.dumps(["EWR"] * 300).encode()  # `, ` between items
+    assert json_fixed_width_ascii(spaced, 300, 16)[:, 0].tolist() == ["EWR"] * 300
+    assert json_fixed_width_ascii(spaced[:-1] + b" ", 300, 16) is None  # the closing bracket is checked too
