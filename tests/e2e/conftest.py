@@ -1,4 +1,5 @@
-"""One `dvc repro` shared by the end-to-end modules: a temp copy of the project, built once per session.
+"""One `dvc repro` shared by the end-to-end modules: a temp copy of the project, built once per run
+(once for both xdist workers).
 
 `dvc repro` of the small params is the costliest step of the suite, so it runs once; a module that
 changes the project (params, git history, registry tags) works on its own copy (`copy_built`),
