@@ -1,4 +1,5 @@
-"""One `dvc repro` shared by the end-to-end modules: a temp copy of the project, built once per session.
+"""One `dvc repro` shared by the end-to-end modules: a temp copy of the project, built once per run
+(once for both xdist workers).
 
 `dvc repro` of the small params is the costliest step of the suite, so it runs once; a module that
 changes the project (params, git history, registry tags) works on its own copy (`copy_built`),
@@ -7,6 +8,7 @@ whose DVC cache comes along, so nothing reruns that did not change.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -59,15 +61,39 @@ class Built:
     repro: subprocess.CompletedProcess
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory) -> Built:
-    """A temp copy of the project's files (as git sees them), one commit, small params, `dvc repro` run once."""
-    dest = copy_project_files(tmp_path_factory.mktemp("built") / "project")
+def build(dest: Path) -> subprocess.CompletedProcess:
+    """The project's files (as git sees them) into `dest`, one commit, small params, `dvc repro` run."""
+    copy_project_files(dest)
     (dest / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "copy"], dest)
-    return Built(dest, dvc("repro", cwd=dest))
+    return dvc("repro", cwd=dest)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, worker_id) -> Built:
+    """A temp copy of the project's files (as git sees them), one commit, small params, `dvc repro` run once.
+
+    Once per run, not once per xdist worker: under `pytest -n 2` the workers share the run's temp
+    folder, and the first worker to ask builds there under a file lock while the other waits for it
+    (pytest-xdist's documented recipe for session fixtures); a repro costs ~50 s of CPU.
+    """
+    if worker_id == "master":  # not under xdist
+        dest = tmp_path_factory.mktemp("built") / "project"
+        return Built(dest, build(dest))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "built"  # the run's folder, above every worker's own
+    done = shared / "repro.json"
+    with FileLock(f"{shared}.lock", timeout=900):
+        if not done.is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # a build that failed half-way in the other worker
+            proc = build(shared / "project")
+            fields = {"args": proc.args, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+            (shared / "repro.json.tmp").write_text(json.dumps(fields))
+            (shared / "repro.json.tmp").replace(done)
+    return Built(shared / "project", subprocess.CompletedProcess(**json.loads(done.read_text())))
 
 
 def copy_built(built: Built, dest: Path) -> Path:

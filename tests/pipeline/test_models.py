@@ -182,11 +182,16 @@ def test_mlp_training_gives_the_same_model_onnx_bytes_in_two_processes(splits, p
     splits["valid"].to_parquet(valid)
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(ROOT / "driftloop", elsewhere / "driftloop", ignore=shutil.ignore_patterns("__pycache__"))
-    digests = [
-        subprocess.run([sys.executable, "-c", _TRAIN_AND_EXPORT, str(train), str(valid), str(params_file)],
-                       env=dict(os.environ, PYTHONPATH=str(where)), cwd=where, capture_output=True, text=True,
-                       check=True, timeout=300).stdout.split()[-1]
+    procs = [  # both at once: two fresh processes either way, and the one waits less on the other core
+        subprocess.Popen([sys.executable, "-c", _TRAIN_AND_EXPORT, str(train), str(valid), str(params_file)],
+                         env=dict(os.environ, PYTHONPATH=str(where)), cwd=where, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
         for where in (ROOT, elsewhere)
     ]  # fmt: skip
+    digests = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        digests.append(out.split()[-1])
     assert len(digests[0]) == 64 and digests[0] == digests[1]
     assert digests[0] != hashlib.sha256(b"").hexdigest()

@@ -8,6 +8,7 @@ for `dvc repro`), and the `artifacts:` entry GTO reads. Packages come from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from dvc.repo import Repo
 
 from driftloop.model_repository import registry_name
 from driftloop.package import write_sha256sums
@@ -112,13 +114,11 @@ class Project:
         target = self.root / "artifacts" / "model"
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(self.packages / kind, target)
-        # `dvc commit` writes dvc.lock and caches the outs, as `dvc repro` would
-        subprocess.run(
-            ["dvc", "commit", "-q", "-f", "package"],
-            cwd=self.root,
-            check=True,
-            env={**os.environ, "PATH": _venv_path()},
-        )
+        # `dvc commit -f package` writes dvc.lock and caches the outs, as `dvc repro` would: the call
+        # the command makes (dvc/commands/commit.py), in this process and from the project's folder
+        # as the command runs (DVC resolves targets and params from the cwd); a dvc CLI start is ~1 s
+        with contextlib.chdir(self.root), Repo(str(self.root)) as repo:
+            repo.commit("package", force=True)
         if commit:
             self.git("add", "dvc.lock", "dvc.yaml")
             self.git("commit", "-qm", f"build {kind}")
@@ -153,13 +153,11 @@ def project(tmp_path, packages) -> Project:
     remote.mkdir()
     p = Project(root, packages)
     p.git("init", "-q", "-b", "main")
-    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, env={**os.environ, "PATH": _venv_path()})
-    subprocess.run(
-        ["dvc", "remote", "add", "-q", "-d", "local", str(remote)],
-        cwd=root,
-        check=True,
-        env={**os.environ, "PATH": _venv_path()},
-    )
+    # `dvc init` then `dvc remote add -d local <remote>`: the calls those commands make (dvc/commands/
+    # init.py, remote.py), in this process; the same .dvc/ and .dvc/config, without two dvc CLI starts
+    with Repo.init(str(root)) as repo, repo.config.edit("repo") as conf:
+        conf["remote"]["local"] = {"url": str(remote)}
+        conf["core"]["remote"] = "local"
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (root / "params.yaml").write_text(yaml.safe_dump({"release": release_params(tmp_path)}, sort_keys=False))
     (root / ".gitignore").write_text("/champion/package/\n")
@@ -168,12 +166,6 @@ def project(tmp_path, packages) -> Project:
     p.remote = remote  # type: ignore[attr-defined]
     p.tmp = tmp_path  # type: ignore[attr-defined]
     return p
-
-
-def _venv_path() -> str:
-    import sys
-
-    return f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture
