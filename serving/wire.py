@@ -285,8 +285,8 @@ def bytes_elements(field: str, buf: memoryview, n: int, max_string_length: int) 
 
 
 def json_fixed_width_ascii(raw: bytes | memoryview, n: int, max_string_length: int) -> np.ndarray | None:
-    """A JSON array of `n` strings of one length, printable ASCII without escapes (airport or
-    carrier codes), as written by JSON encoders (`,` or `, ` between items, no other space),
+    """A JSON array of `n` strings of one length, printable ASCII without escapes (codes, e.g. of
+    airports or airlines), as written by JSON encoders (`,` or `, ` between items, no other space),
     straight from its bytes into a fixed-width unicode `[n, 1]` array: no `str` object per value.
 
     The accepting path of parsing the array and `column_array`'s BYTES rules: the same characters

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _pytest.nodeid import NodeId  # pytest 9 node ids (no public name)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,21 @@ LONGEST_FIRST = [
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """The modules of `LONGEST_FIRST` first, in its order; each module's tests keep their order."""
+    """Every test its own node id; then the modules of `LONGEST_FIRST` first, in its order, each
+    module's tests keeping their order.
+
+    schemathesis 4's `@schema.parametrize()` gives all its tests (one per API operation) the test
+    function's node id, without the operation: pytest runs each, but pytest-xdist schedules by node
+    id, so under `make test` 23 of the 24 operations' contract tests never ran. Each such test gets
+    its own name (`test_every_operation_keeps_the_contract[GET /v2/health/live]`) as its node id.
+    """
+    for item in items:
+        if item.nodeid != f"{item.parent.nodeid}::{item.name}" and isinstance(getattr(item, "_id", None), NodeId):
+            item._id = item.parent.id.child(item.name)  # pytest 9 keeps the node id as a `NodeId`
+    seen: set[str] = set()
+    twice = {item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)}
+    if twice:  # a plugin upgrade changed how its tests are named: xdist would run one test of each id
+        raise pytest.UsageError(f"tests share a node id (pytest-xdist runs only one of each): {sorted(twice)}")
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     order = {id(item): n for n, item in enumerate(items)}
     items.sort(key=lambda item: (rank.get(item.nodeid.split("::")[0], len(rank)), order[id(item)]))
