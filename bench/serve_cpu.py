@@ -23,14 +23,13 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson  # noqa: E402
-from serve_common import MODEL, figure, print_table, write_results  # noqa: E402
+from serve_common import MODEL, figure, print_table, scratch_dir, write_results  # noqa: E402
 
 from serving.app import create_app  # noqa: E402
 from serving.config import ServeSettings  # noqa: E402
@@ -101,7 +100,7 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="prediction log on; each case pays its flush")
     parser.add_argument("--profile", metavar="CASE", help="profile one case with pyinstrument (e.g. 'v2 JSON')")
     opts = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="serve_cpu_"))
+    tmp = scratch_dir("serve_cpu_")
     build_test_package(tmp / "repo" / MODEL / "1", model_name=MODEL)
     log_dir = tmp / "log" if opts.log else None
     app = create_app(ServeSettings(repository=tmp / "repo", max_queue_rows=100_000, log_dir=log_dir,

@@ -26,7 +26,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
-from serve_common import MODEL, figure, free_port, print_table, server_args, write_results  # noqa: E402
+from serve_common import MODEL, figure, free_port, print_table, scratch_dir, server_args, write_results  # noqa: E402
 
 from driftloop.schema import NUMPY_DTYPE  # noqa: E402
 from serving.loadgen import run_load, start_process, stop_process, wait_ready  # noqa: E402
@@ -274,7 +273,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     opts = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="serve_peers_"))
+    tmp = scratch_dir("serve_peers_")
     repo = tmp / "repo"
     build_test_package(repo / MODEL / "1", model_name=MODEL)
     model = repo / MODEL / "1" / "model.onnx"
