@@ -7,6 +7,7 @@ the rules listed in `serving.validation`; the hypothesis tests check they agree.
 
 from __future__ import annotations
 
+import functools
 import math
 import reprlib
 import struct
@@ -308,18 +309,10 @@ def number_block(columns: Sequence[Sequence[Any]], kind: str, n: int) -> np.ndar
     return wide.astype(np.float32) if kind == "FP32" else wide
 
 
-_PACKERS: dict[tuple[int, str], Any] = {}
-
-
+@functools.lru_cache(maxsize=256)  # one per batch size seen; a client sending every size evicts the oldest
 def _packer(n: int, code: str) -> Any:
-    """`struct.Struct(f"={n}{code}").pack_into` (native order, as numpy's), kept per (n, code): one per batch size."""
-    key = (n, code)
-    pack = _PACKERS.get(key)
-    if pack is None:
-        if len(_PACKERS) >= 256:
-            _PACKERS.clear()  # bounded: a client sending every batch size rebuilds a few
-        pack = _PACKERS[key] = struct.Struct(f"={n}{code}").pack_into
-    return pack
+    """`struct.Struct(f"={n}{code}").pack_into`: n values of struct code `code` (native order, as numpy's)."""
+    return struct.Struct(f"={n}{code}").pack_into
 
 
 _MISSING = object()
