@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from _pytest.nodeid import NodeId  # pytest 9 node ids (no public name)
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,13 @@ def wait_for(condition, timeout_s: float = 30.0, what: str = "condition", interv
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
     return value
+
+# Property tests draw the same examples in every run (each test's examples seeded by its name), so a
+# verdict never depends on the run: `HYPOTHESIS_PROFILE=explore` draws new ones (and keeps failures in
+# .hypothesis/) to look for bugs; a failure found there is added as an `@example`.
+settings.register_profile("suite", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
