@@ -189,8 +189,7 @@ class RequestTrace(ReadableSpan):
 
     def materialize(self, resource: Resource, scope: InstrumentationScope) -> None:
         """Set the span's fields from the request's readings (once): its SpanContext (`span_id()`),
-        `request_attributes()`, ERROR status
-        on a 5xx, `exception_events()`."""
+        `request_attributes()`, ERROR status on a 5xx, `exception_events()`."""
         if self.materialized:
             return
         method, route, status = self.http
